@@ -1,0 +1,84 @@
+"""What every objective shares: the batch it reads, the (sum, count) it returns, label shifting.
+
+Objectives return a *sum* of per-position losses and the *count* it should be divided by; the trainer
+divides once, by counts taken over the whole optimiser step, so gradient accumulation (and several
+devices) give the same update as one big batch (shared/reference/objectives.md, "Combining objectives").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Batch:
+    """A packed batch.
+
+    tokens: (B, L) long, L >= seq_len + 1. The model reads ``tokens[:, :seq_len]``; the rest is look-ahead
+        for the labels of the last positions (1 token for NTP, more for TOP / MTP / DS-MTP).
+    loss_mask: (B, seq_len) bool or None. Positions whose predictions are trained (star graph: only the
+        positions that predict the answer path). None = every position.
+    """
+
+    tokens: torch.Tensor
+    seq_len: int
+    loss_mask: torch.Tensor | None = None
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.tokens[:, : self.seq_len]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        mask = None if self.loss_mask is None else self.loss_mask.to(device)
+        return Batch(self.tokens.to(device), self.seq_len, mask)
+
+
+@dataclass
+class LossOutput:
+    """A sum-reduced loss and the count it is to be divided by, plus detached diagnostics."""
+
+    loss_sum: torch.Tensor  # scalar, differentiable
+    count: torch.Tensor  # scalar long
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars, per-head losses etc.
+
+
+def shifted_labels(batch: Batch, offset: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Labels (B, T) of the prediction ``offset`` tokens past the next one: ``tokens[:, t + 1 + offset]``.
+
+    Positions whose label lies past the end of ``tokens``, or that ``loss_mask`` switches off, or whose
+    label is negative, get ``ignore_index``.
+    """
+    tokens, t = batch.tokens, batch.seq_len
+    b, length = tokens.shape
+    start = 1 + offset
+    labels = torch.full((b, t), ignore_index, dtype=torch.long, device=tokens.device)
+    avail = max(0, min(t, length - start))
+    labels[:, :avail] = tokens[:, start : start + avail]
+    labels = labels.masked_fill(labels < 0, ignore_index)
+    if batch.loss_mask is not None:
+        labels = labels.masked_fill(~batch.loss_mask, ignore_index)
+    return labels
+
+
+class Objective(nn.Module):
+    """Base class: ``forward(out, batch, model) -> LossOutput``.
+
+    ``out`` is the trunk's ``TrunkOutput`` for ``batch.input_ids``; ``model`` is the ``Transformer`` whose
+    shared parts (embedding, final norm, output head) an objective may use. ``lookahead`` is how many tokens
+    past ``seq_len`` the data must supply for this objective's labels.
+    """
+
+    name: str = "objective"
+
+    @property
+    def lookahead(self) -> int:
+        return 1
+
+    def count(self, batch: Batch) -> torch.Tensor:
+        """The divisor of this objective's loss sum for ``batch`` (needs no forward pass)."""
+        raise NotImplementedError

@@ -1,0 +1,128 @@
+"""DeepSeek-style sequential multi-token prediction (DeepSeek-V3, arXiv 2412.19437 §2.2).
+
+Module k = 1..D: ``h'_k = M_k [RMSNorm(h_{k-1}); RMSNorm(Emb(x[t+k]))]`` (M_k: Linear 2D -> D), then one
+transformer block gives h_k, which predicts x[t+1+k] through the output head. h_0 is the main model's last
+hidden state. Embedding and output head are shared with the main model. Loss ``(lambda / D) · sum_k L_k``
+(``reduce="mean"``) or ``lambda · sum_k L_k`` (``reduce="sum"``), each L_k divided by the main model's count
+(T positions, as the paper normalises, not T - k).
+
+Variants found in checkpoints in the wild are explicit options: concatenation order, the source of h_0
+(before or after the main model's final norm), projection bias, and a per-module final norm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from foresight.errors import ForesightError
+from foresight.model.layers import Block, RMSNorm, init_weights
+from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective, shifted_labels
+from foresight.ops import linear_cross_entropy
+
+PRESETS = {
+    # The TOP paper's DS-MTP baseline (shared/reference/objectives.md): projection with bias, hidden first,
+    # lambda = 1 summed over modules, shared final norm. Its code descends from torchtitan, which feeds the
+    # hidden state from before the final norm.
+    "top_paper": dict(weight=1.0, depth=3, concat="hidden_first", h0="pre_norm", proj_bias=True, reduce="sum",
+                      final_norm="shared"),
+    # DeepSeek-V3: D = 1, lambda 0.3 for the first 10T of 14.8T tokens then 0.1, embedding first, no bias,
+    # mean over depth, its own norm before the shared head (``shared_head.norm`` in the checkpoints), and the
+    # main model's normalised output as h_0 (as Megatron and vLLM feed it).
+    "deepseek_v3": dict(weight=[[0.0, 0.3], [0.676, 0.1]], depth=1, concat="embed_first", h0="post_norm",
+                        proj_bias=False, reduce="mean", final_norm="own"),
+}
+
+_CHOICES = {
+    "concat": ("hidden_first", "embed_first"),
+    "h0": ("pre_norm", "post_norm"),
+    "reduce": ("sum", "mean"),
+    "final_norm": ("shared", "own"),
+}
+
+
+@dataclass
+class DSMTPConfig:
+    """DS-MTP. Fields left unset (None) come from ``preset``."""
+
+    preset: str = "top_paper"  # "top_paper" or "deepseek_v3"
+    weight: float | list | None = None  # lambda: a number, or a schedule [[fraction_of_run, value], ...]
+    depth: int | None = None  # D: number of sequential modules (DS-MTP-n in the TOP paper has D = n - 1)
+    concat: str | None = None  # "hidden_first" (paper formula, MiMo) or "embed_first" (DeepSeek, Megatron)
+    h0: str | None = None  # "pre_norm" or "post_norm": main hidden state fed to module 1
+    proj_bias: bool | None = None  # bias on the 2D -> D projection
+    reduce: str | None = None  # "sum" or "mean" over the D module losses
+    final_norm: str | None = None  # "shared" final norm or each module's "own"
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ForesightError(f"dsmtp.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        for f in fields(self):
+            if f.name != "preset" and getattr(self, f.name) is None:
+                setattr(self, f.name, PRESETS[self.preset][f.name])
+        for key, allowed in _CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ForesightError(f"dsmtp.{key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
+        if self.depth < 1:
+            raise ForesightError(f"dsmtp.depth must be >= 1, got {self.depth}")
+
+
+class DSMTPModule(nn.Module):
+    """One sequential module: hnorm, enorm, eh_proj (2D -> D), a block, optionally its own final norm."""
+
+    def __init__(self, model_cfg, cfg: DSMTPConfig) -> None:
+        super().__init__()
+        d = model_cfg.hidden_size
+        self.hnorm = RMSNorm(d, model_cfg.norm_eps)
+        self.enorm = RMSNorm(d, model_cfg.norm_eps)
+        self.eh_proj = nn.Linear(2 * d, d, bias=cfg.proj_bias)
+        self.block = Block(model_cfg)
+        self.norm = RMSNorm(d, model_cfg.norm_eps) if cfg.final_norm == "own" else None
+        self.hidden_first = cfg.concat == "hidden_first"
+
+    def forward(self, h_prev: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        h, e = self.hnorm(h_prev), self.enorm(emb)  # (B, T, D) each
+        joined = torch.cat([h, e] if self.hidden_first else [e, h], dim=-1)  # (B, T, 2D)
+        return self.block(self.eh_proj(joined), cos, sin)
+
+
+class DSMTP(Objective):
+    name = "dsmtp"
+
+    def __init__(self, cfg: DSMTPConfig, model_cfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleList(DSMTPModule(model_cfg, cfg) for _ in range(cfg.depth))
+        init_weights(self.layers, model_cfg.init_std)
+
+    @property
+    def lookahead(self) -> int:
+        return self.cfg.depth + 1
+
+    def count(self, batch: Batch) -> torch.Tensor:
+        return (shifted_labels(batch, 0) != IGNORE_INDEX).sum()
+
+    def forward(self, out, batch: Batch, model) -> LossOutput:
+        tokens, t = batch.tokens, batch.seq_len
+        count = self.count(batch)
+        d = out.hidden.shape[-1]
+        h = out.hidden if self.cfg.h0 == "post_norm" else out.final
+        total = out.hidden.new_zeros((), dtype=torch.float32)
+        metrics = {}
+        for k, module in enumerate(self.layers, start=1):
+            # Module k at position t reads the token x[t+k]; positions past the stream read id 0 (their label
+            # is ignored anyway).
+            ids = torch.zeros_like(tokens[:, :t])
+            avail = max(0, min(t, tokens.shape[1] - k))
+            ids[:, :avail] = tokens[:, k : k + avail].clamp(min=0)
+            h = module(h, model.embed_tokens(ids), out.cos, out.sin)  # (B, T, D), pre-norm
+            norm = module.norm if module.norm is not None else model.norm
+            labels = shifted_labels(batch, k)
+            depth_sum = linear_cross_entropy(norm(h).reshape(-1, d), model.lm_head.weight, labels.reshape(-1)).sum()
+            total = total + depth_sum
+            metrics[f"dsmtp_depth{k}"] = depth_sum.detach() / count.clamp(min=1)
+        if self.cfg.reduce == "mean":
+            total = total / self.cfg.depth
+        return LossOutput(total, count, metrics)

@@ -1,0 +1,65 @@
+"""Meta-style multi-token prediction (Gloeckle et al. 2024, seed 002 §2).
+
+A shared trunk, then n parallel heads, each one full transformer block on the same trunk output, sharing
+the final norm and the output head; head k predicts x[t+1+k]. In foresight the model's own last block *is*
+head 0 (so the model generates with head 0 alone and NTP is the ordinary ``ntp`` objective); this objective
+owns heads 1..n-1, which read the input of that last block. An "MTP-n" run is ``[ntp, mtp(n)]``, whose total
+loss is the sum of the n cross-entropies, as in the paper and the TOP authors' baseline.
+
+Normalisation: every head's loss sum is divided by the NTP count (positions with a next-token label), so a
+deeper head's missing labels at the end of a sequence do not inflate its weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from foresight.errors import ForesightError
+from foresight.model.layers import Block, init_weights
+from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective, shifted_labels
+from foresight.ops import linear_cross_entropy
+
+
+@dataclass
+class MTPConfig:
+    """Meta MTP with n heads in total (head 0 is the model's last block)."""
+
+    weight: float | list = 1.0  # loss weight of heads 1..n-1: a number, or a schedule [[step, value], ...]
+    n: int = 4  # tokens predicted per position, the next one included
+
+    def __post_init__(self) -> None:
+        if self.n < 2:
+            raise ForesightError(f"mtp.n must be >= 2 (n = 1 is plain NTP), got {self.n}")
+
+
+class MTP(Objective):
+    name = "mtp"
+
+    def __init__(self, cfg: MTPConfig, model_cfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.heads = nn.ModuleList(Block(model_cfg) for _ in range(cfg.n - 1))  # heads 1 .. n-1
+        init_weights(self.heads, model_cfg.init_std)
+
+    @property
+    def lookahead(self) -> int:
+        return self.cfg.n
+
+    def count(self, batch: Batch) -> torch.Tensor:
+        return (shifted_labels(batch, 0) != IGNORE_INDEX).sum()
+
+    def forward(self, out, batch: Batch, model) -> LossOutput:
+        total = out.hidden.new_zeros((), dtype=torch.float32)
+        metrics = {}
+        count = self.count(batch)
+        d = out.hidden.shape[-1]
+        for k, head in enumerate(self.heads, start=1):
+            h = model.norm(head(out.last_input, out.cos, out.sin))  # (B, T, D)
+            labels = shifted_labels(batch, k)
+            head_sum = linear_cross_entropy(h.reshape(-1, d), model.lm_head.weight, labels.reshape(-1)).sum()
+            total = total + head_sum
+            metrics[f"mtp_head{k}"] = head_sum.detach() / count.clamp(min=1)
+        return LossOutput(total, count, metrics)

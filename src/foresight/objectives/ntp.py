@@ -1,0 +1,34 @@
+"""Next-token prediction: mean cross-entropy of ``lm_head(h_t)`` against ``x[t+1]``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective, shifted_labels
+from foresight.ops import linear_cross_entropy
+
+
+@dataclass
+class NTPConfig:
+    """Plain next-token prediction."""
+
+    weight: float | list = 1.0  # loss weight: a number, or a schedule [[step, value], ...]
+
+
+class NTP(Objective):
+    name = "ntp"
+
+    def __init__(self, cfg: NTPConfig, model_cfg=None) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def count(self, batch: Batch) -> torch.Tensor:
+        return (shifted_labels(batch, 0) != IGNORE_INDEX).sum()
+
+    def forward(self, out, batch: Batch, model) -> LossOutput:
+        labels = shifted_labels(batch, 0)  # (B, T)
+        d = out.hidden.shape[-1]
+        losses = linear_cross_entropy(out.hidden.reshape(-1, d), model.lm_head.weight, labels.reshape(-1))
+        return LossOutput(losses.sum(), (labels != IGNORE_INDEX).sum())

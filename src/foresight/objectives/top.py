@@ -1,0 +1,159 @@
+"""Token Order Prediction (TOP, seed 000 §3): rank the upcoming tokens by how soon they appear.
+
+Target for position t: every distinct id among the next ``window`` tokens scores ``-d`` (d = offset of its
+first occurrence, 0 for the next token); the target distribution is the softmax of those scores, and the loss
+is ListNet top-one: cross-entropy of ``softmax(W_top h_t)`` against that target.
+
+We compute it in sparse form (shared/reference/objectives.md): softmax over -d is shift-invariant and
+exp(-(d - d_min)) underflows to exactly 0 in fp32 once d - d_min >= 104, so the first K = min(window, 128)
+upcoming positions carry the whole target (bit for bit whenever the nearest scored token is within 24
+positions). The target is an (N, K) pair (ids, weights); no N x V tensor is ever built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from foresight.errors import ForesightError
+from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective
+from foresight.ops import linear_soft_cross_entropy
+
+MAX_SLOTS = 128  # K = min(window, MAX_SLOTS) target slots per position
+_HALF_MAX = 65504  # largest finite fp16 value: the paper's fp16 scores overflow past it
+
+
+def _check_modes(window: int, scores: str, normalize: str | None = None) -> None:
+    if window < 1:
+        raise ForesightError(f"TOP window must be >= 1, got {window}")
+    if scores not in ("exact", "paper"):
+        raise ForesightError(f"TOP scores must be 'exact' or 'paper', got {scores!r}")
+    if scores == "paper" and window > _HALF_MAX:
+        raise ForesightError(f"TOP scores='paper' stores window - d in fp16, so window must be <= {_HALF_MAX}")
+    if normalize is not None and normalize not in ("valid", "paper"):
+        raise ForesightError(f"TOP normalize must be 'valid' or 'paper', got {normalize!r}")
+
+
+@torch.no_grad()
+def top_targets(
+    tokens: torch.Tensor, seq_len: int, window: int, *, ignore_index: int = IGNORE_INDEX, scores: str = "exact"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse TOP targets.
+
+    tokens: (B, L) long with L >= seq_len + 1; position t looks at ``tokens[b, t+1 : min(t+1+window, L)]``.
+    Returns ``ids`` (B, seq_len, K) long and ``weights`` (B, seq_len, K) fp32, K = min(window, 128): slot j
+    holds the token at offset j if that is the first occurrence of a scored id (not ``ignore_index``, not
+    negative), with weight softmax(score) over the row's scored slots; other slots have id 0 and weight 0.
+    ``scores="exact"``: score = -d. ``scores="paper"``: score = float(half(window - d)), which reproduces the
+    fp16 rounding of the reference runs (at window 4096, d = 0 and d = 1 tie).
+    Cost: O(B · seq_len · K log K) time, O(B · seq_len · K) memory.
+    """
+    _check_modes(window, scores)
+    b, length = tokens.shape
+    if length < seq_len + 1:
+        raise ValueError(f"tokens must have at least seq_len + 1 = {seq_len + 1} columns, got {length}")
+    k = min(window, MAX_SLOTS)
+    device = tokens.device
+    # upcoming[b, t, j] = tokens[b, t + 1 + j], or -1 past the end of the stream.
+    padded = torch.cat([tokens, tokens.new_full((b, k), -1)], dim=1)  # (B, L + K)
+    index = torch.arange(seq_len, device=device)[:, None] + 1 + torch.arange(k, device=device)[None, :]  # (T, K)
+    upcoming = padded[:, index]  # (B, T, K)
+    scorable = (upcoming >= 0) & (upcoming != ignore_index)
+
+    # First occurrence within the row: a stable sort groups equal ids in offset order, so the first of each
+    # group is the earliest offset. Unscorable slots get distinct negative keys so they never group.
+    offsets = torch.arange(k, device=device)
+    keys = torch.where(scorable, upcoming, -1 - offsets)
+    sorted_keys, order = torch.sort(keys, dim=-1, stable=True)
+    first_sorted = torch.ones_like(sorted_keys, dtype=torch.bool)
+    first_sorted[..., 1:] = sorted_keys[..., 1:] != sorted_keys[..., :-1]
+    first = torch.empty_like(first_sorted).scatter_(-1, order, first_sorted)
+    scored = first & scorable  # (B, T, K)
+
+    if scores == "exact":
+        score = -offsets.float()
+    else:
+        score = (window - offsets).to(torch.float16).float()
+    logits = score.expand(b, seq_len, k).masked_fill(~scored, float("-inf"))
+    weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # rows with nothing scored: all 0
+    ids = torch.where(scored, upcoming, torch.zeros_like(upcoming))
+    return ids, weights
+
+
+def top_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    tokens: torch.Tensor,
+    window: int,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+    scores: str = "exact",
+    normalize: str = "valid",
+) -> torch.Tensor:
+    """Mean TOP (ListNet top-one) loss.
+
+    hidden (B, T, D) after the final norm, weight (V, D) the TOP head, tokens (B, L >= T + 1).
+    Per position: ``logsumexp(h W^T) - sum_k weights[t, k] (h W^T)[ids[t, k]]``.
+
+    ``normalize="valid"`` (default) averages over positions with at least one scored id: a position with
+    nothing upcoming to rank (the end of a stream, an all-padding window) has no target, so it should neither
+    contribute nor dilute. ``normalize="paper"`` averages over all B·T positions, as the reference code does.
+    """
+    _check_modes(window, scores, normalize)
+    b, t, d = hidden.shape
+    ids, w = top_targets(tokens, t, window, ignore_index=ignore_index, scores=scores)
+    has_target = (w > 0).any(-1).reshape(-1)  # (N,)
+    rows = linear_soft_cross_entropy(hidden.reshape(-1, d), weight, ids.reshape(-1, ids.shape[-1]), w.reshape(-1, w.shape[-1]))
+    total = (rows * has_target).sum()
+    count = has_target.sum() if normalize == "valid" else torch.tensor(b * t, device=hidden.device)
+    return total / count.clamp(min=1)
+
+
+@dataclass
+class TOPConfig:
+    """Token order prediction head (seed 000)."""
+
+    weight: float | list = 1.0  # loss weight: a number, or a schedule [[step, value], ...]
+    window: int = 4096  # W: how many upcoming tokens are ranked
+    scores: str = "exact"  # "exact" (-d) or "paper" (fp16-rounded W - d, as the reference runs)
+    normalize: str = "valid"  # "valid": mean over positions with a target; "paper": over all positions
+    ignore_index: int = IGNORE_INDEX  # an id that never scores (e.g. a pad id)
+
+    def __post_init__(self) -> None:
+        _check_modes(self.window, self.scores, self.normalize)
+
+
+class TOP(Objective):
+    """An extra, untied unembedding ``W_top`` (V x D, no bias) on the same final hidden states as NTP."""
+
+    name = "top"
+
+    def __init__(self, cfg: TOPConfig, model_cfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.head = nn.Linear(model_cfg.hidden_size, model_cfg.vocab_size, bias=False)
+        nn.init.normal_(self.head.weight, std=model_cfg.init_std)
+
+    @property
+    def lookahead(self) -> int:
+        return min(self.cfg.window, MAX_SLOTS)
+
+    def _targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids, w = top_targets(batch.tokens, batch.seq_len, self.cfg.window, ignore_index=self.cfg.ignore_index,
+                             scores=self.cfg.scores)
+        rows = (w > 0).any(-1) if self.cfg.normalize == "valid" else torch.ones_like(w[..., 0], dtype=torch.bool)
+        if batch.loss_mask is not None:
+            rows = rows & batch.loss_mask
+        return ids, w, rows  # (B, T, K), (B, T, K), (B, T)
+
+    def count(self, batch: Batch) -> torch.Tensor:
+        return self._targets(batch)[2].sum()
+
+    def forward(self, out, batch: Batch, model) -> LossOutput:
+        ids, w, rows = self._targets(batch)
+        has_target = (w > 0).any(-1) & rows
+        d, k = out.hidden.shape[-1], ids.shape[-1]
+        losses = linear_soft_cross_entropy(out.hidden.reshape(-1, d), self.head.weight, ids.reshape(-1, k), w.reshape(-1, k))
+        return LossOutput((losses * has_target.reshape(-1)).sum(), rows.sum())

@@ -1,0 +1,5 @@
+"""Loss-layer ops. Each public function here has a pure-PyTorch implementation (CPU path, ground truth)."""
+
+from foresight.ops.soft_ce import linear_cross_entropy, linear_soft_cross_entropy
+
+__all__ = ["linear_cross_entropy", "linear_soft_cross_entropy"]

@@ -1,0 +1,93 @@
+"""Linear layer + cross-entropy against a sparse soft target, in row chunks (pure PyTorch).
+
+For each row t: ``loss_t = logsumexp(z_t) - sum_k w[t, k] * z_t[ids[t, k]]`` with ``z_t = h_t @ W.T``.
+With K = 1 and w = 1 this is ordinary cross-entropy (NTP); with the TOP target (ids, weights) it is the
+sparse ListNet loss of the TOP paper (seed 000, §3; sparse form in shared/reference/objectives.md).
+
+This is the in-library twin of the fused GPU kernel: the CPU path and the ground truth for its tests.
+It never holds more than ``chunk_rows`` rows of logits: the forward keeps only the per-row logsumexp,
+the backward recomputes each chunk's logits, so peak memory is O(chunk_rows · V) rather than O(N · V).
+Gradient: ``dL_t/dz_t = softmax(z_t) - scatter(ids_t, w_t)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# About 64 Mi fp32 logits per chunk (256 MiB): large enough to keep matmuls efficient.
+_CHUNK_ELEMENTS = 1 << 26
+
+
+def _chunk_rows(n: int, v: int, chunk_rows: int | None) -> int:
+    if chunk_rows is not None:
+        return max(1, chunk_rows)
+    return max(1, min(n, _CHUNK_ELEMENTS // max(v, 1)))
+
+
+class _LinearSoftCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, ids, weights, chunk_rows):
+        # hidden (N, D), weight (V, D), ids (N, K) long in [0, V), weights (N, K) float
+        n, v = hidden.shape[0], weight.shape[0]
+        step = _chunk_rows(n, v, chunk_rows)
+        lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        loss = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        w32 = weights.float()
+        for s in range(0, n, step):
+            z = (hidden[s : s + step] @ weight.T).float()  # (n_c, V)
+            lse[s : s + step] = torch.logsumexp(z, dim=-1)
+            picked = z.gather(1, ids[s : s + step])  # (n_c, K)
+            loss[s : s + step] = lse[s : s + step] - (w32[s : s + step] * picked).sum(-1)
+        ctx.save_for_backward(hidden, weight, ids, w32, lse)
+        ctx.step = step
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        hidden, weight, ids, w32, lse = ctx.saved_tensors
+        grad_loss = grad_loss.float()
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        for s in range(0, hidden.shape[0], ctx.step):
+            h = hidden[s : s + ctx.step]
+            g = grad_loss[s : s + ctx.step, None]  # (n_c, 1)
+            z = (h @ weight.T).float()  # recompute (n_c, V)
+            z.sub_(lse[s : s + ctx.step, None]).exp_().mul_(g)  # g · softmax(z)
+            z.scatter_add_(1, ids[s : s + ctx.step], -w32[s : s + ctx.step] * g)  # - g · q
+            dz = z.to(hidden.dtype)
+            if need_h:
+                grad_h[s : s + ctx.step] = dz @ weight
+            if need_w:
+                grad_w += (dz.T @ h).float()
+        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None
+
+
+def linear_soft_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """Per-row loss (N,) fp32 of ``logsumexp(h W^T) - sum_k weights[:, k] * (h W^T)[ids[:, k]]``.
+
+    hidden (N, D), weight (V, D), ids (N, K) with every entry in [0, V) (unused slots: any valid id with
+    weight 0), weights (N, K). Differentiable in ``hidden`` and ``weight``. Rows the caller wants to drop
+    must be masked out of the returned vector (their gradient is then zero).
+    """
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"hidden (N, D) and weight (V, D) expected, got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if ids.shape != weights.shape or ids.shape[0] != hidden.shape[0]:
+        raise ValueError(f"ids and weights must both be (N, K) with N = {hidden.shape[0]}")
+    return _LinearSoftCE.apply(hidden, weight, ids.long(), weights, chunk_rows)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100,
+                         chunk_rows: int | None = None) -> torch.Tensor:
+    """Per-row cross-entropy (N,) of ``h W^T`` against ``labels`` (N,); ignored rows give 0."""
+    valid = labels != ignore_index
+    ids = torch.where(valid, labels, torch.zeros_like(labels))[:, None]
+    loss = linear_soft_cross_entropy(hidden, weight, ids, valid[:, None].float(), chunk_rows=chunk_rows)
+    return loss * valid

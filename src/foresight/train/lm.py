@@ -1,0 +1,42 @@
+"""The trainable model: the trunk plus the objectives that own extra parameters (heads, modules)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from foresight.errors import ForesightError
+from foresight.model import ModelConfig, Transformer
+from foresight.objectives import Batch, LossOutput, build_objective
+
+
+class TrainableLM(nn.Module):
+    """``model`` (the trunk, used alone for generation) and ``objectives`` (keyed by name).
+
+    Checkpoints hold the whole module, so TOP / MTP / DS-MTP heads survive a save and a load.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, objective_specs: list[dict]) -> None:
+        super().__init__()
+        if not objective_specs:
+            raise ForesightError("objectives: at least one objective is needed (for example [{name: ntp}])")
+        self.model = Transformer(model_cfg)
+        self.objectives = nn.ModuleDict()
+        self.weights: dict[str, float | list] = {}
+        for spec in objective_specs:
+            obj = build_objective(spec, model_cfg)
+            key = obj.name if obj.name not in self.objectives else f"{obj.name}_{len(self.objectives)}"
+            self.objectives[key] = obj
+            self.weights[key] = obj.cfg.weight
+
+    @property
+    def lookahead(self) -> int:
+        """Tokens past seq_len that batches must carry for every objective's labels."""
+        return max(obj.lookahead for obj in self.objectives.values())
+
+    def counts(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {key: obj.count(batch) for key, obj in self.objectives.items()}
+
+    def forward(self, batch: Batch) -> dict[str, LossOutput]:
+        out = self.model.trunk(batch.input_ids)
+        return {key: obj(out, batch, self.model) for key, obj in self.objectives.items()}
