@@ -1,0 +1,5 @@
+import sys
+
+from foresight.cli.main import main
+
+sys.exit(main())

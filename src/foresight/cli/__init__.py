@@ -1,0 +1,1 @@
+"""The ``foresight`` command line."""

@@ -1,0 +1,1 @@
+"""Datasets: the synthetic star-graph path-finding task (``foresight.data.stargraph``)."""

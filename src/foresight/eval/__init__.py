@@ -1,0 +1,1 @@
+"""Evaluation: greedy-decoding metrics for the star-graph task (``foresight.eval.stargraph``)."""

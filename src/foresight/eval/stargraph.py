@@ -1,0 +1,97 @@
+"""Star-graph evaluation: greedy decoding of the answer path and its metrics.
+
+Sources: Bachmann & Nagarajan, "The Pitfalls of Next-Token Prediction" (ICML 2024) and the TOP paper
+(§5.3); spec in shared/reference/stargraph.md, "Evaluation". The success metric is exact match of the
+greedily decoded path: teacher-forced accuracy is ≈ 100 % under the "Clever Hans" cheat and says nothing.
+We also report v1 accuracy (the one token that needs planning) and whether the output is a valid
+root-to-leaf arm of the example's graph (a model that picks the wrong arm still follows edges).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from foresight.data.stargraph import StarGraphData, StarGraphSpec
+from foresight.errors import ForesightError
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a module with neither)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def greedy_paths(model: nn.Module, prefixes: torch.Tensor, path_len: int) -> torch.Tensor:
+    """Greedy decoding: prefixes (B, P) long -> the next ``path_len`` tokens (B, path_len) long.
+
+    Each step re-runs the whole (short) sequence and takes the argmax of the last position's logits over
+    the full vocabulary (no restriction to node ids: a model that emits a symbol is simply wrong).
+    The model is in eval mode only for the duration of the call.
+    """
+    was_training = model.training
+    model.eval()
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16) if prefixes.is_cuda else contextlib.nullcontext()
+    )
+    seq = prefixes
+    try:
+        with autocast:
+            for _ in range(path_len):
+                logits = model(seq)  # (B, T, V)
+                nxt = logits[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
+                seq = torch.cat([seq, nxt.to(seq.dtype)], dim=1)
+    finally:
+        model.train(was_training)
+    return seq[:, prefixes.shape[1] :]
+
+
+def valid_arms(out: torch.Tensor, prefixes: torch.Tensor, spec: StarGraphSpec) -> torch.Tensor:
+    """(B,) bool: whether each decoded path out (B, l) is a root-to-leaf arm of its prefix's graph.
+
+    Valid = starts at the source, every consecutive pair is an edge, the last node has no outgoing edge
+    and the path has exactly l tokens.
+    """
+    b, e = prefixes.shape[0], spec.n_edges
+    if out.shape[1] != spec.path:
+        return torch.zeros(b, dtype=torch.bool, device=out.device)
+    # Edge k sits at prefix positions 3k (parent) and 3k + 1 (child); the '|' separators at 3k + 2.
+    parents = prefixes[:, 0 : 3 * e : 3]  # (B, E)
+    children = prefixes[:, 1 : 3 * e : 3]  # (B, E)
+    source = prefixes[:, spec.prefix_len - 3]  # (B,)
+    ok = out[:, 0] == source
+    for k in range(spec.path - 1):
+        is_edge = (parents == out[:, k : k + 1]) & (children == out[:, k + 1 : k + 2])  # (B, E)
+        ok &= is_edge.any(dim=1)
+    ok &= ~(parents == out[:, -1:]).any(dim=1)  # ends at a leaf
+    return ok
+
+
+def evaluate(
+    model: nn.Module, data: StarGraphData, spec: StarGraphSpec | None = None, batch_size: int = 512
+) -> dict[str, float | int]:
+    """Greedy-decode every example of ``data`` and score it.
+
+    Returns {"exact_match", "v1_acc", "valid_arm"} as floats in [0, 1] and "n" (number of examples).
+    """
+    spec = data.spec if spec is None else spec
+    if spec != data.spec:
+        raise ForesightError(f"evaluate: spec {spec} does not match the data's spec {data.spec}")
+    if batch_size < 1:
+        raise ForesightError(f"evaluate: batch_size must be >= 1, got {batch_size}")
+    device = _device_of(model)
+    p, l = spec.prefix_len, spec.path
+    exact = v1 = valid = 0
+    for start in range(0, len(data), batch_size):
+        rows = data.tokens[start : start + batch_size].to(device)  # (B, P + l)
+        prefixes, truth = rows[:, :p], rows[:, p:]
+        out = greedy_paths(model, prefixes, l)  # (B, l)
+        exact += int((out == truth).all(dim=1).sum())
+        v1 += int((out[:, 1] == truth[:, 1]).sum())
+        valid += int(valid_arms(out, prefixes, spec).sum())
+    n = len(data)
+    return {"exact_match": exact / n, "v1_acc": v1 / n, "valid_arm": valid / n, "n": n}

@@ -1,0 +1,74 @@
+"""A recipe file: ``task``, a task section, ``model``, ``train`` and ``runs`` (named objective lists)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from foresight.config import apply_overrides, find_recipe, from_dict, load_yaml
+from foresight.errors import ForesightError
+from foresight.model import ModelConfig
+from foresight.objectives import objective_config
+from foresight.train.config import TrainConfig
+from foresight.train.schedule import check_weight
+
+SECTIONS = {"task", "model", "train", "runs", "stargraph"}
+
+
+@dataclass
+class Recipe:
+    path: Path
+    raw: dict  # the recipe after overrides, stored in checkpoints and results
+    task: str
+    model: dict  # ModelConfig fields; the task fills in what it decides (vocab_size, max_seq_len)
+    train: TrainConfig
+    runs: dict[str, list[dict]]  # run name -> objective specs
+    section: dict  # the task's own section
+
+
+def load_recipe(name: str, overrides: list[str], group: str = "") -> Recipe:
+    path = find_recipe(name, group)
+    raw = apply_overrides(load_yaml(path), overrides)
+    unknown = sorted(set(raw) - SECTIONS)
+    if unknown:
+        raise ForesightError(f"{path}: unknown section {unknown[0]!r}; known sections: {', '.join(sorted(SECTIONS))}")
+    task = raw.get("task")
+    if task not in ("stargraph",):
+        raise ForesightError(f"{path}: 'task' must be 'stargraph' (text pretraining comes with a later release), got {task!r}")
+    model = raw.get("model") or {}
+    if not isinstance(model, dict):
+        raise ForesightError(f"{path}: model must be a mapping of ModelConfig fields")
+    train = from_dict(TrainConfig, raw.get("train"), "train")
+    runs = raw.get("runs")
+    if not isinstance(runs, dict) or not runs:
+        raise ForesightError(f"{path}: 'runs' must map run names to objective lists, e.g. ntp: [{{name: ntp}}]")
+    for run_name, specs in runs.items():
+        if not isinstance(specs, list) or not specs:
+            raise ForesightError(f"runs.{run_name} must be a non-empty list of objectives")
+        for spec in specs:
+            cfg = objective_config(spec, where=f"runs.{run_name}")
+            check_weight(cfg.weight, f"runs.{run_name}.{spec['name']}.weight")
+    return Recipe(path, raw, task, model, train, runs, raw.get(task) or {})
+
+
+def build_model_config(fields: dict, **fixed) -> ModelConfig:
+    """ModelConfig from recipe fields, with the task's ``fixed`` values (an explicit mismatch is an error)."""
+    for key, value in fixed.items():
+        if key in fields and fields[key] != value and key != "max_seq_len":
+            raise ForesightError(f"model.{key}={fields[key]} does not match the task, which needs {value}; remove it")
+    merged = {**fields, **fixed}
+    if "max_seq_len" in fields:
+        merged["max_seq_len"] = max(fields["max_seq_len"], fixed.get("max_seq_len", 0))
+    return from_dict(ModelConfig, merged, "model")
+
+
+def select_runs(recipe: Recipe, names: str | None) -> dict[str, list[dict]]:
+    """``"ntp,top"`` -> those runs of the recipe, in that order; None -> all."""
+    if not names:
+        return recipe.runs
+    chosen = {}
+    for n in (s.strip() for s in names.split(",") if s.strip()):
+        if n not in recipe.runs:
+            raise ForesightError(f"--runs: no run {n!r} in {recipe.path}; it has: {', '.join(recipe.runs)}")
+        chosen[n] = recipe.runs[n]
+    return chosen

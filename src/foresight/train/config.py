@@ -1,0 +1,54 @@
+"""Trainer settings (one ``train:`` section of a recipe)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from foresight.errors import ForesightError
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, logging and checkpointing of one run."""
+
+    steps: int = 1000  # optimiser steps
+    batch_size: int = 64  # sequences per optimiser step
+    micro_batch_size: int | None = None  # sequences per forward/backward (gradient accumulation); None = batch_size
+    lr: float = 3e-4  # peak learning rate
+    min_lr: float = 3e-5  # floor of the cosine decay
+    warmup_steps: int = 100  # linear warm-up from 0 to lr
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only; norms and biases get none)
+    betas: list = field(default_factory=lambda: [0.9, 0.95])  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    seed: int = 0  # seeds model init and data order
+    device: str = "auto"  # "auto" (cuda if present), "cpu", "cuda", "cuda:1", ...
+    log_every: int = 10  # steps between metric lines
+    eval_every: int = 100  # steps between evaluations; 0 = only at the end
+    ckpt_every: int = 0  # steps between checkpoints; 0 = only at the end
+    keep_last: int = 2  # checkpoints kept (older ones are deleted)
+    early_stop_metric: str | None = None  # eval metric watched for early stopping, e.g. exact_match
+    early_stop_threshold: float = 0.995  # stop once the metric is >= this ...
+    early_stop_patience: int = 2  # ... for this many consecutive evaluations
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size is None:
+            self.micro_batch_size = self.batch_size
+        checks = [
+            (self.steps >= 1, "train.steps must be >= 1"),
+            (self.batch_size >= 1, "train.batch_size must be >= 1"),
+            (1 <= self.micro_batch_size <= self.batch_size, "train.micro_batch_size must be in 1 .. batch_size"),
+            (self.batch_size % self.micro_batch_size == 0, "train.batch_size must be a multiple of train.micro_batch_size"),
+            (self.lr > 0, "train.lr must be > 0"),
+            (0 <= self.min_lr <= self.lr, "train.min_lr must be in 0 .. lr"),
+            (self.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas must be two numbers in [0, 1)"),
+            (self.grad_clip >= 0, "train.grad_clip must be >= 0"),
+            (self.log_every >= 1, "train.log_every must be >= 1"),
+            (self.eval_every >= 0 and self.ckpt_every >= 0, "train.eval_every and train.ckpt_every must be >= 0"),
+            (self.keep_last >= 1, "train.keep_last must be >= 1"),
+            (self.early_stop_patience >= 1, "train.early_stop_patience must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ForesightError(message)

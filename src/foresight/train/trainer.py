@@ -1,0 +1,211 @@
+"""One trainer for every task: AdamW, warm-up + cosine, clipping, accumulation, autocast, checkpoints.
+
+The data is a pure function of the step (``batch_fn(step) -> Batch``), so a resumed run sees exactly the
+batches the uninterrupted run would have seen. Objective losses are divided once per optimiser step by
+counts taken over the whole step, so accumulation gives the same update as one big batch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from foresight.errors import ForesightError
+from foresight.objectives import Batch
+from foresight.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from foresight.train.config import TrainConfig
+from foresight.train.lm import TrainableLM
+from foresight.train.metrics import MetricsWriter
+from foresight.train.schedule import lr_at, weight_at
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ForesightError(f"train.device={name} but no CUDA device is available; use train.device=cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ForesightError(f"train.device: unknown device {name!r}; use auto, cpu or cuda") from None
+
+
+def make_optimizer(lm: TrainableLM, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (dim >= 2) only; norms and biases are not decayed."""
+    params = {id(p): p for p in lm.parameters() if p.requires_grad}.values()  # a tied weight once
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+class Trainer:
+    """Trains ``lm`` for ``cfg.steps`` steps, writing ``metrics.jsonl`` and ``checkpoints/`` under ``run_dir``.
+
+    ``run_config`` is stored in every checkpoint so a model can be rebuilt from it; ``eval_fn(model)`` returns
+    a dict of floats and is called every ``eval_every`` steps and at the end.
+    """
+
+    def __init__(
+        self,
+        lm: TrainableLM,
+        cfg: TrainConfig,
+        run_dir: Path,
+        batch_fn: Callable[[int], Batch],
+        run_config: dict,
+        eval_fn: Callable[[torch.nn.Module], dict] | None = None,
+        desc: str = "train",
+    ) -> None:
+        self.cfg, self.run_dir, self.batch_fn, self.eval_fn, self.desc = cfg, Path(run_dir), batch_fn, eval_fn, desc
+        self.run_config = run_config
+        self.device = pick_device(cfg.device)
+        self.lm = lm.to(self.device)
+        self.opt = make_optimizer(self.lm, cfg)
+        self.step = 0
+        self.streak = 0  # consecutive evaluations at or above the early-stop threshold
+        self.evals: list[dict] = []
+        self.stopped_early = False
+
+    # ----------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {
+            "lm": self.lm.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "step": self.step,
+            "streak": self.streak,
+            "evals": self.evals,
+            "config": self.run_config,
+            "rng_cpu": torch.get_rng_state(),
+        }
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint of this run folder; False if there is none."""
+        found = list_checkpoints(self.run_dir / "checkpoints")
+        if not found:
+            return False
+        state = load_checkpoint(found[-1][1], map_location=self.device)
+        try:
+            self.lm.load_state_dict(state["lm"])
+        except RuntimeError as e:
+            raise ForesightError(f"{found[-1][1]} does not match this recipe's model: {str(e).splitlines()[0]}") from None
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.streak, self.evals = state["step"], state["streak"], state["evals"]
+        torch.set_rng_state(state["rng_cpu"])
+        return True
+
+    def _save(self) -> None:
+        save_checkpoint(self.run_dir / "checkpoints", self.step, self.state_dict(), self.cfg.keep_last)
+
+    # ------------------------------------------------------------------------------------------ step
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def train_step(self, batch: Batch) -> dict:
+        """One optimiser step over ``batch`` (split into micro-batches); returns the logged numbers."""
+        cfg, lm = self.cfg, self.lm
+        batch = batch.to(self.device)
+        micro = [
+            Batch(batch.tokens[i : i + cfg.micro_batch_size], batch.seq_len,
+                  None if batch.loss_mask is None else batch.loss_mask[i : i + cfg.micro_batch_size])
+            for i in range(0, batch.tokens.shape[0], cfg.micro_batch_size)
+        ]
+        # Global divisors for the whole step (no forward pass needed).
+        counts = {k: sum(lm.counts(mb)[k] for mb in micro).clamp(min=1).float() for k in lm.objectives}
+        weights = {k: weight_at(w, self.step, cfg.steps) for k, w in lm.weights.items()}
+        sums = {k: torch.zeros((), device=self.device) for k in lm.objectives}
+        extras: dict[str, torch.Tensor] = {}
+        for mb in micro:
+            with self._autocast():
+                outs = lm(mb)
+            total = sum(weights[k] * o.loss_sum / counts[k] for k, o in outs.items())
+            total.backward()
+            for k, o in outs.items():
+                sums[k] += o.loss_sum.detach()
+                for name, v in o.metrics.items():
+                    extras[name] = extras.get(name, 0) + v * (o.count / counts[k])
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            lm.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        )
+        lr = lr_at(self.step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        finite = bool(torch.isfinite(grad_norm))
+        if finite:  # skip non-finite steps, as the paper's runs do
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        losses = {f"{k}_loss": float(sums[k] / counts[k]) for k in lm.objectives}
+        record = {
+            "loss": sum(weights[k] * losses[f"{k}_loss"] for k in lm.objectives),
+            **losses,
+            **{k: float(v) for k, v in extras.items()},
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "skipped": not finite,
+        }
+        record.update({f"{k}_weight": w for k, w in weights.items() if isinstance(lm.weights[k], list)})
+        return record
+
+    # ------------------------------------------------------------------------------------------- fit
+    def evaluate(self) -> dict:
+        result = {k: float(v) for k, v in self.eval_fn(self.lm.model).items()}
+        self.evals.append({"step": self.step, **result})
+        metric = self.cfg.early_stop_metric
+        if metric is not None:
+            if metric not in result:
+                raise ForesightError(f"train.early_stop_metric={metric!r} is not an eval metric; have {sorted(result)}")
+            self.streak = self.streak + 1 if result[metric] >= self.cfg.early_stop_threshold else 0
+        return result
+
+    def fit(self, resume: bool = False) -> list[dict]:
+        """Run to ``cfg.steps`` (or early stop); returns the evaluation history."""
+        cfg = self.cfg
+        resumed = resume and self.resume()
+        metrics = MetricsWriter(self.run_dir / "metrics.jsonl", resume_step=self.step if resumed else None)
+        if not resumed:
+            metrics.write({"kind": "meta", "step": 0, "params": self.lm.model.num_parameters(),
+                           "total_params": sum(p.numel() for p in {id(p): p for p in self.lm.parameters()}.values()),
+                           "device": str(self.device), "train": asdict(cfg)})
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, unit="step", dynamic_ncols=True,
+                   file=sys.stderr, mininterval=0.5, leave=True)
+        tokens_since, time_since = 0, time.perf_counter()
+        start = time.perf_counter()
+        while self.step < cfg.steps and not self.stopped_early:
+            batch = self.batch_fn(self.step)
+            record = self.train_step(batch)
+            self.step += 1
+            tokens_since += batch.tokens.shape[0] * batch.seq_len
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                now = time.perf_counter()
+                record["tokens_per_s"] = tokens_since / max(now - time_since, 1e-9)
+                tokens_since, time_since = 0, now
+                if self.device.type == "cuda":
+                    record["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                metrics.write({"kind": "train", "step": self.step, "elapsed_s": now - start, **record})
+                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}")
+                if not math.isfinite(record["loss"]):
+                    bar.write(f"warning: non-finite loss at step {self.step}")
+            at_end = self.step == cfg.steps
+            if self.eval_fn is not None and (at_end or (cfg.eval_every and self.step % cfg.eval_every == 0)):
+                result = self.evaluate()
+                metrics.write({"kind": "eval", "step": self.step, **result})
+                bar.write(f"[{self.desc}] step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
+                if cfg.early_stop_metric and self.streak >= cfg.early_stop_patience:
+                    self.stopped_early = True
+                    bar.write(f"[{self.desc}] early stop: {cfg.early_stop_metric} >= {cfg.early_stop_threshold} "
+                              f"for {self.streak} evaluations")
+            if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or at_end or self.stopped_early:
+                self._save()
+        bar.close()
+        return self.evals
