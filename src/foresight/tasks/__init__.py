@@ -1,1 +1,21 @@
-"""Tasks tie data, trainer and evaluation together for one kind of run (star graph; text comes next)."""
+"""Tasks tie data, trainer and evaluation together for one kind of run.
+
+A task is a function ``run(recipe, runs, out_dir, resume)``; ``TASKS`` maps a recipe's ``task:`` to it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _stargraph(recipe, runs, out_dir: Path, resume: bool):
+    from foresight.tasks.stargraph import run_stargraph
+
+    return run_stargraph(recipe, runs, out_dir, resume)
+
+
+TASKS = {"stargraph": _stargraph}
+
+
+def run_task(recipe, runs: dict, out_dir: Path, resume: bool = False):
+    return TASKS[recipe.task](recipe, runs, out_dir, resume)

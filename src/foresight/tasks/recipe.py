@@ -12,7 +12,7 @@ from foresight.objectives import objective_config
 from foresight.train.config import TrainConfig
 from foresight.train.schedule import check_weight
 
-SECTIONS = {"task", "model", "train", "runs", "stargraph"}
+SECTIONS = {"task", "model", "train", "runs", "stargraph"}  # tasks add their own section name here
 
 
 @dataclass
@@ -33,8 +33,10 @@ def load_recipe(name: str, overrides: list[str], group: str = "") -> Recipe:
     if unknown:
         raise ForesightError(f"{path}: unknown section {unknown[0]!r}; known sections: {', '.join(sorted(SECTIONS))}")
     task = raw.get("task")
-    if task not in ("stargraph",):
-        raise ForesightError(f"{path}: 'task' must be 'stargraph' (text pretraining comes with a later release), got {task!r}")
+    from foresight.tasks import TASKS
+
+    if task not in TASKS:
+        raise ForesightError(f"{path}: 'task' must be one of {sorted(TASKS)}, got {task!r}")
     model = raw.get("model") or {}
     if not isinstance(model, dict):
         raise ForesightError(f"{path}: model must be a mapping of ModelConfig fields")

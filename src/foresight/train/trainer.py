@@ -119,7 +119,8 @@ class Trainer:
             for i in range(0, batch.tokens.shape[0], cfg.micro_batch_size)
         ]
         # Global divisors for the whole step (no forward pass needed).
-        counts = {k: sum(lm.counts(mb)[k] for mb in micro).clamp(min=1).float() for k in lm.objectives}
+        per_micro = [lm.counts(mb) for mb in micro]
+        counts = {k: sum(c[k] for c in per_micro).clamp(min=1).float() for k in lm.objectives}
         weights = {k: weight_at(w, self.step, cfg.steps) for k, w in lm.weights.items()}
         sums = {k: torch.zeros((), device=self.device) for k in lm.objectives}
         extras: dict[str, torch.Tensor] = {}

@@ -1,0 +1,38 @@
+"""Pieces shared by the command modules."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from foresight.errors import ForesightError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points at --help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options of every command that trains from a recipe."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.steps=200 (repeatable)")
+    p.add_argument("--runs", help="comma-separated subset of the recipe's runs, e.g. ntp,top")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<task>-<recipe>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue each run from its newest checkpoint in --out")
+
+
+def run_recipe(name: str, args, group: str = "") -> None:
+    """Load a recipe with the command line's overrides and hand it to its task."""
+    from foresight.tasks import run_task
+    from foresight.tasks.recipe import load_recipe, select_runs
+
+    recipe = load_recipe(name, args.overrides, group)
+    runs = select_runs(recipe, args.runs)
+    if args.resume and args.out is None:
+        raise ForesightError("--resume needs --out RUN_FOLDER (the folder of the run to continue)")
+    out = args.out or Path("runs") / f"{recipe.task}-{recipe.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_task(recipe, runs, out, resume=args.resume)
