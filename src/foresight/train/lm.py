@@ -40,3 +40,23 @@ class TrainableLM(nn.Module):
     def forward(self, batch: Batch) -> dict[str, LossOutput]:
         out = self.model.trunk(batch.input_ids)
         return {key: obj(out, batch, self.model) for key, obj in self.objectives.items()}
+
+    @classmethod
+    def from_checkpoint(cls, path, map_location="cpu") -> tuple["TrainableLM", dict]:
+        """Rebuild the model and its objective heads from a checkpoint file or run folder.
+
+        Every checkpoint's ``config`` holds ``model`` (ModelConfig fields) and ``objectives`` (the specs).
+        Returns the model (in eval mode) and the whole checkpoint state.
+        """
+        from foresight.train.checkpoint import load_checkpoint
+
+        state = load_checkpoint(path, map_location=map_location)
+        config = state["config"]
+        if "model" not in config or "objectives" not in config:
+            raise ForesightError(f"{path}: checkpoint config lacks 'model' or 'objectives'; it cannot be rebuilt")
+        lm = cls(ModelConfig(**config["model"]), config["objectives"])
+        try:
+            lm.load_state_dict(state["lm"])
+        except RuntimeError as e:
+            raise ForesightError(f"{path}: weights do not fit the stored config: {str(e).splitlines()[0]}") from None
+        return lm.eval(), state
