@@ -5,9 +5,9 @@ first occurrence, 0 for the next token); the target distribution is the softmax 
 is ListNet top-one: cross-entropy of ``softmax(W_top h_t)`` against that target.
 
 We compute it in sparse form (shared/reference/objectives.md): softmax over -d is shift-invariant and
-exp(-(d - d_min)) underflows to exactly 0 in fp32 once d - d_min >= 104, so the first K = min(window, 128)
-upcoming positions carry the whole target (bit for bit whenever the nearest scored token is within 24
-positions). The target is an (N, K) pair (ids, weights); no N x V tensor is ever built.
+exp(-(d - d_min)) underflows to exactly 0 in fp32 once d - d_min >= 104, so K = min(window, 128) upcoming
+positions, counted from the nearest scorable token, carry the whole target. The target is an (N, K) pair
+(ids, weights); no N x V tensor is ever built.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def top_targets(
 
     tokens: (B, L) long with L >= seq_len + 1; position t looks at ``tokens[b, t+1 : min(t+1+window, L)]``.
     Returns ``ids`` (B, seq_len, K) long and ``weights`` (B, seq_len, K) fp32, K = min(window, 128): slot j
-    holds the token at offset j if that is the first occurrence of a scored id (not ``ignore_index``, not
-    negative), with weight softmax(score) over the row's scored slots; other slots have id 0 and weight 0.
+    holds the token at offset s_t + j (s_t = offset of the first scorable upcoming token) if that is the first
+    occurrence of a scored id (not ``ignore_index``, not negative), with weight softmax(score) over the row's
+    scored slots; other slots have id 0 and weight 0.
     ``scores="exact"``: score = -d. ``scores="paper"``: score = float(half(window - d)), which reproduces the
     fp16 rounding of the reference runs (at window 4096, d = 0 and d = 1 tie).
     Cost: O(B · seq_len · K log K) time, O(B · seq_len · K) memory.
@@ -56,16 +57,27 @@ def top_targets(
         raise ValueError(f"tokens must have at least seq_len + 1 = {seq_len + 1} columns, got {length}")
     k = min(window, MAX_SLOTS)
     device = tokens.device
-    # upcoming[b, t, j] = tokens[b, t + 1 + j], or -1 past the end of the stream.
-    padded = torch.cat([tokens, tokens.new_full((b, k), -1)], dim=1)  # (B, L + K)
-    index = torch.arange(seq_len, device=device)[:, None] + 1 + torch.arange(k, device=device)[None, :]  # (T, K)
-    upcoming = padded[:, index]  # (B, T, K)
+    # The K slots start at the first scorable upcoming token (offset s_t), not at t + 1: then every id the
+    # dense target gives weight to sits within K = 128 offsets of the nearest one (farther ones have
+    # exp(-(d - d_min)) < exp(-128), which is 0 in fp32), so the sparse target equals the dense one even after
+    # a long run of ignored ids.
+    scorable_stream = (tokens >= 0) & (tokens != ignore_index)  # (B, L)
+    positions = torch.arange(length, device=device)
+    candidates = torch.where(scorable_stream, positions, torch.full_like(positions, length))
+    next_scorable = candidates.flip(-1).cummin(-1).values.flip(-1)  # (B, L): first scorable index >= i
+    t_next = torch.arange(seq_len, device=device) + 1  # (T,): index of the next token
+    start = next_scorable[:, 1 : seq_len + 1] - t_next  # (B, T): offset s_t of the first scorable token
+    offsets = start[..., None] + torch.arange(k, device=device)  # (B, T, K): absolute offset d of each slot
+    index = t_next[None, :, None] + offsets  # (B, T, K): stream index of each slot
+    in_window = (offsets < window) & (index < length)
+    gathered = tokens.gather(1, index.clamp(max=length - 1).reshape(b, -1)).reshape(b, seq_len, k)
+    upcoming = torch.where(in_window, gathered, torch.full_like(gathered, -1))  # (B, T, K)
     scorable = (upcoming >= 0) & (upcoming != ignore_index)
 
     # First occurrence within the row: a stable sort groups equal ids in offset order, so the first of each
     # group is the earliest offset. Unscorable slots get distinct negative keys so they never group.
-    offsets = torch.arange(k, device=device)
-    keys = torch.where(scorable, upcoming, -1 - offsets)
+    slot = torch.arange(k, device=device)
+    keys = torch.where(scorable, upcoming, -1 - slot)
     sorted_keys, order = torch.sort(keys, dim=-1, stable=True)
     first_sorted = torch.ones_like(sorted_keys, dtype=torch.bool)
     first_sorted[..., 1:] = sorted_keys[..., 1:] != sorted_keys[..., :-1]
@@ -76,7 +88,7 @@ def top_targets(
         score = -offsets.float()
     else:
         score = (window - offsets).to(torch.float16).float()
-    logits = score.expand(b, seq_len, k).masked_fill(~scored, float("-inf"))
+    logits = score.masked_fill(~scored, float("-inf"))  # (B, T, K)
     weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # rows with nothing scored: all 0
     ids = torch.where(scored, upcoming, torch.zeros_like(upcoming))
     return ids, weights

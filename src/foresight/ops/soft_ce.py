@@ -30,11 +30,12 @@ class _LinearSoftCE(torch.autograd.Function):
         # hidden (N, D), weight (V, D), ids (N, K) long in [0, V), weights (N, K) float
         n, v = hidden.shape[0], weight.shape[0]
         step = _chunk_rows(n, v, chunk_rows)
-        lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        loss = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        w32 = weights.float()
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 accumulation, fp64 stays fp64
+        lse = torch.empty(n, dtype=acc, device=hidden.device)
+        loss = torch.empty(n, dtype=acc, device=hidden.device)
+        w32 = weights.to(acc)
         for s in range(0, n, step):
-            z = (hidden[s : s + step] @ weight.T).float()  # (n_c, V)
+            z = (hidden[s : s + step] @ weight.T).to(acc)  # (n_c, V)
             lse[s : s + step] = torch.logsumexp(z, dim=-1)
             picked = z.gather(1, ids[s : s + step])  # (n_c, K)
             loss[s : s + step] = lse[s : s + step] - (w32[s : s + step] * picked).sum(-1)
@@ -45,21 +46,21 @@ class _LinearSoftCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         hidden, weight, ids, w32, lse = ctx.saved_tensors
-        grad_loss = grad_loss.float()
+        grad_loss = grad_loss.to(lse.dtype)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_w = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if need_w else None
         for s in range(0, hidden.shape[0], ctx.step):
             h = hidden[s : s + ctx.step]
             g = grad_loss[s : s + ctx.step, None]  # (n_c, 1)
-            z = (h @ weight.T).float()  # recompute (n_c, V)
+            z = (h @ weight.T).to(lse.dtype)  # recompute (n_c, V)
             z.sub_(lse[s : s + ctx.step, None]).exp_().mul_(g)  # g · softmax(z)
             z.scatter_add_(1, ids[s : s + ctx.step], -w32[s : s + ctx.step] * g)  # - g · q
             dz = z.to(hidden.dtype)
             if need_h:
                 grad_h[s : s + ctx.step] = dz @ weight
             if need_w:
-                grad_w += (dz.T @ h).float()
+                grad_w += (dz.T @ h).to(lse.dtype)
         return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None
 
 
@@ -71,7 +72,7 @@ def linear_soft_cross_entropy(
     *,
     chunk_rows: int | None = None,
 ) -> torch.Tensor:
-    """Per-row loss (N,) fp32 of ``logsumexp(h W^T) - sum_k weights[:, k] * (h W^T)[ids[:, k]]``.
+    """Per-row loss (N,), fp32 (fp64 for fp64 inputs), of ``logsumexp(h W^T) - sum_k weights[:, k] * (h W^T)[ids[:, k]]``.
 
     hidden (N, D), weight (V, D), ids (N, K) with every entry in [0, V) (unused slots: any valid id with
     weight 0), weights (N, K). Differentiable in ``hidden`` and ``weight``. Rows the caller wants to drop
