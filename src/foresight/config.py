@@ -38,7 +38,9 @@ def find_recipe(name: str, group: str = "") -> Path:
         candidate = d / group / f"{name}.yaml"
         if candidate.is_file():
             return candidate
-    known = sorted({p.stem for d in recipe_dirs() if (d / group).is_dir() for p in (d / group).glob("*.yaml")})
+    # Recipes in sub-folders are named by their relative path (text/tiny) when no group is implied.
+    known = sorted({p.relative_to(d / group).with_suffix("").as_posix() for d in recipe_dirs() if (d / group).is_dir()
+                    for p in ((d / group).glob("*.yaml") if group else (d / group).rglob("*.yaml"))})
     raise ForesightError(f"unknown recipe {name!r}; give a .yaml path or one of: {', '.join(known) or '(none found)'}")
 
 

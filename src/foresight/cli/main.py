@@ -11,11 +11,12 @@ import argparse
 import sys
 
 from foresight import __version__
-from foresight.cli import stargraph, train
+from foresight.cli import compare, prepare, stargraph, tokenizer, train
+from foresight.cli import eval as evaluate, generate, hf
 from foresight.cli.common import Parser
 from foresight.errors import ForesightError
 
-COMMANDS = [stargraph, train]  # order of appearance in --help
+COMMANDS = [stargraph, train, tokenizer, prepare, compare, hf, evaluate, generate]  # order of appearance in --help
 
 
 def build_parser() -> argparse.ArgumentParser:

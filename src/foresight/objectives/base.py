@@ -23,11 +23,16 @@ class Batch:
         for the labels of the last positions (1 token for NTP, more for TOP / MTP / DS-MTP).
     loss_mask: (B, seq_len) bool or None. Positions whose predictions are trained (star graph: only the
         positions that predict the answer path). None = every position.
+    horizon: (B, seq_len) long or None. For position t, the largest offset j whose target ``tokens[t + 1 + j]``
+        may be used: the offset of the first end-of-document token after t, so that future-aware targets
+        (TOP, MTP, DS-MTP) stop at a document boundary, the EOS itself included. The next-token label
+        (j = 0) is always kept. None = targets cross documents, as in the paper.
     """
 
     tokens: torch.Tensor
     seq_len: int
     loss_mask: torch.Tensor | None = None
+    horizon: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -35,7 +40,14 @@ class Batch:
 
     def to(self, device: torch.device | str) -> "Batch":
         mask = None if self.loss_mask is None else self.loss_mask.to(device)
-        return Batch(self.tokens.to(device), self.seq_len, mask)
+        horizon = None if self.horizon is None else self.horizon.to(device)
+        return Batch(self.tokens.to(device), self.seq_len, mask, horizon)
+
+    def rows(self, start: int, stop: int) -> "Batch":
+        """Sequences ``start .. stop - 1`` (a micro-batch)."""
+        mask = None if self.loss_mask is None else self.loss_mask[start:stop]
+        horizon = None if self.horizon is None else self.horizon[start:stop]
+        return Batch(self.tokens[start:stop], self.seq_len, mask, horizon)
 
 
 @dataclass
@@ -51,7 +63,7 @@ def shifted_labels(batch: Batch, offset: int, ignore_index: int = IGNORE_INDEX) 
     """Labels (B, T) of the prediction ``offset`` tokens past the next one: ``tokens[:, t + 1 + offset]``.
 
     Positions whose label lies past the end of ``tokens``, or that ``loss_mask`` switches off, or whose
-    label is negative, get ``ignore_index``.
+    label is negative, or lies past ``horizon`` (a document boundary), get ``ignore_index``.
     """
     tokens, t = batch.tokens, batch.seq_len
     b, length = tokens.shape
@@ -62,6 +74,8 @@ def shifted_labels(batch: Batch, offset: int, ignore_index: int = IGNORE_INDEX) 
     labels = labels.masked_fill(labels < 0, ignore_index)
     if batch.loss_mask is not None:
         labels = labels.masked_fill(~batch.loss_mask, ignore_index)
+    if batch.horizon is not None and offset > 0:
+        labels = labels.masked_fill(batch.horizon < offset, ignore_index)
     return labels
 
 

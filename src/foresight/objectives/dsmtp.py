@@ -82,10 +82,12 @@ class DSMTPModule(nn.Module):
         self.norm = RMSNorm(d, model_cfg.norm_eps) if cfg.final_norm == "own" else None
         self.hidden_first = cfg.concat == "hidden_first"
 
-    def forward(self, h_prev: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, h_prev: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache=None) -> torch.Tensor:
+        """``cache``: the block's KVCache when drafting token by token (speculative decoding), else None."""
         h, e = self.hnorm(h_prev), self.enorm(emb)  # (B, T, D) each
         joined = torch.cat([h, e] if self.hidden_first else [e, h], dim=-1)  # (B, T, 2D)
-        return self.block(self.eh_proj(joined), cos, sin)
+        return self.block(self.eh_proj(joined), cos, sin, cache)
 
 
 class DSMTP(Objective):

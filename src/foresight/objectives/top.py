@@ -38,7 +38,8 @@ def _check_modes(window: int, scores: str, normalize: str | None = None) -> None
 
 @torch.no_grad()
 def top_targets(
-    tokens: torch.Tensor, seq_len: int, window: int, *, ignore_index: int = IGNORE_INDEX, scores: str = "exact"
+    tokens: torch.Tensor, seq_len: int, window: int, *, ignore_index: int = IGNORE_INDEX, scores: str = "exact",
+    horizon: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse TOP targets.
 
@@ -49,6 +50,8 @@ def top_targets(
     scored slots; other slots have id 0 and weight 0.
     ``scores="exact"``: score = -d. ``scores="paper"``: score = float(half(window - d)), which reproduces the
     fp16 rounding of the reference runs (at window 4096, d = 0 and d = 1 tie).
+    ``horizon`` (B, seq_len) long, optional: slots past offset ``horizon[b, t]`` (the next end of document)
+    never score, so the ranking stops at a document boundary (see ``Batch.horizon``).
     Cost: O(B · seq_len · K log K) time, O(B · seq_len · K) memory.
     """
     _check_modes(window, scores)
@@ -73,6 +76,8 @@ def top_targets(
     gathered = tokens.gather(1, index.clamp(max=length - 1).reshape(b, -1)).reshape(b, seq_len, k)
     upcoming = torch.where(in_window, gathered, torch.full_like(gathered, -1))  # (B, T, K)
     scorable = (upcoming >= 0) & (upcoming != ignore_index)
+    if horizon is not None:
+        scorable &= torch.arange(k, device=device) <= horizon[..., None]  # (B, T, K)
 
     # First occurrence within the row: a stable sort groups equal ids in offset order, so the first of each
     # group is the earliest offset. Unscorable slots get distinct negative keys so they never group.
@@ -154,7 +159,7 @@ class TOP(Objective):
 
     def _targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ids, w = top_targets(batch.tokens, batch.seq_len, self.cfg.window, ignore_index=self.cfg.ignore_index,
-                             scores=self.cfg.scores)
+                             scores=self.cfg.scores, horizon=batch.horizon)
         rows = (w > 0).any(-1) if self.cfg.normalize == "valid" else torch.ones_like(w[..., 0], dtype=torch.bool)
         if batch.loss_mask is not None:
             rows = rows & batch.loss_mask

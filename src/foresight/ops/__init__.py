@@ -1,4 +1,5 @@
-"""Loss-layer ops. Each public function here has a pure-PyTorch implementation (CPU path, ground truth)."""
+"""Loss-layer ops. Each public function here has a pure-PyTorch implementation (CPU path, ground truth)
+and takes ``impl="auto" | "torch" | "triton"``; the Triton kernels live in ``ops/kernels/`` (issue #4)."""
 
 from foresight.ops.soft_ce import linear_cross_entropy, linear_soft_cross_entropy
 

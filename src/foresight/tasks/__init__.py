@@ -14,7 +14,13 @@ def _stargraph(recipe, runs, out_dir: Path, resume: bool):
     return run_stargraph(recipe, runs, out_dir, resume)
 
 
-TASKS = {"stargraph": _stargraph}
+def _text(recipe, runs, out_dir: Path, resume: bool):
+    from foresight.tasks.text import run_text
+
+    return run_text(recipe, runs, out_dir, resume)
+
+
+TASKS = {"stargraph": _stargraph, "text": _text}
 
 
 def run_task(recipe, runs: dict, out_dir: Path, resume: bool = False):

@@ -1,8 +1,12 @@
-"""A recipe file: ``task``, a task section, ``model``, ``train`` and ``runs`` (named objective lists)."""
+"""A recipe file: ``task``, a task section, ``model``, ``train`` and ``runs`` (named objective lists).
+
+A run is a list of objective specs, or a mapping ``{objectives: [...], model: {...}}`` whose ``model`` entries
+override the shared ``model`` section for that run only (e.g. MTP's shorter trunk, parameter-matched to NTP).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from foresight.config import apply_overrides, find_recipe, from_dict, load_yaml
@@ -12,7 +16,7 @@ from foresight.objectives import objective_config
 from foresight.train.config import TrainConfig
 from foresight.train.schedule import check_weight
 
-SECTIONS = {"task", "model", "train", "runs", "stargraph"}  # tasks add their own section name here
+SECTIONS = {"task", "model", "train", "runs", "stargraph", "text"}  # tasks add their own section name here
 
 
 @dataclass
@@ -24,6 +28,11 @@ class Recipe:
     train: TrainConfig
     runs: dict[str, list[dict]]  # run name -> objective specs
     section: dict  # the task's own section
+    run_models: dict[str, dict] = field(default_factory=dict)  # run name -> its model overrides
+
+    def model_fields(self, run: str) -> dict:
+        """The ``model`` section with ``run``'s own overrides applied."""
+        return {**self.model, **self.run_models.get(run, {})}
 
 
 def load_recipe(name: str, overrides: list[str], group: str = "") -> Recipe:
@@ -44,13 +53,25 @@ def load_recipe(name: str, overrides: list[str], group: str = "") -> Recipe:
     runs = raw.get("runs")
     if not isinstance(runs, dict) or not runs:
         raise ForesightError(f"{path}: 'runs' must map run names to objective lists, e.g. ntp: [{{name: ntp}}]")
-    for run_name, specs in runs.items():
+    run_specs, run_models = {}, {}
+    for run_name, entry in runs.items():
+        specs = entry
+        if isinstance(entry, dict):
+            extra = sorted(set(entry) - {"objectives", "model"})
+            if extra:
+                raise ForesightError(f"runs.{run_name}: unknown key {extra[0]!r}; a run is a list of objectives or "
+                                     f"{{objectives: [...], model: {{...}}}}")
+            specs = entry.get("objectives")
+            if not isinstance(entry.get("model", {}), dict):
+                raise ForesightError(f"runs.{run_name}.model must be a mapping of ModelConfig fields")
+            run_models[run_name] = entry.get("model") or {}
         if not isinstance(specs, list) or not specs:
             raise ForesightError(f"runs.{run_name} must be a non-empty list of objectives")
         for spec in specs:
             cfg = objective_config(spec, where=f"runs.{run_name}")
             check_weight(cfg.weight, f"runs.{run_name}.{spec['name']}.weight")
-    return Recipe(path, raw, task, model, train, runs, raw.get(task) or {})
+        run_specs[run_name] = specs
+    return Recipe(path, raw, task, model, train, run_specs, raw.get(task) or {}, run_models)
 
 
 def build_model_config(fields: dict, **fixed) -> ModelConfig:

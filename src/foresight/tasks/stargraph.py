@@ -88,7 +88,8 @@ def results_table(spec: StarGraphSpec, results: list[dict]) -> str:
 def run_stargraph(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume: bool = False) -> list[dict]:
     cfg = from_dict(StarGraphTaskConfig, recipe.section, "stargraph")
     spec = StarGraphSpec(cfg.deg, cfg.path, cfg.nodes).validate()
-    model_cfg = build_model_config(recipe.model, vocab_size=spec.vocab_size, max_seq_len=spec.seq_len + 1)
+    model_cfgs = {name: build_model_config(recipe.model_fields(name), vocab_size=spec.vocab_size,
+                                           max_seq_len=spec.seq_len + 1) for name in runs}
     train_cfg = recipe.train
     train, test = load_split(cfg, spec, "train"), load_split(cfg, spec, "test")
     if train_cfg.batch_size > len(train):
@@ -101,6 +102,7 @@ def run_stargraph(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, re
     results = []
     for name, specs in runs.items():
         torch.manual_seed(train_cfg.seed)  # same trunk initialisation for every run
+        model_cfg = model_cfgs[name]
         lm = TrainableLM(model_cfg, specs)
         run_dir = out_dir / name
         trainer = Trainer(

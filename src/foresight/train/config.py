@@ -17,7 +17,8 @@ class TrainConfig:
     lr: float = 3e-4  # peak learning rate
     min_lr: float = 3e-5  # floor of the cosine decay
     warmup_steps: int = 100  # linear warm-up from 0 to lr
-    weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only; norms and biases get none)
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only; norms and biases get none) ...
+    decay_all: bool = False  # ... unless true: decay every parameter, as the TOP paper's runs do
     betas: list = field(default_factory=lambda: [0.9, 0.95])  # AdamW betas
     eps: float = 1e-8  # AdamW epsilon
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
@@ -30,6 +31,8 @@ class TrainConfig:
     early_stop_metric: str | None = None  # eval metric watched for early stopping, e.g. exact_match
     early_stop_threshold: float = 0.995  # stop once the metric is >= this ...
     early_stop_patience: int = 2  # ... for this many consecutive evaluations
+    tensorboard: bool = True  # also write TensorBoard events (only when the tensorboard package is installed)
+    peak_tflops: float | None = None  # accelerator peak for MFU; None = by GPU name (H100/H200: 790, measured bf16)
 
     def __post_init__(self) -> None:
         if self.micro_batch_size is None:
@@ -48,6 +51,7 @@ class TrainConfig:
             (self.eval_every >= 0 and self.ckpt_every >= 0, "train.eval_every and train.ckpt_every must be >= 0"),
             (self.keep_last >= 1, "train.keep_last must be >= 1"),
             (self.early_stop_patience >= 1, "train.early_stop_patience must be >= 1"),
+            (self.peak_tflops is None or self.peak_tflops > 0, "train.peak_tflops must be > 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,8 +1,14 @@
 """One trainer for every task: AdamW, warm-up + cosine, clipping, accumulation, autocast, checkpoints.
 
 The data is a pure function of the step (``batch_fn(step) -> Batch``), so a resumed run sees exactly the
-batches the uninterrupted run would have seen. Objective losses are divided once per optimiser step by
-counts taken over the whole step, so accumulation gives the same update as one big batch.
+batches the uninterrupted run would have seen; ``data_state(step)``, when given, describes that position
+(data fingerprint, order, ...) and is stored in checkpoints, and resuming on data that would give other
+batches is an error. Objective losses are divided once per optimiser step by counts taken over the whole
+step, so accumulation gives the same update as one big batch.
+
+Metrics: JSON lines always (``metrics.jsonl``), TensorBoard too when it is installed. Train lines hold the
+loss per objective, learning rate, gradient norm, tokens seen, tokens/s and achieved model TFLOP/s
+(``foresight.train.flops``); on CUDA also MFU against the device's peak and peak memory.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from foresight.errors import ForesightError
 from foresight.objectives import Batch
 from foresight.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from foresight.train.config import TrainConfig
+from foresight.train.flops import flops_per_token, peak_flops
 from foresight.train.lm import TrainableLM
 from foresight.train.metrics import MetricsWriter
 from foresight.train.schedule import lr_at, weight_at
+from foresight.train.tensorboard import log_scalars, open_writer
 
 
 def pick_device(name: str) -> torch.device:
@@ -38,10 +46,10 @@ def pick_device(name: str) -> torch.device:
 
 
 def make_optimizer(lm: TrainableLM, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (dim >= 2) only; norms and biases are not decayed."""
+    """AdamW with weight decay on matrices (dim >= 2) only, or on every parameter with ``cfg.decay_all``."""
     params = {id(p): p for p in lm.parameters() if p.requires_grad}.values()  # a tied weight once
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    decay = [p for p in params if p.dim() >= 2 or cfg.decay_all]
+    no_decay = [p for p in params if p.dim() < 2 and not cfg.decay_all]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
@@ -50,7 +58,8 @@ class Trainer:
     """Trains ``lm`` for ``cfg.steps`` steps, writing ``metrics.jsonl`` and ``checkpoints/`` under ``run_dir``.
 
     ``run_config`` is stored in every checkpoint so a model can be rebuilt from it; ``eval_fn(model)`` returns
-    a dict of floats and is called every ``eval_every`` steps and at the end.
+    a dict of floats and is called every ``eval_every`` steps and at the end; ``data_state(step)`` (optional)
+    returns a JSON-able description of the data position before ``step`` (see the module docstring).
     """
 
     def __init__(
@@ -62,8 +71,10 @@ class Trainer:
         run_config: dict,
         eval_fn: Callable[[torch.nn.Module], dict] | None = None,
         desc: str = "train",
+        data_state: Callable[[int], dict] | None = None,
     ) -> None:
         self.cfg, self.run_dir, self.batch_fn, self.eval_fn, self.desc = cfg, Path(run_dir), batch_fn, eval_fn, desc
+        self.data_state = data_state
         self.run_config = run_config
         self.device = pick_device(cfg.device)
         self.lm = lm.to(self.device)
@@ -75,7 +86,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        return {
+        state = {
             "lm": self.lm.state_dict(),
             "optimizer": self.opt.state_dict(),
             "step": self.step,
@@ -84,6 +95,22 @@ class Trainer:
             "config": self.run_config,
             "rng_cpu": torch.get_rng_state(),
         }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        if self.data_state is not None:
+            state["data"] = self.data_state(self.step)  # where the next batch comes from
+        return state
+
+    def _check_data(self, saved: dict | None, path: Path) -> None:
+        """Resuming must continue on the same data in the same order, or the run is not the same run."""
+        if self.data_state is None or saved is None:
+            return
+        now = self.data_state(self.step)
+        for key in [*now, *(k for k in saved if k not in now)]:  # settings first, the derived position last
+            if saved.get(key) != now.get(key):
+                raise ForesightError(
+                    f"{path} was trained on other data or data settings: {key} was {saved.get(key)!r}, now "
+                    f"{now.get(key)!r}; resume with the same data and recipe, or start a new run folder")
 
     def resume(self) -> bool:
         """Load the newest checkpoint of this run folder; False if there is none."""
@@ -97,7 +124,11 @@ class Trainer:
             raise ForesightError(f"{found[-1][1]} does not match this recipe's model: {str(e).splitlines()[0]}") from None
         self.opt.load_state_dict(state["optimizer"])
         self.step, self.streak, self.evals = state["step"], state["streak"], state["evals"]
-        torch.set_rng_state(state["rng_cpu"])
+        self._check_data(state.get("data"), found[-1][1])
+        # RNG states must be CPU byte tensors, but map_location moved every tensor to the training device.
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if self.device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         return True
 
     def _save(self) -> None:
@@ -113,11 +144,7 @@ class Trainer:
         """One optimiser step over ``batch`` (split into micro-batches); returns the logged numbers."""
         cfg, lm = self.cfg, self.lm
         batch = batch.to(self.device)
-        micro = [
-            Batch(batch.tokens[i : i + cfg.micro_batch_size], batch.seq_len,
-                  None if batch.loss_mask is None else batch.loss_mask[i : i + cfg.micro_batch_size])
-            for i in range(0, batch.tokens.shape[0], cfg.micro_batch_size)
-        ]
+        micro = [batch.rows(i, i + cfg.micro_batch_size) for i in range(0, batch.tokens.shape[0], cfg.micro_batch_size)]
         # Global divisors for the whole step (no forward pass needed).
         per_micro = [lm.counts(mb) for mb in micro]
         counts = {k: sum(c[k] for c in per_micro).clamp(min=1).float() for k in lm.objectives}
@@ -171,42 +198,59 @@ class Trainer:
         cfg = self.cfg
         resumed = resume and self.resume()
         metrics = MetricsWriter(self.run_dir / "metrics.jsonl", resume_step=self.step if resumed else None)
+        tb = open_writer(self.run_dir, cfg.tensorboard, purge_step=self.step if resumed else None)
         if not resumed:
             metrics.write({"kind": "meta", "step": 0, "params": self.lm.model.num_parameters(),
                            "total_params": sum(p.numel() for p in {id(p): p for p in self.lm.parameters()}.values()),
-                           "device": str(self.device), "train": asdict(cfg)})
+                           "objectives": list(self.lm.objectives), "device": str(self.device), "train": asdict(cfg)})
+        peak = peak_flops(self.device, cfg.peak_tflops)
+        flops = None  # per token; known once the first batch gives the sequence length
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, unit="step", dynamic_ncols=True,
                    file=sys.stderr, mininterval=0.5, leave=True)
         tokens_since, time_since = 0, time.perf_counter()
         start = time.perf_counter()
-        while self.step < cfg.steps and not self.stopped_early:
-            batch = self.batch_fn(self.step)
-            record = self.train_step(batch)
-            self.step += 1
-            tokens_since += batch.tokens.shape[0] * batch.seq_len
-            bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                now = time.perf_counter()
-                record["tokens_per_s"] = tokens_since / max(now - time_since, 1e-9)
-                tokens_since, time_since = 0, now
-                if self.device.type == "cuda":
-                    record["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                metrics.write({"kind": "train", "step": self.step, "elapsed_s": now - start, **record})
-                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}")
-                if not math.isfinite(record["loss"]):
-                    bar.write(f"warning: non-finite loss at step {self.step}")
-            at_end = self.step == cfg.steps
-            if self.eval_fn is not None and (at_end or (cfg.eval_every and self.step % cfg.eval_every == 0)):
-                result = self.evaluate()
-                metrics.write({"kind": "eval", "step": self.step, **result})
-                bar.write(f"[{self.desc}] step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
-                if cfg.early_stop_metric and self.streak >= cfg.early_stop_patience:
-                    self.stopped_early = True
-                    bar.write(f"[{self.desc}] early stop: {cfg.early_stop_metric} >= {cfg.early_stop_threshold} "
-                              f"for {self.streak} evaluations")
-            if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or at_end or self.stopped_early:
-                self._save()
-        bar.close()
+        try:
+            while self.step < cfg.steps and not self.stopped_early:
+                batch = self.batch_fn(self.step)
+                record = self.train_step(batch)
+                self.step += 1
+                step_tokens = batch.tokens.shape[0] * batch.seq_len
+                tokens_since += step_tokens
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    now = time.perf_counter()
+                    if flops is None:
+                        flops = flops_per_token(self.lm, batch.seq_len)
+                    rate = tokens_since / max(now - time_since, 1e-9)
+                    record.update(tokens=self.step * step_tokens, tokens_per_s=rate, tflops=rate * flops / 1e12)
+                    if peak is not None:
+                        record["mfu"] = rate * flops / peak
+                    tokens_since, time_since = 0, now
+                    if self.device.type == "cuda":
+                        record["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                    metrics.write({"kind": "train", "step": self.step, "elapsed_s": now - start, **record})
+                    log_scalars(tb, "train", self.step, record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{rate:,.0f}")
+                    if not math.isfinite(record["loss"]):
+                        bar.write(f"warning: non-finite loss at step {self.step}")
+                paused = time.perf_counter()  # evaluation and checkpoints do not count against tokens/s
+                at_end = self.step == cfg.steps
+                if self.eval_fn is not None and (at_end or (cfg.eval_every and self.step % cfg.eval_every == 0)):
+                    result = self.evaluate()
+                    metrics.write({"kind": "eval", "step": self.step, **result})
+                    log_scalars(tb, "eval", self.step, result)
+                    bar.write(f"[{self.desc}] step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
+                    if cfg.early_stop_metric and self.streak >= cfg.early_stop_patience:
+                        self.stopped_early = True
+                        bar.write(f"[{self.desc}] early stop: {cfg.early_stop_metric} >= {cfg.early_stop_threshold} "
+                                  f"for {self.streak} evaluations")
+                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or at_end or self.stopped_early:
+                    self._save()
+                time_since += time.perf_counter() - paused
+        finally:
+            bar.close()
+            if tb is not None:
+                tb.close()
         return self.evals

@@ -1,0 +1,167 @@
+"""Self-speculative decoding benchmark: acceptance, tau and wall-clock speed-up against plain greedy decoding.
+
+    python benchmarks/speculative.py CHECKPOINT --data PREPARED_DIR [--drafters mtp] [--batch-sizes 1,4]
+
+Prompts are fixed windows of the prepared data's validation split. For every drafter and batch size the same
+prompts are decoded greedily twice — plain (one token per forward, KV cache) and speculative (draft with
+the model's own heads, verify with head 0) — alternating over ``--repeats`` rounds so that load on a shared
+machine hits both alike; the table gives median wall-clock times, and checks that every output is identical.
+tau (mean tokens per verification forward) is reported apart from the speed-up: tau is not speed-up (Meta
+MTP §3.2 reports 3.0x on code with 4 heads; their tau was 3.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from foresight.generate import generate, make_drafter, speculative_generate, top_draft_acceptance
+from foresight.generate.drafters import Drafter
+from foresight.train.lm import TrainableLM
+
+
+class OracleDrafter(Drafter):
+    """The ceiling of the method on this machine: the model's own drafter runs (so drafting costs what it
+    costs), but the verifier is shown the true greedy continuation, so every draft is accepted."""
+
+    def __init__(self, inner: Drafter, truth: torch.Tensor) -> None:
+        self.inner, self.truth, self.n_draft, self.name = inner, truth, inner.n_draft, f"oracle ({inner.name} cost)"
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def propose(self, out, seq, pos0):
+        self.inner.propose(out, seq, pos0)
+        n = seq.shape[1]
+        return self.truth[:, n : n + self.n_draft]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def prompts_from(data: Path, n: int, length: int, split: str = "val") -> torch.Tensor:
+    """``n`` windows of ``length`` tokens spread evenly over a prepared split: (n, length) long."""
+    from foresight.data.shards import PreparedData
+
+    stream = PreparedData.open(data).split(split)
+    starts = np.linspace(0, len(stream) - length - 1, n).astype(int)
+    return torch.stack([torch.from_numpy(stream.read(int(s), length).astype(np.int64)) for s in starts])
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def bench(lm, prompts: torch.Tensor, new_tokens: int, batch: int, drafter: str, repeats: int) -> dict:
+    """Median wall-clock of plain vs speculative greedy decoding of every prompt, ``batch`` rows at a time.
+
+    ``drafter``: mtp, dsmtp, top, auto, or oracle-<kind> (perfect drafts at the cost of that drafter),
+    optionally with ``:k`` drafts per step (``mtp:1`` uses MTP head 1 only)."""
+    batches = [prompts[i : i + batch] for i in range(0, prompts.shape[0] - batch + 1, batch)]
+    truths = [generate(lm.model, ids, new_tokens + 8) for ids in batches]  # also warms up the plain path
+
+    kind, _, k = drafter.partition(":")  # "mtp:2" = the first 2 MTP heads only
+    n_draft = int(k) if k else None
+
+    def make(i):
+        if kind.startswith("oracle"):
+            inner = make_drafter(lm, kind.split("-", 1)[1] if "-" in kind else "auto", n_draft)
+            return OracleDrafter(inner, truths[i])
+        return make_drafter(lm, kind, n_draft)
+
+    speculative_generate(lm, batches[0], 8, make(0))  # warm-up
+    plain_t, spec_t, identical, stats_all = [], [], True, []
+    for _ in range(repeats):
+        p_total = s_total = 0.0
+        for i, ids in enumerate(batches):
+            want, t = timed(lambda: generate(lm.model, ids, new_tokens))
+            p_total += t
+            d = make(i)
+            (got, stats), t = timed(lambda: speculative_generate(lm, ids, new_tokens, d))
+            s_total += t
+            identical &= torch.equal(got, want)
+            stats_all.append(stats)
+        plain_t.append(p_total)
+        spec_t.append(s_total)
+    tokens = new_tokens * sum(b.shape[0] for b in batches)
+    n_draft = stats_all[0].n_draft
+    drafted = [sum(s.drafted[i] for s in stats_all) for i in range(n_draft)]
+    accepted = [sum(s.accepted[i] for s in stats_all) for i in range(n_draft)]
+    row_tokens, row_steps = sum(s.row_tokens for s in stats_all), sum(s.row_steps for s in stats_all)
+    plain, spec = statistics.median(plain_t), statistics.median(spec_t)
+    return {"drafter": drafter, "batch": batch, "prompts": sum(b.shape[0] for b in batches),
+            "tau": row_tokens / row_steps,
+            "tokens_per_step": sum(s.batch_tokens for s in stats_all) / sum(s.steps for s in stats_all),
+            "acceptance": [a / d for a, d in zip(accepted, drafted)],
+            "plain_tok_s": tokens / plain, "spec_tok_s": tokens / spec, "speedup": plain / spec,
+            "identical": identical, "plain_s": plain, "spec_s": spec}
+
+
+def table(rows: list[dict], header: str) -> str:
+    width = max(len(r["acceptance"]) for r in rows)
+    acc_cols = " | ".join(f"acc d{i + 1}" for i in range(width))
+    lines = [header, "", f"| drafter | batch | tau | tokens/step | {acc_cols} | plain tok/s | speculative tok/s | "
+             "speed-up | identical |", "|" + "---|" * (8 + width)]
+    for r in rows:
+        acc = " | ".join(f"{a:.1%}" for a in r["acceptance"] + [float("nan")] * (width - len(r["acceptance"])))
+        lines.append(f"| {r['drafter']} | {r['batch']} | {r['tau']:.2f} | {r['tokens_per_step']:.2f} | {acc} | "
+                     f"{r['plain_tok_s']:.1f} | {r['spec_tok_s']:.1f} | **{r['speedup']:.2f}x** | "
+                     f"{'yes' if r['identical'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", type=Path, help="run folder or step_*.pt of a model with MTP / DS-MTP / TOP heads")
+    ap.add_argument("--data", type=Path, required=True, help="prepared data folder (prompts from its val split)")
+    ap.add_argument("--drafters", default="auto", help="comma-separated: mtp, dsmtp, top, auto, or oracle-mtp etc. "
+                    "(perfect drafts at that drafter's cost: the method's ceiling here); ':k' = k drafts per step, e.g. "
+                    "mtp:1 (default auto)")
+    ap.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default 1)")
+    ap.add_argument("--prompts", type=int, default=8, help="number of prompts (default 8)")
+    ap.add_argument("--prompt-len", type=int, default=64, help="prompt tokens (default 64)")
+    ap.add_argument("--new-tokens", type=int, default=128, help="tokens generated per prompt (default 128)")
+    ap.add_argument("--repeats", type=int, default=3, help="timing rounds; medians are reported (default 3)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadiest on a shared box)")
+    ap.add_argument("--top-k", type=int, default=0, help="also measure the TOP head as a drafter of k tokens")
+    ap.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    lm, state = TrainableLM.from_checkpoint(args.checkpoint)
+    prompts = prompts_from(args.data, args.prompts, args.prompt_len)
+    header = (f"Self-speculative greedy decoding, {args.checkpoint} (step {state.get('step')}): {args.prompts} "
+              f"prompts x {args.prompt_len} tokens from {args.data} (val), {args.new_tokens} new tokens each; "
+              f"{cpu_name()}, {args.threads} thread(s), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
+              f"median of {args.repeats} rounds")
+    rows = []
+    for batch in (int(b) for b in args.batch_sizes.split(",")):
+        for drafter in args.drafters.split(","):
+            rows.append(bench(lm, prompts, args.new_tokens, batch, drafter.strip(), args.repeats))
+            print(f"done: {drafter} batch {batch}", file=sys.stderr)
+    text = table(rows, header)
+    if args.top_k:
+        text += "\n" + top_draft_acceptance(lm, prompts, args.new_tokens, args.top_k).table()
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""``foresight eval CHECKPOINT``: lm-evaluation-harness tasks and/or perplexity, written as a results table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from foresight.errors import ForesightError
+
+
+def register(sub) -> None:
+    ev = sub.add_parser("eval", help="lm-evaluation-harness tasks and perplexity of a checkpoint",
+                        description="Evaluate a checkpoint with lm-evaluation-harness (tasks by name, or the preset "
+                        "'paper': the TOP paper's benchmarks) and/or its perplexity on a prepared validation split; "
+                        "writes results.md and results.json.")
+    ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a run folder, a step_*.pt file, or (with "
+                    "--backend hf) a Hugging Face folder")
+    ev.add_argument("--tasks", help="comma-separated lm-eval task names and/or the preset 'paper'")
+    ev.add_argument("--perplexity", type=Path, metavar="DATA_DIR", help="a folder written by foresight prepare")
+    ev.add_argument("--split", default="val", help="split for --perplexity (default: val)")
+    ev.add_argument("--seq-len", type=int, help="window for --perplexity (default: the run's seq_len)")
+    ev.add_argument("--ppl-batches", type=int, help="batches for --perplexity (default: every full window)")
+    ev.add_argument("--backend", default="foresight", choices=("foresight", "hf"),
+                    help="foresight: score the checkpoint directly (default); hf: export it and use lm-eval's "
+                    "Hugging Face model (needs accelerate)")
+    ev.add_argument("--tokenizer", type=Path, help="tokenizer folder or tokenizer.json (default: the run's own)")
+    ev.add_argument("--include-path", type=Path, help="folder of extra task YAMLs (local tasks)")
+    ev.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's own)")
+    ev.add_argument("--limit", type=float, help="examples per task (a fraction if < 1), for quick looks")
+    ev.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+    ev.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ev.add_argument("--offline", action="store_true", help="never contact the hub: task data must be local")
+    ev.add_argument("--seed", type=int, default=0, help="seed for few-shot sampling and sampling tasks")
+    ev.add_argument("--out", type=Path, help="where to write results (default: <checkpoint folder>/eval)")
+    ev.set_defaults(func=_eval)
+
+
+def _default_out(checkpoint: Path) -> Path:
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    if folder.name == "checkpoints":
+        folder = folder.parent
+    return folder / "eval"
+
+
+def _perplexity(args) -> dict:
+    from foresight.eval.perplexity import perplexity
+    from foresight.train.lm import TrainableLM
+
+    lm, state = TrainableLM.from_checkpoint(args.checkpoint)
+    seq_len = args.seq_len or state["config"].get("seq_len") or lm.model.cfg.max_seq_len
+    result = perplexity(lm.model.to(args.device), args.perplexity, seq_len, args.batch_size, args.ppl_batches,
+                        split=args.split)
+    return {**result, "data": str(args.perplexity), "split": args.split, "seq_len": seq_len}
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from foresight.eval.lm_eval_runner import resolve_tasks, results_table, write_results
+
+    if not args.tasks and not args.perplexity:
+        raise ForesightError("nothing to evaluate: give --tasks (e.g. --tasks paper) and/or --perplexity DATA_DIR")
+    if not args.checkpoint.exists():
+        raise ForesightError(f"checkpoint not found: {args.checkpoint}")
+    extra, rows = {}, []
+    if args.perplexity:
+        extra["perplexity"] = _perplexity(args)
+        p = extra["perplexity"]
+        print(f"perplexity on {p['data']} ({p['split']}, {p['tokens']:,} tokens): loss {p['loss']:.4f}, ppl {p['ppl']:.3f}")
+    if args.tasks:
+        tasks = resolve_tasks(args.tasks)
+        rows = _run_tasks(args, tasks)
+    out = args.out or _default_out(args.checkpoint)
+    meta = {"checkpoint": str(args.checkpoint), "backend": args.backend, "tasks": args.tasks,
+            "num_fewshot": args.num_fewshot, "limit": args.limit, "seed": args.seed}
+    md, js = write_results(rows, out, meta, extra)
+    if rows:
+        print(results_table(rows, f"lm-evaluation-harness ({args.backend} backend)"))
+    print(f"wrote {md} and {js}")
+
+
+def _run_tasks(args, tasks: list[str]) -> list[dict]:
+    from foresight.eval.lm_eval_runner import build_model, result_rows, run_lm_eval
+
+    if args.offline:
+        from foresight.eval.lm_eval_runner import force_offline
+
+        force_offline()
+    model = build_model(args.checkpoint, args.backend, tokenizer=args.tokenizer, device=args.device,
+                        batch_size=args.batch_size, hf_dir=(args.out / "hf") if args.out else None)
+    limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
+    try:
+        results = run_lm_eval(model, tasks, include_path=args.include_path, num_fewshot=args.num_fewshot,
+                              limit=limit, seed=args.seed, offline=args.offline)
+    except ForesightError:
+        raise
+    except Exception as e:  # lm-eval / datasets failures: one line, with the likely cause when offline
+        hint = " (offline: is the task's data in the local datasets cache?)" if args.offline else ""
+        raise ForesightError(f"lm-eval failed on {', '.join(tasks)}: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200] if str(e) else ''}{hint}") from None
+    return result_rows(results)

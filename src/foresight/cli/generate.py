@@ -1,0 +1,114 @@
+"""``foresight generate CHECKPOINT --prompt ...``: sampling or greedy decoding, optionally self-speculative."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from foresight.errors import ForesightError
+
+
+def register(sub) -> None:
+    g = sub.add_parser("generate", help="continue a prompt with a checkpoint (sampling, greedy, speculative)",
+                       description="Continue a prompt with the model's next-token head and a KV cache: greedy "
+                       "(default) or sampled (--temperature, --top-k, --top-p). --speculative drafts with the "
+                       "model's own MTP heads, DS-MTP modules or TOP head and verifies with head 0: the output is "
+                       "the greedy output, produced in fewer forward passes.")
+    g.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a run folder or a step_*.pt file")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text (needs the run's tokenizer)")
+    src.add_argument("--prompt-ids", help="prompt as token ids, e.g. '5 17 3' (any model, no tokenizer)")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    g.add_argument("--top-p", type=float, help="nucleus sampling: the smallest set with probability >= p")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    g.add_argument("--speculative", nargs="?", const="auto", choices=("auto", "mtp", "dsmtp", "top"),
+                   help="self-speculative greedy decoding with the model's own heads (default: auto = MTP, else "
+                   "DS-MTP, else TOP)")
+    g.add_argument("--drafts", type=int, help="drafts per step (default: every MTP head / DS-MTP module; 3 for TOP)")
+    g.add_argument("--compare", action="store_true",
+                   help="with --speculative: also decode plainly, check the outputs agree, report the speed-up")
+    g.add_argument("--tokenizer", type=Path, help="tokenizer folder or tokenizer.json (default: the run's own)")
+    g.add_argument("--no-eos", action="store_true", help="do not stop at the end-of-document token")
+    g.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    g.set_defaults(func=_generate)
+
+
+def _prompt(args, state):
+    """(ids (1, P), tokenizer or None)."""
+    import torch
+
+    if args.prompt_ids is not None:
+        try:
+            ids = [int(t) for t in args.prompt_ids.replace(",", " ").split()]
+        except ValueError:
+            raise ForesightError(f"--prompt-ids must be integers separated by spaces, got {args.prompt_ids!r}") from None
+        if not ids:
+            raise ForesightError("--prompt-ids is empty")
+        return torch.tensor([ids]), None
+    from foresight.data.tokenizer import load_tokenizer
+    from foresight.hf.tokenizer import find_tokenizer
+
+    path = args.tokenizer or find_tokenizer(state, args.checkpoint)
+    if path is None:
+        raise ForesightError(f"{args.checkpoint}: no tokenizer recorded for this checkpoint (a star-graph model?); "
+                             "pass --tokenizer PATH or use --prompt-ids")
+    tok = load_tokenizer(path)
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise ForesightError("--prompt encodes to no tokens")
+    return torch.tensor([ids]), tok
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from foresight.generate import generate, speculative_generate
+    from foresight.train.lm import TrainableLM
+
+    if args.max_new_tokens < 1:
+        raise ForesightError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.speculative and (args.temperature > 0 or args.top_k or args.top_p):
+        raise ForesightError("--speculative is greedy (drafts are verified against the argmax); "
+                             "drop --temperature/--top-k/--top-p or drop --speculative")
+    if args.compare and not args.speculative:
+        raise ForesightError("--compare needs --speculative")
+    lm, state = TrainableLM.from_checkpoint(args.checkpoint)
+    lm = lm.to(args.device)
+    ids, tok = _prompt(args, state)
+    ids = ids.to(args.device)
+    if ids.max() >= lm.model.cfg.vocab_size or ids.min() < 0:
+        raise ForesightError(f"prompt ids must be in 0..{lm.model.cfg.vocab_size - 1}")
+    eos = None if args.no_eos or tok is None else tok.eos_id
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    try:
+        t0 = time.perf_counter()
+        if args.speculative:
+            out, stats = speculative_generate(lm, ids, args.max_new_tokens, args.speculative, n_draft=args.drafts,
+                                              eos_id=eos)
+        else:
+            out = generate(lm.model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, generator=gen, eos_id=eos)
+        wall = time.perf_counter() - t0
+    except ValueError as e:  # bad sampling settings, caught by generate's own checks
+        raise ForesightError(str(e)) from None
+    new = out[0, ids.shape[1]:].tolist()
+    print(tok.decode(new) if tok is not None else " ".join(map(str, new)))
+    n = len(new)
+    print(f"[{n} tokens in {wall:.2f}s, {n / max(wall, 1e-9):.1f} tokens/s]", file=sys.stderr)
+    if args.speculative:
+        acc = ", ".join(f"{a:.1%}" for a in stats.acceptance)
+        print(f"[speculative: tau = {stats.tau:.2f} tokens per forward, acceptance per draft position: {acc}]",
+              file=sys.stderr)
+        if args.compare:
+            t0 = time.perf_counter()
+            plain = generate(lm.model, ids, args.max_new_tokens, eos_id=eos)
+            plain_wall = time.perf_counter() - t0
+            same = torch.equal(plain, out)
+            print(f"[plain greedy: {plain_wall:.2f}s; speed-up {plain_wall / max(wall, 1e-9):.2f}x; outputs "
+                  f"{'identical' if same else 'DIFFER'}]", file=sys.stderr)
+            if not same:
+                raise ForesightError("speculative and plain greedy outputs differ (near-tied logits?)")

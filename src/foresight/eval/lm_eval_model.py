@@ -1,0 +1,174 @@
+"""A foresight model as an lm-evaluation-harness model (registered as ``foresight``).
+
+Scores a checkpoint directly — no export, no ``accelerate`` — with the run's own tokenizer. The three request
+types of lm-eval 0.4:
+
+* ``loglikelihood``: log P(continuation | context) summed over the continuation's tokens, and whether greedy
+  decoding would produce it; the context is cut from the left to fit ``max_length``.
+* ``loglikelihood_rolling``: the whole text scored in disjoint windows of ``max_length`` tokens, each token
+  once, the first one conditioned on the end-of-document token (what the training stream puts before every
+  document).
+* ``generate_until``: greedy (or sampled, when the task asks) decoding with the KV cache, stopped at the
+  end-of-document token or any of the task's stop strings.
+
+``lm_eval --model foresight --model_args pretrained=RUN_OR_CHECKPOINT[,tokenizer=PATH]`` works once this
+module is imported; ``foresight eval`` does that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from tqdm import tqdm
+
+from foresight.errors import ForesightError
+from foresight.generate.sampling import sample_next_token
+
+
+def load_for_eval(pretrained, tokenizer=None, device: str = "cpu"):
+    """(trunk, TextTokenizer) from a checkpoint (file or run folder) and its recorded or given tokenizer."""
+    from foresight.data.tokenizer import load_tokenizer
+    from foresight.hf.tokenizer import find_tokenizer
+    from foresight.train.lm import TrainableLM
+
+    lm, state = TrainableLM.from_checkpoint(pretrained)
+    if tokenizer is None:
+        tokenizer = find_tokenizer(state, Path(pretrained))
+        if tokenizer is None:
+            raise ForesightError(f"{pretrained}: no tokenizer recorded for this checkpoint; pass --tokenizer PATH")
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
+    return lm.model.to(device).eval(), tok
+
+
+@register_model("foresight")
+class ForesightLM(TemplateLM):
+    """lm-eval ``TemplateLM`` over a foresight ``Transformer`` and a ``foresight.data.tokenizer.TextTokenizer``."""
+
+    def __init__(self, pretrained=None, tokenizer=None, model=None, batch_size: int | str = 8, device: str = "cpu",
+                 max_length: int | None = None, **_ignored) -> None:
+        super().__init__()
+        if model is None:
+            if pretrained is None:
+                raise ForesightError("the foresight lm-eval model needs pretrained=CHECKPOINT")
+            model, tokenizer = load_for_eval(pretrained, tokenizer, device)
+        elif tokenizer is None or isinstance(tokenizer, (str, Path)):
+            from foresight.data.tokenizer import load_tokenizer
+
+            if tokenizer is None:
+                raise ForesightError("a foresight model object needs its tokenizer")
+            tokenizer = load_tokenizer(tokenizer)
+        self.model, self.tok = model.eval(), tokenizer
+        self._device = next(model.parameters()).device
+        self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
+        self.max_length = int(max_length or model.cfg.max_seq_len)
+
+    # ------------------------------------------------------------------ tokenizer
+    @property
+    def eot_token_id(self) -> int:
+        return self.tok.eos_id
+
+    @property
+    def tokenizer_name(self) -> str:
+        return getattr(self.tok, "sha256", "foresight")
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        return self.tok.encode(string)
+
+    def tok_decode(self, tokens: list[int]) -> str:
+        return self.tok.decode(tokens)
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def _score(self, rows: list[tuple[list[int], int]]) -> list[tuple[float, bool]]:
+        """rows: (inputs + continuation tokens, continuation length) -> (sum log p, greedy) per row.
+
+        Right-padding is harmless: the model is causal, so pads after a row never change its positions.
+        """
+        inputs = [r[:-1] for r, _ in rows]
+        width = max(len(i) for i in inputs)
+        batch = torch.zeros(len(rows), width, dtype=torch.long)
+        for b, i in enumerate(inputs):
+            batch[b, : len(i)] = torch.tensor(i)
+        hidden = self.model.trunk(batch.to(self._device)).hidden  # (B, W, D); logits only where scored
+        out = []
+        for b, (tokens, n) in enumerate(rows):
+            end = len(tokens) - 1
+            logits = self.model.lm_head(hidden[b, end - n : end]).float()  # (n, V): the continuation's predictions
+            logp = F.log_softmax(logits, dim=-1)
+            target = torch.tensor(tokens[-n:], device=logp.device)
+            ll = logp.gather(-1, target[:, None]).sum().item()
+            greedy = bool((logp.argmax(-1) == target).all())
+            out.append((ll, greedy))
+        return out
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        """requests: ((context, continuation) or None, context ids, continuation ids)."""
+        rows = []
+        for _, ctx, cont in requests:
+            if not cont:
+                raise ForesightError("lm-eval asked for the likelihood of an empty continuation")
+            tokens = (ctx + cont)[-(self.max_length + 1):]  # keep the end: the continuation and nearest context
+            rows.append((tokens, min(len(cont), len(tokens) - 1)))
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # similar lengths batch together
+        results: list[tuple[float, bool] | None] = [None] * len(rows)
+        for start in tqdm(range(0, len(order), self.batch_size), disable=disable_tqdm, desc="foresight loglikelihood"):
+            chunk = order[start : start + self.batch_size]
+            for i, res in zip(chunk, self._score([rows[i] for i in chunk])):
+                results[i] = res
+                if requests[i][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], res)
+        return results  # type: ignore[return-value]
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        out = []
+        for req in tqdm(requests, disable=disable_tqdm, desc="foresight rolling loglikelihood"):
+            (text,) = req.args
+            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
+                token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length, context_len=1)]
+            scores = self._loglikelihood_tokens([(None, ctx, cont) for ctx, cont in windows], disable_tqdm=True)
+            total = sum(ll for ll, _ in scores)
+            self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
+            out.append(total)
+        return out
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def _generate_one(self, context: str, until: list[str], max_new: int, temperature: float) -> str:
+        ids = self.tok_encode(context)[-max(1, self.max_length - max_new):] or [self.prefix_token_id]
+        caches = self.model.new_caches()
+        logits = self.model(torch.tensor([ids], device=self._device), caches)[:, -1]  # (1, V)
+        produced: list[int] = []
+        text = ""
+        for _ in range(max_new):
+            nxt = int(sample_next_token(logits.float(), temperature=temperature)[0])
+            if nxt == self.eot_token_id:
+                break
+            produced.append(nxt)
+            text = self.tok_decode(produced)
+            if any(s and s in text for s in until):
+                break
+            logits = self.model(torch.tensor([[nxt]], device=self._device), caches)[:, -1]
+        for s in until:
+            if s and s in text:
+                text = text.split(s)[0]
+        return text
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        out = []
+        for req in tqdm(requests, disable=disable_tqdm, desc="foresight generate_until"):
+            context, kwargs = req.args
+            kwargs = dict(kwargs or {})
+            until = kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = int(kwargs.pop("max_gen_toks", 256))
+            temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
+            text = self._generate_one(context, until, max_new, temperature)
+            self.cache_hook.add_partial("generate_until", (context, req.args[1]), text)
+            out.append(text)
+        return out

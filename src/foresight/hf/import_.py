@@ -1,0 +1,215 @@
+"""``foresight import``: a local Llama / Qwen2 Hugging Face folder -> a foresight checkpoint, losslessly.
+
+The TOP paper's continued-training setting starts from an existing model and adds TOP (or MTP / DS-MTP) to its
+training. Import builds a ``TrainableLM`` with the same trunk function (same logits as transformers, fp32),
+adds the requested objectives with freshly initialised heads, and writes a checkpoint in the trainer's format
+that ``TrainableLM.from_checkpoint`` (and so ``export``, ``eval``, ``generate``) reads.
+
+``load_pretrained_into(lm, path)`` is the hook for a recipe that starts from pretrained weights: it copies
+the trunk (and any heads whose names and shapes match) from an HF folder or a foresight checkpoint into an
+already built ``TrainableLM``, after checking that the architectures agree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from foresight.errors import ForesightError
+from foresight.hf.config import from_hf_config
+from foresight.hf.heads import HEADS_FILE, dsmtp_from_deepseek, dsmtp_spec_from_hf, specs_from_metadata
+from foresight.hf.weights import hf_key_to_trunk, read_hf_weights
+
+# ModelConfig fields that change the function or the parameter shapes (init_std and max_seq_len do not).
+_ARCH_FIELDS = ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
+                "rope_theta", "norm_eps", "tie_embeddings", "qkv_bias")
+
+
+@dataclass
+class LoadReport:
+    """What ``load_pretrained_into`` copied: trunk tensors, and per objective 'loaded' or 'fresh'."""
+
+    source: str
+    trunk_tensors: int = 0
+    objectives: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        heads = ", ".join(f"{k} {v}" for k, v in self.objectives.items()) or "none"
+        return f"{self.trunk_tensors} trunk tensors from {self.source}; objective heads: {heads}"
+
+
+def read_hf_config(folder: Path) -> dict:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ForesightError(f"Hugging Face model folder not found: {folder}")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ForesightError(f"{folder} has no config.json; give a Hugging Face model folder (config.json + weights)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ForesightError(f"{path} is not valid JSON ({e})") from None
+
+
+def _heads_file(folder: Path) -> tuple[dict[str, torch.Tensor], list[dict] | None]:
+    path = Path(folder) / HEADS_FILE
+    if not path.is_file():
+        return {}, None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            specs = specs_from_metadata(f.metadata(), str(path))
+            return {k: f.get_tensor(k) for k in f.keys()}, specs
+    except ForesightError:
+        raise
+    except Exception as e:
+        raise ForesightError(f"cannot read {path} ({type(e).__name__})") from None
+
+
+def check_same_architecture(model_cfg, source_cfg, where: str) -> None:
+    """One line naming every ModelConfig field on which the model and the source disagree."""
+    diffs = [f"{f} {getattr(model_cfg, f)} vs {getattr(source_cfg, f)}" for f in _ARCH_FIELDS
+             if getattr(model_cfg, f) != getattr(source_cfg, f)]
+    if diffs:
+        raise ForesightError(f"{where} does not fit the model (model vs source): {'; '.join(diffs)}")
+
+
+def _load_trunk(lm, named: dict[str, torch.Tensor], where: str) -> int:
+    """Copy trunk tensors (foresight names, e.g. ``layers.0.mlp.up_proj.weight``) into ``lm.model``."""
+    target = lm.model.state_dict()
+    if lm.model.cfg.tie_embeddings:
+        target.pop("lm_head.weight")  # the same tensor as the embedding; HF does not store it when tied
+    missing = [k for k in target if k not in named]
+    if missing:
+        raise ForesightError(f"{where}: missing trunk weight {missing[0]!r} ({len(missing)} missing in all)")
+    with torch.no_grad():
+        for k, dst in target.items():
+            src = named[k]
+            if tuple(src.shape) != tuple(dst.shape):
+                raise ForesightError(f"{where}: {k} has shape {tuple(src.shape)}, the model needs {tuple(dst.shape)}")
+            dst.copy_(src.to(dst.dtype))
+    return len(target)
+
+
+def _load_objectives(lm, named: dict[str, torch.Tensor], report: LoadReport) -> None:
+    """Copy every objective's parameters found in ``named`` (keys ``objectives.<key>.*``); all or nothing each."""
+    state = lm.state_dict()
+    for key, obj in lm.objectives.items():
+        wanted = [f"objectives.{key}.{n}" for n in obj.state_dict()]
+        if not wanted:
+            continue
+        have = [n for n in wanted if n in named and tuple(named[n].shape) == tuple(state[n].shape)]
+        if len(have) == len(wanted):
+            with torch.no_grad():
+                for n in wanted:
+                    state[n].copy_(named[n].to(state[n].dtype))
+            report.objectives[key] = "loaded"
+        else:
+            report.objectives[key] = "fresh"
+
+
+def _load_hf(lm, folder: Path, weights: dict[str, torch.Tensor]) -> LoadReport:
+    """Trunk from the HF names, TOP / MTP heads from the heads file, DS-MTP modules from the DeepSeek layout."""
+    from foresight.objectives import DSMTP
+
+    report = LoadReport(str(folder))
+    named = {t: v for k, v in weights.items() if (t := hf_key_to_trunk(k)) is not None}
+    report.trunk_tensors = _load_trunk(lm, named, str(folder))
+    heads, _ = _heads_file(folder)
+    objective_named = {f"objectives.{k}": v for k, v in heads.items()}
+    n_layers = lm.model.cfg.n_layers
+    for key, obj in lm.objectives.items():
+        if isinstance(obj, DSMTP) and f"model.layers.{n_layers}.eh_proj.weight" in weights:
+            objective_named.update(dsmtp_from_deepseek(weights, lm, key, n_layers))
+    _load_objectives(lm, objective_named, report)
+    return report
+
+
+def load_pretrained_into(lm, path: Path) -> LoadReport:
+    """Initialise ``lm`` (a ``TrainableLM``) from pretrained weights; returns what was loaded.
+
+    ``path``: a Hugging Face folder (Llama / Qwen2, optionally with foresight's exported heads) or a foresight
+    checkpoint (file or run folder). The trunk must match ``lm.model.cfg`` exactly (vocabulary, widths,
+    layers, heads, RoPE base, norm eps, tying, qkv bias) and is always loaded; an objective's heads are
+    loaded when the source has all of them with the right shapes, else they keep their fresh initialisation
+    (the continued-training case: a pretrained trunk plus a new TOP head).
+    """
+    from foresight.model import ModelConfig
+
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        hf_config = read_hf_config(path)
+        check_same_architecture(lm.model.cfg, from_hf_config(hf_config, str(path / "config.json")), str(path))
+        return _load_hf(lm, path, read_hf_weights(path))
+
+    from foresight.train.checkpoint import load_checkpoint
+
+    report = LoadReport(str(path))
+    state = load_checkpoint(path)
+    source_cfg = state["config"].get("model")
+    if not isinstance(source_cfg, dict):
+        raise ForesightError(f"{path}: checkpoint config has no 'model' section")
+    check_same_architecture(lm.model.cfg, ModelConfig(**source_cfg), str(path))
+    named = {k[len("model."):]: v for k, v in state["lm"].items() if k.startswith("model.")}
+    report.trunk_tensors = _load_trunk(lm, named, str(path))
+    _load_objectives(lm, state["lm"], report)
+    return report
+
+
+def pretrained_model_config(path: Path):
+    """The ``ModelConfig`` of a Hugging Face folder or a foresight checkpoint, for building the model that
+    ``load_pretrained_into`` then fills (a recipe with ``init_from`` takes its model shape from here)."""
+    from foresight.model import ModelConfig
+    from foresight.train.checkpoint import load_checkpoint
+
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        return from_hf_config(read_hf_config(path), str(path / "config.json"))
+    state = load_checkpoint(path)
+    if not isinstance(state["config"].get("model"), dict):
+        raise ForesightError(f"{path}: checkpoint config has no 'model' section")
+    return ModelConfig(**state["config"]["model"])
+
+
+def objectives_of_folder(folder: Path, hf_config: dict, weights: dict, n_layers: int) -> list[dict]:
+    """The objective specs an exported folder carries (heads metadata, DeepSeek MTP layers), else NTP alone."""
+    _, specs = _heads_file(folder)
+    if specs:
+        return specs
+    spec = dsmtp_spec_from_hf(hf_config, weights, n_layers)
+    return [{"name": "ntp"}, spec] if spec else [{"name": "ntp"}]
+
+
+def import_hf(folder: Path, objectives: list[dict] | None = None):
+    """(``TrainableLM``, specs, report) from a Hugging Face folder; ``objectives`` None = what the folder carries."""
+    from foresight.train.lm import TrainableLM
+
+    folder = Path(folder)
+    hf_config = read_hf_config(folder)
+    cfg = from_hf_config(hf_config, str(folder / "config.json"))
+    weights = read_hf_weights(folder)
+    specs = objectives if objectives is not None else objectives_of_folder(folder, hf_config, weights, cfg.n_layers)
+    lm = TrainableLM(cfg, specs)
+    report = _load_hf(lm, folder, weights)
+    return lm.eval(), specs, report
+
+
+def save_imported(lm, specs: list[dict], out: Path, source: Path, tokenizer_files: list[str] | None = None) -> Path:
+    """Write ``out/step_00000000.pt`` in the trainer's checkpoint format (atomically); returns its path.
+
+    The file sits directly in ``out`` (not ``out/checkpoints``) so that a training run started with
+    ``--out out --resume`` never mistakes it for a resumable state (it has no optimiser state).
+    """
+    from foresight.train.checkpoint import atomic_save
+
+    config = {"model": asdict(lm.model.cfg), "objectives": specs,
+              "imported_from": {"path": str(Path(source).resolve()), "format": "huggingface"}}
+    if tokenizer_files:
+        config["tokenizer"] = "tokenizer"  # relative to this checkpoint's folder
+    path = Path(out) / "step_00000000.pt"
+    atomic_save({"lm": lm.state_dict(), "config": config, "step": 0}, path)
+    return path

@@ -1,0 +1,73 @@
+"""Reading and writing Hugging Face weight files, and the trunk's name mapping.
+
+The trunk's parameter names already are Hugging Face Llama/Qwen2 names below ``model.``
+(``embed_tokens``, ``layers.{i}.self_attn.q_proj``, ..., ``norm``), except the output head, which HF keeps at
+the top level as ``lm_head``. So the mapping is a prefix, no renaming and no RoPE permutation (our RoPE uses
+the rotate-half layout HF uses).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from foresight.errors import ForesightError
+
+SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
+TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+
+
+def trunk_key_to_hf(key: str) -> str:
+    """``layers.0.mlp.up_proj.weight`` -> ``model.layers.0.mlp.up_proj.weight``; ``lm_head.weight`` stays."""
+    return key if key.startswith("lm_head.") else f"model.{key}"
+
+
+def hf_key_to_trunk(key: str) -> str | None:
+    """The inverse of ``trunk_key_to_hf``; None for a name that is not a trunk parameter."""
+    if key.startswith("lm_head."):
+        return key
+    if key.startswith("model."):
+        return key[len("model."):]
+    return None
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated download, a foreign file: say which file, not a traceback
+        raise ForesightError(f"cannot read weights from {path} ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+
+
+def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a Hugging Face model folder: one file or shards listed in an index."""
+    folder = Path(folder)
+    for index_name in (SAFETENSORS_INDEX, TORCH_BIN_INDEX):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError):
+                raise ForesightError(f"{index} is not a valid weight index (no 'weight_map')") from None
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                if not (folder / shard).is_file():
+                    raise ForesightError(f"{index} lists {shard}, which is missing from {folder}")
+                state.update(_load_file(folder / shard))
+            return state
+    for name in (SAFETENSORS, TORCH_BIN):
+        if (folder / name).is_file():
+            return _load_file(folder / name)
+    raise ForesightError(f"no weights in {folder}: expected {SAFETENSORS}, {SAFETENSORS_INDEX} or {TORCH_BIN}")
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Contiguous, unshared copies (safetensors refuses tensors that share storage, e.g. a tied head)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(path), metadata=metadata)

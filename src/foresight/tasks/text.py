@@ -1,0 +1,187 @@
+"""Language-model pretraining on prepared text (the TOP paper's language-model setup, seed 000 §4;
+shared/reference/paper-setup.md): every run of a recipe trains from the same initialisation on the same
+packed sequences in the same order, is validated on the same fixed held-out windows, and the runs are
+compared in one table and one figure.
+
+Validation reports ``val_loss`` (next-token loss of the inference model, nats per token), ``val_ppl`` =
+exp(val_loss), and ``val_<objective>_loss`` for every objective of the run on the same windows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from foresight.config import from_dict
+from foresight.data.loader import PackedLoader, eval_windows, make_batch
+from foresight.data.shards import PreparedData
+from foresight.errors import ForesightError
+from foresight.eval.perplexity import nll_sum
+from foresight.model import ModelConfig
+from foresight.objectives import Batch
+from foresight.tasks.recipe import Recipe, build_model_config
+from foresight.train.lm import TrainableLM
+from foresight.train.trainer import Trainer
+
+FULL_VERIFY_BYTES = 1 << 30  # "auto" hashes every shard of data up to this size (about a second per GiB)
+
+
+@dataclass
+class TextTaskConfig:
+    """The ``text:`` section of a recipe."""
+
+    data: str = "data/demo"  # a folder written by `foresight prepare`
+    seq_len: int = 256  # T: tokens the model reads per sequence; the objectives' look-ahead comes on top
+    cross_documents: bool = True  # TOP/MTP/DS-MTP targets run on into the next document (the paper); false: stop at EOS
+    shuffle: bool = True  # seeded shuffle of the packed sequences (seed: train.seed); false: stream order
+    val_batches: int = 8  # fixed validation batches (the same windows for every run); 0 = no validation
+    val_batch_size: int | None = None  # sequences per validation batch; None = train.micro_batch_size
+    vocab_multiple: int = 64  # model.vocab_size = tokenizer vocabulary rounded up to this (faster matmuls); 1 = exact
+    verify_data: str = "auto"  # "size": shard sizes vs meta.json; "full": also hashes, id range, EOS count; "auto"
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 1 or self.val_batches < 0 or self.vocab_multiple < 1:
+            raise ForesightError("text.seq_len and text.vocab_multiple must be >= 1, text.val_batches >= 0")
+        if self.val_batch_size is not None and self.val_batch_size < 1:
+            raise ForesightError("text.val_batch_size must be >= 1")
+        if self.verify_data not in ("auto", "size", "full"):
+            raise ForesightError(f"text.verify_data must be auto, size or full, got {self.verify_data!r}")
+
+
+def open_data(cfg: TextTaskConfig) -> PreparedData:
+    folder = Path(cfg.data)
+    if not (folder / "meta.json").is_file():
+        raise ForesightError(f"text.data={cfg.data}: no prepared data there; create it with foresight prepare "
+                             f"(for the demo: foresight prepare --demo --tokenizer data/tokenizer --out {cfg.data})")
+    verify = cfg.verify_data
+    if verify == "auto":
+        size = sum(p.stat().st_size for p in folder.glob("*.bin"))
+        verify = "full" if size <= FULL_VERIFY_BYTES else "size"
+    return PreparedData.open(folder, verify=verify)
+
+
+def model_config(fields: dict, data: PreparedData, cfg: TextTaskConfig) -> ModelConfig:
+    """The run's ModelConfig: ``vocab_size`` from the tokenizer (rounded up to ``vocab_multiple``) unless the
+    recipe sets one, which must then hold every id of the data."""
+    fields = dict(fields)
+    need = data.vocab_size
+    if "vocab_size" in fields:
+        if not isinstance(fields["vocab_size"], int) or fields["vocab_size"] < need:
+            raise ForesightError(f"model.vocab_size={fields['vocab_size']} is smaller than the data's tokenizer "
+                                 f"vocabulary ({need}); remove it to use the tokenizer's")
+    else:
+        fields["vocab_size"] = -(-need // cfg.vocab_multiple) * cfg.vocab_multiple
+    return build_model_config(fields, max_seq_len=cfg.seq_len)
+
+
+@torch.no_grad()
+def validate(lm: TrainableLM, batches: list[Batch]) -> dict[str, float]:
+    """Mean loss per objective over fixed batches, plus the next-token ``val_loss`` and ``val_ppl``."""
+    device = next(lm.parameters()).device
+    was_training = lm.training
+    lm.eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    sums = {k: 0.0 for k in lm.objectives}
+    counts = {k: 0 for k in lm.objectives}
+    ntp_sum, ntp_count = 0.0, 0
+    ntp_key = next((k for k, obj in lm.objectives.items() if obj.name == "ntp"), None)
+    try:
+        with autocast:
+            for batch in batches:
+                batch = batch.to(device)
+                for key, out in lm(batch).items():
+                    sums[key] += float(out.loss_sum)
+                    counts[key] += int(out.count)
+                if ntp_key is None:  # a run without NTP: score the inference model directly
+                    s, n = nll_sum(lm.model, batch.tokens[:, : batch.seq_len + 1])
+                    ntp_sum, ntp_count = ntp_sum + s, ntp_count + n
+    finally:
+        lm.train(was_training)
+    if ntp_key is not None:
+        ntp_sum, ntp_count = sums[ntp_key], counts[ntp_key]
+    val_loss = ntp_sum / max(ntp_count, 1)
+    result = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
+    result.update({f"val_{k}_loss": sums[k] / max(counts[k], 1) for k in lm.objectives})
+    return result
+
+
+def _describe(data: PreparedData, cfg: TextTaskConfig, vocab: int) -> str:
+    tr, va = data.meta["splits"]["train"], data.meta["splits"]["val"]
+    return (f"text: {data.folder}: {tr['tokens']:,} train tokens ({tr['documents']:,} documents), {va['tokens']:,} "
+            f"validation tokens; tokenizer vocabulary {data.vocab_size:,} (model {vocab:,}); T = {cfg.seq_len}, "
+            f"targets {'cross' if cfg.cross_documents else 'stop at'} document boundaries")
+
+
+def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume: bool = False) -> list[dict]:
+    from foresight.compare import write_comparison
+
+    cfg = from_dict(TextTaskConfig, recipe.section, "text")
+    train_cfg = recipe.train
+    data = open_data(cfg)
+    model_cfgs = {name: model_config(recipe.model_fields(name), data, cfg) for name in runs}
+    val_bs = cfg.val_batch_size or train_cfg.micro_batch_size
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "recipe.json").write_text(json.dumps(recipe.raw, indent=2) + "\n")
+    first = next(iter(model_cfgs.values()))
+    print(_describe(data, cfg, first.vocab_size))
+    print(f"runs: {', '.join(runs)} -> {out_dir}")
+
+    results = []
+    for name, specs in runs.items():
+        model_cfg = model_cfgs[name]
+        torch.manual_seed(train_cfg.seed)  # the same trunk initialisation for every run
+        lm = TrainableLM(model_cfg, specs)
+        loader = PackedLoader(data.train, cfg.seq_len, lm.lookahead, train_cfg.batch_size, train_cfg.seed,
+                              eos_id=data.eos_id, cross_documents=cfg.cross_documents, shuffle=cfg.shuffle,
+                              vocab_size=model_cfg.vocab_size, fingerprint=data.fingerprint)
+        eval_fn = None
+        if cfg.val_batches:
+            windows = eval_windows(data.val, cfg.seq_len, lm.lookahead, val_bs, cfg.val_batches)
+            if not windows:
+                raise ForesightError(f"the validation split of {data.folder} holds {len(data.val):,} tokens, too few "
+                                     f"for one window of {cfg.seq_len} (+128) tokens; prepare with a larger "
+                                     f"--val-fraction, or set text.val_batches=0")
+            val = [make_batch(torch.from_numpy(w), cfg.seq_len, model_cfg.vocab_size, data.eos_id,
+                              cfg.cross_documents) for w in windows]
+            eval_fn = lambda model, lm=lm, val=val: validate(lm, val)  # noqa: E731 (binds this run's lm)
+        run_dir = out_dir / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(data.folder / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
+        params = lm.model.num_parameters()
+        total = sum(p.numel() for p in lm.parameters())
+        steps_tokens = train_cfg.steps * train_cfg.batch_size * cfg.seq_len
+        print(f"{name}: {params / 1e6:.2f}M parameters ({total / 1e6:.2f}M with objective heads), look-ahead "
+              f"{lm.lookahead}; {train_cfg.steps} steps x {train_cfg.batch_size} x {cfg.seq_len} = "
+              f"{steps_tokens:,} tokens = {steps_tokens / loader.tokens_per_epoch:.2f} epochs")
+        run_config = {"recipe": recipe.raw, "run": name, "task": "text", "objectives": specs,
+                      "model": asdict(model_cfg), "seq_len": cfg.seq_len, "tokenizer": "tokenizer",
+                      "data": {"folder": str(data.folder), "fingerprint": data.fingerprint,
+                               "tokenizer": data.meta["tokenizer"]}}
+        trainer = Trainer(lm, train_cfg, run_dir, batch_fn=loader.batch, eval_fn=eval_fn, run_config=run_config,
+                          desc=name, data_state=loader.state)
+        start_step = trainer.step
+        t0 = time.perf_counter()
+        evals = trainer.fit(resume=resume)
+        wall = time.perf_counter() - t0
+        tokens = (trainer.step - start_step) * train_cfg.batch_size * cfg.seq_len
+        best = min(evals, key=lambda e: e["val_loss"]) if evals else {}
+        result = {"run": name, "objectives": specs, "params": params, "total_params": total, "steps": trainer.step,
+                  "tokens": trainer.step * train_cfg.batch_size * cfg.seq_len, "wall_clock_s": round(wall, 2),
+                  "tokens_per_s": round(tokens / max(wall, 1e-9), 1), "final": evals[-1] if evals else {},
+                  "best_val_loss": best.get("val_loss"), "best_step": best.get("step"), "seed": train_cfg.seed,
+                  "device": str(trainer.device), "torch": torch.__version__, "data": run_config["data"]}
+        (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        results.append(result)
+
+    table, table_path, png_path = write_comparison([out_dir], out_dir)
+    print()
+    print(table)
+    print(f"wrote {table_path} and {png_path}")
+    return results

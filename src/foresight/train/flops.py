@@ -1,0 +1,66 @@
+"""Model FLOPs per token and accelerator peaks, for model FLOP utilisation (MFU).
+
+Per trained token (forward + backward = 3 × the forward's 2 FLOPs per multiply-add):
+
+    flops = 6 · (P_blocks + P_heads) + 6 · L · T · D
+
+* P_blocks: parameters of every transformer block and projection that runs on each token: the trunk's
+  blocks and the objectives' extra blocks (MTP heads, DS-MTP modules with their 2D -> D projections).
+  The input embedding is a lookup, not a matmul, and is left out.
+* P_heads: V · D for each application of an output head: the NTP head, the TOP head, and the shared head once
+  more per extra MTP head / DS-MTP module ("heads included").
+* 6 · L · T · D: attention scores and weighted values (2 · 2 · T · D per layer forward, causal half, × 3 for
+  the backward), L counting every block, head blocks included; T the sequence length, D the hidden size.
+
+For NTP and TOP this is exactly the definition of shared/reference/anchors.md ("6·(non-embedding params +
+heads) + 6·L·T·H per token against 790 TFLOP/s"). Norm weights are counted as parameters (negligible).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Dense bf16 peak FLOP/s by GPU name (first match wins). H100/H200: the bf16 matmul rate measured in
+# shared/reference/anchors.md (790 of 990 datasheet TFLOP/s); the others: datasheet dense bf16.
+PEAK_TFLOPS = (("H200", 790.0), ("H100", 790.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0),
+               ("A10", 125.0), ("4090", 165.0), ("3090", 71.0))
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def flops_per_token(lm, seq_len: int) -> float:
+    """Training FLOPs per token of a ``TrainableLM`` at sequence length ``seq_len`` (see the module doc)."""
+    model = lm.model
+    cfg = model.cfg
+    v, d = cfg.vocab_size, cfg.hidden_size
+    blocks = _count(model.layers) + _count(model.norm)
+    layers = len(model.layers)
+    head_uses = 1  # the NTP head
+    for obj in lm.objectives.values():
+        if obj.name == "top":
+            head_uses += 1
+        elif obj.name == "mtp":
+            blocks += _count(obj.heads)
+            layers += len(obj.heads)
+            head_uses += len(obj.heads)
+        elif obj.name == "dsmtp":
+            blocks += _count(obj.layers)
+            layers += len(obj.layers)
+            head_uses += len(obj.layers)
+    return 6.0 * (blocks + head_uses * v * d) + 6.0 * layers * seq_len * d
+
+
+def peak_flops(device: torch.device, tflops: float | None = None) -> float | None:
+    """The accelerator's peak FLOP/s: ``tflops`` if given, else looked up by CUDA device name; None if unknown."""
+    if tflops is not None:
+        return tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_TFLOPS:
+        if key in name:
+            return value * 1e12
+    return None

@@ -1,0 +1,178 @@
+"""Self-speculative decoding: token-for-token equal to plain greedy decoding, drafts equal to what the heads
+compute from scratch, and the bookkeeping of acceptance statistics.
+
+Random heads rarely agree with the trunk, which would leave the multi-token accept/truncate paths untested.
+So some tests wrap the real drafter: it still runs (its caches and carries evolve as in real use, and its
+drafts are checked against a from-scratch recomputation), but the tokens proposed to the verifier are the
+true greedy continuation with random corruptions, so every accepted length 0..D occurs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from foresight.errors import ForesightError
+from foresight.generate import generate, make_drafter, speculative_generate
+from foresight.generate.drafters import Drafter
+from foresight.model import ModelConfig, RMSNorm
+from foresight.train.lm import TrainableLM
+
+MTP4 = [{"name": "ntp"}, {"name": "mtp", "n": 4}]
+DSMTP3 = [{"name": "ntp"}, {"name": "dsmtp", "preset": "top_paper", "depth": 3}]
+DSMTP_DS = [{"name": "ntp"}, {"name": "dsmtp", "preset": "deepseek_v3", "depth": 2}]
+TOP = [{"name": "ntp"}, {"name": "top", "window": 8}]
+
+
+def _lm(specs, seed=0, dtype=torch.float32, **kw) -> TrainableLM:
+    base = dict(vocab_size=13, hidden_size=24, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=40,
+                max_seq_len=8)  # RoPE tables grow during decoding
+    base.update(kw)
+    torch.manual_seed(seed)
+    lm = TrainableLM(ModelConfig(**base), specs)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # O(1) activations: well-separated logits, so argmax ties are negligible
+        for m in lm.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / math.sqrt(m.in_features))
+            elif isinstance(m, nn.Embedding):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g))
+            elif isinstance(m, RMSNorm):
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+    return lm.to(dtype).eval()
+
+
+def _ids(b, p, v=13, seed=3):
+    return torch.randint(0, v, (b, p), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("specs", [MTP4, DSMTP3, DSMTP_DS, TOP], ids=["mtp4", "dsmtp3", "deepseek", "top"])
+@pytest.mark.parametrize("b, p, n", [(1, 1, 30), (1, 6, 29), (3, 4, 25), (2, 3, 1), (2, 3, 2)])
+def test_greedy_output_is_identical_to_plain_greedy(specs, b, p, n):
+    lm = _lm(specs)
+    ids = _ids(b, p)
+    want = generate(lm.model, ids, n)
+    got, stats = speculative_generate(lm, ids, n)
+    assert torch.equal(got, want)
+    assert stats.steps == 0 or 1.0 <= stats.tau <= stats.n_draft + 1
+
+
+class NoisyOracle(Drafter):
+    """Runs the real drafter (recording its inputs and drafts), but proposes the true greedy continuation
+    with a random corruption, so that every accepted length occurs."""
+
+    def __init__(self, inner: Drafter, truth: torch.Tensor, seed: int = 0) -> None:
+        self.inner, self.truth, self.n_draft = inner, truth, inner.n_draft
+        self.g = torch.Generator().manual_seed(seed)
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.proposed: list[torch.Tensor] = []
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def propose(self, out, seq, pos0):
+        own = self.inner.propose(out, seq, pos0)
+        self.calls.append((seq.clone(), own.clone()))
+        n = seq.shape[1]
+        truth = self.truth[:, n : n + self.n_draft]
+        if truth.shape[1] < self.n_draft:  # past the reference's end: anything
+            truth = torch.cat([truth, own[:, truth.shape[1]:]], dim=1)
+        drafts = truth.clone()
+        cut = int(torch.randint(0, self.n_draft + 1, (1,), generator=self.g))  # first wrong draft (D = none)
+        if cut < self.n_draft:
+            drafts[:, cut] = (drafts[:, cut] + 1) % 13
+        self.proposed.append(drafts)
+        return drafts
+
+
+@torch.no_grad()
+def _reference_drafts(lm, kind: str, seq: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """What the heads predict when run from scratch (no caches) on the committed sequence ``seq[:, :N]`` and
+    the hypothesis x[N] = pending, x[N+1..] = the drafter's own earlier drafts — the training computation."""
+    model, n = lm.model, seq.shape[1] - 1
+    out = model.trunk(seq[:, :n])
+    if kind == "mtp":
+        heads = lm.objectives["mtp"].heads
+        return torch.stack([model.lm_head(model.norm(h(out.last_input, out.cos, out.sin)[:, -1])).argmax(-1)
+                            for h in heads], dim=1)
+    obj = lm.objectives["dsmtp"]
+    hyp = torch.cat([seq, own], dim=1)
+    h = out.hidden if obj.cfg.h0 == "post_norm" else out.final
+    drafts = []
+    for k, module in enumerate(obj.layers, start=1):
+        h = module(h, model.embed_tokens(hyp[:, k : n + k]), out.cos, out.sin)  # (B, N, D)
+        norm = module.norm if module.norm is not None else model.norm
+        drafts.append(model.lm_head(norm(h[:, -1])).argmax(-1))
+    return torch.stack(drafts, dim=1)
+
+
+@pytest.mark.parametrize("specs, kind, stacked", [(MTP4, "mtp", True), (MTP4, "mtp", False), (DSMTP3, "dsmtp", None),
+                                                  (DSMTP_DS, "dsmtp", None)],
+                         ids=["mtp4-stacked", "mtp4-per-head", "dsmtp3", "deepseek"])
+@pytest.mark.parametrize("b, p", [(1, 1), (1, 5), (3, 2)])
+def test_drafts_equal_a_from_scratch_recomputation_under_every_accept_length(specs, kind, stacked, b, p):
+    lm = _lm(specs, seed=4, dtype=torch.float64)  # fp64: cached vs uncached argmax cannot flip on rounding
+    ids = _ids(b, p, seed=p)
+    n_new = 40
+    truth = generate(lm.model, ids, n_new + 8)
+    oracle = NoisyOracle(make_drafter(lm, kind, stacked=bool(stacked)), truth, seed=p)
+    got, stats = speculative_generate(lm, ids, n_new, oracle)
+    assert torch.equal(got, truth[:, : p + n_new])
+    for seq, own in oracle.calls:
+        assert torch.equal(own, _reference_drafts(lm, kind, seq, own))
+    # Every accepted length occurred, and long accepts made the run take far fewer steps than tokens.
+    assert stats.accepted[-1] > 0 and stats.accepted[0] < stats.drafted[0]
+    assert stats.steps < n_new / 1.5
+
+
+def test_statistics_bookkeeping():
+    lm = _lm(MTP4, seed=5)
+    ids = _ids(1, 4)
+    truth = generate(lm.model, ids, 60)
+    oracle = NoisyOracle(make_drafter(lm, "mtp"), truth, seed=1)
+    got, stats = speculative_generate(lm, ids, 50, oracle)
+    assert torch.equal(got, truth[:, :54])
+    # The first draft is wrong exactly when the corruption hit position 0.
+    first_wrong = sum(int(torch.any(d[:, 0] != truth[:, s.shape[1]])) for (s, _), d in zip(oracle.calls, oracle.proposed))
+    assert stats.drafted[0] - stats.accepted[0] == first_wrong
+    acc = stats.acceptance
+    assert all(a >= b for a, b in zip(acc, acc[1:]))  # prefix acceptance can only fall with depth
+    assert stats.reached[0] == stats.drafted[0]
+    assert all(r <= a for r, a in zip(stats.reached[1:], stats.accepted[:-1]))
+    assert all(0 <= c <= 1 for c in stats.conditional_acceptance)
+    # Tokens: 1 from the prefill plus 1 + a per step = 50 (the last step may be cut at the budget).
+    assert 1 + stats.batch_tokens >= 50 and stats.tau == pytest.approx(stats.tokens_per_step)
+    assert stats.tau == pytest.approx(1 + sum(stats.accepted) / stats.steps)
+
+
+@pytest.mark.parametrize("specs", [MTP4, DSMTP3], ids=["mtp4", "dsmtp3"])
+def test_eos_handling_matches_generate(specs):
+    lm = _lm(specs, seed=2)
+    ids = _ids(4, 3, seed=9)
+    free = generate(lm.model, ids, 30)
+    eos = int(free[0, 3 + 4])  # a token row 0 emits early: rows stop at different times
+    want = generate(lm.model, ids, 30, eos_id=eos)
+    got, _ = speculative_generate(lm, ids, 30, eos_id=eos)
+    assert torch.equal(got, want)
+
+
+def test_zero_tokens_modes_restored_and_errors():
+    lm = _lm(MTP4)
+    lm.train()
+    ids = _ids(2, 3)
+    out, stats = speculative_generate(lm, ids, 0)
+    assert torch.equal(out, ids) and stats.steps == 0
+    speculative_generate(lm, ids, 5)
+    assert lm.training and all(m.training for m in lm.modules())
+    with pytest.raises(ForesightError, match="no dsmtp heads"):
+        make_drafter(lm, "dsmtp")
+    with pytest.raises(ForesightError, match="drafter must be one of"):
+        make_drafter(lm, "medusa")
+    with pytest.raises(ForesightError, match="no MTP heads, DS-MTP modules or TOP head"):
+        make_drafter(_lm([{"name": "ntp"}]), "auto")
+    assert make_drafter(lm, "auto", n_draft=2).n_draft == 2  # fewer drafts: the first heads only
+    with pytest.raises(ValueError):
+        speculative_generate(lm, ids[0], 5)  # (P,) instead of (B, P)
