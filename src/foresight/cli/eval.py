@@ -64,7 +64,8 @@ def _eval(args: argparse.Namespace) -> None:
     if args.perplexity:
         extra["perplexity"] = _perplexity(args)
         p = extra["perplexity"]
-        print(f"perplexity on {p['data']} ({p['split']}, {p['tokens']:,} tokens): loss {p['loss']:.4f}, ppl {p['ppl']:.3f}")
+        print(f"perplexity on {p['data']} ({p['split']}, {p['tokens']:,} tokens): "
+              f"loss {p['loss']:.4f}, ppl {p['ppl']:.3f}")
     if args.tasks:
         tasks = resolve_tasks(args.tasks)
         rows = _run_tasks(args, tasks)

@@ -45,7 +45,8 @@ def _prompt(args, state):
         try:
             ids = [int(t) for t in args.prompt_ids.replace(",", " ").split()]
         except ValueError:
-            raise ForesightError(f"--prompt-ids must be integers separated by spaces, got {args.prompt_ids!r}") from None
+            raise ForesightError(f"--prompt-ids must be integers separated by spaces, "
+                                 f"got {args.prompt_ids!r}") from None
         if not ids:
             raise ForesightError("--prompt-ids is empty")
         return torch.tensor([ids]), None
@@ -96,7 +97,7 @@ def _generate(args: argparse.Namespace) -> None:
     except ValueError as e:  # bad sampling settings, caught by generate's own checks
         raise ForesightError(str(e)) from None
     new = out[0, ids.shape[1]:].tolist()
-    print(tok.decode(new) if tok is not None else " ".join(map(str, new)))
+    print(tok.decode(new) if tok is not None else " ".join(map(str, new)), flush=True)
     n = len(new)
     print(f"[{n} tokens in {wall:.2f}s, {n / max(wall, 1e-9):.1f} tokens/s]", file=sys.stderr)
     if args.speculative:

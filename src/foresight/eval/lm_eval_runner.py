@@ -94,7 +94,8 @@ def build_model(checkpoint: Path, backend: str, *, tokenizer=None, device: str =
     else:
         from foresight.hf import export_checkpoint
 
-        folder = Path(hf_dir) if hf_dir else Path(checkpoint if checkpoint.is_dir() else checkpoint.parent) / "hf_export"
+        run = checkpoint if checkpoint.is_dir() else checkpoint.parent
+        folder = Path(hf_dir) if hf_dir else run / "hf_export"
         export_checkpoint(checkpoint, folder, tokenizer=tokenizer, force=True)
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
         raise ForesightError(f"{folder} has no tokenizer files; pass --tokenizer PATH")
@@ -139,7 +140,8 @@ def results_table(rows: list[dict], title: str) -> str:
     for r in sorted(rows, key=lambda r: (r["task"], not r["headline"], r["metric"])):
         metric = f"**{r['metric']}**" if r["headline"] else r["metric"]
         stderr = f"{r['stderr']:.4f}" if r["stderr"] is not None else ""
-        lines.append(f"| {r['task']} | {metric} | {r['value']:.4f} | {stderr} | {r['n'] if r['n'] is not None else ''} |")
+        n = r["n"] if r["n"] is not None else ""
+        lines.append(f"| {r['task']} | {metric} | {r['value']:.4f} | {stderr} | {n} |")
     lines += ["", "Bold: the metric the TOP paper's tables use for that task."]
     return "\n".join(lines) + "\n"
 

@@ -114,7 +114,8 @@ def _fill_after_eos(tokens: torch.Tensor, prompt_len: int, eos_id: int, max_new_
     hit = gen == eos_id  # (B, n)
     after = hit.long().cumsum(dim=1) > 0
     gen = gen.masked_fill(after, eos_id)
-    first = torch.where(hit.any(dim=1), hit.float().argmax(dim=1), torch.full_like(hit[:, 0], max_new_tokens, dtype=torch.long))
+    never = torch.full_like(hit[:, 0], max_new_tokens, dtype=torch.long)
+    first = torch.where(hit.any(dim=1), hit.float().argmax(dim=1), never)  # (B,) index of the first eos
     length = min(max_new_tokens, int(first.max()) + 1)
     return torch.cat([tokens[:, :prompt_len], gen[:, :length]], dim=1)
 

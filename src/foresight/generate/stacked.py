@@ -44,7 +44,8 @@ class StackedBlocks:
             self.b_qkv = stack(lambda b: torch.cat([b.self_attn.q_proj.bias, b.self_attn.k_proj.bias,
                                                     b.self_attn.v_proj.bias]))[:, None, :]  # (n, 1, D + 2KV)
         self.w_o = stack(lambda b: b.self_attn.o_proj.weight).transpose(1, 2).contiguous()  # (n, D, D)
-        self.w_gu = stack(lambda b: torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight])).transpose(1, 2).contiguous()  # (n, D, 2I)
+        gate_up = stack(lambda b: torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight]))  # (n, 2I, D)
+        self.w_gu = gate_up.transpose(1, 2).contiguous()  # (n, D, 2I)
         self.w_down = stack(lambda b: b.mlp.down_proj.weight).transpose(1, 2).contiguous()  # (n, I, D)
 
     @staticmethod

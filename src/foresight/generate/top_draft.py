@@ -56,7 +56,8 @@ class TOPDraftReport:
         return self.ndcg_sum / max(self.positions, 1)
 
     def table(self) -> str:
-        lines = [f"TOP head as a drafter: top-{self.k} vs the next {self.k} greedy NTP tokens, {self.positions} positions",
+        lines = [f"TOP head as a drafter: top-{self.k} vs the next {self.k} greedy NTP tokens, "
+                 f"{self.positions} positions",
                  "", "| rank | agrees with greedy token at that offset | accepted (prefix) |", "|---|---|---|"]
         tail = sum(self.accepted_hist)
         for r in range(1, self.k + 1):
@@ -80,7 +81,8 @@ def _ndcg(ranking: list[int], upcoming: list[int], k: int) -> float:
 
 
 @torch.no_grad()
-def top_draft_acceptance(lm, prompts: torch.Tensor, steps: int, k: int = 4, eos_id: int | None = None) -> TOPDraftReport:
+def top_draft_acceptance(lm, prompts: torch.Tensor, steps: int, k: int = 4,
+                         eos_id: int | None = None) -> TOPDraftReport:
     """Greedy-decode ``steps + k`` tokens from each prompt (B, P); at each of the first ``steps`` generated
     positions (the prompt's last position included) draft top-k with the TOP head and compare.
 

@@ -97,7 +97,8 @@ def from_hf_config(hf: dict, where: str = "config.json") -> ModelConfig:
         (not hf.get("mlp_bias", False), "mlp_bias = true"),
         (model_type != "llama" or not hf.get("attention_bias", False),
          "attention_bias = true (a bias on the output projection too)"),
-        (hf.get("head_dim") in (None, hidden // heads), f"head_dim {hf.get('head_dim')} != hidden_size / num_attention_heads"),
+        (hf.get("head_dim") in (None, hidden // heads),
+         f"head_dim {hf.get('head_dim')} != hidden_size / num_attention_heads"),
         (not (model_type == "qwen2" and hf.get("use_sliding_window", False)), "sliding-window attention"),
         (all(t == "full_attention" for t in hf.get("layer_types") or []), "layer_types other than full_attention"),
     ]

@@ -41,7 +41,8 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated download, a foreign file: say which file, not a traceback
-        raise ForesightError(f"cannot read weights from {path} ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        detail = str(e).splitlines()[0][:120] if str(e) else ""
+        raise ForesightError(f"cannot read weights from {path} ({type(e).__name__}: {detail})") from None
 
 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:

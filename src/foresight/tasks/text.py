@@ -45,6 +45,8 @@ class TextTaskConfig:
     val_batch_size: int | None = None  # sequences per validation batch; None = train.micro_batch_size
     vocab_multiple: int = 64  # model.vocab_size = tokenizer vocabulary rounded up to this (faster matmuls); 1 = exact
     verify_data: str = "auto"  # "size": shard sizes vs meta.json; "full": also hashes, id range, EOS count; "auto"
+    init_from: str | None = None  # continued training: a Hugging Face Llama/Qwen2 folder or a foresight checkpoint;
+    # its shape replaces the model section, its weights initialise the trunk (and any heads it carries)
 
     def __post_init__(self) -> None:
         if self.seq_len < 1 or self.val_batches < 0 or self.vocab_multiple < 1:
@@ -79,6 +81,20 @@ def model_config(fields: dict, data: PreparedData, cfg: TextTaskConfig) -> Model
     else:
         fields["vocab_size"] = -(-need // cfg.vocab_multiple) * cfg.vocab_multiple
     return build_model_config(fields, max_seq_len=cfg.seq_len)
+
+
+@torch.no_grad()
+def pretrained_config(path: str, data: PreparedData) -> ModelConfig:
+    """The shape of a pretrained model to continue training (the TOP paper's continued-training setting).
+
+    The data must be tokenized with that model's tokenizer: every id must fit its vocabulary."""
+    from foresight.hf import pretrained_model_config
+
+    model_cfg = pretrained_model_config(Path(path))
+    if data.vocab_size > model_cfg.vocab_size:
+        raise ForesightError(f"text.init_from={path}: its vocabulary ({model_cfg.vocab_size}) is smaller than the "
+                             f"data's tokenizer ({data.vocab_size}); prepare the data with that model's tokenizer")
+    return model_cfg
 
 
 @torch.no_grad()
@@ -125,7 +141,10 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
     cfg = from_dict(TextTaskConfig, recipe.section, "text")
     train_cfg = recipe.train
     data = open_data(cfg)
-    model_cfgs = {name: model_config(recipe.model_fields(name), data, cfg) for name in runs}
+    if cfg.init_from:
+        model_cfgs = {name: pretrained_config(cfg.init_from, data) for name in runs}
+    else:
+        model_cfgs = {name: model_config(recipe.model_fields(name), data, cfg) for name in runs}
     val_bs = cfg.val_batch_size or train_cfg.micro_batch_size
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "recipe.json").write_text(json.dumps(recipe.raw, indent=2) + "\n")
@@ -138,6 +157,10 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
         model_cfg = model_cfgs[name]
         torch.manual_seed(train_cfg.seed)  # the same trunk initialisation for every run
         lm = TrainableLM(model_cfg, specs)
+        if cfg.init_from:  # a resumed run then loads its own newer checkpoint over these weights
+            from foresight.hf import load_pretrained_into
+
+            print(f"{name}: init from {load_pretrained_into(lm, Path(cfg.init_from)).summary()}")
         loader = PackedLoader(data.train, cfg.seq_len, lm.lookahead, train_cfg.batch_size, train_cfg.seed,
                               eos_id=data.eos_id, cross_documents=cfg.cross_documents, shuffle=cfg.shuffle,
                               vocab_size=model_cfg.vocab_size, fingerprint=data.fingerprint)
