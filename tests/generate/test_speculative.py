@@ -176,3 +176,28 @@ def test_zero_tokens_modes_restored_and_errors():
     assert make_drafter(lm, "auto", n_draft=2).n_draft == 2  # fewer drafts: the first heads only
     with pytest.raises(ValueError):
         speculative_generate(lm, ids[0], 5)  # (P,) instead of (B, P)
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_stacked_heads_equal_the_blocks_one_by_one(qkv_bias):
+    """The batched MTP-head fast path against the Block modules, prefill then cached continuation."""
+    from foresight.generate.stacked import StackedBlocks
+    from foresight.model import KVCache
+
+    lm = _lm(MTP4, seed=6, qkv_bias=qkv_bias)
+    if qkv_bias:
+        with torch.no_grad():
+            for head in lm.objectives["mtp"].heads:
+                for proj in (head.self_attn.q_proj, head.self_attn.k_proj, head.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.3)
+    heads = list(lm.objectives["mtp"].heads)
+    stack, stack_cache = StackedBlocks(heads), KVCache()
+    caches = [KVCache() for _ in heads]
+    x = torch.randn(2, 7, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for start, stop in ((0, 4), (4, 5), (5, 7)):
+            cos, sin = lm.model.rotary(stop - start, x.device, start)
+            got = stack(x[:, start:stop], cos, sin, stack_cache)  # (n, B, m, D)
+            for i, (head, cache) in enumerate(zip(heads, caches)):
+                want = head(x[:, start:stop], cos, sin, cache)
+                assert (got[i] - want).abs().max().item() < 1e-5
