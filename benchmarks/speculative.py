@@ -119,7 +119,7 @@ def table(rows: list[dict], header: str) -> str:
     lines = [header, "", f"| drafter | batch | tau | tokens/step | {acc_cols} | plain tok/s | speculative tok/s | "
              "speed-up | identical |", "|" + "---|" * (8 + width)]
     for r in rows:
-        acc = " | ".join(f"{a:.1%}" for a in r["acceptance"] + [float("nan")] * (width - len(r["acceptance"])))
+        acc = " | ".join([f"{a:.1%}" for a in r["acceptance"]] + ["—"] * (width - len(r["acceptance"])))
         lines.append(f"| {r['drafter']} | {r['batch']} | {r['tau']:.2f} | {r['tokens_per_step']:.2f} | {acc} | "
                      f"{r['plain_tok_s']:.1f} | {r['spec_tok_s']:.1f} | **{r['speedup']:.2f}x** | "
                      f"{'yes' if r['identical'] else 'NO'} |")
