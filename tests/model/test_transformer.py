@@ -336,6 +336,26 @@ def test_empty_cache_truncate_is_a_noop():
     assert cache.length == 0 and cache.k is None
 
 
+def test_cache_grows_past_its_capacity_and_truncate_overwrites():
+    # 150 positions in chunks of 1..5 cross the initial capacity (64) and two doublings; the views must equal a
+    # plain concatenation, and positions rewritten after a truncate must replace the old ones.
+    torch.manual_seed(0)
+    cache, ks, vs, at = KVCache(), [], [], 0
+    while at < 150:
+        n = 1 + at % 5
+        k, v = torch.randn(2, 3, n, 4), torch.randn(2, 3, n, 4)
+        out_k, out_v = cache.append(k, v)
+        ks.append(k), vs.append(v)
+        at += n
+        assert torch.equal(out_k, torch.cat(ks, dim=2)) and torch.equal(out_v, torch.cat(vs, dim=2))
+    cache.truncate(100)
+    k, v = torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 4)
+    out_k, out_v = cache.append(k, v)
+    assert out_k.shape[2] == 107 and cache.length == 107
+    assert torch.equal(out_k, torch.cat([torch.cat(ks, dim=2)[:, :, :100], k], dim=2))
+    assert torch.equal(out_v, torch.cat([torch.cat(vs, dim=2)[:, :, :100], v], dim=2))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Parameter count, tying, meta device
 

@@ -84,6 +84,8 @@ class Attention(nn.Module):
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         if past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif t == 1:
+            y = F.scaled_dot_product_attention(q, k, v)  # one new query sees every cached key: no mask to build
         else:
             # Query i (absolute position past + i) may see keys 0 .. past + i.
             mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
@@ -92,25 +94,45 @@ class Attention(nn.Module):
 
 
 class KVCache:
-    """Keys and values of one attention layer for incremental decoding: (B, G, T_past, Dh) each."""
+    """Keys and values of one attention layer for incremental decoding: (B, G, T_past, Dh) each.
+
+    Stored in buffers that grow by doubling, so appending a token copies only that token (concatenating
+    would copy the whole cache at every step: O(T²) over a generation). ``k`` and ``v`` are views of the
+    filled part; ``truncate`` only moves the length back (rejected speculative drafts are overwritten).
+    """
 
     def __init__(self) -> None:
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
+        self._k: torch.Tensor | None = None  # (B, G, capacity, Dh)
+        self._v: torch.Tensor | None = None
+        self.length = 0
 
     @property
-    def length(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
+    def k(self) -> torch.Tensor | None:
+        return None if self._k is None else self._k[:, :, : self.length]
+
+    @property
+    def v(self) -> torch.Tensor | None:
+        return None if self._v is None else self._v[:, :, : self.length]
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        """Add k, v (B, G, T, Dh); returns the whole cache (B, G, length + T, Dh) as views."""
+        end = self.length + k.shape[2]
+        if self._k is None or end > self._k.shape[2]:
+            capacity = max(end, 2 * (0 if self._k is None else self._k.shape[2]), 64)
+            grown_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
+            grown_v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
+            if self.length:
+                grown_k[:, :, : self.length] = self.k
+                grown_v[:, :, : self.length] = self.v
+            self._k, self._v = grown_k, grown_v
+        self._k[:, :, self.length : end] = k
+        self._v[:, :, self.length : end] = v
+        self.length = end
         return self.k, self.v
 
     def truncate(self, length: int) -> None:
         """Drop cached positions >= length (used when speculative drafts are rejected)."""
-        if self.k is not None:
-            self.k, self.v = self.k[:, :, :length], self.v[:, :, :length]
+        self.length = min(self.length, length)
 
 
 class SwiGLU(nn.Module):
