@@ -7,34 +7,19 @@ a wrong mapping (a transposed matrix, a swapped half, a missing bias) shows up f
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
 from safetensors import safe_open
-from torch import nn
 
 from foresight.hf import export_lm, import_hf
 from foresight.hf.heads import HEADS_FILE
-from foresight.model import ModelConfig, RMSNorm
+from foresight.model.layers import randomize_weights
+from foresight.model import ModelConfig
 from foresight.train.lm import TrainableLM
 
 transformers = pytest.importorskip("transformers")
 TOL = 1e-4  # the bound on max |logits difference| in fp32; we observe 0 to ~1e-6
-
-
-def _randomize(module: nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / math.sqrt(m.in_features))
-                if m.bias is not None:
-                    m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
-            elif isinstance(m, nn.Embedding):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g))
-            elif isinstance(m, RMSNorm):
-                m.weight.copy_(1.0 + 0.3 * torch.randn(m.weight.shape, generator=g))
 
 
 def _lm(specs, seed=0, **kw) -> TrainableLM:
@@ -43,7 +28,7 @@ def _lm(specs, seed=0, **kw) -> TrainableLM:
     base.update(kw)
     torch.manual_seed(seed)
     lm = TrainableLM(ModelConfig(**base), specs)
-    _randomize(lm, seed + 1)
+    randomize_weights(lm, seed + 1)
     return lm.eval()
 
 

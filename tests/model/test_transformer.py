@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from foresight.model.layers import randomize_weights
 from foresight.model import KVCache, ModelConfig, RMSNorm, Transformer
 from foresight.model.layers import Attention, Rotary, apply_rotary
 
@@ -26,25 +27,10 @@ def _cfg(**kw) -> ModelConfig:
     return ModelConfig(**base)
 
 
-def _randomize(module: nn.Module, seed: int) -> None:
-    """O(1) activations: the default init (std 0.02) would make every output nearly zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / math.sqrt(m.in_features))
-                if m.bias is not None:
-                    m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
-            elif isinstance(m, nn.Embedding):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g))
-            elif isinstance(m, RMSNorm):
-                m.weight.copy_(1.0 + 0.3 * torch.randn(m.weight.shape, generator=g))
-
-
 def _model(seed: int = 0, **kw) -> Transformer:
     torch.manual_seed(seed)
     model = Transformer(_cfg(**kw))
-    _randomize(model, seed + 100)
+    randomize_weights(model, seed + 100)
     return model.eval()
 
 
@@ -181,7 +167,7 @@ def test_rotary_keeps_norm_of_each_pair_and_is_identity_at_position_zero():
 def test_attention_matches_literal_implementation(n_kv_heads, qkv_bias):
     cfg = _cfg(n_kv_heads=n_kv_heads, qkv_bias=qkv_bias)
     attn = Attention(cfg)
-    _randomize(attn, seed=n_kv_heads)
+    randomize_weights(attn, seed=n_kv_heads)
     g = torch.Generator().manual_seed(7)
     x = torch.randn(3, 7, cfg.hidden_size, generator=g)
     cos, sin = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_seq_len)(7, x.device)
@@ -194,7 +180,7 @@ def test_attention_heads_are_not_interchangeable():
     """Guard on the reference: mapping query head h to kv head h % G instead of h // (H/G) is detectable."""
     cfg = _cfg(n_kv_heads=2)
     attn = Attention(cfg)
-    _randomize(attn, seed=3)
+    randomize_weights(attn, seed=3)
     x = torch.randn(2, 5, cfg.hidden_size, generator=torch.Generator().manual_seed(5))
     cos, sin = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_seq_len)(5, x.device)
     with torch.no_grad():

@@ -27,12 +27,7 @@ RUNS = {
 HEADS = {"ntp": 1, "top": 1, "mtp": 2, "dsmtp": 2}  # cross-entropies summed in each objective's loss_sum
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cyclic_batch(perm: torch.Tensor, length: int, g: torch.Generator) -> Batch:

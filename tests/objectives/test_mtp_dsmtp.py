@@ -19,13 +19,7 @@ from foresight.objectives import DSMTP, MTP, NTP, Batch, DSMTPConfig, MTPConfig,
 B, T, V = 3, 11, 37
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomize_norms(module, seed):
