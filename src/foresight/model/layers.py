@@ -5,11 +5,13 @@ Shapes: B batch, T sequence, D hidden, H query heads, G key/value heads, Dh = D 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from foresight.model.config import ModelConfig
 
@@ -151,7 +153,14 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then + mlp(norm(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then + mlp(norm(x)).
+
+    Training path (grad enabled, no KV cache): with ``compile_backend`` set the block runs through
+    ``torch.compile`` (one graph shared by every block of a shape, as torchtitan compiles per block); with
+    ``checkpointing`` its activations are recomputed in the backward pass (``torch.utils.checkpoint``,
+    non-reentrant). The trainer sets both; they are plain attributes, not state, so ``state_dict`` keys never
+    change, and evaluation and generation (no grad, or a cache) run the eager ``_forward``.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -159,10 +168,36 @@ class Block(nn.Module):
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
+        self.compile_backend: str | None = None  # torch.compile backend of the training path; None = eager
+        self.checkpointing = False  # recompute this block's activations in the backward pass
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+        if cache is None and torch.is_grad_enabled() and (self.compile_backend or self.checkpointing):
+            return training_forward(self.compile_backend, self.checkpointing)(self, x, cos, sin)
+        return self._forward(x, cos, sin, cache)
+
+    def _forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)  # (B, T, D)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def _eager(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return block._forward(x, cos, sin)
+
+
+def _checkpointed(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # Saves only the inputs; the backward re-runs the block. Inside torch.compile this becomes one
+    # activation-checkpoint region that the partitioner recomputes (the torchtitan order: checkpoint, then compile).
+    return checkpoint(block._forward, x, cos, sin, use_reentrant=False)
+
+
+@functools.cache
+def training_forward(backend: str | None, checkpointing: bool):
+    """``fn(block, x, cos, sin)`` for the training path. A module-level function, compiled once per backend:
+    blocks are arguments, not closures, so every block of one shape reuses one compiled graph (no recompile per
+    layer), and a copied block never holds a function bound to its original."""
+    fn = _checkpointed if checkpointing else _eager
+    return fn if backend is None else torch.compile(fn, backend=backend)
 
 
 def init_weights(module: nn.Module, std: float) -> None:

@@ -3,11 +3,18 @@
 Objectives return a *sum* of per-position losses and the *count* it should be divided by; the trainer
 divides once, by counts taken over the whole optimiser step, so gradient accumulation (and several
 devices) give the same update as one big batch (shared/reference/objectives.md, "Combining objectives").
+
+Training uses ``forward_backward``: each objective runs its forward and the backward of its scaled loss at
+once, reading leaves of the trunk's outputs, so its graph is freed before the next objective (or head) runs
+(Meta MTP, seed 002 §2, "memory-efficient implementation"); ``forward`` stays the reference and the
+evaluation path.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from typing import Callable, ContextManager
 
 import torch
 from torch import nn
@@ -58,6 +65,9 @@ class LossOutput:
     count: torch.Tensor  # scalar long
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars, per-head losses etc.
 
+    def detached(self) -> "LossOutput":
+        return LossOutput(self.loss_sum.detach(), self.count, {k: v.detach() for k, v in self.metrics.items()})
+
 
 def shifted_labels(batch: Batch, offset: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Labels (B, T) of the prediction ``offset`` tokens past the next one: ``tokens[:, t + 1 + offset]``.
@@ -96,3 +106,26 @@ class Objective(nn.Module):
     def count(self, batch: Batch) -> torch.Tensor:
         """The divisor of this objective's loss sum for ``batch`` (needs no forward pass)."""
         raise NotImplementedError
+
+    def forward_backward(self, out, batch: Batch, model, scale: float,
+                         autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> LossOutput:
+        """Forward, then backward of ``scale · loss_sum``; returns the ``LossOutput`` detached.
+
+        ``out`` holds leaves (detached trunk tensors that require grad): the backward stops there and leaves the
+        trunk's share in their ``.grad``, for one trunk backward (``TrainableLM.forward_backward``). ``scale`` is
+        the objective's weight over its count for the optimiser step. Forward passes run under ``autocast()``,
+        backward passes outside it. MTP and DS-MTP override this to go one head at a time (seed 002 §2).
+        """
+        with autocast():
+            result = self(out, batch, model)
+        backward(result.loss_sum * scale)
+        return result.detached()
+
+
+def backward(loss: torch.Tensor, *pairs: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    """Backward of the scalar ``loss`` plus, for each (tensor, grad) pair whose grad is not None, ``grad`` fed
+    into ``tensor`` (a gradient carried from a later step); nothing when no root needs a gradient."""
+    roots = [(loss, None)] if loss.requires_grad else []
+    roots += [(t, g) for t, g in pairs if g is not None and t.requires_grad]
+    if roots:
+        torch.autograd.backward([t for t, _ in roots], [g for _, g in roots])

@@ -8,18 +8,24 @@ hidden state. Embedding and output head are shared with the main model. Loss ``(
 
 Variants found in checkpoints in the wild are explicit options: concatenation order, the source of h_0
 (before or after the main model's final norm), projection bias, and a per-module final norm.
+
+Training (``forward_backward``) runs one module's graph at a time, as Meta MTP's memory-efficient
+implementation does for parallel heads (seed 002 §2), made exact for a chain: the states h_k passed between
+modules are detached, and their gradients are carried backward from module D to module 1 by hand.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields
+from typing import Callable, ContextManager
 
 import torch
 from torch import nn
 
 from foresight.errors import ForesightError
 from foresight.model.layers import Block, RMSNorm, init_weights
-from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective, shifted_labels
+from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective, backward, shifted_labels
 from foresight.ops import linear_cross_entropy
 
 PRESETS = {
@@ -106,25 +112,70 @@ class DSMTP(Objective):
     def count(self, batch: Batch) -> torch.Tensor:
         return (shifted_labels(batch, 0) != IGNORE_INDEX).sum()
 
-    def forward(self, out, batch: Batch, model) -> LossOutput:
+    def _step(self, k: int, h: torch.Tensor, out, batch: Batch, model) -> torch.Tensor:
+        """Module k (1 .. D): h_{k-1} (B, T, D) -> h_k (B, T, D), pre-norm."""
+        # Module k at position t reads the token x[t+k]; positions past the stream read id 0 (their label is
+        # ignored anyway).
         tokens, t = batch.tokens, batch.seq_len
-        count = self.count(batch)
-        d = out.hidden.shape[-1]
-        h = out.hidden if self.cfg.h0 == "post_norm" else out.final
-        total = out.hidden.new_zeros((), dtype=torch.float32)
+        ids = torch.zeros_like(tokens[:, :t])
+        avail = max(0, min(t, tokens.shape[1] - k))
+        ids[:, :avail] = tokens[:, k : k + avail].clamp(min=0)
+        return self.layers[k - 1](h, model.embed_tokens(ids), out.cos, out.sin)
+
+    def _depth_sum(self, k: int, h: torch.Tensor, batch: Batch, model) -> torch.Tensor:
+        """Loss sum of depth k: h_k (B, T, D) predicts x[t+1+k] through the (own or shared) norm and the head."""
+        module = self.layers[k - 1]
+        norm = module.norm if module.norm is not None else model.norm
+        labels = shifted_labels(batch, k)  # (B, T)
+        return linear_cross_entropy(norm(h).reshape(-1, h.shape[-1]), model.lm_head.weight, labels.reshape(-1)).sum()
+
+    def _h0(self, out) -> torch.Tensor:
+        return out.hidden if self.cfg.h0 == "post_norm" else out.final
+
+    def _result(self, depth_sums: list[torch.Tensor], count: torch.Tensor, like: torch.Tensor) -> LossOutput:
+        total = like.new_zeros((), dtype=torch.float32)
         metrics = {}
-        for k, module in enumerate(self.layers, start=1):
-            # Module k at position t reads the token x[t+k]; positions past the stream read id 0 (their label
-            # is ignored anyway).
-            ids = torch.zeros_like(tokens[:, :t])
-            avail = max(0, min(t, tokens.shape[1] - k))
-            ids[:, :avail] = tokens[:, k : k + avail].clamp(min=0)
-            h = module(h, model.embed_tokens(ids), out.cos, out.sin)  # (B, T, D), pre-norm
-            norm = module.norm if module.norm is not None else model.norm
-            labels = shifted_labels(batch, k)
-            depth_sum = linear_cross_entropy(norm(h).reshape(-1, d), model.lm_head.weight, labels.reshape(-1)).sum()
+        for k, depth_sum in enumerate(depth_sums, start=1):
             total = total + depth_sum
             metrics[f"dsmtp_depth{k}"] = depth_sum.detach() / count.clamp(min=1)
         if self.cfg.reduce == "mean":
             total = total / self.cfg.depth
         return LossOutput(total, count, metrics)
+
+    def forward(self, out, batch: Batch, model) -> LossOutput:
+        h = self._h0(out)
+        depth_sums = []
+        for k in range(1, self.cfg.depth + 1):
+            h = self._step(k, h, out, batch, model)
+            depth_sums.append(self._depth_sum(k, h, batch, model))
+        return self._result(depth_sums, self.count(batch), out.hidden)
+
+    def forward_backward(self, out, batch: Batch, model, scale: float,
+                         autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> LossOutput:
+        """Exact module-by-module backward, one module's graph alive at a time.
+
+        (1) Forward through modules 1 .. D-1, keeping only the states h_1 .. h_{D-1} (detached). (2) For
+        k = D .. 1: re-run module k from h_{k-1} (a leaf), then one backward of ``scale_k · L_k`` together
+        with the gradient module k+1 left on h_k; h_{k-1}'s ``.grad`` is what module k-1 receives. Module 1's
+        input is the trunk's leaf, so its gradient lands there. Cost: one extra forward of modules 1 .. D-1
+        (none for D = 1). Step (1) keeps grad mode on so that both passes take the same (compiled) path and
+        give bitwise the same h_k.
+        """
+        depth = self.cfg.depth
+        scale_k = scale / depth if self.cfg.reduce == "mean" else scale
+        states = [self._h0(out)]  # h_0 .. h_{D-1}, each (B, T, D)
+        with autocast():
+            for k in range(1, depth):
+                states.append(self._step(k, states[-1], out, batch, model).detach())
+        depth_sums: list[torch.Tensor] = [None] * depth  # type: ignore[list-item]
+        carried = None  # gradient of the loss w.r.t. h_k, from module k+1
+        for k in range(depth, 0, -1):
+            h_in = states[k - 1] if k == 1 else states[k - 1].requires_grad_()
+            with autocast():
+                h = self._step(k, h_in, out, batch, model)
+                depth_sum = self._depth_sum(k, h, batch, model)
+            backward(depth_sum * scale_k, (h, carried))
+            depth_sums[k - 1] = depth_sum.detach()
+            carried = h_in.grad if k > 1 else None
+            states[k - 1] = None  # drop the leaf (and its gradient) once passed on
+        return self._result(depth_sums, self.count(batch), out.hidden)

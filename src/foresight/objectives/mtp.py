@@ -8,18 +8,25 @@ loss is the sum of the n cross-entropies, as in the paper and the TOP authors' b
 
 Normalisation: every head's loss sum is divided by the NTP count (positions with a next-token label), so a
 deeper head's missing labels at the end of a sequence do not inflate its weight.
+
+Training (``forward_backward``) follows the paper's memory-efficient implementation (§2, Fig. 2): the heads
+read a detached copy of the trunk tensor, and each head runs its forward and backward in turn, its gradient
+accumulating in that copy's ``.grad``, so one head's activations are alive at a time; the trunk then gets one
+backward.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Callable, ContextManager
 
 import torch
 from torch import nn
 
 from foresight.errors import ForesightError
 from foresight.model.layers import Block, init_weights
-from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective, shifted_labels
+from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective, backward, shifted_labels
 from foresight.ops import linear_cross_entropy
 
 
@@ -51,15 +58,33 @@ class MTP(Objective):
     def count(self, batch: Batch) -> torch.Tensor:
         return (shifted_labels(batch, 0) != IGNORE_INDEX).sum()
 
+    def _head_sum(self, k: int, out, batch: Batch, model) -> torch.Tensor:
+        """Loss sum of head k (1 .. n-1), which reads the last block's input and predicts x[t+1+k]."""
+        h = model.norm(self.heads[k - 1](out.last_input, out.cos, out.sin))  # (B, T, D)
+        labels = shifted_labels(batch, k)  # (B, T)
+        return linear_cross_entropy(h.reshape(-1, h.shape[-1]), model.lm_head.weight, labels.reshape(-1)).sum()
+
     def forward(self, out, batch: Batch, model) -> LossOutput:
         total = out.hidden.new_zeros((), dtype=torch.float32)
         metrics = {}
         count = self.count(batch)
-        d = out.hidden.shape[-1]
-        for k, head in enumerate(self.heads, start=1):
-            h = model.norm(head(out.last_input, out.cos, out.sin))  # (B, T, D)
-            labels = shifted_labels(batch, k)
-            head_sum = linear_cross_entropy(h.reshape(-1, d), model.lm_head.weight, labels.reshape(-1)).sum()
+        for k in range(1, self.cfg.n):
+            head_sum = self._head_sum(k, out, batch, model)
             total = total + head_sum
+            metrics[f"mtp_head{k}"] = head_sum.detach() / count.clamp(min=1)
+        return LossOutput(total, count, metrics)
+
+    def forward_backward(self, out, batch: Batch, model, scale: float,
+                         autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> LossOutput:
+        """One head at a time (§2): forward, backward of ``scale · head_sum`` into ``out.last_input.grad`` (a
+        leaf) and the head's parameters, then the head's graph is dropped."""
+        total = out.hidden.new_zeros((), dtype=torch.float32)
+        metrics = {}
+        count = self.count(batch)
+        for k in range(1, self.cfg.n):
+            with autocast():
+                head_sum = self._head_sum(k, out, batch, model)
+            backward(head_sum * scale)
+            total = total + head_sum.detach()
             metrics[f"mtp_head{k}"] = head_sum.detach() / count.clamp(min=1)
         return LossOutput(total, count, metrics)

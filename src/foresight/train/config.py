@@ -33,6 +33,10 @@ class TrainConfig:
     early_stop_patience: int = 2  # ... for this many consecutive evaluations
     tensorboard: bool = True  # also write TensorBoard events (only when the tensorboard package is installed)
     peak_tflops: float | None = None  # accelerator peak for MFU; None = by GPU name (H100/H200: 790, measured bf16)
+    compile: str | bool = "auto"  # torch.compile every transformer block: "auto" (on CUDA with Triton), true, false
+    compile_backend: str = "inductor"  # torch.compile backend; "aot_eager" checks the wiring without code generation
+    activation_checkpointing: bool = False  # recompute each trunk block's activations in the backward (less memory)
+    per_head_backward: bool = True  # MTP/DS-MTP heads: forward+backward one head at a time (Meta MTP §2)
 
     def __post_init__(self) -> None:
         if self.micro_batch_size is None:
@@ -52,6 +56,9 @@ class TrainConfig:
             (self.keep_last >= 1, "train.keep_last must be >= 1"),
             (self.early_stop_patience >= 1, "train.early_stop_patience must be >= 1"),
             (self.peak_tflops is None or self.peak_tflops > 0, "train.peak_tflops must be > 0"),
+            (isinstance(self.compile, bool) or self.compile == "auto", "train.compile must be auto, true or false"),
+            (isinstance(self.compile_backend, str) and self.compile_backend != "",
+             "train.compile_backend must be a torch.compile backend name, e.g. inductor"),
         ]
         for ok, message in checks:
             if not ok:

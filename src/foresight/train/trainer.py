@@ -9,10 +9,17 @@ step, so accumulation gives the same update as one big batch.
 Metrics: JSON lines always (``metrics.jsonl``), TensorBoard too when it is installed. Train lines hold the
 loss per objective, learning rate, gradient norm, tokens seen, tokens/s and achieved model TFLOP/s
 (``foresight.train.flops``); on CUDA also MFU against the device's peak and peak memory.
+
+Speed and memory (``TrainConfig``): every transformer block (trunk, MTP heads, DS-MTP modules) is compiled
+with ``torch.compile`` on CUDA (``train.compile``); trunk blocks can recompute their activations in the
+backward (``train.activation_checkpointing``); MTP and DS-MTP heads run forward and backward one at a time
+(``train.per_head_backward``, Meta MTP §2; see ``TrainableLM.forward_backward``). None changes the
+gradients beyond rounding, nor the checkpoints' keys; evaluation and generation run the blocks eagerly.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 import time
@@ -24,6 +31,8 @@ import torch
 from tqdm import tqdm
 
 from foresight.errors import ForesightError
+from foresight.model import Block
+from foresight.model.layers import training_forward
 from foresight.objectives import Batch
 from foresight.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from foresight.train.config import TrainConfig
@@ -43,6 +52,34 @@ def pick_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise ForesightError(f"train.device: unknown device {name!r}; use auto, cpu or cuda") from None
+
+
+def use_compile(setting: str | bool, backend: str, device: torch.device) -> bool:
+    """``train.compile``: "auto" compiles on CUDA, where inductor also needs Triton; true/false force it."""
+    if setting == "auto":
+        return device.type == "cuda" and (backend != "inductor" or importlib.util.find_spec("triton") is not None)
+    return bool(setting)
+
+
+def speed_up(lm: TrainableLM, cfg: TrainConfig, device: torch.device) -> bool:
+    """Set the training path of ``lm``'s blocks (see ``Block``); returns whether they are compiled.
+
+    Every block is compiled (one graph for all of them: same code, same shapes); only trunk blocks are
+    checkpointed, as MTP heads and DS-MTP modules already hold one head's activations at a time.
+    """
+    compiled = use_compile(cfg.compile, cfg.compile_backend, device)
+    if compiled:
+        try:
+            training_forward(cfg.compile_backend, False)  # compiles lazily, but checks the backend name now
+        except RuntimeError:
+            raise ForesightError(f"train.compile_backend={cfg.compile_backend!r} is not a torch.compile backend; "
+                                 f"use inductor (default), aot_eager or eager") from None
+    for m in lm.modules():
+        if isinstance(m, Block):
+            m.compile_backend = cfg.compile_backend if compiled else None
+    for block in lm.model.layers:
+        block.checkpointing = cfg.activation_checkpointing
+    return compiled
 
 
 def make_optimizer(lm: TrainableLM, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -78,6 +115,7 @@ class Trainer:
         self.run_config = run_config
         self.device = pick_device(cfg.device)
         self.lm = lm.to(self.device)
+        self.compiled = speed_up(self.lm, cfg, self.device)
         self.opt = make_optimizer(self.lm, cfg)
         self.step = 0
         self.streak = 0  # consecutive evaluations at or above the early-stop threshold
@@ -149,13 +187,17 @@ class Trainer:
         per_micro = [lm.counts(mb) for mb in micro]
         counts = {k: sum(c[k] for c in per_micro).clamp(min=1).float() for k in lm.objectives}
         weights = {k: weight_at(w, self.step, cfg.steps) for k, w in lm.weights.items()}
+        scales = {k: weights[k] / float(counts[k]) for k in lm.objectives}  # what each loss sum is multiplied by
         sums = {k: torch.zeros((), device=self.device) for k in lm.objectives}
         extras: dict[str, torch.Tensor] = {}
         for mb in micro:
-            with self._autocast():
-                outs = lm(mb)
-            total = sum(weights[k] * o.loss_sum / counts[k] for k, o in outs.items())
-            total.backward()
+            if cfg.per_head_backward:  # one objective, one head at a time (Meta MTP §2)
+                outs = lm.forward_backward(mb, scales, self._autocast)
+            else:  # the reference: one graph, one backward
+                with self._autocast():
+                    outs = lm(mb)
+                total = sum(weights[k] * o.loss_sum / counts[k] for k, o in outs.items())
+                total.backward()
             for k, o in outs.items():
                 sums[k] += o.loss_sum.detach()
                 for name, v in o.metrics.items():
@@ -202,7 +244,8 @@ class Trainer:
         if not resumed:
             metrics.write({"kind": "meta", "step": 0, "params": self.lm.model.num_parameters(),
                            "total_params": sum(p.numel() for p in {id(p): p for p in self.lm.parameters()}.values()),
-                           "objectives": list(self.lm.objectives), "device": str(self.device), "train": asdict(cfg)})
+                           "objectives": list(self.lm.objectives), "device": str(self.device),
+                           "compiled": self.compiled, "train": asdict(cfg)})
         peak = peak_flops(self.device, cfg.peak_tflops)
         flops = None  # per token; known once the first batch gives the sequence length
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, unit="step", dynamic_ncols=True,
