@@ -10,23 +10,39 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, *, title: str, ylabel: str,
-                ylim: tuple[float, float] | None = None, hline: tuple[float, str] | None = None) -> Path:
-    """``curves``: run name -> [(step, value), ...]. Writes a PNG and returns its path."""
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+def _draw(ax, curves: dict[str, list[tuple[int, float]]], styles: dict[str, dict] | None,
+          hline: tuple[float, str] | None) -> None:
     for name, points in curves.items():
         if points:
             steps, values = zip(*points)
-            ax.plot(steps, values, marker="o", markersize=3, linewidth=1.6, label=name)
+            style = {"marker": "o", "markersize": 3, "linewidth": 1.6, **((styles or {}).get(name) or {})}
+            ax.plot(steps, values, label=name, **style)
     if hline is not None:
         ax.axhline(hline[0], color="grey", linestyle="--", linewidth=1, label=hline[1])
     ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if ylim:
-        ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
-    ax.legend()
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, *, title: str, ylabel: str,
+                ylim: tuple[float, float] | None = None, hline: tuple[float, str] | None = None,
+                styles: dict[str, dict] | None = None) -> Path:
+    """``curves``: run name -> [(step, value), ...]; ``styles``: run name -> matplotlib line keywords.
+    Writes a PNG and returns its path."""
+    return plot_panels([{"title": title, "curves": curves, "styles": styles, "hline": hline}], path,
+                       ylabel=ylabel, ylim=ylim)
+
+
+def plot_panels(panels: list[dict], path: Path, *, ylabel: str, ylim: tuple[float, float] | None = None) -> Path:
+    """Several ``plot_curves`` panels stacked in one PNG; each panel is a dict with ``title``, ``curves`` and
+    optionally ``styles`` and ``hline``. Writes the PNG and returns its path."""
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 4.2 * len(panels)), dpi=120, squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        _draw(ax, panel["curves"], panel.get("styles"), panel.get("hline"))
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel["title"])
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.legend(fontsize="small", ncol=2 if len(panel["curves"]) > 6 else 1)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -32,7 +32,11 @@ def run_recipe(name: str, args, group: str = "") -> None:
 
     recipe = load_recipe(name, args.overrides, group)
     runs = select_runs(recipe, args.runs)
+    run_task(recipe, runs, run_folder(recipe, args), resume=args.resume)
+
+
+def run_folder(recipe, args) -> Path:
+    """``--out``, or a new ``runs/<task>-<recipe>-<time>``; --resume needs an explicit folder."""
     if args.resume and args.out is None:
         raise ForesightError("--resume needs --out RUN_FOLDER (the folder of the run to continue)")
-    out = args.out or Path("runs") / f"{recipe.task}-{recipe.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_task(recipe, runs, out, resume=args.resume)
+    return args.out or Path("runs") / f"{recipe.task}-{recipe.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
