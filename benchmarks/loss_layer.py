@@ -12,6 +12,12 @@ Methods (each computes a scalar loss from hidden (N, H) and a head (V, H), then 
               softmax target, ``log_softmax`` of the full logits (shared/reference/objectives.md, TOP)
   torch_ce    plain PyTorch: ``F.cross_entropy((h @ W.T).float(), labels)``
   floor       the three matmuls any implementation must do: Z = H W^T, dH = Z W, dW = Z^T H
+  liger_ce    Liger-Kernel's LigerFusedLinearCrossEntropyLoss (only when ``liger_kernel`` imports)
+  cce         cut-cross-entropy's ``linear_cross_entropy`` (only when ``cut_cross_entropy`` imports)
+  targets_torch   TOP target construction alone, our PyTorch builder (``top_targets(impl="torch")``)
+  targets_triton  the same, our Triton kernel (``top_targets(impl="triton")``; CUDA, or TRITON_INTERPRET=1)
+  targets_dense   the reference's kind of builder, written literally: an N×V fp16 tensor of W − d (first
+                  occurrence in the window), −inf elsewhere — the anchors' "ref. target" column
 Shapes and set-up follow shared/reference/anchors.md (Zipf tokens, window 4096, bf16, medians of 10 runs
 after warm-up, CUDA events). Memory: peak allocated above the inputs, less the returned gradients
 (``peak``), and the same with them (``peak_raw``).
@@ -25,14 +31,19 @@ import json
 import platform
 import statistics
 import time
+import traceback
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from foresight.errors import ForesightError
 from foresight.objectives.top import top_targets
 from foresight.ops import linear_cross_entropy, linear_soft_cross_entropy
+from foresight.ops.kernels import INDEX_DTYPES, resolve_impl
 
+METHODS = ("top", "top_loss", "ntp", "liger_ce", "cce", "top_dense", "torch_ce", "floor", "targets_torch",
+           "targets_triton", "targets_dense")
 ANCHOR_SHAPES = [(16384, 1024, 32000), (16384, 2048, 32000), (8192, 4096, 32000), (8192, 4096, 128256)]
 TINY_SHAPE = (512, 64, 1000)
 SEQ_LEN = 4096  # T: N = B · T tokens (the anchors' batch 4 × 4096)
@@ -48,16 +59,41 @@ def zipf_tokens(b: int, length: int, v: int, device, seed: int = 0) -> torch.Ten
     return torch.randperm(v, generator=g)[ranks].view(b, length).to(device)
 
 
-def dense_top_scores(tokens: torch.Tensor, seq_len: int, window: int, v: int, chunk: int = 256) -> torch.Tensor:
-    """Literal TOP scores (B·T, V) fp32: W − d for the first occurrence at offset d < W, else −inf."""
+def dense_top_scores(tokens: torch.Tensor, seq_len: int, window: int, v: int, chunk: int = 256,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Literal TOP scores (B·T, V): W − d for the first occurrence at offset d < W, else −inf.
+
+    With ``dtype=torch.float16`` this is what the reference's target builder hands its loss: an N×V fp16
+    tensor (W − d rounded to fp16, so d = 0 and 1 tie at W = 4096).
+    """
     b = tokens.shape[0]
     ahead = tokens[:, 1:].unfold(1, window, 1)[:, :seq_len]  # (B, T, W) view: x[t+1 .. t+W]
-    scores = torch.full((b * seq_len, v), float("-inf"), device=tokens.device)
+    scores = torch.full((b * seq_len, v), float("-inf"), device=tokens.device, dtype=dtype)
     for j0 in range(0, window, chunk):  # the earliest offset has the highest score: amax keeps it
         idx = ahead[:, :, j0 : j0 + chunk].reshape(b * seq_len, -1)
-        src = (window - torch.arange(j0, j0 + idx.shape[1], device=tokens.device, dtype=torch.float32)).expand_as(idx)
-        scores.scatter_reduce_(1, idx, src, "amax")
+        src = (window - torch.arange(j0, j0 + idx.shape[1], device=tokens.device, dtype=torch.float32)).to(dtype)
+        scores.scatter_reduce_(1, idx, src.expand_as(idx), "amax")
     return scores
+
+
+def optional_fused_ce():
+    """name -> (description, loss(hidden, weight, labels) or the reason it is unavailable): the fused linear
+    cross-entropies of other libraries, when installed (not dependencies of foresight)."""
+    out = {}
+    try:
+        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
+        liger = LigerFusedLinearCrossEntropyLoss()  # mean over non-ignored rows
+        out["liger_ce"] = ("Liger-Kernel fused linear CE", lambda h, w, y: liger(w, h, y))
+    except Exception as exc:  # not installed, or broken against this torch / triton
+        out["liger_ce"] = ("Liger-Kernel fused linear CE", f"liger_kernel unavailable ({type(exc).__name__}: {exc})")
+    try:
+        from cut_cross_entropy import linear_cross_entropy as cce_loss
+
+        out["cce"] = ("cut-cross-entropy linear_cross_entropy", lambda h, w, y: cce_loss(h, w, y))
+    except Exception as exc:
+        out["cce"] = ("cut-cross-entropy linear_cross_entropy", f"cut_cross_entropy unavailable ({type(exc).__name__}: {exc})")
+    return out
 
 
 def make_methods(n: int, h: int, v: int, window: int, dtype, device, impl: str):
@@ -77,7 +113,7 @@ def make_methods(n: int, h: int, v: int, window: int, dtype, device, impl: str):
         return loss, torch.autograd.grad(loss, inputs)
 
     def top():  # objectives.top.top_loss, with our impl choice
-        ids_, w_ = (x.reshape(b * t, -1) for x in top_targets(tokens, t, window))
+        ids_, w_ = (x.reshape(b * t, -1) for x in top_targets(tokens, t, window, impl=impl))
         rows = linear_soft_cross_entropy(hidden, weight, ids_, w_, impl=impl)
         has_target = (w_ > 0).any(-1)
         return grads((rows * has_target).sum() / has_target.sum().clamp(min=1))
@@ -102,15 +138,55 @@ def make_methods(n: int, h: int, v: int, window: int, dtype, device, impl: str):
             z = hidden @ weight.T
             return z.new_zeros(()), (z @ weight, z.T @ hidden)
 
+    # Target builders: no backward. The "loss" column shows a check computed after timing: the number of
+    # positions with a target (sparse: total weight; dense: rows with a finite score) — all three agree.
+    def targets(target_impl):
+        def step():
+            ids_, w_ = top_targets(tokens, t, window, impl=target_impl)
+            return (lambda: w_.sum()), (ids_, w_)
+        return step
+
+    def targets_dense():
+        scores = dense_top_scores(tokens, t, window, v, dtype=torch.float16)  # (N, V) fp16, as the reference
+        return (lambda: torch.isfinite(scores).any(-1).sum()), (scores,)
+
+    try:
+        resolve_impl("triton", tokens, dtypes=INDEX_DTYPES)
+        targets_triton = targets("triton")
+    except ForesightError as exc:
+        targets_triton = f"not runnable here: {exc}"
+
     methods = {
         "top": ("ours: TOP targets + fused loss", top),
         "top_loss": ("ours: fused TOP loss, targets given", top_loss_only),
         "ntp": ("ours: fused NTP cross-entropy", ntp),
+        **{name: (desc, loss if isinstance(loss, str) else (lambda loss=loss: grads(loss(hidden, weight, labels))))
+           for name, (desc, loss) in optional_fused_ce().items()},
         "top_dense": ("literal dense TOP (N×V target, log_softmax)", top_dense),
         "torch_ce": ("plain PyTorch cross-entropy", torch_ce),
         "floor": ("three-matmul floor", floor),
+        "targets_torch": ("ours: TOP targets, PyTorch builder", targets("torch")),
+        "targets_triton": ("ours: TOP targets, Triton kernel", targets_triton),
+        "targets_dense": ("dense N×V fp16 target (the reference's form)", targets_dense),
     }
+    assert tuple(methods) == METHODS
     return methods
+
+
+def check_targets(tokens: torch.Tensor, seq_len: int, window: int) -> dict | None:
+    """Triton vs PyTorch target builder on the benchmark's own stream (both score modes): None when the
+    kernel cannot run here, else whether the ids agree and the largest weight difference."""
+    try:
+        resolve_impl("triton", tokens, dtypes=INDEX_DTYPES)
+    except ForesightError:
+        return None
+    result = {}
+    for scores in ("exact", "paper"):
+        ref = top_targets(tokens, seq_len, window, scores=scores, impl="torch")
+        got = top_targets(tokens, seq_len, window, scores=scores, impl="triton")
+        result[scores] = {"ids_equal": bool(torch.equal(ref[0], got[0])),
+                          "max_weight_diff": float((ref[1] - got[1]).abs().max())}
+    return result
 
 
 def measure(step, device, warmup: int, repeats: int) -> dict:
@@ -142,6 +218,8 @@ def measure(step, device, warmup: int, repeats: int) -> dict:
             loss, outs = step()
             times.append((time.perf_counter() - t0) * 1e3)
         peak = peak_raw = None
+    if callable(loss):  # a check computed after timing (target builders)
+        loss = loss()
     return {"ms": statistics.median(times), "ms_all": times, "peak_mib": peak, "peak_raw_mib": peak_raw,
             "loss": float(loss.detach())}
 
@@ -200,21 +278,35 @@ def main(argv=None) -> int:
                         "the CPU; triton needs TRITON_INTERPRET=1 and is very slow); no memory statistics; the issue #4 "
                         "targets are GPU numbers.")
     wanted = set(args.methods.split(",")) if args.methods else None
+    if wanted and wanted - set(METHODS):
+        ap.error(f"unknown method(s) {', '.join(sorted(wanted - set(METHODS)))}; known: {', '.join(METHODS)}")
 
-    results = []
+    results, notes = [], {}
     for n, h, v in shapes:
         methods = make_methods(n, h, v, window, dtype, device, args.impl)
+        if not wanted or wanted & {"targets_torch", "targets_triton"}:
+            b, t = max(1, n // SEQ_LEN), min(n, SEQ_LEN)
+            check = check_targets(zipf_tokens(b, t + window + 1, v, device), t, window)
+            if check is not None:
+                meta.setdefault("targets_check", {})[f"{n},{h},{v}"] = check
         for name, (desc, step) in methods.items():
             if wanted and name not in wanted:
+                continue
+            if isinstance(step, str):  # an optional method that cannot run here
+                notes[name] = step
                 continue
             try:
                 r = measure(step, device, args.warmup, args.repeats)
             except torch.OutOfMemoryError as exc:
                 r = {"error": f"out of memory: {str(exc).splitlines()[0]}"}
+            except Exception as exc:  # report and go on: one command measures everything it can
+                r = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+                traceback.print_exc()
             results.append({"N": n, "H": h, "V": v, "method": name, "what": desc, **r})
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         del methods
+    meta["skipped"] = notes
 
     floors = {(r["N"], r["H"], r["V"]): r.get("ms") for r in results if r["method"] == "floor"}
     print(f"# Loss layer, forward + backward — {meta['device']}, torch {meta['torch']}, triton {meta['triton']}, "
@@ -235,6 +327,12 @@ def main(argv=None) -> int:
         print(f"| {r['N']} | {r['H']} | {r['V']} | {r['method']} | {r['ms']:.2f} | {fmt(ratio, '.2f')} | "
               f"{fmt(r['peak_mib'], '.1f')} | {fmt(r['peak_raw_mib'], '.1f')} | {r['loss']:.4f} |")
 
+    for name, reason in notes.items():
+        print(f"\nSkipped {name}: {reason}")
+    for shape, check in meta.get("targets_check", {}).items():
+        print(f"\nTOP targets, Triton vs PyTorch at N,H,V = {shape}: "
+              + "; ".join(f"{mode}: ids {'equal' if c['ids_equal'] else 'DIFFER'}, max weight diff {c['max_weight_diff']:.1e}"
+                          for mode, c in check.items()))
     target = [r for r in results if (r["N"], r["H"], r["V"]) == TARGETS["shape"] and r["method"] == "top_loss"]
     if target and "error" not in target[0] and target[0].get("peak_mib") is not None:
         r = target[0]
@@ -245,6 +343,10 @@ def main(argv=None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
         print(f"\nwrote {args.out}")
+    ours_failed = [r["method"] for r in results if "error" in r and r["method"] not in ("liger_ce", "cce")]
+    if ours_failed:  # other libraries' failures are theirs; ours make the run fail (after writing the table)
+        print(f"\nfailed: {', '.join(ours_failed)}")
+        return 1
     return 0
 
 

@@ -27,8 +27,9 @@ def paper_score(window: int, d: int) -> float:
     return torch.tensor(float(window - d), dtype=torch.float64).to(torch.float16).item()
 
 
-def dense_scores(tokens, seq_len, window, vocab, *, ignore_index=-100, scores="exact"):
-    """(B, T, V) fp64 scores, -inf where an id is not among the scored upcoming tokens; and per-row d_min."""
+def dense_scores(tokens, seq_len, window, vocab, *, ignore_index=-100, scores="exact", horizon=None):
+    """(B, T, V) fp64 scores, -inf where an id is not among the scored upcoming tokens; and per-row d_min.
+    ``horizon`` (B, T): offsets d > horizon[b, t] never score."""
     b_, length = tokens.shape
     out = torch.full((b_, seq_len, vocab), -math.inf, dtype=torch.float64)
     d_min = torch.full((b_, seq_len), -1, dtype=torch.long)
@@ -37,7 +38,7 @@ def dense_scores(tokens, seq_len, window, vocab, *, ignore_index=-100, scores="e
         for t in range(seq_len):
             seen = set()
             for d, v in enumerate(rows[b][t + 1 : min(t + 1 + window, length)]):
-                if v < 0 or v == ignore_index or v in seen:
+                if v < 0 or v == ignore_index or v in seen or (horizon is not None and d > horizon[b, t]):
                     continue
                 seen.add(v)
                 out[b, t, v] = -float(d) if scores == "exact" else paper_score(window, d)
@@ -116,6 +117,22 @@ def test_top_targets_match_dense_target(window, scores, extra, vocab):
             assert len(live) == len(set(live))
             assert set(live) <= set(torch.nonzero(target[b, t] > 0).flatten().tolist())
             assert set(live) >= set(torch.nonzero(target[b, t] > 1e-40).flatten().tolist())
+
+
+@pytest.mark.parametrize("scores", ["exact", "paper"])
+def test_top_targets_horizon_counts_offsets(scores):
+    """``horizon`` limits the offset d from t + 1, also where the K slots start later (after ignored ids)."""
+    vocab, window = 37, 4096
+    tokens = make_tokens(40, T + 200, vocab)
+    tokens[0, 1:60] = -100  # positions 0.. of row 0 start their slots past offset 50
+    horizon = torch.randint(0, 80, (B, T), generator=torch.Generator().manual_seed(1))
+    horizon[0, :4] = 70
+    ids, w = top_targets(tokens, T, window, scores=scores, horizon=horizon)
+    score, _ = dense_scores(tokens, T, window, vocab, scores=scores, horizon=horizon)
+    target = torch.softmax(score, dim=-1).nan_to_num(0.0)
+    sparse_dense = torch.zeros(B, T, vocab, dtype=torch.float64).scatter_add_(-1, ids, w.double())
+    torch.testing.assert_close(sparse_dense, target, rtol=1e-6, atol=1e-7)
+    assert 0 < int((w[0, :4] > 0).sum(-1).max()) <= 15  # offsets 59 - t .. 70 only, not 71 slots
 
 
 def test_top_targets_slot_layout():

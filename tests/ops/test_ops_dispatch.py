@@ -129,3 +129,25 @@ def test_autocast_forward_and_backward_see_the_same_logits():
     assert torch.equal(loss, ref)
     assert torch.equal(gh, rh.float())
     assert torch.equal(gw.bfloat16(), rw)
+
+
+def test_top_targets_dispatch(monkeypatch, triton_importable):
+    """The TOP target kernel takes integer token streams: INDEX_DTYPES, not the loss kernels' float dtypes."""
+    from foresight.objectives.top import top_targets
+
+    assert resolve_impl("auto", fake("cuda", torch.int64), dtypes=kernels.INDEX_DTYPES) == "triton"
+    assert resolve_impl("auto", fake("cuda", torch.int32), dtypes=kernels.INDEX_DTYPES) == "triton"
+    assert resolve_impl("auto", fake("cuda", torch.int64)) == "torch"  # not a float: the loss kernels' check
+    assert resolve_impl("auto", fake("cuda", torch.int16), dtypes=kernels.INDEX_DTYPES) == "torch"
+    with pytest.raises(ForesightError, match="int32, int64 inputs, not torch.int16"):
+        resolve_impl("triton", fake("cuda", torch.int16), dtypes=kernels.INDEX_DTYPES)
+    tokens = torch.randint(0, 9, (2, 12))
+    a, b = top_targets(tokens, 10, 5), top_targets(tokens, 10, 5, impl="torch")  # auto on the CPU: the twin
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ForesightError, match="impl='triton'.*TRITON_INTERPRET=1"):
+        top_targets(tokens, 10, 5, impl="triton")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        top_targets(tokens, 10, 5, impl="cuda")
+    with pytest.raises(ValueError, match="horizon must have shape"):
+        top_targets(tokens, 10, 5, horizon=torch.zeros(2, 11, dtype=torch.long))

@@ -20,6 +20,7 @@ from torch import nn
 from foresight.errors import ForesightError
 from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective
 from foresight.ops import linear_soft_cross_entropy
+from foresight.ops.kernels import INDEX_DTYPES, resolve_impl
 
 MAX_SLOTS = 128  # K = min(window, MAX_SLOTS) target slots per position
 _HALF_MAX = 65504  # largest finite fp16 value: the paper's fp16 scores overflow past it
@@ -39,7 +40,7 @@ def _check_modes(window: int, scores: str, normalize: str | None = None) -> None
 @torch.no_grad()
 def top_targets(
     tokens: torch.Tensor, seq_len: int, window: int, *, ignore_index: int = IGNORE_INDEX, scores: str = "exact",
-    horizon: torch.Tensor | None = None,
+    horizon: torch.Tensor | None = None, impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse TOP targets.
 
@@ -52,12 +53,21 @@ def top_targets(
     fp16 rounding of the reference runs (at window 4096, d = 0 and d = 1 tie).
     ``horizon`` (B, seq_len) long, optional: slots past offset ``horizon[b, t]`` (the next end of document)
     never score, so the ranking stops at a document boundary (see ``Batch.horizon``).
-    Cost: O(B · seq_len · K log K) time, O(B · seq_len · K) memory.
+    ``impl``: ``"torch"`` is the code below, O(B · seq_len · K log K) time and O(B · seq_len · K) memory;
+    ``"triton"`` the O(B · seq_len · K) kernel of ``ops/kernels/top_targets_triton.py`` (the same ids, the same
+    weights to fp32 rounding); ``"auto"`` the kernel for CUDA tensors when Triton is installed.
     """
     _check_modes(window, scores)
     b, length = tokens.shape
     if length < seq_len + 1:
         raise ValueError(f"tokens must have at least seq_len + 1 = {seq_len + 1} columns, got {length}")
+    if horizon is not None and horizon.shape != (b, seq_len):
+        raise ValueError(f"horizon must have shape (B, seq_len) = {(b, seq_len)}, got {tuple(horizon.shape)}")
+    given = (tokens,) if horizon is None else (tokens, horizon)
+    if resolve_impl(impl, *given, dtypes=INDEX_DTYPES) == "triton":
+        from foresight.ops.kernels.top_targets_triton import triton_top_targets  # imports Triton
+
+        return triton_top_targets(tokens, seq_len, window, ignore_index=ignore_index, scores=scores, horizon=horizon)
     k = min(window, MAX_SLOTS)
     device = tokens.device
     # The K slots start at the first scorable upcoming token (offset s_t), not at t + 1: then every id the
@@ -77,7 +87,7 @@ def top_targets(
     upcoming = torch.where(in_window, gathered, torch.full_like(gathered, -1))  # (B, T, K)
     scorable = (upcoming >= 0) & (upcoming != ignore_index)
     if horizon is not None:
-        scorable &= torch.arange(k, device=device) <= horizon[..., None]  # (B, T, K)
+        scorable &= offsets <= horizon[..., None]  # (B, T, K): offsets, not slots (they differ when s_t > 0)
 
     # First occurrence within the row: a stable sort groups equal ids in offset order, so the first of each
     # group is the earliest offset. Unscorable slots get distinct negative keys so they never group.

@@ -2,6 +2,8 @@
 
 Three layers (shared/reference/style.md, practice 1): Triton kernels and their ``torch.autograd.Function``
 live in ``soft_ce_triton.py``; the public functions in ``foresight.ops`` call ``resolve_impl`` and dispatch.
+``top_targets_triton.py`` builds TOP targets (no gradient, so kernel → function); ``objectives.top.top_targets``
+dispatches to it.
 Nothing here imports Triton at module import time: the package works without it, and ``impl="auto"`` then
 takes the PyTorch path.
 """
@@ -15,7 +17,8 @@ import torch
 from foresight.errors import ForesightError
 
 IMPLS = ("auto", "torch", "triton")
-TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the loss kernels' inputs
+INDEX_DTYPES = (torch.int32, torch.int64)  # the TOP target kernel's token streams
 
 _import_error: str | None = None  # why ``import triton`` failed (None: not tried yet or it worked)
 _imported = False
@@ -44,11 +47,12 @@ def cuda_capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
-def _triton_unusable(tensors: tuple[torch.Tensor, ...]) -> str | None:
+def _triton_unusable(tensors: tuple[torch.Tensor, ...], dtypes: tuple[torch.dtype, ...] = TRITON_DTYPES) -> str | None:
     """None if the Triton path can run on these tensors, else why not (for the error message)."""
     for t in tensors:
-        if t.dtype not in TRITON_DTYPES:
-            return f"its kernels support float32, bfloat16 and float16 inputs, not {t.dtype}"
+        if t.dtype not in dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+            return f"its kernel supports {names} inputs, not {t.dtype}"
         if t.device.type == "cpu" and not interpreting():
             return "the tensors are on the CPU and TRITON_INTERPRET=1 is not set (the Triton interpreter runs kernels on the CPU, slowly)"
         if t.device.type not in ("cuda", "cpu"):
@@ -58,8 +62,8 @@ def _triton_unusable(tensors: tuple[torch.Tensor, ...]) -> str | None:
     return triton_import_error()
 
 
-def resolve_impl(impl: str, *tensors: torch.Tensor) -> str:
-    """``"torch"`` or ``"triton"`` for a request ``impl`` in ``IMPLS``.
+def resolve_impl(impl: str, *tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = TRITON_DTYPES) -> str:
+    """``"torch"`` or ``"triton"`` for a request ``impl`` in ``IMPLS``; ``dtypes``: what the kernel accepts.
 
     ``"auto"``: Triton when every tensor is on CUDA in a supported dtype and Triton imports, else PyTorch.
     ``"triton"``: Triton, or a ``ForesightError`` saying why it cannot run (not installed, CPU tensors
@@ -70,10 +74,10 @@ def resolve_impl(impl: str, *tensors: torch.Tensor) -> str:
     if impl == "torch":
         return "torch"
     if impl == "auto":
-        if all(t.device.type == "cuda" for t in tensors) and _triton_unusable(tensors) is None:
+        if all(t.device.type == "cuda" for t in tensors) and _triton_unusable(tensors, dtypes) is None:
             return "triton"
         return "torch"
-    reason = _triton_unusable(tensors)
+    reason = _triton_unusable(tensors, dtypes)
     if reason is not None:
         raise ForesightError(f"impl='triton' was requested but {reason}; use impl='auto' or impl='torch'")
     return "triton"
