@@ -26,9 +26,7 @@ after warm-up, CUDA events). Memory: peak allocated above the inputs, less the r
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import statistics
 import time
 import traceback
@@ -37,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from foresight.environment import describe
 from foresight.errors import ForesightError
 from foresight.objectives.top import top_targets
 from foresight.ops import linear_cross_entropy, linear_soft_cross_entropy
@@ -224,19 +223,7 @@ def measure(step, device, warmup: int, repeats: int) -> dict:
             "loss": float(loss.detach())}
 
 
-def versions(device) -> dict:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except Exception:  # not installed, or broken
-        triton_version = "not installed"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
-    return {"device": name, "torch": torch.__version__, "triton": triton_version,
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-
-
-def fmt(x, spec):
+def fmt(x, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 
 
@@ -271,7 +258,7 @@ def main(argv=None) -> int:
         shapes = [TINY_SHAPE] if args.tiny or device.type == "cpu" else ANCHOR_SHAPES
     window = args.window or (64 if args.tiny or device.type == "cpu" else 4096)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
-    meta = {**versions(device), "dtype": str(dtype).replace("torch.", ""), "window": window, "impl": args.impl,
+    meta = {**describe(device), "dtype": str(dtype).replace("torch.", ""), "window": window, "impl": args.impl,
             "kernel_knobs": knobs, "warmup": args.warmup, "repeats": args.repeats}
     if device.type == "cpu":
         meta["note"] = (f"CPU: a check that the script runs. 'ours' runs impl={args.impl} (auto = the PyTorch twin on "

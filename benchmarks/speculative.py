@@ -13,7 +13,6 @@ MTP §3.2 reports 3.0x on code with 4 heads; their tau was 3.5).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from foresight.environment import cpu_name
 from foresight.generate import generate, make_drafter, speculative_generate, top_draft_acceptance
 from foresight.generate.drafters import Drafter
 from foresight.train.lm import TrainableLM
@@ -41,16 +41,6 @@ class OracleDrafter(Drafter):
         self.inner.propose(out, seq, pos0)
         n = seq.shape[1]
         return self.truth[:, n : n + self.n_draft]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def prompts_from(data: Path, n: int, length: int, split: str = "val") -> torch.Tensor:

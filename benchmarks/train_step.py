@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import gc
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -32,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from foresight.environment import describe
 from foresight.errors import ForesightError
 from foresight.objectives import Batch
 from foresight.tasks.recipe import build_model_config, load_recipe
@@ -120,22 +119,6 @@ def measure(model: str, run: str, args, device: torch.device, overrides: list[st
     return result
 
 
-def versions(device: torch.device) -> dict:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except Exception:  # not installed, or broken
-        triton_version = "not installed"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
-    return {"device": name, "torch": torch.__version__, "triton": triton_version,
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-
-
-def fmt(x, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
 def target_lines(results: list[dict]) -> list[str]:
     """The issue #4 targets that these results can answer, each with MET / NOT MET."""
     ok = {(r["model"], r["run"]): r for r in results if "error" not in r}
@@ -169,6 +152,10 @@ def target_lines(results: list[dict]) -> list[str]:
     return lines
 
 
+def fmt(x, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true",
@@ -197,7 +184,7 @@ def main(argv=None) -> int:
     if device.type == "cpu" and not args.tiny:
         print("note: no CUDA device; the paper models on the CPU take very long (use --tiny to check the script)")
 
-    meta = {**versions(device), "batch": args.batch, "micro_batch": args.micro_batch or args.batch,
+    meta = {**describe(device), "batch": args.batch, "micro_batch": args.micro_batch or args.batch,
             "seq_len": args.seq_len, "tokens_per_step": args.batch * args.seq_len, "warmup": args.warmup,
             "steps": args.steps, "overrides": args.overrides, "tiny": args.tiny,
             "peak_tflops": (peak_flops(device) or 0) / 1e12 or None}

@@ -17,10 +17,7 @@ command that reproduces the cell. ``foresight stargraph report`` turns a folder 
 from __future__ import annotations
 
 import copy
-import datetime
 import json
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -30,9 +27,9 @@ from typing import Callable
 
 import torch
 
-from foresight import __version__
 from foresight.config import from_dict
 from foresight.data.stargraph import StarGraphData, StarGraphSpec, generate, read_examples, split_seeds
+from foresight.environment import describe
 from foresight.errors import ForesightError
 from foresight.eval.stargraph import evaluate
 from foresight.plot import plot_curves
@@ -101,26 +98,6 @@ def cell_name(recipe: str, spec: StarGraphSpec, run: str, train_cfg: TrainConfig
     return f"{recipe}-g{spec.deg}x{spec.path}-{run}-{train_cfg.steps}steps{full}-seed{train_cfg.seed}.json"
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine() or 'unknown'})"
-
-
-def _git_commit() -> str | None:
-    """The checkout's commit (with ``+dirty`` for uncommitted changes), or None outside a git checkout."""
-    root = Path(__file__).resolve().parents[3]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _train_rates(run_dir: Path) -> dict:
     """Median tokens/s and MFU of the logged training intervals (evaluation excluded), peak memory."""
     path = run_dir / "metrics.jsonl"
@@ -178,13 +155,7 @@ def cell_record(*, recipe: Recipe, raw: dict, run: str, specs: list[dict], spec:
         "curve": [[e["step"], e["exact_match"]] for e in evals],
         "evals": evals,
         "device": str(device),
-        "device_name": _device_name(device),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "python": platform.python_version(),
-        "foresight": __version__,
-        "git_commit": _git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **{("device_name" if k == "device" else k): v for k, v in describe(device).items()},
         "command": command,
         "train": asdict(train_cfg),
         "config": raw,
