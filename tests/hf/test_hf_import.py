@@ -66,6 +66,33 @@ def test_import_gives_the_same_logits(tmp_path, kind, kw):
     _check_same_logits(model, lm)
 
 
+# Llama 3.1 RoPE scaling with a short original context, so that the head dim's 5 frequencies fall in all three
+# bands: kept (wavelength 2π < 16/4), blended (2π·6.3), divided by the factor (the rest).
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}
+
+
+def test_llama3_rope_scaling_imports_and_exports_losslessly(tmp_path):
+    model = _hf_model("llama", tmp_path / "hf", rope_scaling=dict(LLAMA3_ROPE), rope_theta=10000.0)
+    lm, _, _ = import_hf(tmp_path / "hf")
+    assert lm.model.cfg.rope_scaling == LLAMA3_ROPE
+    _check_same_logits(model, lm)
+    # The scaling matters here: the same weights with plain RoPE give other logits.
+    plain = TrainableLM(ModelConfig(**{**lm.model.cfg.__dict__, "rope_scaling": None}), [{"name": "ntp"}])
+    plain.load_state_dict(lm.state_dict())
+    with torch.no_grad():
+        assert (plain.model(IDS) - lm.model(IDS)).abs().max().item() > 1e-2
+    # Export writes the scaling back: plain transformers reloads the same function.
+    from foresight.hf import export_lm
+    export_lm(lm, [{"name": "ntp"}], tmp_path / "out")
+    again = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+    _check_same_logits(again, lm)
+    # An incomplete llama3 entry is one line naming what is missing.
+    folder = _write_config(tmp_path / "m", **dict(LLAMA, rope_scaling={"rope_type": "llama3", "factor": 8.0}))
+    with pytest.raises(ForesightError, match="llama3 RoPE scaling lacks low_freq_factor"):
+        import_hf(folder)
+
+
 def test_sharded_bf16_checkpoint_imports_losslessly(tmp_path):
     model = _hf_model("llama", tmp_path / "hf", shard="20KB", dtype=torch.bfloat16)
     assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
@@ -124,7 +151,7 @@ LLAMA = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=
 
 @pytest.mark.parametrize("config, message", [
     (dict(model_type="gpt2", architectures=["GPT2LMHeadModel"]), "model_type 'gpt2' .*GPT2LMHeadModel.* not supported"),
-    (dict(LLAMA, rope_scaling={"rope_type": "llama3", "factor": 8.0}), "RoPE scaling 'llama3'"),
+    (dict(LLAMA, rope_scaling={"rope_type": "dynamic", "factor": 8.0}), "RoPE scaling 'dynamic'"),
     (dict(LLAMA, rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}), "RoPE scaling 'yarn'"),
     (dict(LLAMA, model_type="qwen2", architectures=["Qwen2ForCausalLM"], use_sliding_window=True), "sliding-window"),
     (dict(LLAMA, attention_bias=True), "attention_bias"),

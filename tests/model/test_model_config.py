@@ -50,6 +50,10 @@ def test_explicit_values_are_kept():
         (dict(init_std=0.0), ["init_std"]),
         (dict(norm_eps=-1e-6), ["norm_eps"]),
         (dict(rope_theta=0.0), ["rope_theta"]),
+        (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), ["rope_scaling", "yarn"]),
+        (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), ["rope_scaling", "low_freq_factor"]),
+        (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0,
+                            "original_max_position_embeddings": 8192}), ["rope_scaling", "low_freq_factor"]),
     ],
 )
 def test_invalid_configs_raise_naming_the_field(kwargs, fields):

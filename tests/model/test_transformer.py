@@ -15,7 +15,7 @@ from torch import nn
 
 from foresight.model.layers import randomize_weights
 from foresight.model import KVCache, ModelConfig, RMSNorm, Transformer
-from foresight.model.layers import Attention, Rotary, apply_rotary
+from foresight.model.layers import Attention, Rotary, apply_rotary, llama3_inv_freq
 
 ATOL, RTOL = 2e-5, 1e-4
 
@@ -411,3 +411,24 @@ def test_meta_model_materializes_and_runs(tied):
     ids = torch.randint(0, cfg.vocab_size, (2, 5))
     out = model(ids)  # RoPE tables built on meta are rebuilt on the input's device
     assert out.shape == (2, 5, cfg.vocab_size) and out.device.type == "cpu" and torch.isfinite(out).all()
+
+
+def test_llama3_frequencies_follow_the_three_bands():
+    # Written out per frequency from the Llama 3.1 definition: keep short wavelengths, divide long ones by the
+    # factor, blend linearly in original/wavelength in between.
+    scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    inv = 1.0 / (10000.0 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))
+    got = llama3_inv_freq(inv, scaling)
+    bands = set()
+    for f, g in zip(inv.tolist(), got.tolist()):
+        wavelength = 2 * math.pi / f
+        if wavelength < 64 / 4:
+            want, band = f, "kept"
+        elif wavelength > 64 / 1:
+            want, band = f / 8, "scaled"
+        else:
+            s = (64 / wavelength - 1) / (4 - 1)
+            want, band = (1 - s) * f / 8 + s * f, "blended"
+        bands.add(band)
+        assert g == pytest.approx(want, rel=1e-6)
+    assert bands == {"kept", "blended", "scaled"}

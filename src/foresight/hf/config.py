@@ -1,7 +1,7 @@
 """``ModelConfig`` <-> a Hugging Face ``config.json`` for Llama (``LlamaForCausalLM``) and Qwen2 (``Qwen2ForCausalLM``).
 
 The trunk is the Llama architecture; Qwen2 is Llama with a bias on the q, k, v projections (``qkv_bias``).
-Everything else a config can switch on (RoPE scaling, sliding-window attention, a bias on the output
+Everything else a config can switch on (RoPE scaling other than Llama 3.1's ``llama3``, sliding-window attention, a bias on the output
 projection or the MLP, another activation, a head dim other than hidden/heads) changes the function the
 model computes, so import refuses it with one line naming what is supported rather than loading a model
 that silently computes something else.
@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig
+from foresight.model.config import LLAMA3_KEYS
 
-SUPPORTED = "Llama (LlamaForCausalLM) and Qwen2 (Qwen2ForCausalLM) without RoPE scaling or sliding-window attention"
+SUPPORTED = ("Llama (LlamaForCausalLM) and Qwen2 (Qwen2ForCausalLM), with plain or Llama-3.1 ('llama3') RoPE, "
+             "without sliding-window attention")
 _ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 _PLAIN_ROPE = {None, "default"}  # rope types that are the plain RoPE of the trunk
 
@@ -39,8 +41,8 @@ def to_hf_config(cfg: ModelConfig, *, dtype: str = "float32", bos_id: int | None
         "initializer_range": cfg.init_std,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,  # transformers 4
-        "rope_scaling": None,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},  # transformers 5
+        "rope_scaling": dict(cfg.rope_scaling) if cfg.rope_scaling else None,
+        "rope_parameters": {"rope_type": "default", **(cfg.rope_scaling or {}), "rope_theta": cfg.rope_theta},  # transformers 5
         "tie_word_embeddings": cfg.tie_embeddings,
         "attention_dropout": 0.0,
         "use_cache": True,
@@ -57,17 +59,25 @@ def to_hf_config(cfg: ModelConfig, *, dtype: str = "float32", bos_id: int | None
     return out
 
 
-def _rope_theta(hf: dict, where: str) -> float:
-    """The RoPE base, after checking that no scaling is configured (transformers 4 and 5 spellings)."""
+def _rope(hf: dict, where: str) -> tuple[float, dict | None]:
+    """The RoPE base and scaling (None or llama3's parameters), transformers 4 and 5 spellings; other scalings
+    are refused."""
     params = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}  # transformers 5
     scaling = hf.get("rope_scaling") if isinstance(hf.get("rope_scaling"), dict) else {}  # transformers 4
     kinds = {d.get("rope_type", d.get("type", "default")) for d in (params, scaling) if d}
     scaled = sorted(k for k in kinds if k not in _PLAIN_ROPE)
-    if scaled:
-        raise ForesightError(f"{where}: RoPE scaling {scaled[0]!r} is not implemented; foresight imports {SUPPORTED}")
+    if scaled and scaled != ["llama3"]:
+        raise ForesightError(f"{where}: RoPE scaling {scaled[-1]!r} is not implemented; foresight imports {SUPPORTED}")
     if params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
         raise ForesightError(f"{where}: partial rotary embeddings are not implemented; foresight imports {SUPPORTED}")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    if not scaled:
+        return theta, None
+    source = params if params.get("rope_type") == "llama3" else scaling
+    missing = [k for k in LLAMA3_KEYS if k not in source]
+    if missing:
+        raise ForesightError(f"{where}: llama3 RoPE scaling lacks {', '.join(missing)}")
+    return theta, {"rope_type": "llama3", **{k: source[k] for k in LLAMA3_KEYS}}
 
 
 def model_type_of(hf: dict, where: str) -> str:
@@ -105,7 +115,7 @@ def from_hf_config(hf: dict, where: str = "config.json") -> ModelConfig:
     for ok, what in checks:
         if not ok:
             raise ForesightError(f"{where}: {what} is not supported; foresight imports {SUPPORTED}")
-    theta = _rope_theta(hf, where)
+    theta, rope_scaling = _rope(hf, where)
     return ModelConfig(
         vocab_size=int(need("vocab_size")),
         hidden_size=hidden,
@@ -114,6 +124,7 @@ def from_hf_config(hf: dict, where: str = "config.json") -> ModelConfig:
         n_kv_heads=int(hf.get("num_key_value_heads") or heads),
         intermediate_size=int(need("intermediate_size")),
         rope_theta=theta,
+        rope_scaling=rope_scaling,
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),  # LlamaConfig and Qwen2Config default
         qkv_bias=model_type == "qwen2",

@@ -25,7 +25,7 @@ from foresight.hf.weights import hf_key_to_trunk, read_hf_weights
 
 # ModelConfig fields that change the function or the parameter shapes (init_std and max_seq_len do not).
 _ARCH_FIELDS = ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
-                "rope_theta", "norm_eps", "tie_embeddings", "qkv_bias")
+                "rope_theta", "rope_scaling", "norm_eps", "tie_embeddings", "qkv_bias")
 
 
 @dataclass

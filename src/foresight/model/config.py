@@ -18,6 +18,9 @@ class ModelConfig:
     n_kv_heads: int | None = None  # key/value heads for grouped-query attention; None = n_heads
     intermediate_size: int | None = None  # SwiGLU width; None = 8/3·D rounded up to a multiple of 64
     rope_theta: float = 10000.0  # RoPE base
+    # RoPE frequency scaling, None or Llama 3.1's {rope_type: llama3, factor, low_freq_factor, high_freq_factor,
+    # original_max_position_embeddings} (as in a Hugging Face config; see layers.llama3_inv_freq)
+    rope_scaling: dict | None = None
     norm_eps: float = 1e-6  # RMSNorm epsilon
     tie_embeddings: bool = False  # share the input embedding with the output head
     qkv_bias: bool = False  # bias on q, k, v projections (Qwen2 style)
@@ -49,5 +52,23 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ForesightError(f"head dimension hidden_size/n_heads = {self.head_dim} must be even for RoPE")
+        if self.rope_scaling is not None:
+            self._validate_rope_scaling()
         if self.init_std <= 0 or self.norm_eps <= 0 or self.rope_theta <= 0:
             raise ForesightError("model.init_std, model.norm_eps and model.rope_theta must be > 0")
+
+    def _validate_rope_scaling(self) -> None:
+        scaling = self.rope_scaling
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind != "llama3":
+            raise ForesightError(f"model.rope_scaling: rope_type {kind!r} is not implemented; only 'llama3' (or null)")
+        missing = [k for k in LLAMA3_KEYS if k not in scaling]
+        if missing:
+            raise ForesightError(f"model.rope_scaling (llama3) lacks {', '.join(missing)}")
+        if not (scaling["factor"] >= 1 and 0 < scaling["low_freq_factor"] < scaling["high_freq_factor"]
+                and scaling["original_max_position_embeddings"] >= 1):
+            raise ForesightError("model.rope_scaling (llama3) needs factor >= 1, 0 < low_freq_factor < "
+                                 f"high_freq_factor and original_max_position_embeddings >= 1; got {scaling}")
+
+
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")

@@ -34,13 +34,15 @@ class RMSNorm(nn.Module):
 class Rotary(nn.Module):
     """RoPE tables (cos, sin) of shape (T, Dh), in the 'rotate half' layout of Hugging Face Llama."""
 
-    def __init__(self, head_dim: int, theta: float, max_seq_len: int) -> None:
+    def __init__(self, head_dim: int, theta: float, max_seq_len: int, scaling: dict | None = None) -> None:
         super().__init__()
-        self.head_dim, self.theta = head_dim, theta
+        self.head_dim, self.theta, self.scaling = head_dim, theta, scaling
         self._build(max_seq_len)
 
     def _build(self, length: int, device: torch.device | None = None) -> None:
         inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim))
+        if self.scaling is not None:
+            inv_freq = llama3_inv_freq(inv_freq, self.scaling)
         t = torch.arange(length, dtype=torch.float32, device=device)
         freqs = torch.outer(t, inv_freq)  # (T, Dh/2)
         emb = torch.cat([freqs, freqs], dim=-1)  # (T, Dh)
@@ -51,6 +53,23 @@ class Rotary(nn.Module):
         if offset + length > self.cos.shape[0] or self.cos.device != device:
             self._build(max(offset + length, self.cos.shape[0]), device)
         return self.cos[offset : offset + length], self.sin[offset : offset + length]
+
+
+def llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    """Llama 3.1's RoPE frequency scaling (Llama 3 herd paper, long-context pre-training; HF ``rope_type: llama3``).
+
+    A frequency whose wavelength is shorter than original_max / high_freq_factor is kept; one longer than
+    original_max / low_freq_factor is divided by ``factor``; in between the two are blended linearly in
+    ``original_max / wavelength``. inv_freq: (Dh/2,) fp32.
+    """
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    original = scaling["original_max_position_embeddings"]
+    wavelength = 2 * math.pi / inv_freq
+    blend = ((original / wavelength - low) / (high - low)).clamp(0.0, 1.0)  # 0 = fully scaled, 1 = kept
+    blended = (1 - blend) * inv_freq / factor + blend * inv_freq
+    keep = wavelength < original / high
+    scaled = wavelength > original / low
+    return torch.where(keep, inv_freq, torch.where(scaled, inv_freq / factor, blended))
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_seq_len)
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_seq_len, cfg.rope_scaling)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
