@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig, Transformer
 from foresight.objectives import TOP, Batch, TOPConfig, top_loss, top_targets
+from foresight.objectives.top import top_has_target
 
 B, T, D = 3, 11, 13
 
@@ -109,6 +110,7 @@ def test_top_targets_match_dense_target(window, scores, extra, vocab):
     torch.testing.assert_close(sparse_dense, target, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(w.double().sum(-1), has.double(), rtol=0, atol=1e-6)
     assert torch.equal((w > 0).any(-1), has)
+    assert torch.equal(top_has_target(tokens, T, window), has)  # the trainer's O(L) count
     # Every id with positive weight appears once in its row and is a scored id; every id with non-negligible
     # dense weight is there (ids past d_min + ~104 underflow to weight 0 in fp32, as the reference doc says).
     for b in range(B):
@@ -133,6 +135,9 @@ def test_top_targets_horizon_counts_offsets(scores):
     sparse_dense = torch.zeros(B, T, vocab, dtype=torch.float64).scatter_add_(-1, ids, w.double())
     torch.testing.assert_close(sparse_dense, target, rtol=1e-6, atol=1e-7)
     assert 0 < int((w[0, :4] > 0).sum(-1).max()) <= 15  # offsets 59 - t .. 70 only, not 71 slots
+    has = (w > 0).any(-1)
+    assert has.any() and not has.all()
+    assert torch.equal(top_has_target(tokens, T, window, horizon=horizon), has)
 
 
 def test_top_targets_slot_layout():

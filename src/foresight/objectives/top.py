@@ -37,6 +37,33 @@ def _check_modes(window: int, scores: str, normalize: str | None = None) -> None
         raise ForesightError(f"TOP normalize must be 'valid' or 'paper', got {normalize!r}")
 
 
+def _first_scorable_offset(tokens: torch.Tensor, seq_len: int, ignore_index: int) -> torch.Tensor:
+    """(B, seq_len) long: offset d >= 0 from t + 1 of the first scorable token at or after t + 1 (L - t - 1 if
+    there is none: past the stream's end)."""
+    length = tokens.shape[1]
+    scorable_stream = (tokens >= 0) & (tokens != ignore_index)  # (B, L)
+    positions = torch.arange(length, device=tokens.device)
+    candidates = torch.where(scorable_stream, positions, torch.full_like(positions, length))
+    next_scorable = candidates.flip(-1).cummin(-1).values.flip(-1)  # (B, L): first scorable index >= i
+    return next_scorable[:, 1 : seq_len + 1] - (torch.arange(seq_len, device=tokens.device) + 1)
+
+
+@torch.no_grad()
+def top_has_target(tokens: torch.Tensor, seq_len: int, window: int, *, ignore_index: int = IGNORE_INDEX,
+                   horizon: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, seq_len) bool: positions whose TOP target is not empty, i.e. ``(top_targets(...)[1] > 0).any(-1)``,
+    in O(B · L) without building the targets (the trainer needs these counts before the forward pass).
+
+    A row has a target iff its first scorable upcoming token lies inside the window, the stream and the horizon.
+    """
+    start = _first_scorable_offset(tokens, seq_len, ignore_index)  # (B, T)
+    t_next = torch.arange(seq_len, device=tokens.device) + 1
+    ok = (start < window) & (t_next + start < tokens.shape[1])
+    if horizon is not None:
+        ok &= start <= horizon
+    return ok
+
+
 @torch.no_grad()
 def top_targets(
     tokens: torch.Tensor, seq_len: int, window: int, *, ignore_index: int = IGNORE_INDEX, scores: str = "exact",
@@ -74,12 +101,8 @@ def top_targets(
     # dense target gives weight to sits within K = 128 offsets of the nearest one (farther ones have
     # exp(-(d - d_min)) < exp(-128), which is 0 in fp32), so the sparse target equals the dense one even after
     # a long run of ignored ids.
-    scorable_stream = (tokens >= 0) & (tokens != ignore_index)  # (B, L)
-    positions = torch.arange(length, device=device)
-    candidates = torch.where(scorable_stream, positions, torch.full_like(positions, length))
-    next_scorable = candidates.flip(-1).cummin(-1).values.flip(-1)  # (B, L): first scorable index >= i
+    start = _first_scorable_offset(tokens, seq_len, ignore_index)  # (B, T): offset s_t of the first scorable token
     t_next = torch.arange(seq_len, device=device) + 1  # (T,): index of the next token
-    start = next_scorable[:, 1 : seq_len + 1] - t_next  # (B, T): offset s_t of the first scorable token
     offsets = start[..., None] + torch.arange(k, device=device)  # (B, T, K): absolute offset d of each slot
     index = t_next[None, :, None] + offsets  # (B, T, K): stream index of each slot
     in_window = (offsets < window) & (index < length)
@@ -176,7 +199,15 @@ class TOP(Objective):
         return ids, w, rows  # (B, T, K), (B, T, K), (B, T)
 
     def count(self, batch: Batch) -> torch.Tensor:
-        return self._targets(batch)[2].sum()
+        # The same rows as _targets, without building the (B, T, K) targets (that happens again in forward).
+        if self.cfg.normalize == "valid":
+            rows = top_has_target(batch.tokens, batch.seq_len, self.cfg.window, ignore_index=self.cfg.ignore_index,
+                                  horizon=batch.horizon)
+        else:
+            rows = torch.ones(batch.tokens.shape[0], batch.seq_len, dtype=torch.bool, device=batch.tokens.device)
+        if batch.loss_mask is not None:
+            rows = rows & batch.loss_mask
+        return rows.sum()
 
     def forward(self, out, batch: Batch, model) -> LossOutput:
         ids, w, rows = self._targets(batch)
