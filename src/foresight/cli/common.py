@@ -36,7 +36,14 @@ def run_recipe(name: str, args, group: str = "") -> None:
 
 
 def run_folder(recipe, args) -> Path:
-    """``--out``, or a new ``runs/<task>-<recipe>-<time>``; --resume needs an explicit folder."""
+    """``--out``, or a new ``runs/<task>-<recipe>-<time>``; --resume needs an explicit folder.
+
+    Under torchrun this joins the job first (and checks that the global batch splits over it), and every rank
+    takes rank 0's folder (their clocks may disagree on the name)."""
+    from foresight.train import distributed
+
     if args.resume and args.out is None:
         raise ForesightError("--resume needs --out RUN_FOLDER (the folder of the run to continue)")
-    return args.out or Path("runs") / f"{recipe.task}-{recipe.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    distributed.init(recipe.train)
+    out = args.out or Path("runs") / f"{recipe.task}-{recipe.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(distributed.agree(str(out)))

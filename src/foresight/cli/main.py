@@ -8,6 +8,7 @@ inside ``func``, so ``foresight --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from foresight import __version__
@@ -39,11 +40,17 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
         return 0
     except ForesightError as e:
-        print(f"foresight: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the same error: rank 0 says it
+            print(f"foresight: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("foresight: interrupted (checkpoints written so far are complete; continue with --resume)", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # leave a torchrun job cleanly (a no-op otherwise)
+            from foresight.train.distributed import shutdown
+
+            shutdown()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ compared in one table and one figure.
 
 Validation reports ``val_loss`` (next-token loss of the inference model, nats per token), ``val_ppl`` =
 exp(val_loss), and ``val_<objective>_loss`` for every objective of the run on the same windows.
+
+Under torchrun (``foresight.train.distributed``) every rank builds the same model and batches; the trainer
+gives each rank its rows, validation shares the batches out and sums over ranks, and rank 0 alone prints and
+writes files.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from foresight.eval.perplexity import nll_sum
 from foresight.model import ModelConfig
 from foresight.objectives import Batch
 from foresight.tasks.recipe import Recipe, build_model_config
+from foresight.train import distributed
 from foresight.train.lm import TrainableLM
 from foresight.train.trainer import Trainer
 
@@ -99,8 +104,13 @@ def pretrained_config(path: str, data: PreparedData) -> ModelConfig:
 
 @torch.no_grad()
 def validate(lm: TrainableLM, batches: list[Batch]) -> dict[str, float]:
-    """Mean loss per objective over fixed batches, plus the next-token ``val_loss`` and ``val_ppl``."""
+    """Mean loss per objective over fixed batches, plus the next-token ``val_loss`` and ``val_ppl``.
+
+    Data parallel, rank r scores batches r, r + N, ... and the sums are added over ranks (the same numbers as one
+    process, up to the order of the additions); a rank with no batch left in a round scores a repeat whose
+    numbers it drops, because every rank must take part in every sharded forward pass."""
     device = next(lm.parameters()).device
+    rank, world = distributed.rank(), distributed.world_size()
     was_training = lm.training
     lm.eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
@@ -110,16 +120,28 @@ def validate(lm: TrainableLM, batches: list[Batch]) -> dict[str, float]:
     ntp_key = next((k for k, obj in lm.objectives.items() if obj.name == "ntp"), None)
     try:
         with autocast:
-            for batch in batches:
-                batch = batch.to(device)
-                for key, out in lm(batch).items():
-                    sums[key] += float(out.loss_sum)
-                    counts[key] += int(out.count)
+            for first in range(0, len(batches), world):
+                mine = first + rank < len(batches)
+                batch = batches[first + rank if mine else 0].to(device)
+                outs = lm(batch)
                 if ntp_key is None:  # a run without NTP: score the inference model directly
                     s, n = nll_sum(lm.model, batch.tokens[:, : batch.seq_len + 1])
-                    ntp_sum, ntp_count = ntp_sum + s, ntp_count + n
+                    if mine:
+                        ntp_sum, ntp_count = ntp_sum + s, ntp_count + n
+                if mine:
+                    for key, out in outs.items():
+                        sums[key] += float(out.loss_sum)
+                        counts[key] += int(out.count)
     finally:
         lm.train(was_training)
+    if world > 1:
+        keys = list(lm.objectives)
+        total = torch.tensor([*(sums[k] for k in keys), *(counts[k] for k in keys), ntp_sum, ntp_count],
+                             dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(total)
+        sums = dict(zip(keys, total[: len(keys)].tolist()))
+        counts = dict(zip(keys, total[len(keys): 2 * len(keys)].tolist()))
+        ntp_sum, ntp_count = total[-2].item(), total[-1].item()
     if ntp_key is not None:
         ntp_sum, ntp_count = sums[ntp_key], counts[ntp_key]
     val_loss = ntp_sum / max(ntp_count, 1)
@@ -140,6 +162,9 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
 
     cfg = from_dict(TextTaskConfig, recipe.section, "text")
     train_cfg = recipe.train
+    distributed.init(train_cfg)  # under torchrun: join the job (the CLI has already)
+    main = distributed.is_main()
+    say = print if main else (lambda *args, **kwargs: None)
     data = open_data(cfg)
     if cfg.init_from:
         model_cfgs = {name: pretrained_config(cfg.init_from, data) for name in runs}
@@ -147,10 +172,11 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
         model_cfgs = {name: model_config(recipe.model_fields(name), data, cfg) for name in runs}
     val_bs = cfg.val_batch_size or train_cfg.micro_batch_size
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recipe.json").write_text(json.dumps(recipe.raw, indent=2) + "\n")
+    if main:
+        (out_dir / "recipe.json").write_text(json.dumps(recipe.raw, indent=2) + "\n")
     first = next(iter(model_cfgs.values()))
-    print(_describe(data, cfg, first.vocab_size))
-    print(f"runs: {', '.join(runs)} -> {out_dir}")
+    say(_describe(data, cfg, first.vocab_size))
+    say(f"runs: {', '.join(runs)} -> {out_dir}")
 
     results = []
     for name, specs in runs.items():
@@ -160,7 +186,7 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
         if cfg.init_from:  # a resumed run then loads its own newer checkpoint over these weights
             from foresight.hf import load_pretrained_into
 
-            print(f"{name}: init from {load_pretrained_into(lm, Path(cfg.init_from)).summary()}")
+            say(f"{name}: init from {load_pretrained_into(lm, Path(cfg.init_from)).summary()}")
         loader = PackedLoader(data.train, cfg.seq_len, lm.lookahead, train_cfg.batch_size, train_cfg.seed,
                               eos_id=data.eos_id, cross_documents=cfg.cross_documents, shuffle=cfg.shuffle,
                               vocab_size=model_cfg.vocab_size, fingerprint=data.fingerprint)
@@ -176,13 +202,14 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
             eval_fn = lambda model, lm=lm, val=val: validate(lm, val)  # noqa: E731 (binds this run's lm)
         run_dir = out_dir / name
         run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(data.folder / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
+        if main:
+            shutil.copytree(data.folder / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
         params = lm.model.num_parameters()
         total = sum(p.numel() for p in lm.parameters())
         steps_tokens = train_cfg.steps * train_cfg.batch_size * cfg.seq_len
-        print(f"{name}: {params / 1e6:.2f}M parameters ({total / 1e6:.2f}M with objective heads), look-ahead "
-              f"{lm.lookahead}; {train_cfg.steps} steps x {train_cfg.batch_size} x {cfg.seq_len} = "
-              f"{steps_tokens:,} tokens = {steps_tokens / loader.tokens_per_epoch:.2f} epochs")
+        say(f"{name}: {params / 1e6:.2f}M parameters ({total / 1e6:.2f}M with objective heads), look-ahead "
+            f"{lm.lookahead}; {train_cfg.steps} steps x {train_cfg.batch_size} x {cfg.seq_len} = "
+            f"{steps_tokens:,} tokens = {steps_tokens / loader.tokens_per_epoch:.2f} epochs")
         run_config = {"recipe": recipe.raw, "run": name, "task": "text", "objectives": specs,
                       "model": asdict(model_cfg), "seq_len": cfg.seq_len, "tokenizer": "tokenizer",
                       "data": {"folder": str(data.folder), "fingerprint": data.fingerprint,
@@ -200,11 +227,15 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
                   "tokens_per_s": round(tokens / max(wall, 1e-9), 1), "final": evals[-1] if evals else {},
                   "best_val_loss": best.get("val_loss"), "best_step": best.get("step"), "seed": train_cfg.seed,
                   "device": str(trainer.device), "torch": torch.__version__, "data": run_config["data"]}
-        (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        if trainer.dp.world > 1:
+            result["world_size"] = trainer.dp.world
+        if main:
+            (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         results.append(result)
 
-    table, table_path, png_path = write_comparison([out_dir], out_dir)
-    print()
-    print(table)
-    print(f"wrote {table_path} and {png_path}")
+    if main:
+        table, table_path, png_path = write_comparison([out_dir], out_dir)
+        print()
+        print(table)
+        print(f"wrote {table_path} and {png_path}")
     return results

@@ -47,7 +47,8 @@ class TrainableLM(nn.Module):
         return {key: obj(out, batch, self.model) for key, obj in self.objectives.items()}
 
     def forward_backward(self, batch: Batch, scales: dict[str, float],
-                         autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> dict[str, LossOutput]:
+                         autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+                         hold_shared: Callable[[], ContextManager] = contextlib.nullcontext) -> dict[str, LossOutput]:
         """Training pass: the gradients of ``sum_k scales[k] · loss_sum_k``, accumulated into ``.grad``; returns
         the ``LossOutput``s detached (same numbers as ``forward``).
 
@@ -56,13 +57,17 @@ class TrainableLM(nn.Module):
         its forward and backward before the next one starts, so only one head's activations are alive at a
         time. The trunk then gets one backward of the gradients gathered in the leaves. Same gradients as
         ``forward`` + one backward of the weighted sum (the reference, kept as ``train.per_head_backward=false``).
+        ``hold_shared()`` is entered around the objectives' backward passes: data parallel, it keeps the shared
+        embedding, norm and heads gathered with their gradients unreduced until the trunk's backward
+        (``foresight.train.distributed``).
         """
         with autocast():
             out = self.model.trunk(batch.input_ids)
         leaves = TrunkOutput(**{f: getattr(out, f).detach().requires_grad_() for f in _TRUNK_TENSORS},
                              cos=out.cos, sin=out.sin)
-        results = {key: obj.forward_backward(leaves, batch, self.model, scales[key], autocast)
-                   for key, obj in self.objectives.items()}
+        with hold_shared():
+            results = {key: obj.forward_backward(leaves, batch, self.model, scales[key], autocast)
+                       for key, obj in self.objectives.items()}
         roots = [(getattr(out, f), getattr(leaves, f).grad) for f in _TRUNK_TENSORS]
         roots = [(t, g) for t, g in roots if g is not None]  # tensors no objective read
         if roots:
@@ -71,7 +76,8 @@ class TrainableLM(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu") -> tuple["TrainableLM", dict]:
-        """Rebuild the model and its objective heads from a checkpoint file or run folder.
+        """Rebuild the model and its objective heads from a checkpoint file or run folder (or a sharded
+        checkpoint folder of a data-parallel run).
 
         Every checkpoint's ``config`` holds ``model`` (ModelConfig fields) and ``objectives`` (the specs).
         Returns the model (in eval mode) and the whole checkpoint state.

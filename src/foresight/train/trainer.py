@@ -15,6 +15,11 @@ with ``torch.compile`` on CUDA (``train.compile``); trunk blocks can recompute t
 backward (``train.activation_checkpointing``); MTP and DS-MTP heads run forward and backward one at a time
 (``train.per_head_backward``, Meta MTP §2; see ``TrainableLM.forward_backward``). None changes the
 gradients beyond rounding, nor the checkpoints' keys; evaluation and generation run the blocks eagerly.
+
+Data parallel (under ``torchrun``; ``foresight.train.distributed``): the model is sharded with FSDP2, each rank
+trains on its slice of every global batch, counts (and logged loss sums) are summed over ranks, so a step
+equals the one-process step on the same global batch; every rank evaluates (the same numbers, rank 0's are
+used), rank 0 alone prints and writes metrics, and checkpoints are sharded DCP folders written by every rank.
 """
 
 from __future__ import annotations
@@ -34,8 +39,11 @@ from foresight.errors import ForesightError
 from foresight.model import Block
 from foresight.model.layers import training_forward
 from foresight.objectives import Batch
-from foresight.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from foresight.train import distributed
+from foresight.train.checkpoint import (is_sharded, list_checkpoints, load_checkpoint, load_sharded, save_checkpoint,
+                                        save_sharded)
 from foresight.train.config import TrainConfig
+from foresight.train.distributed import DataParallel, clip_grad_norm
 from foresight.train.flops import flops_per_token, peak_flops
 from foresight.train.lm import TrainableLM
 from foresight.train.metrics import MetricsWriter
@@ -91,6 +99,13 @@ def make_optimizer(lm: TrainableLM, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
+class _NoMetrics:
+    """What ranks other than 0 write metrics to."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+
 class Trainer:
     """Trains ``lm`` for ``cfg.steps`` steps, writing ``metrics.jsonl`` and ``checkpoints/`` under ``run_dir``.
 
@@ -113,9 +128,13 @@ class Trainer:
         self.cfg, self.run_dir, self.batch_fn, self.eval_fn, self.desc = cfg, Path(run_dir), batch_fn, eval_fn, desc
         self.data_state = data_state
         self.run_config = run_config
-        self.device = pick_device(cfg.device)
+        distributed.init(cfg)  # joins the torchrun job, if any
+        self.device = distributed.device_for(cfg.device) if distributed.world_size() > 1 else pick_device(cfg.device)
         self.lm = lm.to(self.device)
         self.compiled = speed_up(self.lm, cfg, self.device)
+        self.dp = DataParallel(self.device)
+        self.dp.shard(self.lm)  # before the optimiser, which must hold the sharded parameters
+        self.main = self.dp.rank == 0
         self.opt = make_optimizer(self.lm, cfg)
         self.step = 0
         self.streak = 0  # consecutive evaluations at or above the early-stop threshold
@@ -123,21 +142,27 @@ class Trainer:
         self.stopped_early = False
 
     # ----------------------------------------------------------------------------------------- state
-    def state_dict(self) -> dict:
-        state = {
-            "lm": self.lm.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "step": self.step,
-            "streak": self.streak,
-            "evals": self.evals,
-            "config": self.run_config,
-            "rng_cpu": torch.get_rng_state(),
-        }
-        if self.device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    def progress(self) -> dict:
+        """Where the run stands, without tensors: step, early-stop streak, evaluations, config, data position."""
+        state = {"step": self.step, "streak": self.streak, "evals": self.evals, "config": self.run_config}
         if self.data_state is not None:
             state["data"] = self.data_state(self.step)  # where the next batch comes from
         return state
+
+    def state_dict(self) -> dict:
+        """A one-process checkpoint (``step_XXXXXXXX.pt``)."""
+        state = {"lm": self.lm.state_dict(), "optimizer": self.opt.state_dict(), **self.progress(),
+                 "rng_cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def sharded_meta(self) -> dict:
+        """What a sharded checkpoint holds besides the tensors (collective: gathers every rank's RNG state)."""
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {**self.progress(), "rng": distributed.gather(rng), "world_size": self.dp.world}
 
     def _check_data(self, saved: dict | None, path: Path) -> None:
         """Resuming must continue on the same data in the same order, or the run is not the same run."""
@@ -155,22 +180,38 @@ class Trainer:
         found = list_checkpoints(self.run_dir / "checkpoints")
         if not found:
             return False
-        state = load_checkpoint(found[-1][1], map_location=self.device)
-        try:
-            self.lm.load_state_dict(state["lm"])
-        except RuntimeError as e:
-            raise ForesightError(f"{found[-1][1]} does not match this recipe's model: {str(e).splitlines()[0]}") from None
-        self.opt.load_state_dict(state["optimizer"])
+        path = found[-1][1]
+        if is_sharded(path):  # any number of processes (DCP reshards), one included
+            state = load_sharded(path, self.lm, self.opt)
+            rngs = state["rng"]
+            rng = rngs[self.dp.rank] if self.dp.rank < len(rngs) else rngs[0]
+            torch.set_rng_state(rng["cpu"])
+            if self.device.type == "cuda" and "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+        elif self.dp.enabled:
+            raise ForesightError(f"{path} was written by one process; resume it in one process (without torchrun), "
+                                 f"or start a new run folder")
+        else:
+            state = load_checkpoint(path, map_location=self.device)
+            try:
+                self.lm.load_state_dict(state["lm"])
+            except RuntimeError as e:
+                raise ForesightError(f"{path} does not match this recipe's model: {str(e).splitlines()[0]}") from None
+            self.opt.load_state_dict(state["optimizer"])
+            # RNG states must be CPU byte tensors, but map_location moved every tensor to the training device.
+            torch.set_rng_state(state["rng_cpu"].cpu())
+            if self.device.type == "cuda" and "rng_cuda" in state:
+                torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         self.step, self.streak, self.evals = state["step"], state["streak"], state["evals"]
-        self._check_data(state.get("data"), found[-1][1])
-        # RNG states must be CPU byte tensors, but map_location moved every tensor to the training device.
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if self.device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self._check_data(state.get("data"), path)
         return True
 
     def _save(self) -> None:
-        save_checkpoint(self.run_dir / "checkpoints", self.step, self.state_dict(), self.cfg.keep_last)
+        folder = self.run_dir / "checkpoints"
+        if self.dp.enabled:
+            save_sharded(folder, self.step, self.lm, self.opt, self.sharded_meta(), self.cfg.keep_last)
+        else:
+            save_checkpoint(folder, self.step, self.state_dict(), self.cfg.keep_last)
 
     # ------------------------------------------------------------------------------------------ step
     def _autocast(self):
@@ -181,18 +222,19 @@ class Trainer:
     def train_step(self, batch: Batch) -> dict:
         """One optimiser step over ``batch`` (split into micro-batches); returns the logged numbers."""
         cfg, lm = self.cfg, self.lm
-        batch = batch.to(self.device)
+        batch = self.dp.local_rows(batch).to(self.device)  # data parallel: this rank's rows of the global batch
         micro = [batch.rows(i, i + cfg.micro_batch_size) for i in range(0, batch.tokens.shape[0], cfg.micro_batch_size)]
-        # Global divisors for the whole step (no forward pass needed).
+        # Global divisors for the whole step (no forward pass needed), summed over every rank's rows.
         per_micro = [lm.counts(mb) for mb in micro]
-        counts = {k: sum(c[k] for c in per_micro).clamp(min=1).float() for k in lm.objectives}
+        totals = self.dp.sum(torch.stack([sum(c[k] for c in per_micro) for k in lm.objectives]))
+        counts = {k: totals[i].clamp(min=1).float() for i, k in enumerate(lm.objectives)}
         weights = {k: weight_at(w, self.step, cfg.steps) for k, w in lm.weights.items()}
         scales = {k: weights[k] / float(counts[k]) for k in lm.objectives}  # what each loss sum is multiplied by
         sums = {k: torch.zeros((), device=self.device) for k in lm.objectives}
         extras: dict[str, torch.Tensor] = {}
         for mb in micro:
             if cfg.per_head_backward:  # one objective, one head at a time (Meta MTP §2)
-                outs = lm.forward_backward(mb, scales, self._autocast)
+                outs = lm.forward_backward(mb, scales, self._autocast, self.dp.hold_shared)
             else:  # the reference: one graph, one backward
                 with self._autocast():
                     outs = lm(mb)
@@ -202,9 +244,13 @@ class Trainer:
                 sums[k] += o.loss_sum.detach()
                 for name, v in o.metrics.items():
                     extras[name] = extras.get(name, 0) + v * (o.count / counts[k])
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            lm.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        )
+        if self.dp.enabled:  # the logged losses and diagnostics of the global batch
+            names = list(extras)
+            flat = self.dp.sum(torch.stack([*(sums[k].float() for k in lm.objectives),
+                                            *(torch.as_tensor(extras[n], device=self.device).float() for n in names)]))
+            sums = dict(zip(lm.objectives, flat[: len(sums)]))
+            extras = dict(zip(names, flat[len(sums):]))
+        grad_norm = clip_grad_norm(lm.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         lr = lr_at(self.step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
         for group in self.opt.param_groups:
             group["lr"] = lr
@@ -226,7 +272,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- fit
     def evaluate(self) -> dict:
-        result = {k: float(v) for k, v in self.eval_fn(self.lm.model).items()}
+        with self.dp.gathered():  # data parallel: the shared embedding, norm and head, whole on every rank
+            result = {k: float(v) for k, v in self.eval_fn(self.lm.model).items()}
+        result = distributed.agree(result)  # every rank computed it; all decide (early stop) on rank 0's
         self.evals.append({"step": self.step, **result})
         metric = self.cfg.early_stop_metric
         if metric is not None:
@@ -239,17 +287,21 @@ class Trainer:
         """Run to ``cfg.steps`` (or early stop); returns the evaluation history."""
         cfg = self.cfg
         resumed = resume and self.resume()
-        metrics = MetricsWriter(self.run_dir / "metrics.jsonl", resume_step=self.step if resumed else None)
-        tb = open_writer(self.run_dir, cfg.tensorboard, purge_step=self.step if resumed else None)
+        if self.main:
+            metrics = MetricsWriter(self.run_dir / "metrics.jsonl", resume_step=self.step if resumed else None)
+            tb = open_writer(self.run_dir, cfg.tensorboard, purge_step=self.step if resumed else None)
+        else:
+            metrics, tb = _NoMetrics(), None
         if not resumed:
             metrics.write({"kind": "meta", "step": 0, "params": self.lm.model.num_parameters(),
                            "total_params": sum(p.numel() for p in {id(p): p for p in self.lm.parameters()}.values()),
                            "objectives": list(self.lm.objectives), "device": str(self.device),
-                           "compiled": self.compiled, "train": asdict(cfg)})
+                           "world_size": self.dp.world, "compiled": self.compiled, "train": asdict(cfg)})
         peak = peak_flops(self.device, cfg.peak_tflops)
         flops = None  # per token; known once the first batch gives the sequence length
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, unit="step", dynamic_ncols=True,
-                   file=sys.stderr, mininterval=0.5, leave=True)
+                   file=sys.stderr, mininterval=0.5, leave=True, disable=not self.main)
+        say = bar.write if self.main else (lambda message: None)
         tokens_since, time_since = 0, time.perf_counter()
         start = time.perf_counter()
         try:
@@ -268,8 +320,8 @@ class Trainer:
                         flops = flops_per_token(self.lm, batch.seq_len)
                     rate = tokens_since / max(now - time_since, 1e-9)
                     record.update(tokens=self.step * step_tokens, tokens_per_s=rate, tflops=rate * flops / 1e12)
-                    if peak is not None:
-                        record["mfu"] = rate * flops / peak
+                    if peak is not None:  # rate and flops are the whole job's: peak is per device
+                        record["mfu"] = rate * flops / (peak * self.dp.world)
                     tokens_since, time_since = 0, now
                     if self.device.type == "cuda":
                         record["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
@@ -277,18 +329,18 @@ class Trainer:
                     log_scalars(tb, "train", self.step, record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{rate:,.0f}")
                     if not math.isfinite(record["loss"]):
-                        bar.write(f"warning: non-finite loss at step {self.step}")
+                        say(f"warning: non-finite loss at step {self.step}")
                 paused = time.perf_counter()  # evaluation and checkpoints do not count against tokens/s
                 at_end = self.step == cfg.steps
                 if self.eval_fn is not None and (at_end or (cfg.eval_every and self.step % cfg.eval_every == 0)):
                     result = self.evaluate()
                     metrics.write({"kind": "eval", "step": self.step, **result})
                     log_scalars(tb, "eval", self.step, result)
-                    bar.write(f"[{self.desc}] step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
+                    say(f"[{self.desc}] step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
                     if cfg.early_stop_metric and self.streak >= cfg.early_stop_patience:
                         self.stopped_early = True
-                        bar.write(f"[{self.desc}] early stop: {cfg.early_stop_metric} >= {cfg.early_stop_threshold} "
-                                  f"for {self.streak} evaluations")
+                        say(f"[{self.desc}] early stop: {cfg.early_stop_metric} >= {cfg.early_stop_threshold} "
+                            f"for {self.streak} evaluations")
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or at_end or self.stopped_early:
                     self._save()
                 time_since += time.perf_counter() - paused
