@@ -34,6 +34,7 @@ from foresight.errors import ForesightError
 from foresight.eval.stargraph import evaluate
 from foresight.plot import plot_curves
 from foresight.tasks.recipe import Recipe, build_model_config
+from foresight.train import distributed
 from foresight.train.config import TrainConfig
 from foresight.train.flops import flops_per_token
 from foresight.train.lm import TrainableLM
@@ -210,7 +211,9 @@ class _Clock:
         self.s_per_flop: float | None = None
 
     def left(self) -> float:
-        return float("inf") if self.limit_s is None else self.limit_s - (time.monotonic() - self.start)
+        """Seconds left: rank 0's clock under torchrun, so every rank stops at the same step."""
+        mine = float("inf") if self.limit_s is None else self.limit_s - (time.monotonic() - self.start)
+        return mine if self.limit_s is None else distributed.agree(mine)
 
     def check(self) -> None:
         if self.left() <= 0:
@@ -237,6 +240,9 @@ def run_stargraph(
     ``skip_existing`` a cell whose JSON is already there is not run again. ``cell_command(run, seed)``: the
     command line stored in each cell's JSON. ``time_limit_s``: see ``_Clock``.
     """
+    distributed.init(recipe.train)  # under torchrun: join the job (the CLI has already)
+    main = distributed.is_main()  # only rank 0 prints and writes files
+    print_ = print if main else (lambda *args, **kwargs: None)
     clock = _Clock(time_limit_s)
     cfg = from_dict(StarGraphTaskConfig, recipe.section, "stargraph")
     spec = StarGraphSpec(cfg.deg, cfg.path, cfg.nodes).validate()
@@ -248,18 +254,19 @@ def run_stargraph(
     if results_dir is not None and skip_existing:
         done = [(s, n) for s, n in cells if (results_dir / cell_name(recipe.path.stem, spec, n, cfgs[s])).is_file()]
         for s, n in done:
-            print(f"skip {n} seed {s}: {results_dir / cell_name(recipe.path.stem, spec, n, cfgs[s])} exists")
+            print_(f"skip {n} seed {s}: {results_dir / cell_name(recipe.path.stem, spec, n, cfgs[s])} exists")
         cells = [c for c in cells if c not in done]
     if not cells:
-        print("nothing to run")
+        print_("nothing to run")
         return []
     train_cfg = recipe.train
     train, test = load_split(cfg, spec, "train"), load_split(cfg, spec, "test")
     if train_cfg.batch_size > len(train):
         raise ForesightError(f"train.batch_size ({train_cfg.batch_size}) exceeds the {len(train)} training examples")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recipe.json").write_text(json.dumps(recipe.raw, indent=2) + "\n")
-    print(f"star graph G({spec.deg},{spec.path}) N={spec.nodes}: {len(train)} train / {len(test)} test examples, "
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "recipe.json").write_text(json.dumps(recipe.raw, indent=2) + "\n")
+    print_(f"star graph G({spec.deg},{spec.path}) N={spec.nodes}: {len(train)} train / {len(test)} test examples, "
           f"sequence length {spec.seq_len}; runs: {', '.join(runs)}"
           + (f"; seeds: {', '.join(map(str, seed_list))}" if seeds else "") + f" -> {out_dir}")
 
@@ -273,10 +280,10 @@ def run_stargraph(
         lm = TrainableLM(model_cfg, specs)
         tokens_per_step = run_cfg.batch_size * spec.seq_len
         step_flops = flops_per_token(lm, spec.seq_len) * tokens_per_step
-        need = clock.estimate(step_flops * run_cfg.steps)
+        need = distributed.agree(clock.estimate(step_flops * run_cfg.steps))
         if need is not None and need > clock.left():
             not_done = cells[i:]
-            print(f"time limit: {name} seed {seed} needs about {need:.0f} s, {clock.left():.0f} s left; stopping")
+            print_(f"time limit: {name} seed {seed} needs about {need:.0f} s, {clock.left():.0f} s left; stopping")
             break
         run_dir = out_dir / (name if not seeds else f"{name}-seed{seed}")
 
@@ -299,7 +306,7 @@ def run_stargraph(
             evals = trainer.fit(resume=resume)
         except _OutOfTime:
             not_done = cells[i:]
-            print(f"time limit reached in {name} seed {seed} at step {trainer.step}: no result for it", flush=True)
+            print_(f"time limit reached in {name} seed {seed} at step {trainer.step}: no result for it", flush=True)
             break
         wall = time.perf_counter() - t0
         tokens = (trainer.step - start_step) * tokens_per_step
@@ -307,16 +314,17 @@ def run_stargraph(
         command = cell_command(name, seed) if cell_command else None
         result = cell_record(recipe=recipe, raw=raw, run=name, specs=specs, spec=spec, task=cfg, train_cfg=run_cfg,
                              lm=lm, trainer=trainer, evals=evals, wall=wall, tokens=tokens, command=command)
-        write_json(run_dir / "result.json", result)
-        if results_dir is not None:
+        if main:
+            write_json(run_dir / "result.json", result)
+        if results_dir is not None and main:
             path = results_dir / cell_name(recipe.path.stem, spec, name, run_cfg)
             write_json(path, result)
             print(f"wrote {path}")
         results.append(result)
 
     if not_done:
-        print("not run (time limit): " + ", ".join(f"{n} seed {s}" for s, n in not_done))
-    if not results:
+        print_("not run (time limit): " + ", ".join(f"{n} seed {s}" for s, n in not_done))
+    if not results or not main:
         return results
     table = results_table(spec, results)
     (out_dir / "results.md").write_text(table)
