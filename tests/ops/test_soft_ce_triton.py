@@ -18,27 +18,18 @@ import sys
 import pytest
 import torch
 
+from foresight.ops.kernels.interpret import import_triton, run_interpreted
+
 ON_GPU = torch.cuda.is_available()
-if not ON_GPU and "triton" not in sys.modules:
-    _previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"  # for the import only; the fixture below sets it per test
-    try:
-        import triton
-    except ImportError:
-        pass
-    finally:
-        if _previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = _previous
-triton = pytest.importorskip("triton", reason="triton is not installed (pip install 'triton>=3.0', Linux)")
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+triton, RUNNABLE = import_triton(interpret=not ON_GPU)
+if triton is None:
+    pytest.skip("triton is not installed (pip install 'triton>=3.0', Linux)", allow_module_level=True)
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 from foresight.ops import linear_cross_entropy, linear_soft_cross_entropy  # noqa: E402
 from foresight.ops.kernels import soft_ce_triton  # noqa: E402
 
 DEVICE = "cuda" if ON_GPU else "cpu"
-RUNNABLE = ON_GPU or isinstance(triton.language.max, InterpretedFunction)
 runnable = pytest.mark.skipif(not RUNNABLE, reason="triton.language was imported before TRITON_INTERPRET=1 "
                               "was set; test_in_fresh_interpreter runs these tests")
 
@@ -50,17 +41,10 @@ DEFAULT: dict = {}
 CONFIGS = {"tiny": TINY, "tiny_inplace_dw": TINY_INPLACE, "default": DEFAULT}
 
 
-@pytest.fixture(autouse=True)
-def interpreter(monkeypatch):
-    if not ON_GPU:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-
-
 def test_in_fresh_interpreter():
     if RUNNABLE:
         pytest.skip("the tests of this file run in this process")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env, check=True)
+    run_interpreted(__file__)
 
 
 def use_config(monkeypatch, **knobs):
