@@ -342,6 +342,94 @@ def test_cache_grows_past_its_capacity_and_truncate_overwrites():
     assert torch.equal(out_v, torch.cat([torch.cat(vs, dim=2)[:, :, :100], v], dim=2))
 
 
+
+def test_rotary_per_row_offsets_equal_the_scalar_tables():
+    rot = Rotary(8, 500.0, 4)  # tables grow to the largest row's end
+    offset = torch.tensor([0, 7, 3])
+    cos, sin = rot(5, torch.device("cpu"), offset)
+    assert cos.shape == (3, 1, 5, 8)
+    for b, o in enumerate(offset.tolist()):
+        want_cos, want_sin = rot(5, torch.device("cpu"), o)
+        assert torch.equal(cos[b, 0], want_cos) and torch.equal(sin[b, 0], want_sin)
+    x = torch.randn(3, 2, 5, 8)
+    got = apply_rotary(x, cos, sin)  # (B, H, T, Dh) with (B, 1, T, Dh) tables: each row rotated at its positions
+    for b, o in enumerate(offset.tolist()):
+        assert torch.equal(got[b : b + 1], apply_rotary(x[b : b + 1], *rot(5, torch.device("cpu"), o)))
+        torch.testing.assert_close(_d(got[b : b + 1]), ref_rope(_d(x[b : b + 1]), 500.0, o), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("n_kv_heads", [6, 2])
+def test_kv_cache_per_row_lengths_equal_each_rows_own_forward(n_kv_heads):
+    """Rows cut at their own lengths (rejected drafts) and fed blocks at their own positions: every row's
+    logits equal the one-call forward of that row's sequence. The stale keys a row leaves past its length
+    are hidden, then overwritten."""
+    model = _model(seed=6, n_kv_heads=n_kv_heads, qkv_bias=True, max_seq_len=6)
+    g = torch.Generator().manual_seed(7)
+    seqs = torch.randint(0, model.cfg.vocab_size, (3, 40), generator=g)  # each row's true sequence
+    caches = model.new_caches()
+    model(torch.randint(0, model.cfg.vocab_size, (3, 6), generator=g), caches)  # junk: overwritten below
+    lengths = torch.tensor([0, 0, 0])
+    for c in caches:
+        c.truncate(lengths)  # the per-row path from here on
+    assert caches[0].lengths.tolist() == [0, 0, 0] and caches[0].length == 0
+    full = model(seqs)  # (3, 40, V)
+    # (block width, rows' accepted lengths in that block): widths 1 exercise the T = 1 mask path too.
+    plan = [(5, [5, 5, 5]), (4, [1, 4, 0]), (1, [1, 1, 1]), (3, [3, 0, 2]), (4, [2, 4, 1]), (1, [0, 1, 1]),
+            (6, [6, 3, 5]), (4, [4, 4, 4])]
+    for width, keep in plan:
+        block = torch.stack([seqs[b, int(lengths[b]) : int(lengths[b]) + width] for b in range(3)])
+        junk = torch.randint(0, model.cfg.vocab_size, block.shape, generator=g)  # the rejected part differs
+        keep_t = torch.tensor(keep)
+        block = torch.where(torch.arange(width) < keep_t[:, None], block, junk)
+        out = model(block, caches)  # (3, width, V)
+        assert caches[0].length == int(lengths.max()) + width
+        for b in range(3):
+            k = keep[b]
+            torch.testing.assert_close(out[b, :k], full[b, int(lengths[b]) : int(lengths[b]) + k], atol=ATOL, rtol=RTOL)
+        lengths = lengths + keep_t
+        for c in caches:
+            c.truncate(lengths)
+        assert caches[0].lengths.tolist() == lengths.tolist() and caches[0].length == int(lengths.max())
+
+
+def test_kv_cache_per_row_grows_past_its_capacity():
+    # Rows written at their own positions across the initial capacity (64): each row's first lengths[b] keys
+    # equal its own concatenation; a scalar truncate cuts every row; never-written slots are zeros.
+    torch.manual_seed(1)
+    cache = KVCache()
+    cache.truncate(torch.tensor([0, 0]))
+    rows: list[list[torch.Tensor]] = [[], []]
+    for step in range(40):
+        k = torch.randn(2, 3, 3, 4)
+        cache.append(k, k + 1)
+        keep = [3, 1 + step % 3]
+        for b in range(2):
+            rows[b].append(k[b, :, : keep[b]])
+        cache.truncate(torch.tensor([sum(r.shape[1] for r in rows[b]) for b in range(2)]))
+    assert cache.lengths.tolist() == [120, 79] and cache.length == 120 and cache.k.shape == (2, 3, 120, 4)
+    for b in range(2):
+        want = torch.cat(rows[b], dim=1)
+        got_k, got_v = cache.k[b, :, : want.shape[1]], cache.v[b, :, : want.shape[1]]
+        assert torch.equal(got_k, want) and torch.equal(got_v, want + 1)
+    assert torch.isfinite(cache.k).all() and torch.isfinite(cache.v).all()
+    cache.truncate(100)
+    assert cache.lengths.tolist() == [100, 79] and cache.length == 100 and cache.offset is cache.lengths
+    # A row leaving the batch: the other keeps its keys, and the views shrink to its length.
+    want = torch.cat(rows[1], dim=1)
+    cache.keep_rows(torch.tensor([1]))
+    assert cache.lengths.tolist() == [79] and cache.length == 79 and torch.equal(cache.k[0], want)
+
+
+def test_kv_cache_keep_rows_on_the_scalar_path():
+    cache = KVCache()
+    k = torch.randn(3, 2, 5, 4)
+    cache.append(k, -k)
+    cache.keep_rows(torch.tensor([2, 0]))
+    assert cache.lengths is None and cache.length == 5
+    assert torch.equal(cache.k, k[[2, 0]]) and torch.equal(cache.v, -k[[2, 0]])
+    KVCache().keep_rows(torch.tensor([0]))  # empty: nothing to do
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Parameter count, tying, meta device
 

@@ -5,8 +5,13 @@ sequence (committed tokens plus the *pending* token: head 0's greedy choice for 
 exact). It returns ``n_draft`` guesses for the tokens after the pending one. Drafts only decide speed; the
 verifier decides the output, so a bad draft can never change it.
 
-Position bookkeeping: the sequence holds x[0..N-1] committed and x[N] pending; the trunk's KV cache covers
-positions 0..N-1; ``out`` covers positions [pos0, N-1] (the newly committed ones).
+Position bookkeeping, per row: ``seq`` holds x[0..N-1] committed and x[N] pending (entries past N are
+padding); the trunk's KV cache covers positions 0..N-1; ``out`` (B, m, ·) covers positions pos0 .. pos0+m-1,
+of which [pos0, N-1] are the newly committed ones. ``n`` = N and ``pos0`` are ints when every row is alike
+(B = 1: then ``seq`` is exactly (B, N+1) and m = N - pos0), or (B,) tensors when rows advance independently
+(batched decoding: each row accepted its own number of drafts). Indexing goes through
+``foresight.generate.rows``, so one code path serves both. When rows finish, the decoder drops them from the
+batch and calls ``keep_rows`` so that a drafter drops their state too.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from foresight.generate.rows import Index, clamp0, longest, pick, window
 from foresight.generate.stacked import StackedBlocks
 from foresight.model import KVCache
 
 
 class Drafter:
-    """Interface: ``reset()`` before a sequence, ``propose(out, seq, pos0) -> (B, n_draft)`` after each step."""
+    """Interface: ``reset()`` before a sequence, ``propose(out, seq, pos0, n) -> (B, n_draft)`` after each step,
+    ``keep_rows(rows)`` when only those batch rows go on (a drafter with per-row state must override it)."""
 
     n_draft: int = 0
     name: str = "drafter"
@@ -27,13 +34,21 @@ class Drafter:
     def reset(self) -> None:
         pass
 
-    def propose(self, out, seq: torch.Tensor, pos0: int) -> torch.Tensor:
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        pass
+
+    def propose(self, out, seq: torch.Tensor, pos0: Index, n: Index) -> torch.Tensor:
         raise NotImplementedError
 
 
 def _greedy(model, h: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """Argmax of the shared output head on the normalised hidden state: (..., D) -> (...)."""
     return model.lm_head(norm(h)).argmax(dim=-1)
+
+
+def _tile(i: Index, n: int) -> Index:
+    """A per-row index for n stacked copies of the batch (rows ordered copy-major, as ``StackedBlocks``)."""
+    return i.repeat(n) if isinstance(i, torch.Tensor) else i
 
 
 class MTPDrafter(Drafter):
@@ -43,7 +58,8 @@ class MTPDrafter(Drafter):
     output head; at the last committed position N-1 it predicts x[N+k], so heads 1..n-1 draft x[N+1..N+n-1]
     in parallel while head 0 (the trunk) gave the pending x[N]. Each head attends over its own keys and values
     of all earlier positions, so it keeps its own KV cache; ``last_input`` at a position depends only on the
-    committed tokens up to it, so every cached entry is exact and nothing is ever truncated.
+    committed tokens up to it, so every cached entry of a committed position is exact. Only the per-row path
+    truncates: there ``out`` is padded past a row's N to the longest row, and those positions are dropped.
     """
 
     name = "mtp"
@@ -58,17 +74,33 @@ class MTPDrafter(Drafter):
     def reset(self) -> None:
         self.caches = [KVCache() for _ in (self.heads if self.stack is None else [None])]
 
-    def propose(self, out, seq: torch.Tensor, pos0: int) -> torch.Tensor:
-        x = out.last_input  # (B, m, D): positions [pos0, N-1]
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        if self.stack is not None and self.caches[0].k is not None:
+            batch = self.caches[0].k.shape[0] // self.stack.n  # the stacked cache's rows are head·B + b
+            rows = (torch.arange(self.stack.n, device=rows.device)[:, None] * batch + rows).flatten()
+        for cache in self.caches:
+            cache.keep_rows(rows)
+
+    def propose(self, out, seq: torch.Tensor, pos0: Index, n: Index) -> torch.Tensor:
+        x = out.last_input  # (B, m, D): positions pos0 .. pos0 + m - 1, committed below N
         cos, sin = self.model.rotary(x.shape[1], x.device, pos0)
-        assert all(c.length == pos0 for c in self.caches), "MTP head cache out of step with the trunk"
+        copies = 1 if self.stack is None else self.stack.n
+        if not isinstance(pos0, torch.Tensor):  # (per row, checking would cost a sync per step: the tests do)
+            assert all(c.offset == pos0 for c in self.caches), "MTP head cache out of step with the trunk"
+        last = n - pos0 - 1  # index of position N-1 in x
         if self.stack is not None:
-            last = self.stack(x, cos, sin, self.caches[0])[:, :, -1].transpose(0, 1)  # (B, n-1, D)
+            h = self.stack(x, cos, sin, self.caches[0]).transpose(0, 1)  # (B, n-1, m, D)
+            top = pick(h, last, dim=2)  # (B, n-1, D)
         else:
             # Head k at position N-1, one head at a time: (B, D) each.
-            last = torch.stack([head(x, cos, sin, cache)[:, -1] for head, cache in zip(self.heads, self.caches)], dim=1)
+            top = torch.stack([pick(head(x, cos, sin, cache), last) for head, cache in zip(self.heads, self.caches)],
+                              dim=1)
+        # Positions past a row's N (other rows' accepted drafts: padding here) are dropped from the caches; the
+        # entries kept depend on committed tokens only. Without padding (int path) this cuts nothing.
+        for cache in self.caches:
+            cache.truncate(_tile(n, copies))
         # One output-head product for all heads (they share the norm and the unembedding): (B, n-1, D) -> (B, n-1).
-        return _greedy(self.model, last, self.model.norm)
+        return _greedy(self.model, top, self.model.norm)
 
 
 class DSMTPDrafter(Drafter):
@@ -95,30 +127,46 @@ class DSMTPDrafter(Drafter):
         self.caches = [KVCache() for _ in self.modules]
         self.carry = [None] * len(self.modules)  # carry[k-1]: output of module k kept for module k+1
 
-    def propose(self, out, seq: torch.Tensor, pos0: int) -> torch.Tensor:
-        n = seq.shape[1] - 1  # N: x[N] is the pending token
-        h_prev = out.hidden if self.post_norm else out.final  # (B, N - pos0, D): level 0 at [pos0, N-1]
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        for cache in self.caches:
+            cache.keep_rows(rows)
+        self.carry = [None if c is None else c[rows] for c in self.carry]
+
+    def propose(self, out, seq: torch.Tensor, pos0: Index, n: Index) -> torch.Tensor:
+        per_row = isinstance(n, torch.Tensor)
+        h_prev = out.hidden if self.post_norm else out.final  # (B, m, D): level 0 from pos0, committed below N
         prev_start = pos0
-        hyp = seq  # x[0..N] then drafts appended: the sequence the modules assume
+        # x[0..N] then the drafts: the sequence the modules assume (a padded copy per row on the per-row path)
+        hyp = seq.clone() if per_row else seq
         old_carry = list(self.carry)
         drafts = []
         for k, (module, cache) in enumerate(zip(self.modules, self.caches), start=1):
-            s = cache.length  # module k recomputes positions [s, N-1]; s <= prev_start
-            if s < prev_start:
-                h_in = torch.cat([old_carry[k - 2], h_prev], dim=1)  # carry covers [s, prev_start)
+            s = cache.offset  # module k recomputes positions [s, N-1]; s <= prev_start
+            if per_row and not isinstance(s, torch.Tensor):
+                s = torch.full_like(n, s)  # a fresh cache: every row from 0
+            span = longest(n - s)  # positions computed per row (rows with fewer: padding after their N-1)
+            shift = prev_start - s  # 0 or 1 per row: position s comes from the carry
+            if per_row:  # (no check here: a sync per module; the tests recompute every row's drafts from scratch)
+                carry = old_carry[k - 2] if k > 1 and old_carry[k - 2] is not None else h_prev[:, :1]
+                h_in = window(torch.cat([carry, h_prev], dim=1), 1 - shift, span)  # (B, span, D)
             else:
-                h_in = h_prev
-            assert h_in.shape[1] == n - s, "DS-MTP drafter lost track of positions"
-            tokens = hyp[:, s + k : n + k]  # x[j+k] for j in [s, N-1]: (B, N - s)
-            cos, sin = self.model.rotary(n - s, seq.device, s)
-            h = module(h_in, self.model.embed_tokens(tokens), cos, sin, cache)  # (B, N - s, D)
+                h_in = torch.cat([old_carry[k - 2], h_prev], dim=1) if shift > 0 else h_prev  # carry: [s, prev_start)
+                assert h_in.shape[1] == n - s, "DS-MTP drafter lost track of positions"
+            tokens = window(hyp, s + k, span)  # x[j+k] for j in [s, N-1]: (B, span)
+            cos, sin = self.model.rotary(span, seq.device, s)
+            h = module(h_in, self.model.embed_tokens(tokens), cos, sin, cache)  # (B, span, D)
             norm = module.norm if module.norm is not None else self.model.norm
-            d = _greedy(self.model, h[:, -1], norm)  # drafts x[N+k]
+            d = _greedy(self.model, pick(h, n - s - 1), norm)  # drafts x[N+k] from position N-1
             drafts.append(d)
-            hyp = torch.cat([hyp, d[:, None]], dim=1)
-            exact = max(0, n - k + 1)  # positions j <= N-k read committed/pending tokens only
+            if per_row:
+                hyp.scatter_(1, (n + k)[:, None], d[:, None])
+            else:
+                hyp = torch.cat([hyp, d[:, None]], dim=1)
+            exact = clamp0(n - k + 1)  # positions j <= N-k read committed/pending tokens only
             cache.truncate(exact)
-            keep_from = max(0, n - k)  # where module k+1 restarts next round
-            self.carry[k - 1] = h[:, keep_from - s : exact - s]
+            keep_from = clamp0(n - k)  # where module k+1 restarts next round
+            # The carry: module k's state at position N-k (none while N-k < 0; on the per-row path such a row
+            # keeps a placeholder that its shift of 0 never reads).
+            self.carry[k - 1] = pick(h, keep_from - s)[:, None] if per_row else h[:, keep_from - s : exact - s]
             h_prev, prev_start = h, s
         return torch.stack(drafts, dim=1)  # (B, D)

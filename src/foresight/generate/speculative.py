@@ -13,10 +13,17 @@ DeepSeek-V3's MTP module in DeepSeek-V3 §5.4.3). Each step:
 
 Every committed token is the argmax of head 0 given exactly the committed prefix, so the output equals
 plain greedy decoding token for token (up to floating-point ties, as between any two ways to batch the same
-computation). Batch rows accept different lengths; the batch advances by the smallest accepted length among
-unfinished rows, which keeps every row exact (a row that accepted more simply re-drafts those tokens).
+computation).
 
-Reported: acceptance per draft position, mean accepted length τ (tokens per verification step, 1 + a), and —
+Batches (B > 1): every row advances by its *own* accepted length, so rows drift apart. The trunk's caches
+(and the drafters' own) then hold a length per row (``KVCache`` per-row path: each row's keys written at its
+own position, a mask per row hiding the rest), RoPE positions are (B, T), and the token sequence is a padded
+buffer with the pending index N per row. A step verifies each row's drafts at that row's positions. A row
+that is finished (its budget or eos) leaves the batch — its cache rows and drafter state are dropped — and
+the others go on. B = 1 keeps ints everywhere: the scalar cache, no masks beyond the usual causal one.
+
+Reported: acceptance per draft position, mean accepted length τ (tokens per row and verification step,
+1 + a), tokens per step (the same over the batch's B slots: a finished row's empty slot counts 0), and —
 separately, since τ is not a speed-up — wall-clock time against plain greedy decoding (see benchmarks/).
 """
 
@@ -36,16 +43,19 @@ DRAFTERS = ("mtp", "dsmtp", "top")
 
 @dataclass
 class SpecStats:
-    """Counts over (row, step) pairs of unfinished rows; ``steps`` counts verification forwards."""
+    """Counts over (row, step) pairs of unfinished rows; ``steps`` counts verification forwards.
+
+    A row is unfinished at a step when it has budget left and has not produced eos (finished rows leave the
+    batch); drafts past a row's remaining budget are not counted as drafted."""
 
     n_draft: int
     steps: int = 0
+    batch: int = 1  # rows decoded together
     drafted: list[int] = field(default_factory=list)  # per draft position i: drafts proposed
     accepted: list[int] = field(default_factory=list)  # per draft position i: drafts accepted (prefix)
     reached: list[int] = field(default_factory=list)  # per draft position i: proposed with drafts < i accepted
-    row_steps: int = 0  # (row, step) pairs
-    row_tokens: int = 0  # sum over (row, step) of 1 + a_row
-    batch_tokens: int = 0  # sum over steps of 1 + a (the batch's common advance)
+    row_steps: int = 0  # (row, step) pairs of unfinished rows
+    row_tokens: int = 0  # sum over those pairs of 1 + a_row: the tokens every row gained
 
     def __post_init__(self) -> None:
         self.drafted = self.drafted or [0] * self.n_draft
@@ -69,8 +79,9 @@ class SpecStats:
 
     @property
     def tokens_per_step(self) -> float:
-        """Tokens the whole batch advanced per verification forward (= tau at batch size 1)."""
-        return self.batch_tokens / max(self.steps, 1)
+        """Tokens per row slot per verification forward, the slots of rows that had already finished counting
+        0: how much of the batch kept decoding (<= tau; = tau at batch size 1)."""
+        return self.row_tokens / max(self.steps * self.batch, 1)
 
 
 def make_drafter(lm, kind: str = "auto", n_draft: int | None = None, stacked: bool = True) -> Drafter:
@@ -104,7 +115,14 @@ def make_drafter(lm, kind: str = "auto", n_draft: int | None = None, stacked: bo
 
 def _slice(out: TrunkOutput, n: int) -> TrunkOutput:
     """The first ``n`` positions of a trunk output (the accepted part of a verified block)."""
-    return TrunkOutput(out.hidden[:, :n], out.final[:, :n], out.last_input[:, :n], out.cos[:n], out.sin[:n])
+    return TrunkOutput(out.hidden[:, :n], out.final[:, :n], out.last_input[:, :n], out.cos[..., :n, :],
+                       out.sin[..., :n, :])
+
+
+def _take_rows(out: TrunkOutput, rows: torch.Tensor) -> TrunkOutput:
+    """The batch rows ``rows`` of a trunk output (per-row RoPE tables included)."""
+    cos, sin = (out.cos[rows], out.sin[rows]) if out.cos.dim() == 4 else (out.cos, out.sin)
+    return TrunkOutput(out.hidden[rows], out.final[rows], out.last_input[rows], cos, sin)
 
 
 def _fill_after_eos(tokens: torch.Tensor, prompt_len: int, eos_id: int, max_new_tokens: int) -> torch.Tensor:
@@ -120,12 +138,102 @@ def _fill_after_eos(tokens: torch.Tensor, prompt_len: int, eos_id: int, max_new_
     return torch.cat([tokens[:, :prompt_len], gen[:, :length]], dim=1)
 
 
+def _record(stats: SpecStats, usable: torch.Tensor, match: torch.Tensor) -> None:
+    """Count one verification step of R rows: ``usable`` (R, d) the drafts within each row's budget, ``match``
+    (R, d) 0/1 the accepted prefix."""
+    reach = torch.cat([torch.ones_like(usable[:, :1]), match[:, :-1].bool()], dim=1)[:, : usable.shape[1]] & usable
+    stats.steps += 1
+    stats.row_steps += match.shape[0]
+    stats.row_tokens += match.shape[0] + int(match.sum())
+    counts = torch.stack([usable.sum(dim=0), match.sum(dim=0), reach.sum(dim=0)]).tolist()  # (3, d)
+    for i, (dr, ac, re) in enumerate(zip(*counts)):
+        stats.drafted[i] += dr
+        stats.accepted[i] += ac
+        stats.reached[i] += re
+
+
+def _decode_one_row(model, drafter: Drafter, caches, out: TrunkOutput, seq: torch.Tensor, p: int,
+                    max_new_tokens: int, eos_id: int | None, stats: SpecStats) -> torch.Tensor:
+    """B = 1: ints everywhere (the scalar cache path). ``seq`` (1, P + 1): the prompt and the pending token."""
+    pos0 = 0
+    while True:
+        if eos_id is not None and bool((seq[:, p:] == eos_id).any()):
+            break
+        remaining = max_new_tokens - (seq.shape[1] - p)
+        if remaining <= 0:
+            break
+        n = seq.shape[1] - 1
+        drafts = drafter.propose(out, seq, pos0, n)[:, : remaining - 1]  # (1, d), d <= remaining - 1
+        d = drafts.shape[1]
+        block = torch.cat([seq[:, -1:], drafts], dim=1)  # (1, 1 + d): positions N..N+d
+        out = model.trunk(block, caches)
+        greedy = model.lm_head(out.hidden).argmax(dim=-1)  # (1, 1 + d): greedy[:, i] is for x[N+i+1]
+        match = (greedy[:, :d] == drafts).long().cumprod(dim=1)  # (1, d): prefix of agreeing drafts
+        a = int(match.sum())
+        _record(stats, torch.ones_like(drafts, dtype=torch.bool), match)
+        for cache in caches:
+            cache.truncate(n + 1 + a)  # keep x[N] and the a accepted drafts
+        seq = torch.cat([seq, greedy[:, : a + 1]], dim=1)  # accepted drafts equal the greedy tokens; greedy[a] is new
+        out, pos0 = _slice(out, a + 1), n
+    return seq[:, : p + max_new_tokens]
+
+
+def _decode_rows(model, drafter: Drafter, caches, out: TrunkOutput, seq: torch.Tensor, p: int,
+                 max_new_tokens: int, eos_id: int | None, stats: SpecStats) -> torch.Tensor:
+    """B > 1: every row at its own position (per-row caches, RoPE and masks); a row that finishes leaves the
+    batch (its caches and drafter state are dropped), so later steps run on the unfinished rows only."""
+    b = seq.shape[0]
+    width = p + max_new_tokens + drafter.n_draft + 1  # room for a block written past the longest row
+    buf = seq.new_zeros(b, width)  # row r: x[0..n[r]-1] committed, x[n[r]] pending, padding after
+    buf[:, : p + 1] = seq
+    result = seq.new_zeros(b, p + max_new_tokens)  # finished rows, in the input's order
+    active = torch.arange(b, device=seq.device)  # original index of each row still decoding
+    n = torch.full((b,), p, dtype=torch.long, device=seq.device)
+    pos0 = torch.zeros_like(n)  # ``out`` starts at position pos0 in every row
+    col = torch.arange(width, device=seq.device)
+    steps = torch.arange(1 + drafter.n_draft, device=seq.device)
+    while True:
+        made = n + 1 - p  # (R,) tokens generated per row, the pending one included
+        done = made >= max_new_tokens
+        if eos_id is not None:
+            done |= ((buf == eos_id) & (col >= p) & (col <= n[:, None])).any(dim=1)
+        if bool(done.any()):
+            result[active[done]] = buf[done, : p + max_new_tokens]  # past an eos: overwritten by _fill_after_eos
+            if bool(done.all()):
+                return result
+            keep = (~done).nonzero().squeeze(1)
+            active, buf, n, pos0, made = active[keep], buf[keep], n[keep], pos0[keep], made[keep]
+            out = _take_rows(out, keep)
+            for cache in caches:
+                cache.keep_rows(keep)
+            drafter.keep_rows(keep)
+        limit = max_new_tokens - made - 1  # (R,) drafts each row can still use (>= 0)
+        drafts = drafter.propose(out, buf, pos0, n)
+        d = min(drafts.shape[1], int(limit.max()))
+        drafts = drafts[:, :d]  # (R, d)
+        block = torch.cat([buf.gather(1, n[:, None]), drafts], dim=1)  # (R, 1 + d): positions N..N+d per row
+        out = model.trunk(block, caches)
+        greedy = model.lm_head(out.hidden).argmax(dim=-1)  # (R, 1 + d): greedy[:, i] is for x[N+i+1]
+        usable = steps[:d] < limit[:, None]  # (R, d): drafts within each row's budget
+        match = ((greedy[:, :d] == drafts) & usable).long().cumprod(dim=1)  # (R, d): prefix of agreeing drafts
+        a = match.sum(dim=1)  # (R,)
+        _record(stats, usable, match)
+        # Row r's new tokens x[N+1..N+a+1] are greedy[r, :a+1] (accepted drafts equal the greedy tokens, greedy[a]
+        # is the new pending). The rest of the block lands past the new N: padding, overwritten later.
+        buf.scatter_(1, n[:, None] + 1 + steps[: d + 1], greedy)
+        kept = n + a + 1  # x[N] and the a accepted drafts stay cached; one tensor for all layers (shared masks)
+        for cache in caches:
+            cache.truncate(kept)
+        pos0, n = n, kept
+        out = _slice(out, int(a.max()) + 1)
+
+
 @torch.no_grad()
 def speculative_generate(lm, input_ids: torch.Tensor, max_new_tokens: int, drafter: Drafter | str = "auto", *,
                          n_draft: int | None = None, eos_id: int | None = None) -> tuple[torch.Tensor, SpecStats]:
     """Greedy decoding of ``lm.model`` accelerated by ``drafter``: (B, P) -> ((B, P + n), stats).
 
-    The output equals ``generate(lm.model, input_ids, max_new_tokens, eos_id=eos_id)`` (greedy).
+    The output equals ``generate(lm.model, input_ids, max_new_tokens, eos_id=eos_id)`` (greedy), row by row.
     """
     _validate(input_ids, max_new_tokens, 0.0, None, None)
     model = lm.model
@@ -135,50 +243,18 @@ def speculative_generate(lm, input_ids: torch.Tensor, max_new_tokens: int, draft
         return ids.clone(), SpecStats(0)
     if isinstance(drafter, str):
         drafter = make_drafter(lm, drafter, n_draft)
-    stats = SpecStats(drafter.n_draft)
+    b, p = ids.shape
+    stats = SpecStats(drafter.n_draft, batch=b)
     modes = [(m, m.training) for m in lm.modules()]
     lm.eval()
     try:
-        p = ids.shape[1]
         caches = model.new_caches()
         drafter.reset()
         out = model.trunk(ids, caches)  # prefill: positions 0..P-1
         pending = model.lm_head(out.hidden[:, -1]).argmax(dim=-1)  # (B,) the greedy x[P]
-        seq = torch.cat([ids, pending[:, None]], dim=1)  # (B, N + 1): committed x[0..N-1] and pending x[N]
-        pos0 = 0
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
-        while True:
-            if eos_id is not None:
-                done |= (seq[:, p:] == eos_id).any(dim=1)
-            remaining = max_new_tokens - (seq.shape[1] - p)
-            if remaining <= 0 or bool(done.all()):
-                break
-            n = seq.shape[1] - 1
-            drafts = drafter.propose(out, seq, pos0)[:, : remaining - 1]  # (B, d), d <= remaining - 1
-            d = drafts.shape[1]
-            block = torch.cat([seq[:, -1:], drafts], dim=1)  # (B, 1 + d): positions N..N+d
-            out = model.trunk(block, caches)
-            greedy = model.lm_head(out.hidden).argmax(dim=-1)  # (B, 1 + d): greedy[:, i] is for x[N+i+1]
-            match = (greedy[:, :d] == drafts).long().cumprod(dim=1)  # (B, d): prefix of agreeing drafts
-            a_rows = match.sum(dim=1)  # (B,)
-            live = ~done
-            a = int(a_rows[live].min()) if d else 0
-            # Statistics over unfinished rows.
-            n_live = int(live.sum())
-            per_position = match[live].sum(dim=0).tolist()  # (d,) accepted drafts at each depth
-            stats.steps += 1
-            stats.row_steps += n_live
-            stats.row_tokens += n_live + sum(per_position)
-            stats.batch_tokens += a + 1
-            for i in range(d):
-                stats.drafted[i] += n_live
-                stats.accepted[i] += per_position[i]
-                stats.reached[i] += n_live if i == 0 else per_position[i - 1]
-            for cache in caches:
-                cache.truncate(n + 1 + a)  # keep x[N] and the a accepted drafts
-            seq = torch.cat([seq, drafts[:, :a], greedy[:, a : a + 1]], dim=1)
-            out, pos0 = _slice(out, a + 1), n
-        tokens = seq[:, : p + max_new_tokens]
+        seq = torch.cat([ids, pending[:, None]], dim=1)  # (B, P + 1)
+        decode = _decode_one_row if b == 1 else _decode_rows
+        tokens = decode(model, drafter, caches, out, seq, p, max_new_tokens, eos_id, stats)
         if eos_id is not None:
             tokens = _fill_after_eos(tokens, p, eos_id, max_new_tokens)
         return tokens, stats

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from foresight.model import KVCache
-from foresight.model.layers import apply_rotary
+from foresight.model.layers import apply_rotary, causal_attention
 
 
 class StackedBlocks:
@@ -55,27 +55,25 @@ class StackedBlocks:
         return w * (wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """x (B, m, D) -> (n, B, m, D); ``cache`` holds (n·B, G, T, Dh) keys and values."""
+        """x (B, m, D) -> (n, B, m, D); ``cache`` holds (n·B, G, T, Dh) keys and values, row index head·B + b
+        (a per-row cache: (n·B,) lengths, each row's repeated for every head)."""
         n, (b, m, d) = self.n, x.shape
         kv = self.n_kv_heads * self.head_dim
         xs = x.reshape(1, b * m, d).expand(n, b * m, d)  # the same input for every head
         h = self._norm(xs, self.ln1, self.eps1)
         qkv = torch.bmm(h, self.w_qkv) if self.b_qkv is None else torch.baddbmm(self.b_qkv, h, self.w_qkv)
         q, k, v = qkv.split([d, kv, kv], dim=-1)  # (n, B·m, ·)
-        q = q.reshape(n * b, m, self.n_heads, self.head_dim).transpose(1, 2)  # (n·B, H, m, Dh)
-        k = k.reshape(n * b, m, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (n·B, G, m, Dh)
-        v = v.reshape(n * b, m, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        past = cache.length
-        k, v = cache.append(k, v)  # (n·B, G, past + m, Dh)
+        q = q.reshape(n, b, m, self.n_heads, self.head_dim).transpose(2, 3)  # (n, B, H, m, Dh)
+        k = k.reshape(n, b, m, self.n_kv_heads, self.head_dim).transpose(2, 3)  # (n, B, G, m, Dh)
+        v = v.reshape(n * b, m, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (n·B, G, m, Dh)
+        # RoPE tables (m, Dh), or per row (B, 1, m, Dh), broadcast over the n heads' copies of the batch.
+        q, k = apply_rotary(q, cos, sin).flatten(0, 1), apply_rotary(k, cos, sin).flatten(0, 1)  # (n·B, ·, m, Dh)
+        past = cache.offset  # int, or (n·B,) on the per-row path
+        k, v = cache.append(k, v)  # (n·B, G, S, Dh)
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # query i (position past + i) sees keys 0 .. past + i
-            mask = torch.ones(m, past + m, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = causal_attention(q, k, v, past)  # query i (position past + i) sees keys 0 .. past + i
         y = y.transpose(1, 2).reshape(n, b * m, d)
         x2 = xs + torch.bmm(y, self.w_o)
         gate, up = torch.bmm(self._norm(x2, self.ln2, self.eps2), self.w_gu).chunk(2, dim=-1)  # (n, B·m, I) each

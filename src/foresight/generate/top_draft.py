@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from foresight.generate.drafters import Drafter
+from foresight.generate.rows import Index, pick
 from foresight.generate.sampling import generate
 
 
@@ -30,9 +31,9 @@ class TOPDrafter(Drafter):
     def __init__(self, model, top_head: torch.nn.Linear, n_draft: int = 3) -> None:
         self.model, self.head, self.n_draft = model, top_head, n_draft
 
-    def propose(self, out, seq: torch.Tensor, pos0: int) -> torch.Tensor:
-        scores = self.head(out.hidden[:, -1]).float()  # (B, V): TOP logits at the last committed position
-        scores.scatter_(-1, seq[:, -1:], float("-inf"))  # the pending token is already decided
+    def propose(self, out, seq: torch.Tensor, pos0: Index, n: Index) -> torch.Tensor:
+        scores = self.head(pick(out.hidden, n - pos0 - 1)).float()  # (B, V): TOP logits at the last committed position
+        scores.scatter_(-1, pick(seq, n)[:, None], float("-inf"))  # the pending token x[N] is already decided
         return scores.topk(self.n_draft, dim=-1).indices  # (B, k) in rank order
 
 

@@ -49,9 +49,17 @@ class Rotary(nn.Module):
         # Not registered as buffers: they are derived from the config, so checkpoints need not carry them.
         self.cos, self.sin = emb.cos(), emb.sin()
 
-    def forward(self, length: int, device: torch.device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        if offset + length > self.cos.shape[0] or self.cos.device != device:
-            self._build(max(offset + length, self.cos.shape[0]), device)
+    def forward(self, length: int, device: torch.device,
+                offset: int | torch.Tensor = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables for positions offset .. offset + length - 1: (T, Dh) each, or (B, 1, T, Dh) for a (B,) tensor
+        ``offset`` (every row at its own position: batched speculative decoding; 1 broadcasts over heads)."""
+        per_row = isinstance(offset, torch.Tensor)
+        end = (int(offset.max()) if per_row and offset.numel() else int(offset)) + length
+        if end > self.cos.shape[0] or self.cos.device != device:
+            self._build(max(end, self.cos.shape[0]), device)
+        if per_row:
+            pos = offset.to(device)[:, None, None] + torch.arange(length, device=device)  # (B, 1, T)
+            return self.cos[pos], self.sin[pos]
         return self.cos[offset : offset + length], self.sin[offset : offset + length]
 
 
@@ -73,7 +81,7 @@ def llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, Dh) rotated by position; cos/sin (T, Dh)."""
+    """x (B, H, T, Dh) rotated by position; cos/sin (T, Dh), or (B, 1, T, Dh) with positions per row."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     wide = torch.promote_types(x.dtype, torch.float32)
@@ -100,20 +108,51 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         past = 0
         if cache is not None:
-            past = cache.length
-            k, v = cache.append(k, v)  # (B, G, past + T, Dh)
+            past = cache.offset
+            k, v = cache.append(k, v)  # (B, G, S, Dh): S = past + T, or the longest row's on the per-row path
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif t == 1:
-            y = F.scaled_dot_product_attention(q, k, v)  # one new query sees every cached key: no mask to build
-        else:
-            # Query i (absolute position past + i) may see keys 0 .. past + i.
-            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+        return self.o_proj(causal_attention(q, k, v, past).transpose(1, 2).reshape(b, t, -1))
+
+
+# Per-row decoding: the caches of a model's layers hold one shared (B,) lengths tensor (the decoder truncates
+# them all with the same tensor, and ``append`` hands every layer the same successor), so the mask and the
+# write positions of a forward are computed by its first layer and reused by the others. One-entry memos
+# keyed by that tensor's identity (such tensors are never modified in place; the memo keeps it alive, so the
+# identity cannot be reused).
+_row_mask: tuple | None = None  # (past, T, S, mask (B, 1, T, S))
+_row_write: tuple | None = None  # (lengths, k.shape, index (B, G, T, Dh), lengths + T)
+
+
+def row_mask(past: torch.Tensor, t: int, s: int) -> torch.Tensor:
+    """(B, 1, T, S) bool: query i of row b (position past[b] + i) may see key j iff j <= past[b] + i."""
+    global _row_mask
+    memo = _row_mask
+    if memo is None or memo[0] is not past or memo[1] != t or memo[2] != s:
+        q_pos = past[:, None, None, None] + torch.arange(t, device=past.device)[:, None]  # (B, 1, T, 1)
+        memo = _row_mask = (past, t, s, torch.arange(s, device=past.device) <= q_pos)
+    return memo[3]
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int | torch.Tensor) -> torch.Tensor:
+    """SDPA of queries q (B, H, T, Dh) at positions past + i over keys/values (B, H, S, Dh) at positions 0..S-1.
+
+    ``past`` is an int (every row alike: masks only where needed) or a (B,) tensor (each row at its own
+    position, a per-row KVCache): query i of row b sees keys j <= past[b] + i. On that path the keys past a
+    row's own end — another row's later positions, or this row's rejected drafts — lie beyond that bound
+    and are hidden by the same comparison, so the mask is always built, even for T = 1.
+    """
+    t = q.shape[2]
+    if isinstance(past, torch.Tensor):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=row_mask(past, t, k.shape[2]))
+    if past == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if t == 1:
+        return F.scaled_dot_product_attention(q, k, v)  # one new query sees every cached key: no mask to build
+    # Query i (absolute position past + i) may see keys 0 .. past + i.
+    mask = torch.ones(t, past + t, dtype=torch.bool, device=q.device).tril(diagonal=past)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class KVCache:
@@ -122,12 +161,21 @@ class KVCache:
     Stored in buffers that grow by doubling, so appending a token copies only that token (concatenating
     would copy the whole cache at every step: O(T²) over a generation). ``k`` and ``v`` are views of the
     filled part; ``truncate`` only moves the length back (rejected speculative drafts are overwritten).
+
+    Two paths. Scalar (plain decoding, and anything with every row alike): ``length`` positions in every row.
+    Per row (batched speculative decoding, where rows accept different numbers of drafts): ``truncate`` with
+    a (B,) tensor sets ``lengths``, row b then holds positions 0 .. lengths[b]-1, and ``append`` writes each
+    row's new keys at its own position (a scatter); ``length`` is then the longest row, the extent of the
+    views. Keys past a row's own length are stale (rejected drafts) or zeros; ``causal_attention`` hides them
+    and the row's next ``append`` overwrites them. Buffers start zeroed: a masked key still enters the
+    softmax's product, and uninitialised memory could hold NaN/inf (0 · NaN = NaN).
     """
 
     def __init__(self) -> None:
         self._k: torch.Tensor | None = None  # (B, G, capacity, Dh)
         self._v: torch.Tensor | None = None
         self.length = 0
+        self.lengths: torch.Tensor | None = None  # (B,) long on the per-row path, else None
 
     @property
     def k(self) -> torch.Tensor | None:
@@ -137,25 +185,72 @@ class KVCache:
     def v(self) -> torch.Tensor | None:
         return None if self._v is None else self._v[:, :, : self.length]
 
+    @property
+    def offset(self) -> int | torch.Tensor:
+        """Position of the next key: ``length``, or per row ``lengths`` (B,)."""
+        return self.length if self.lengths is None else self.lengths
+
+    def _reserve(self, end: int, like: torch.Tensor) -> None:
+        """Make the buffers hold ``end`` positions, keeping the first ``length``."""
+        if self._k is not None and end <= self._k.shape[2]:
+            return
+        capacity = max(end, 2 * (0 if self._k is None else self._k.shape[2]), 64)
+        b, g, _, dh = like.shape
+        grown_k = like.new_zeros(b, g, capacity, dh)
+        grown_v = like.new_zeros(b, g, capacity, dh)
+        if self.length:
+            grown_k[:, :, : self.length] = self.k
+            grown_v[:, :, : self.length] = self.v
+        self._k, self._v = grown_k, grown_v
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add k, v (B, G, T, Dh); returns the whole cache (B, G, length + T, Dh) as views."""
-        end = self.length + k.shape[2]
-        if self._k is None or end > self._k.shape[2]:
-            capacity = max(end, 2 * (0 if self._k is None else self._k.shape[2]), 64)
-            grown_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
-            grown_v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
-            if self.length:
-                grown_k[:, :, : self.length] = self.k
-                grown_v[:, :, : self.length] = self.v
-            self._k, self._v = grown_k, grown_v
-        self._k[:, :, self.length : end] = k
-        self._v[:, :, self.length : end] = v
-        self.length = end
+        """Add k, v (B, G, T, Dh); returns the whole cache (B, G, length + T, Dh) as views.
+
+        Per-row path: row b's keys go to positions lengths[b] .. lengths[b] + T - 1, and the views extend to
+        the longest row."""
+        t = k.shape[2]
+        if self.lengths is None:
+            end = self.length + t
+            self._reserve(end, k)
+            self._k[:, :, self.length : end] = k
+            self._v[:, :, self.length : end] = v
+            self.length = end
+            return self.k, self.v
+        self._reserve(self.length + t, k)  # length = max(lengths): no row writes past length + T
+        global _row_write
+        memo = _row_write
+        if memo is None or memo[0] is not self.lengths or memo[1] != k.shape:
+            pos = self.lengths[:, None] + torch.arange(t, device=k.device)  # (B, T)
+            memo = _row_write = (self.lengths, k.shape, pos[:, None, :, None].expand_as(k), self.lengths + t)
+        self._k.scatter_(2, memo[2], k)  # row b's keys at positions lengths[b] ..
+        self._v.scatter_(2, memo[2], v)
+        self.lengths = memo[3]
+        self.length += t
         return self.k, self.v
 
-    def truncate(self, length: int) -> None:
-        """Drop cached positions >= length (used when speculative drafts are rejected)."""
-        self.length = min(self.length, length)
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows ``rows`` (a long tensor of indices), in that order: finished rows leave a batch."""
+        if self._k is None:
+            return
+        self._k, self._v = self._k[rows], self._v[rows]
+        if self.lengths is not None:
+            self.lengths = self.lengths[rows]
+            self.length = int(self.lengths.max()) if self.lengths.numel() else 0
+
+    def truncate(self, length: int | torch.Tensor) -> None:
+        """Drop cached positions >= length (used when speculative drafts are rejected).
+
+        A (B,) long tensor cuts each row at its own length and puts the cache on the per-row path for good;
+        it must not exceed any row's current length (a cut never lengthens a row: not checked, which would
+        cost a device sync per layer). The tensor is kept, not copied: pass one tensor to every layer's cache
+        (and never modify it in place) so that the layers share their per-row masks."""
+        if not isinstance(length, torch.Tensor):
+            self.length = min(self.length, length)
+            if self.lengths is not None:
+                self.lengths = self.lengths.clamp(max=length)
+            return
+        self.lengths = length
+        self.length = int(length.max()) if length.numel() else 0
 
 
 class SwiGLU(nn.Module):

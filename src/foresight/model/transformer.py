@@ -22,7 +22,7 @@ class TrunkOutput:
     hidden: torch.Tensor  # after the final norm: what the NTP and TOP heads read
     final: torch.Tensor  # output of the last block, before the final norm (DS-MTP may start here)
     last_input: torch.Tensor  # input of the last block (MTP's parallel heads branch here, Meta MTP §2)
-    cos: torch.Tensor  # RoPE tables (T, Dh) for these positions, for head blocks
+    cos: torch.Tensor  # RoPE tables (T, Dh) for these positions, for head blocks; (B, 1, T, Dh) per row
     sin: torch.Tensor
 
 
@@ -53,8 +53,9 @@ class Transformer(nn.Module):
         return total
 
     def trunk(self, input_ids: torch.Tensor, caches: list[KVCache] | None = None) -> TrunkOutput:
-        """input_ids (B, T) -> TrunkOutput. With ``caches`` (one per layer) positions continue after the cache."""
-        offset = caches[0].length if caches else 0
+        """input_ids (B, T) -> TrunkOutput. With ``caches`` (one per layer) positions continue after the cache:
+        per row when the caches are on their per-row path (then ``cos``/``sin`` are (B, 1, T, Dh))."""
+        offset = caches[0].offset if caches else 0
         cos, sin = self.rotary(input_ids.shape[1], input_ids.device, offset)
         x = self.embed_tokens(input_ids)  # (B, T, D)
         last_input = x
