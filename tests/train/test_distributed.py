@@ -5,7 +5,9 @@ validation, final parameters; fp32, tight tolerances) for NTP+TOP, MTP and DS-MT
 and one-graph backward, activation checkpointing and torch.compile; each FSDP unit reduce-scatters once per
 micro-batch. (b) A 2-rank run resumed from its step-2 checkpoint logs exactly the uninterrupted run's steps 3-4.
 (c) The sharded checkpoint loads into ``TrainableLM.from_checkpoint`` and exports; one process resumes it too.
-(d) A global batch that does not split over the ranks is one error line.
+(d) A global batch that does not split over the ranks is one error line. (e) Only rank 0 builds the model (and
+reads ``text.init_from``); rank 1 builds it on the meta device, without initialisation, and every rank's shards
+hold rank 0's weights exactly, the tied head included; an error on rank 0 is raised on every rank.
 
 Trainer-level cases run in ``torch.multiprocessing.spawn`` workers; the command-line cases run the real
 ``torchrun -m foresight train``.
@@ -19,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +35,7 @@ from foresight.errors import ForesightError
 from foresight.model import Block, ModelConfig
 from foresight.train.checkpoint import is_sharded, list_checkpoints
 from foresight.train.config import TrainConfig
-from foresight.train.distributed import check_batch
+from foresight.train.distributed import build_on_rank0, check_batch
 from foresight.train.lm import TrainableLM
 from foresight.train.metrics import read_metrics
 from foresight.train.trainer import Trainer
@@ -147,6 +150,67 @@ def test_two_ranks_take_the_one_process_steps(spawned, case, tmp_path, one_threa
     assert micro * ranks["numel"] <= ranks["reduced"] < micro * (ranks["numel"] + 64 * ranks["units"])
 
 
+def _join_env(rank: int, world: int, port: int) -> None:
+    """What torchrun sets for each process."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+
+
+def _let_gloo_finish() -> None:
+    """The last thing a worker does. Gloo's threads free a finished collective's tensors under the GIL; a process
+    that exits before they could aborts ("terminate called without an active exception", about 1 run in 100
+    here; pytorch/pytorch#179291). A pause hands them the GIL while Python is still alive."""
+    time.sleep(0.2)
+
+
+def _build_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Builds the tied DS-MTP model as the tasks do and shards it (the Trainer); saves what this rank saw."""
+    _join_env(rank, world, port)
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    with build_on_rank0() as real:
+        lm = TrainableLM(MODEL, CASES["dsmtp"][0])
+    seen = {"real": real, "meta": [p.is_meta for p in lm.parameters()], "rng": torch.get_rng_state()}
+    cfg = TrainConfig(steps=1, batch_size=BATCH, micro_batch_size=2, device="cpu", tensorboard=False)
+    Trainer(lm, cfg, Path(out) / f"rank{rank}", batch_fn=lambda step: None, run_config={})
+    seen["tied"] = lm.model.lm_head.weight is lm.model.embed_tokens.weight
+    seen["params"] = {k: v.full_tensor() for k, v in lm.state_dict().items()}  # every rank's shards
+    try:
+        with build_on_rank0():
+            if rank == 0:
+                raise ForesightError("rank 0 could not read the weights")
+    except ForesightError as e:
+        seen["error"] = str(e)
+    torch.save(seen, Path(out) / f"build{rank}.pt")
+    dist.destroy_process_group()
+    _let_gloo_finish()
+
+
+def test_only_rank_0_builds_the_model_and_every_rank_gets_its_weights(tmp_path, one_thread):
+    mp.spawn(_build_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    zero, first = [torch.load(tmp_path / f"build{r}.pt", weights_only=False) for r in range(2)]
+    torch.manual_seed(0)
+    untouched = torch.get_rng_state()
+    with build_on_rank0() as real:  # one process: built for real, as before
+        one = TrainableLM(MODEL, CASES["dsmtp"][0])
+    assert real and not any(p.is_meta for p in one.parameters())
+    assert zero["real"] and not any(zero["meta"]) and torch.equal(zero["rng"], torch.get_rng_state())
+    assert not first["real"] and all(first["meta"]) and torch.equal(first["rng"], untouched)  # no initialisation
+    for seen in (zero, first):
+        assert seen["tied"]
+        assert seen["params"].keys() == one.state_dict().keys()
+        for key, value in one.state_dict().items():
+            assert torch.equal(seen["params"][key], value), key
+        assert seen["error"] == "rank 0 could not read the weights"
+
+
+def test_the_model_has_no_buffers():
+    """``DataParallel.shard`` sends parameters only: a buffer would stay uninitialised on ranks > 0."""
+    objectives = [{"name": "ntp"}, {"name": "top", "window": 16}, {"name": "mtp", "n": 2}, {"name": "dsmtp", "depth": 2}]
+    assert not list(TrainableLM(MODEL, objectives).buffers())
+
+
 def test_batch_must_split_over_the_ranks():
     cfg = TrainConfig(batch_size=12, micro_batch_size=2)
     check_batch(cfg, 2)
@@ -259,6 +323,62 @@ def test_sharded_checkpoint_loads_exports_and_resumes_in_one_process(runs, tmp_p
         for key, value in two[step].items():
             if isinstance(value, float):
                 assert resumed[step][key] == pytest.approx(value, rel=2e-6), f"step {step}: {key}"
+
+
+def _task_worker(rank: int, world: int, port: int, record: str, command: list[str]) -> None:
+    """Runs ``command`` through the command line (once: a process joins one job), recording whether each model
+    reached the Trainer on the meta device and how often pretrained weights were read."""
+    import foresight.hf
+    from foresight.tasks import stargraph as stargraph_task, text as text_task
+
+    _join_env(rank, world, port)
+    seen = {"meta": [], "loads": 0}
+
+    class Recording(Trainer):
+        def __init__(self, lm, *args, **kwargs):
+            seen["meta"].append(all(p.is_meta for p in lm.parameters()))
+            super().__init__(lm, *args, **kwargs)
+
+    load = foresight.hf.load_pretrained_into
+
+    def counted(*args, **kwargs):
+        seen["loads"] += 1
+        return load(*args, **kwargs)
+
+    foresight.hf.load_pretrained_into = counted
+    text_task.Trainer = stargraph_task.Trainer = Recording
+    seen["rc"] = main(command)
+    torch.save(seen, f"{record}{rank}.pt")
+    _let_gloo_finish()
+
+
+def test_tasks_build_on_rank_0_only_and_train_as_one_process(runs, tmp_path, one_thread):
+    """``text.init_from`` (read by rank 0 alone) and a star-graph recipe of two runs (tied embeddings)."""
+    graph = {"task": "stargraph",
+             "stargraph": {"deg": 2, "path": 3, "nodes": 10, "train_size": 64, "test_size": 16, "eval_batch_size": 16},
+             "model": {"hidden_size": 24, "n_layers": 2, "n_heads": 2, "intermediate_size": 40, "tie_embeddings": True},
+             "train": {"steps": 2, "batch_size": 8, "micro_batch_size": 2, "lr": 1e-2, "warmup_steps": 1,
+                       "log_every": 1, "eval_every": 2, "device": "cpu", "tensorboard": False},
+             "runs": {"ntp": [{"name": "ntp"}], "dsmtp": [{"name": "ntp"}, {"name": "dsmtp", "depth": 2}]}}
+    (tmp_path / "graph.yaml").write_text(json.dumps(graph))
+    init = ["--set", f"text.init_from={runs / 'single' / 'all'}", "--set", "train.steps=2"]
+    recipes = {"text": [runs / "recipe.yaml", *init], "graph": [tmp_path / "graph.yaml"]}
+    for task, (recipe, *options) in recipes.items():
+        command = ["train", str(recipe), "--out", str(tmp_path / "two" / task), *options]
+        mp.spawn(_task_worker, args=(2, _free_port(), str(tmp_path / task), command), nprocs=2)
+        zero, first = [torch.load(tmp_path / f"{task}{r}.pt", weights_only=False) for r in range(2)]
+        models = 1 if task == "text" else 2  # text: "all"; star graph: "ntp" and "dsmtp"
+        assert zero["rc"] == first["rc"] == 0
+        assert zero["meta"] == [False] * models and first["meta"] == [True] * models
+        assert (zero["loads"], first["loads"]) == ((1, 0) if task == "text" else (0, 0))  # rank 0 alone reads it
+        assert main(["train", str(recipe), "--out", str(tmp_path / "one" / task), *options]) == 0
+    for run in ("text/all", "graph/ntp", "graph/dsmtp"):
+        two, one = _lines(tmp_path / "two" / run, "train"), _lines(tmp_path / "one" / run, "train")
+        assert sorted(two) == sorted(one) == [1, 2]
+        for step in one:
+            for key, value in one[step].items():
+                if isinstance(value, float):
+                    assert two[step][key] == pytest.approx(value, rel=2e-6), f"{run} step {step}: {key}"
 
 
 def test_a_batch_that_does_not_split_is_one_error_line(text, monkeypatch, capsys):

@@ -277,7 +277,8 @@ def run_stargraph(
         raw.setdefault("train", {})["seed"] = seed
         torch.manual_seed(seed)  # same trunk initialisation for every run of one seed
         model_cfg = model_cfgs[name]
-        lm = TrainableLM(model_cfg, specs)
+        with distributed.build_on_rank0():  # torchrun: ranks > 0 get rank 0's weights from the Trainer
+            lm = TrainableLM(model_cfg, specs)
         tokens_per_step = run_cfg.batch_size * spec.seq_len
         step_flops = flops_per_token(lm, spec.seq_len) * tokens_per_step
         need = distributed.agree(clock.estimate(step_flops * run_cfg.steps))

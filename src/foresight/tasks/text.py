@@ -182,11 +182,12 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
     for name, specs in runs.items():
         model_cfg = model_cfgs[name]
         torch.manual_seed(train_cfg.seed)  # the same trunk initialisation for every run
-        lm = TrainableLM(model_cfg, specs)
-        if cfg.init_from:  # a resumed run then loads its own newer checkpoint over these weights
-            from foresight.hf import load_pretrained_into
+        with distributed.build_on_rank0() as real:  # torchrun: ranks > 0 get rank 0's weights from the Trainer
+            lm = TrainableLM(model_cfg, specs)
+            if cfg.init_from and real:  # a resumed run then loads its own newer checkpoint over these weights
+                from foresight.hf import load_pretrained_into
 
-            say(f"{name}: init from {load_pretrained_into(lm, Path(cfg.init_from)).summary()}")
+                say(f"{name}: init from {load_pretrained_into(lm, Path(cfg.init_from)).summary()}")
         loader = PackedLoader(data.train, cfg.seq_len, lm.lookahead, train_cfg.batch_size, train_cfg.seed,
                               eos_id=data.eos_id, cross_documents=cfg.cross_documents, shuffle=cfg.shuffle,
                               vocab_size=model_cfg.vocab_size, fingerprint=data.fingerprint)

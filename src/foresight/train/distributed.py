@@ -24,6 +24,14 @@ and N devices then run the same arithmetic (a ``param_dtype=bf16`` policy would 
 the head weights that objectives hand to the loss ops), at the price of all-gathers in fp32, twice the bytes
 of bf16; gradients are reduced in fp32 either way.
 
+Initialisation: rank 0 alone builds the model for real (random initialisation, ``text.init_from`` weights),
+consuming the RNG as one process does; ranks > 0 build it on the meta device (``build_on_rank0``: shapes, no
+memory, no initialisation, no checkpoint read). ``shard`` then moves rank 0's model to the meta device too,
+keeping its weights (on the CPU) until every rank has its shards: after ``fully_shard`` each rank allocates its
+shards on its device (``to_empty``) and receives rank 0's weights, one tensor at a time
+(``set_model_state_dict`` with ``broadcast_from_rank0``). The model holds no buffers (the RoPE tables are plain
+attributes, rebuilt on first use on the device), so its parameters are all there is to send.
+
 With one process everything here is a no-op and the trainer runs exactly as before.
 """
 
@@ -137,6 +145,41 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+@contextlib.contextmanager
+def build_on_rank0():
+    """Around building the model and loading pretrained weights into it; yields whether this process builds it
+    for real. Rank 0 (and a single process) does; ranks > 0 build it on the meta device and must skip loading
+    weights: ``DataParallel.shard`` gives them rank 0's. An error on rank 0 is raised on every rank (one
+    ``ForesightError``), so no rank waits for the others in a collective."""
+    if world_size() == 1:
+        yield True
+        return
+    real, error = rank() == 0, None
+    try:
+        with contextlib.nullcontext() if real else torch.device("meta"):
+            yield real
+    except Exception as e:  # told to the other ranks, then raised again
+        error = e
+    said = agree(None if error is None else str(error))  # rank 0's outcome, on every rank
+    if error is not None:
+        raise error
+    if said is not None:  # rank 0 says why (the CLI prints rank 0's errors only)
+        raise ForesightError(said)
+
+
+def _to_meta(module: torch.nn.Module) -> None:
+    """Replace ``module``'s real parameters by meta ones of the same shapes, in place, a parameter shared by
+    two modules (tied embeddings) staying one parameter: ``module.to("meta")`` would untie it."""
+    twins: dict[int, torch.nn.Parameter] = {}
+    for m in module.modules():
+        for name, p in list(m.named_parameters(recurse=False)):
+            if p.is_meta:
+                continue
+            if id(p) not in twins:
+                twins[id(p)] = torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            setattr(m, name, twins[id(p)])
+
+
 class DataParallel:
     """This process's part of a data-parallel run; with one process every method is a no-op."""
 
@@ -159,9 +202,12 @@ class DataParallel:
         return batch.rows(self.rank * per, (self.rank + 1) * per)
 
     def shard(self, lm) -> None:
-        """FSDP2 over every ``Block`` of ``lm`` and over ``lm`` itself (see the module docstring)."""
+        """FSDP2 over every ``Block`` of ``lm`` and over ``lm`` itself, each rank's shards on its device holding
+        rank 0's weights (see the module docstring). ``lm``: built for real on rank 0, on any device or the meta
+        device on the others (``build_on_rank0``)."""
         if not self.enabled:
             return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 
@@ -172,10 +218,16 @@ class DataParallel:
             raise ForesightError(f"data-parallel training needs FSDP2's {' and '.join(needed)}, which PyTorch "
                                  f"{torch.__version__} lacks; use a newer PyTorch (tested: 2.13)")
         mesh = init_device_mesh(self.device.type, (self.world,))
+        # Rank 0's weights, where it built them (the CPU), referenced by this dict alone once the module is meta.
+        full = lm.state_dict() if self.rank == 0 else {}
+        _to_meta(lm)  # every rank alike; ranks > 0 built it there
         units = [m for m in lm.modules() if isinstance(m, Block)]
         for block in units:
             fully_shard(block, mesh=mesh)
         fully_shard(lm, mesh=mesh)
+        lm.to_empty(device=self.device)  # this rank's shards, uninitialised (a tied weight stays one parameter)
+        set_model_state_dict(lm, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        del full  # rank 0's full weights are freed here
         register_fsdp_forward_method(lm, "forward_backward")  # the training pass is a forward of the root
         for unit in [*units, lm]:
             unit.set_gradient_divide_factor(1.0)  # each rank's loss is its share of the global mean: sum them

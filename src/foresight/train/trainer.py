@@ -130,9 +130,10 @@ class Trainer:
         self.run_config = run_config
         distributed.init(cfg)  # joins the torchrun job, if any
         self.device = distributed.device_for(cfg.device) if distributed.world_size() > 1 else pick_device(cfg.device)
-        self.lm = lm.to(self.device)
-        self.compiled = speed_up(self.lm, cfg, self.device)
         self.dp = DataParallel(self.device)
+        # Data parallel: ranks > 0 may hold a meta model; ``shard`` puts every rank's shards on its device.
+        self.lm = lm if self.dp.enabled else lm.to(self.device)
+        self.compiled = speed_up(self.lm, cfg, self.device)  # attributes of the blocks only: meta is fine
         self.dp.shard(self.lm)  # before the optimiser, which must hold the sharded parameters
         self.main = self.dp.rank == 0
         self.opt = make_optimizer(self.lm, cfg)
