@@ -116,6 +116,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     if rank == 0:
         torch.save(results, Path(out) / "ranks.pt")
     dist.destroy_process_group()
+    _let_gloo_finish()
 
 
 def _free_port() -> int:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any
 
 import torch
@@ -120,6 +121,10 @@ def init(cfg) -> None:
 def shutdown() -> None:
     if initialized():
         torch.distributed.destroy_process_group()
+        # Gloo's threads free a finished collective's tensors under the GIL; a process that exits before they
+        # could aborts ("terminate called without an active exception", pytorch/pytorch#179291). A short pause
+        # lets them run while Python is still alive.
+        time.sleep(0.2)
 
 
 def agree(obj: Any) -> Any:
