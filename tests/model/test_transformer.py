@@ -392,6 +392,27 @@ def test_kv_cache_per_row_lengths_equal_each_rows_own_forward(n_kv_heads):
         assert caches[0].lengths.tolist() == lengths.tolist() and caches[0].length == int(lengths.max())
 
 
+def test_per_row_forward_builds_one_row_step_for_all_layers(monkeypatch):
+    """The trunk builds the per-row mask and write positions once per forward and every layer's cache ends
+    holding the same lengths tensor; the step equals the literal definition."""
+    from foresight.model import layers
+
+    model = _model(seed=3, n_layers=3)
+    caches = model.new_caches()
+    model(torch.randint(0, model.cfg.vocab_size, (2, 4)), caches)
+    for c in caches:
+        c.truncate(torch.tensor([4, 2]))  # one tensor for every layer, as the decoder does
+    built = []
+    real = layers.row_step
+    monkeypatch.setattr(layers, "row_step", lambda *a: built.append(a) or real(*a))
+    model(torch.randint(0, model.cfg.vocab_size, (2, 3)), caches)
+    assert len(built) == 1 and all(c.lengths is caches[0].lengths for c in caches)
+    assert caches[0].lengths.tolist() == [7, 5] and caches[0].length == 7
+    step = real(torch.tensor([4, 2]), 3, 7)
+    want = torch.tensor([[[j <= p + i for j in range(7)] for i in range(3)] for p in (4, 2)])[:, None]  # (B, 1, T, S)
+    assert torch.equal(step.mask, want) and step.index.tolist() == [[4, 5, 6], [2, 3, 4]]
+
+
 def test_kv_cache_per_row_grows_past_its_capacity():
     # Rows written at their own positions across the initial capacity (64): each row's first lengths[b] keys
     # equal its own concatenation; a scalar truncate cuts every row; never-written slots are zeros.

@@ -69,11 +69,12 @@ class StackedBlocks:
         # RoPE tables (m, Dh), or per row (B, 1, m, Dh), broadcast over the n heads' copies of the batch.
         q, k = apply_rotary(q, cos, sin).flatten(0, 1), apply_rotary(k, cos, sin).flatten(0, 1)  # (n·B, ·, m, Dh)
         past = cache.offset  # int, or (n·B,) on the per-row path
-        k, v = cache.append(k, v)  # (n·B, G, S, Dh)
+        step = cache.row_step(m)  # per-row path: the mask and write positions of this forward; else None
+        k, v = cache.append(k, v, step)  # (n·B, G, S, Dh)
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = causal_attention(q, k, v, past)  # query i (position past + i) sees keys 0 .. past + i
+        y = causal_attention(q, k, v, past, None if step is None else step.mask)  # query i sees keys 0 .. past + i
         y = y.transpose(1, 2).reshape(n, b * m, d)
         x2 = xs + torch.bmm(y, self.w_o)
         gate, up = torch.bmm(self._norm(x2, self.ln2, self.eps2), self.w_gu).chunk(2, dim=-1)  # (n, B·m, I) each

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +101,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, kv, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(d, d, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: "KVCache | None" = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: "KVCache | None" = None,
+                step: "RowStep | None" = None) -> torch.Tensor:
+        """``step``: the forward's RowStep when ``cache`` is on its per-row path (built here if not given)."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, G, T, Dh)
@@ -109,43 +112,58 @@ class Attention(nn.Module):
         past = 0
         if cache is not None:
             past = cache.offset
-            k, v = cache.append(k, v)  # (B, G, S, Dh): S = past + T, or the longest row's on the per-row path
+            if step is None:
+                step = cache.row_step(t)  # None on the scalar path
+            k, v = cache.append(k, v, step)  # (B, G, S, Dh): S = past + T, or the longest row's on the per-row path
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        return self.o_proj(causal_attention(q, k, v, past).transpose(1, 2).reshape(b, t, -1))
+        mask = None if step is None else step.mask
+        return self.o_proj(causal_attention(q, k, v, past, mask).transpose(1, 2).reshape(b, t, -1))
 
 
-# Per-row decoding: the caches of a model's layers hold one shared (B,) lengths tensor (the decoder truncates
-# them all with the same tensor, and ``append`` hands every layer the same successor), so the mask and the
-# write positions of a forward are computed by its first layer and reused by the others. One-entry memos
-# keyed by that tensor's identity (such tensors are never modified in place; the memo keeps it alive, so the
-# identity cannot be reused).
-_row_mask: tuple | None = None  # (past, T, S, mask (B, 1, T, S))
-_row_write: tuple | None = None  # (lengths, k.shape, index (B, G, T, Dh), lengths + T)
+@dataclass(frozen=True)
+class RowStep:
+    """Where one forward's T new positions go in per-row KV caches (batched speculative decoding).
+
+    Built once per forward by whoever owns the caches (``Transformer.trunk`` for its layers, a drafter for
+    its own cache) and handed to every layer: the caches of one model move together (the decoder cuts and
+    keeps rows of all of them alike), so they share one mask and one write index instead of each layer
+    rebuilding them. ``lengths`` is then the one tensor every cache holds after the forward.
+    """
+
+    mask: torch.Tensor  # (B, 1, T, S) bool: query i of row b may see key j iff j <= past[b] + i
+    index: torch.Tensor  # (B, T) long: positions past[b] .. past[b] + T - 1 where row b's new keys go
+    lengths: torch.Tensor  # (B,) long: past + T, every row's length after this forward
+
+
+def row_step(past: torch.Tensor, t: int, s: int) -> RowStep:
+    """The RowStep of T new positions after per-row lengths ``past`` (B,), with S keys in view afterwards."""
+    index = past[:, None] + torch.arange(t, device=past.device)  # (B, T)
+    return RowStep(mask=row_mask(past, t, s), index=index, lengths=past + t)
 
 
 def row_mask(past: torch.Tensor, t: int, s: int) -> torch.Tensor:
     """(B, 1, T, S) bool: query i of row b (position past[b] + i) may see key j iff j <= past[b] + i."""
-    global _row_mask
-    memo = _row_mask
-    if memo is None or memo[0] is not past or memo[1] != t or memo[2] != s:
-        q_pos = past[:, None, None, None] + torch.arange(t, device=past.device)[:, None]  # (B, 1, T, 1)
-        memo = _row_mask = (past, t, s, torch.arange(s, device=past.device) <= q_pos)
-    return memo[3]
+    q_pos = past[:, None, None, None] + torch.arange(t, device=past.device)[:, None]  # (B, 1, T, 1)
+    return torch.arange(s, device=past.device) <= q_pos
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int | torch.Tensor) -> torch.Tensor:
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int | torch.Tensor,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
     """SDPA of queries q (B, H, T, Dh) at positions past + i over keys/values (B, H, S, Dh) at positions 0..S-1.
 
     ``past`` is an int (every row alike: masks only where needed) or a (B,) tensor (each row at its own
     position, a per-row KVCache): query i of row b sees keys j <= past[b] + i. On that path the keys past a
     row's own end — another row's later positions, or this row's rejected drafts — lie beyond that bound
-    and are hidden by the same comparison, so the mask is always built, even for T = 1.
+    and are hidden by the same comparison, so the mask is always used, even for T = 1: ``mask``, the
+    forward's ``RowStep.mask`` (B, 1, T, S) when the caller has it, else built here.
     """
     t = q.shape[2]
     if isinstance(past, torch.Tensor):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=row_mask(past, t, k.shape[2]))
+        if mask is None:
+            mask = row_mask(past, t, k.shape[2])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if past == 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if t == 1:
@@ -203,11 +221,19 @@ class KVCache:
             grown_v[:, :, : self.length] = self.v
         self._k, self._v = grown_k, grown_v
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def row_step(self, t: int) -> RowStep | None:
+        """The RowStep of appending T positions (None on the scalar path): the mask and write positions that
+        every cache holding the same lengths can share for one forward."""
+        if self.lengths is None:
+            return None
+        return row_step(self.lengths, t, self.length + t)  # length = max(lengths): S keys in view afterwards
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, step: RowStep | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Add k, v (B, G, T, Dh); returns the whole cache (B, G, length + T, Dh) as views.
 
         Per-row path: row b's keys go to positions lengths[b] .. lengths[b] + T - 1, and the views extend to
-        the longest row."""
+        the longest row. ``step``: this forward's ``row_step(T)``, shared by the caller with the other caches
+        of the model (built here if not given); the cache takes its ``lengths`` tensor as its own."""
         t = k.shape[2]
         if self.lengths is None:
             end = self.length + t
@@ -217,14 +243,12 @@ class KVCache:
             self.length = end
             return self.k, self.v
         self._reserve(self.length + t, k)  # length = max(lengths): no row writes past length + T
-        global _row_write
-        memo = _row_write
-        if memo is None or memo[0] is not self.lengths or memo[1] != k.shape:
-            pos = self.lengths[:, None] + torch.arange(t, device=k.device)  # (B, T)
-            memo = _row_write = (self.lengths, k.shape, pos[:, None, :, None].expand_as(k), self.lengths + t)
-        self._k.scatter_(2, memo[2], k)  # row b's keys at positions lengths[b] ..
-        self._v.scatter_(2, memo[2], v)
-        self.lengths = memo[3]
+        if step is None:
+            step = self.row_step(t)
+        index = step.index[:, None, :, None].expand_as(k)  # (B, G, T, Dh), a view
+        self._k.scatter_(2, index, k)  # row b's keys at positions lengths[b] ..
+        self._v.scatter_(2, index, v)
+        self.lengths = step.lengths
         self.length += t
         return self.k, self.v
 
@@ -242,8 +266,8 @@ class KVCache:
 
         A (B,) long tensor cuts each row at its own length and puts the cache on the per-row path for good;
         it must not exceed any row's current length (a cut never lengthens a row: not checked, which would
-        cost a device sync per layer). The tensor is kept, not copied: pass one tensor to every layer's cache
-        (and never modify it in place) so that the layers share their per-row masks."""
+        cost a device sync per layer). The tensor is kept, not copied (never modify it in place); the caches of
+        one model must be cut alike, since one forward shares one ``RowStep`` among them."""
         if not isinstance(length, torch.Tensor):
             self.length = min(self.length, length)
             if self.lengths is not None:
@@ -285,13 +309,16 @@ class Block(nn.Module):
         self.compile_backend: str | None = None  # torch.compile backend of the training path; None = eager
         self.checkpointing = False  # recompute this block's activations in the backward pass
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
+                step: RowStep | None = None) -> torch.Tensor:
+        """``step``: the forward's RowStep for a per-row ``cache`` (see ``KVCache.row_step``), or None."""
         if cache is None and torch.is_grad_enabled() and (self.compile_backend or self.checkpointing):
             return training_forward(self.compile_backend, self.checkpointing)(self, x, cos, sin)
-        return self._forward(x, cos, sin, cache)
+        return self._forward(x, cos, sin, cache, step)
 
-    def _forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)  # (B, T, D)
+    def _forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
+                 step: RowStep | None = None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, step)  # (B, T, D)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 

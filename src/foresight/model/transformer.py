@@ -57,11 +57,13 @@ class Transformer(nn.Module):
         per row when the caches are on their per-row path (then ``cos``/``sin`` are (B, 1, T, Dh))."""
         offset = caches[0].offset if caches else 0
         cos, sin = self.rotary(input_ids.shape[1], input_ids.device, offset)
+        # Per-row caches: one mask and write index for all layers (their caches hold the same lengths).
+        step = caches[0].row_step(input_ids.shape[1]) if caches else None
         x = self.embed_tokens(input_ids)  # (B, T, D)
         last_input = x
         for i, layer in enumerate(self.layers):
             last_input = x
-            x = layer(x, cos, sin, caches[i] if caches else None)
+            x = layer(x, cos, sin, caches[i] if caches else None, step)
         return TrunkOutput(hidden=self.norm(x), final=x, last_input=last_input, cos=cos, sin=sin)
 
     def forward(self, input_ids: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
