@@ -95,7 +95,7 @@ def optional_fused_ce():
     return out
 
 
-def make_methods(n: int, h: int, v: int, window: int, dtype, device, impl: str):
+def make_methods(n: int, h: int, v: int, window: int, dtype, device, impl: str, kernel=None):
     """name -> (description, step) where step() runs forward + backward and returns (loss, grads)."""
     b, t = max(1, n // SEQ_LEN), min(n, SEQ_LEN)
     if b * t != n:
@@ -113,16 +113,16 @@ def make_methods(n: int, h: int, v: int, window: int, dtype, device, impl: str):
 
     def top():  # objectives.top.top_loss, with our impl choice
         ids_, w_ = (x.reshape(b * t, -1) for x in top_targets(tokens, t, window, impl=impl))
-        rows = linear_soft_cross_entropy(hidden, weight, ids_, w_, impl=impl)
+        rows = linear_soft_cross_entropy(hidden, weight, ids_, w_, impl=impl, kernel=kernel)
         has_target = (w_ > 0).any(-1)
         return grads((rows * has_target).sum() / has_target.sum().clamp(min=1))
 
     def top_loss_only():
-        rows = linear_soft_cross_entropy(hidden, weight, ids, w, impl=impl)
+        rows = linear_soft_cross_entropy(hidden, weight, ids, w, impl=impl, kernel=kernel)
         return grads(rows.mean())
 
     def ntp():
-        return grads(linear_cross_entropy(hidden, weight, labels, impl=impl).mean())
+        return grads(linear_cross_entropy(hidden, weight, labels, impl=impl, kernel=kernel).mean())
 
     def top_dense():
         q = torch.softmax(dense_top_scores(tokens, t, window, v), dim=-1)  # (N, V) fp32
@@ -241,15 +241,15 @@ def main(argv=None) -> int:
     ap.add_argument("--kernel", action="append", default=[], metavar="KNOB=VALUE",
                     help="set a Triton kernel knob (ops.kernels.soft_ce_triton.KernelConfig), e.g. workspace_mib=60")
     args = ap.parse_args(argv)
-    knobs = {}
+    knobs, kernel = {}, None
     for item in args.kernel:
         from foresight.ops.kernels import soft_ce_triton  # imports Triton
 
         name, _, value = item.partition("=")
-        if not hasattr(soft_ce_triton.CONFIG, name):
+        if not hasattr(soft_ce_triton.DEFAULT_CONFIG, name):
             ap.error(f"unknown kernel knob {name!r}")
-        knobs[name] = type(getattr(soft_ce_triton.CONFIG, name) or 0)(float(value))
-        setattr(soft_ce_triton.CONFIG, name, knobs[name])
+        knobs[name] = type(getattr(soft_ce_triton.DEFAULT_CONFIG, name) or 0)(float(value))
+        kernel = soft_ce_triton.KernelConfig(**knobs)  # passed with every call of our ops
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.shapes:
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
 
     results, notes = [], {}
     for n, h, v in shapes:
-        methods = make_methods(n, h, v, window, dtype, device, args.impl)
+        methods = make_methods(n, h, v, window, dtype, device, args.impl, kernel)
         if not wanted or wanted & {"targets_torch", "targets_triton"}:
             b, t = max(1, n // SEQ_LEN), min(n, SEQ_LEN)
             check = check_targets(zipf_tokens(b, t + window + 1, v, device), t, window)

@@ -47,9 +47,8 @@ def test_in_fresh_interpreter():
     run_interpreted(__file__)
 
 
-def use_config(monkeypatch, **knobs):
-    for name, value in knobs.items():
-        monkeypatch.setattr(soft_ce_triton.CONFIG, name, value)
+def kernel_config(**knobs) -> "soft_ce_triton.KernelConfig":
+    return soft_ce_triton.KernelConfig(**knobs)
 
 
 def make_inputs(n, d, v, k, *, seed=0, dtype=torch.float32, scale=1.0, device=DEVICE):
@@ -79,10 +78,9 @@ def loss_and_grads(impl, hidden, weight, ids, weights, upstream, **kw):
 @runnable
 @pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
 @pytest.mark.parametrize("n,d,v,k", [(7, 16, 37, 1), (7, 32, 100, 3), (7, 16, 37, 5), (1, 16, 37, 3)])
-def test_matches_twin_fp32(monkeypatch, config, n, d, v, k):
-    use_config(monkeypatch, **config)
+def test_matches_twin_fp32(config, n, d, v, k):
     inputs = make_inputs(n, d, v, k, seed=n + d + v + k)
-    got = loss_and_grads("triton", *inputs)
+    got = loss_and_grads("triton", *inputs, kernel=kernel_config(**config))
     ref = loss_and_grads("torch", *inputs)
     assert got[0].dtype == torch.float32 and got[1].dtype == got[2].dtype == torch.float32
     for a, b in zip(got, ref):
@@ -91,12 +89,11 @@ def test_matches_twin_fp32(monkeypatch, config, n, d, v, k):
 
 @runnable
 @pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
-def test_matches_twin_bf16(monkeypatch, config):
+def test_matches_twin_bf16(config):
     """Same bf16 logits, fp32 reductions: the loss agrees to fp32 rounding; the gradients to about one bf16
     ulp (their partial sums are rounded in a different order)."""
-    use_config(monkeypatch, **config)
     inputs = make_inputs(7, 32, 100, 5, seed=2, dtype=torch.bfloat16)
-    got = loss_and_grads("triton", *inputs)
+    got = loss_and_grads("triton", *inputs, kernel=kernel_config(**config))
     ref = loss_and_grads("torch", *inputs)
     torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
     for a, b in zip(got[1:], ref[1:]):
@@ -106,10 +103,9 @@ def test_matches_twin_bf16(monkeypatch, config):
 
 
 @runnable
-def test_large_logits_are_stable(monkeypatch):
-    use_config(monkeypatch, **TINY)
+def test_large_logits_are_stable():
     inputs = make_inputs(7, 16, 37, 3, seed=5, scale=4.0)  # logits of size ~100
-    got = loss_and_grads("triton", *inputs)
+    got = loss_and_grads("triton", *inputs, kernel=kernel_config(**TINY))
     ref = loss_and_grads("torch", *inputs)
     assert ref[0].abs().max() > 50
     for a, b in zip(got, ref):
@@ -117,24 +113,25 @@ def test_large_logits_are_stable(monkeypatch):
 
 
 @runnable
-def test_chunk_rows_and_grad_of_one_input(monkeypatch):
-    use_config(monkeypatch, **dict(TINY, rows=None))
+def test_chunk_rows_and_grad_of_one_input():
+    kernel = kernel_config(**dict(TINY, rows=None))
     hidden, weight, ids, weights, upstream = make_inputs(7, 16, 37, 3, seed=6)
     ref = loss_and_grads("torch", hidden, weight, ids, weights, upstream)
-    got = loss_and_grads("triton", hidden, weight, ids, weights, upstream, chunk_rows=2)
+    got = loss_and_grads("triton", hidden, weight, ids, weights, upstream, chunk_rows=2, kernel=kernel)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     h = hidden.clone().requires_grad_(True)  # weight needs no gradient: the backward skips dW
-    (gh,) = torch.autograd.grad((linear_soft_cross_entropy(h, weight, ids, weights, impl="triton") * upstream).sum(), h)
+    loss = linear_soft_cross_entropy(h, weight, ids, weights, impl="triton", kernel=kernel)
+    (gh,) = torch.autograd.grad((loss * upstream).sum(), h)
     torch.testing.assert_close(gh, ref[1], rtol=1e-5, atol=1e-5)
     w = weight.clone().requires_grad_(True)
-    (gw,) = torch.autograd.grad((linear_soft_cross_entropy(hidden, w, ids, weights, impl="triton") * upstream).sum(), w)
+    loss = linear_soft_cross_entropy(hidden, w, ids, weights, impl="triton", kernel=kernel)
+    (gw,) = torch.autograd.grad((loss * upstream).sum(), w)
     torch.testing.assert_close(gw, ref[2], rtol=1e-5, atol=1e-5)
 
 
 @runnable
-def test_linear_cross_entropy_with_ignored_rows(monkeypatch):
-    use_config(monkeypatch, **TINY)
+def test_linear_cross_entropy_with_ignored_rows():
     g = torch.Generator().manual_seed(11)
     hidden = torch.randn(9, 16, generator=g).to(DEVICE)
     weight = torch.randn(37, 16, generator=g).to(DEVICE)
@@ -143,7 +140,7 @@ def test_linear_cross_entropy_with_ignored_rows(monkeypatch):
     results = []
     for impl in ("triton", "torch"):
         h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
-        loss = linear_cross_entropy(h, w, labels, impl=impl)
+        loss = linear_cross_entropy(h, w, labels, impl=impl, kernel=kernel_config(**TINY))
         results.append((loss, *torch.autograd.grad(loss.sum(), (h, w))))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -152,22 +149,32 @@ def test_linear_cross_entropy_with_ignored_rows(monkeypatch):
 
 @runnable
 @pytest.mark.parametrize("config", [TINY, DEFAULT], ids=["tiny", "default"])
-def test_autocast_fp32_inputs_match_twin(monkeypatch, config):
+def test_autocast_fp32_inputs_match_twin(config):
     """fp32 hidden and head under bf16 autocast (the trainer on CUDA): bf16 matmuls in both passes, fp32
     gradients summed in fp32 straight into the outputs."""
-    use_config(monkeypatch, **config)
     hidden, weight, ids, weights, upstream = make_inputs(7, 32, 100, 5, seed=9)
     results = []
     for impl in ("triton", "torch"):
         h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
         with torch.autocast(DEVICE, dtype=torch.bfloat16):
-            loss = linear_soft_cross_entropy(h, w, ids, weights, impl=impl)
+            loss = linear_soft_cross_entropy(h, w, ids, weights, impl=impl, kernel=kernel_config(**config))
         results.append((loss, *torch.autograd.grad((loss * upstream).sum(), (h, w))))
     (loss, gh, gw), (rloss, rh, rw) = results
     assert gh.dtype == gw.dtype == torch.float32
     torch.testing.assert_close(loss, rloss, rtol=1e-5, atol=1e-5)
     for a, b in ((gh, rh), (gw, rw)):  # bf16 partial products summed in another order
         torch.testing.assert_close(a, b, rtol=0, atol=float(b.abs().max()) * 2**-7)
+
+
+def test_chunking_comes_from_the_config():
+    """The chunk rows and slab width follow the KernelConfig passed with the call (tests rely on it)."""
+    tiny = kernel_config(**TINY)
+    assert soft_ce_triton._forward_rows(100, 37, 4, None, tiny) == 3
+    assert soft_ce_triton._forward_rows(1000, 1000, 4, None, kernel_config(workspace_mib=1.0)) == 256  # 1 MiB / 4 kB
+    plan = soft_ce_triton._backward_plan(100, 37, 16, 2, True, False, False, None, tiny)
+    assert (plan.rows, plan.cols, plan.dh_buffer, plan.dw_buffer) == (3, 16, True, True)
+    plan = soft_ce_triton._backward_plan(100, 37, 16, 2, True, False, False, None, kernel_config(**TINY_INPLACE))
+    assert not plan.dw_buffer  # the V×D fp32 buffer does not fit a 100-byte workspace
 
 
 @runnable

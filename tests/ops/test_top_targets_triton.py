@@ -58,8 +58,9 @@ def make_tokens(seed, length, vocab=5, *, ignore_index=-100):
 
 def both(tokens, seq_len, window, **kw):
     """(ids, weights) of the twin and of the kernel, after checking that they agree."""
+    kernel = kw.pop("kernel", None)  # the Triton path's tiles
     ref = top_targets(tokens, seq_len, window, impl="torch", **kw)
-    got = top_targets(tokens.to(DEVICE), seq_len, window, impl="triton",
+    got = top_targets(tokens.to(DEVICE), seq_len, window, impl="triton", kernel=kernel,
                       **{k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()})
     assert got[0].shape == ref[0].shape and got[0].dtype == ref[0].dtype and got[1].dtype == torch.float32
     assert torch.equal(got[0].cpu(), ref[0]), "ids differ"
@@ -112,16 +113,22 @@ def test_ignored_runs_longer_than_k(window):
 
 
 @runnable
-def test_search_and_comparison_tiles(monkeypatch):
+def test_search_and_comparison_tiles():
     """Tiny tiles: the search for the first scorable token loops over many 4-token steps, the duplicate
     comparison over 8- and 2-column steps (every boundary crossed)."""
-    monkeypatch.setattr(top_targets_triton, "BLOCK_S", 4)
-    monkeypatch.setattr(top_targets_triton, "BLOCK_J", 8)
+    tiles = top_targets_triton.TargetKernelConfig
     tokens = make_tokens(5, T + 150)
     tokens[0, 3:60] = -100
-    both(tokens, T, 4096)
-    monkeypatch.setattr(top_targets_triton, "BLOCK_J", 2)
-    both(tokens, T, 7, scores="paper", horizon=torch.full((B, T), 3))
+    both(tokens, T, 4096, kernel=tiles(block_s=4, block_j=8))
+    both(tokens, T, 7, scores="paper", horizon=torch.full((B, T), 3), kernel=tiles(block_s=4, block_j=2))
+
+
+def test_tiles_come_from_the_config():
+    tiles = top_targets_triton.TargetKernelConfig
+    assert top_targets_triton._block_j(128, False, tiles()) == 16  # compiled default
+    assert top_targets_triton._block_j(128, True, tiles()) == 128  # the interpreter compares all K at once
+    assert top_targets_triton._block_j(128, False, tiles(block_j=2)) == 2
+    assert top_targets_triton._block_j(7, True, tiles(block_j=64)) == 16  # never wider than the K tile
 
 
 @runnable

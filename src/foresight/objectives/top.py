@@ -67,7 +67,7 @@ def top_has_target(tokens: torch.Tensor, seq_len: int, window: int, *, ignore_in
 @torch.no_grad()
 def top_targets(
     tokens: torch.Tensor, seq_len: int, window: int, *, ignore_index: int = IGNORE_INDEX, scores: str = "exact",
-    horizon: torch.Tensor | None = None, impl: str = "auto",
+    horizon: torch.Tensor | None = None, impl: str = "auto", kernel=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse TOP targets.
 
@@ -82,7 +82,8 @@ def top_targets(
     never score, so the ranking stops at a document boundary (see ``Batch.horizon``).
     ``impl``: ``"torch"`` is the code below, O(B · seq_len · K log K) time and O(B · seq_len · K) memory;
     ``"triton"`` the O(B · seq_len · K) kernel of ``ops/kernels/top_targets_triton.py`` (the same ids, the same
-    weights to fp32 rounding); ``"auto"`` the kernel for CUDA tensors when Triton is installed.
+    weights to fp32 rounding); ``"auto"`` the kernel for CUDA tensors when Triton is installed. ``kernel``: the
+    kernel's tiles (a ``top_targets_triton.TargetKernelConfig``; None: its defaults).
     """
     _check_modes(window, scores)
     b, length = tokens.shape
@@ -94,7 +95,8 @@ def top_targets(
     if resolve_impl(impl, *given, dtypes=INDEX_DTYPES) == "triton":
         from foresight.ops.kernels.top_targets_triton import triton_top_targets  # imports Triton
 
-        return triton_top_targets(tokens, seq_len, window, ignore_index=ignore_index, scores=scores, horizon=horizon)
+        return triton_top_targets(tokens, seq_len, window, ignore_index=ignore_index, scores=scores, horizon=horizon,
+                                  config=kernel)
     k = min(window, MAX_SLOTS)
     device = tokens.device
     # The K slots start at the first scorable upcoming token (offset s_t), not at t + 1: then every id the

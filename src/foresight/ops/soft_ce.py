@@ -81,6 +81,7 @@ def linear_soft_cross_entropy(
     *,
     chunk_rows: int | None = None,
     impl: str = "auto",
+    kernel=None,
 ) -> torch.Tensor:
     """Per-row loss (N,), fp32 (fp64 for fp64 inputs), of ``logsumexp(h W^T) - sum_k weights[:, k] * (h W^T)[ids[:, k]]``.
 
@@ -89,7 +90,8 @@ def linear_soft_cross_entropy(
     Differentiable in ``hidden`` and ``weight``. Rows the caller wants to drop must be masked out of the
     returned vector (their gradient is then zero).
     ``chunk_rows`` caps the rows of logits held at once. ``impl``: ``"auto"`` (Triton on CUDA when it is
-    installed, else PyTorch), ``"torch"``, or ``"triton"`` (an error if it cannot run here).
+    installed, else PyTorch), ``"torch"``, or ``"triton"`` (an error if it cannot run here). ``kernel``: the
+    Triton path's tiles and chunking (a ``soft_ce_triton.KernelConfig``; None: its defaults).
     Under autocast the matmuls run in the autocast dtype in the forward and in the recomputing backward
     alike (autocast itself reaches only the forward), with fp32 gradients for fp32 inputs.
     """
@@ -102,7 +104,7 @@ def linear_soft_cross_entropy(
         from foresight.ops.kernels.soft_ce_triton import triton_linear_soft_cross_entropy  # imports Triton
 
         return triton_linear_soft_cross_entropy(hidden, weight, ids, weights, chunk_rows=chunk_rows,
-                                                compute_dtype=compute_dtype)
+                                                compute_dtype=compute_dtype, config=kernel)
     return _LinearSoftCE.apply(hidden, weight, ids.long(), weights, chunk_rows, compute_dtype)
 
 
@@ -126,9 +128,11 @@ def _autocast_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype |
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100,
-                         chunk_rows: int | None = None, impl: str = "auto") -> torch.Tensor:
-    """Per-row cross-entropy (N,) of ``h W^T`` against ``labels`` (N,); ignored rows give 0. ``impl`` as above."""
+                         chunk_rows: int | None = None, impl: str = "auto", kernel=None) -> torch.Tensor:
+    """Per-row cross-entropy (N,) of ``h W^T`` against ``labels`` (N,); ignored rows give 0. ``impl`` and
+    ``kernel`` as above."""
     valid = labels != ignore_index
     ids = torch.where(valid, labels, torch.zeros_like(labels))[:, None]
-    loss = linear_soft_cross_entropy(hidden, weight, ids, valid[:, None].float(), chunk_rows=chunk_rows, impl=impl)
+    loss = linear_soft_cross_entropy(hidden, weight, ids, valid[:, None].float(), chunk_rows=chunk_rows, impl=impl,
+                                     kernel=kernel)
     return loss * valid

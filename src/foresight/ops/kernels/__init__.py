@@ -1,9 +1,10 @@
 """Fast paths of the loss-layer ops, and the choice between them and the pure-PyTorch twins.
 
-Three layers (shared/reference/style.md, practice 1): Triton kernels and their ``torch.autograd.Function``
-live in ``soft_ce_triton.py``; the public functions in ``foresight.ops`` call ``resolve_impl`` and dispatch.
+Three layers (DEVELOPERS.md, "Ops"): Triton kernels and their ``torch.autograd.Function`` live in
+``soft_ce_triton.py``; the public functions in ``foresight.ops`` call ``resolve_impl`` and dispatch.
 ``top_targets_triton.py`` builds TOP targets (no gradient, so kernel → function); ``objectives.top.top_targets``
-dispatches to it.
+dispatches to it. ``triton_common.py`` holds what the two share (decoration per mode, tile sizes, ahead-of-time
+compiling). Kernel settings (tiles, chunking) are frozen dataclasses passed with each call, never module state.
 Nothing here imports Triton at module import time: the package works without it, and ``impl="auto"`` then
 takes the PyTorch path.
 """

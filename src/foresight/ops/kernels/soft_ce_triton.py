@@ -15,7 +15,7 @@ Design (a hybrid in the manner of Liger's fused linear CE; the kernels are our o
             program per row overwrites it in place with dZ = g (exp(Z − lse) − q) — q touches only the K
             target columns, so it costs K loads and stores, not a V-wide comparison — then
             dH_c += dZ W_s and dW_s += dZ^T H_c (cuBLAS).
-  memory    the workspace (logits chunk + accumulators) is bounded by ``CONFIG.workspace_mib``; never N×V.
+  memory    the workspace (logits chunk + accumulators) is bounded by ``KernelConfig.workspace_mib``; never N×V.
   autocast  fp32 inputs under autocast: the matmuls run in the autocast dtype (``compute_dtype``), inputs
             cast chunk by chunk (the forward holds one cast copy of the weight), fp32 gradients summed in
             fp32 straight into the outputs.
@@ -27,19 +27,18 @@ half inputs the gradients' partial sums are rounded in a different order (see ``
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
-import triton
 import triton.language as tl
 
-from foresight.ops.kernels import interpreting
+from foresight.ops.kernels.triton_common import block_k, compile_ptx, jit
 
 
-@dataclass
+@dataclass(frozen=True)
 class KernelConfig:
-    """Launch and chunking knobs. Module-level ``CONFIG`` is read at each call (tests shrink it)."""
+    """Launch and chunking knobs, passed with each call (``linear_soft_cross_entropy(..., kernel=)``; the
+    tests use tiny tiles to cross every boundary on small shapes, the loss-layer benchmark tunes them)."""
 
     workspace_mib: float = 48.0  # bound on the temporary memory of one forward or backward, MiB
     slab_cols: int = 4096  # Vs: vocab columns per backward matmul (a multiple of 128 keeps cuBLAS aligned)
@@ -49,12 +48,12 @@ class KernelConfig:
     rows: int | None = None  # force C, the rows per chunk (tests); None = from the workspace
 
 
-CONFIG = KernelConfig()
+DEFAULT_CONFIG = KernelConfig()
 
 
 # ---------------------------------------------------------------------------------------------- kernels
-# Plain functions, decorated with ``triton.jit`` at first launch (``_jit``): the decorator fixes interpreter
-# or compiled mode when it runs, and tests set TRITON_INTERPRET=1 after other modules imported Triton.
+# Plain functions, decorated with ``triton.jit`` at first launch (``triton_common.jit``): the decorator fixes
+# interpreter or compiled mode when it runs, and tests set TRITON_INTERPRET=1 after other modules imported Triton.
 # Loop bounds (n_cols, K) are constexpr: one compile per vocabulary (slab) width and K, which a model has
 # few of; and Triton 3.6's interpreter cannot take a runtime loop bound under numpy >= 2.4
 # (it calls int() on a 1-element array).
@@ -149,30 +148,15 @@ def _softmax_grad_kernel(
     tl.store(z_row + local, dz_k.to(z_ptr.dtype.element_ty), mask=in_slab)
 
 
-_JITTED: dict[tuple[str, bool], object] = {}
-
-
-def _jit(fn):
-    """``triton.jit(fn)``, decorated once per mode (interpreter or compiled) and cached."""
-    key = (fn.__name__, interpreting())
-    if key not in _JITTED:
-        _JITTED[key] = triton.jit(fn)
-    return _JITTED[key]
-
-
-def _block_k(k: int) -> int:
-    return max(16, triton.next_power_of_2(max(k, 1)))
-
-
 # --------------------------------------------------------------------------------------------- chunking
 def _round_down(x: int, multiple: int) -> int:
     """x rounded down to a multiple (only when that keeps it positive): aligned matmul operands."""
     return x // multiple * multiple if x >= 2 * multiple else x
 
 
-def _forward_rows(n: int, v: int, elt: int, chunk_rows: int | None) -> int:
+def _forward_rows(n: int, v: int, elt: int, chunk_rows: int | None, config: KernelConfig) -> int:
     """C for the forward: a C×V logits chunk fills the workspace."""
-    rows = CONFIG.rows or _round_down(int(CONFIG.workspace_mib * 2**20) // (v * elt), 64)
+    rows = config.rows or _round_down(int(config.workspace_mib * 2**20) // (v * elt), 64)
     return max(1, min(rows, n, chunk_rows or n))
 
 
@@ -185,8 +169,8 @@ class _BackwardPlan:
 
 
 def _backward_plan(n: int, v: int, d: int, elt: int, half: bool, h_fp32: bool, w_fp32: bool,
-                   chunk_rows: int | None) -> _BackwardPlan:
-    """Chunk sizes for the backward so that its workspace stays within ``CONFIG.workspace_mib``.
+                   chunk_rows: int | None, config: KernelConfig) -> _BackwardPlan:
+    """Chunk sizes for the backward so that its workspace stays within ``config.workspace_mib``.
 
     ``elt``: bytes per element of the compute dtype; ``half``: it is bf16/fp16; ``h_fp32``/``w_fp32``: the
     gradient of hidden/weight is fp32 (fp32 inputs under autocast), so it is its own fp32 accumulator.
@@ -195,15 +179,15 @@ def _backward_plan(n: int, v: int, d: int, elt: int, half: bool, h_fp32: bool, w
     place in the output dtype (one rounding per chunk, as Liger does) — large C keeps that count small.
     Half-precision partial products (C×D, Vs×D) carry the sums into fp32.
     """
-    budget = int(CONFIG.workspace_mib * 2**20)
-    cols = min(v, CONFIG.slab_cols)
+    budget = int(config.workspace_mib * 2**20)
+    cols = min(v, config.slab_cols)
     dw_buffer = half and not w_fp32 and v * d * 4 <= budget // 2
     if dw_buffer or (half and w_fp32):  # dW is summed in fp32: a (Vs, D) half partial (+ the fp32 buffer)
         budget -= cols * d * elt + (v * d * 4 if dw_buffer else 0)
     dh_buffer = half and not h_fp32 and cols < v
     dh_fp32 = dh_buffer or (half and h_fp32)  # dH is summed in fp32: a (C, D) half partial per row
     per_row = cols * elt + (d * elt if dh_fp32 else 0) + (d * 4 if dh_buffer else 0)  # logits, partial, buffer
-    rows = CONFIG.rows or _round_down(max(1, budget // per_row), 64)
+    rows = config.rows or _round_down(max(1, budget // per_row), 64)
     return _BackwardPlan(max(1, min(rows, n, chunk_rows or n)), cols, dh_buffer, dw_buffer)
 
 
@@ -217,28 +201,29 @@ def _add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, part: torch
 
 # --------------------------------------------------------------------------------------- autograd layer
 class TritonLinearSoftCE(torch.autograd.Function):
-    """Per-row ``logsumexp(h W^T) − Σ_k w_k (h W^T)[id_k]``, matmuls in ``compute_dtype`` (None: the inputs')."""
+    """Per-row ``logsumexp(h W^T) − Σ_k w_k (h W^T)[id_k]``, matmuls in ``compute_dtype`` (None: the inputs'),
+    tiles and chunks from ``config``."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, ids, weights, chunk_rows, compute_dtype):
+    def forward(ctx, hidden, weight, ids, weights, chunk_rows, compute_dtype, config):
         # hidden (N, D), weight (V, D) float; ids (N, K) int64, weights (N, K) float, both contiguous
         cd = compute_dtype or hidden.dtype
         n, v, k = hidden.shape[0], weight.shape[0], ids.shape[1]
-        rows = _forward_rows(n, v, cd.itemsize, chunk_rows)
+        rows = _forward_rows(n, v, cd.itemsize, chunk_rows, config)
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
         loss = torch.empty(n, dtype=torch.float32, device=hidden.device)
         weight_c = weight.to(cd)  # a copy only under autocast, for this forward alone
         buf = torch.empty(rows * v, dtype=cd, device=hidden.device)  # the one logits chunk, reused
-        kernel = _jit(_lse_target_fwd_kernel)
+        kernel = jit(_lse_target_fwd_kernel)
         with torch.autocast(hidden.device.type, enabled=False):
             for r0 in range(0, n, rows):
                 c = min(rows, n - r0)
                 z = buf[: c * v].view(c, v)
                 torch.mm(hidden[r0 : r0 + c].to(cd), weight_c.t(), out=z)  # (C, V)
                 kernel[(c,)](z, ids[r0 : r0 + c], weights[r0 : r0 + c], lse[r0:], loss[r0:], v, k,
-                             BLOCK_V=CONFIG.block_v, BLOCK_K=_block_k(k), num_warps=CONFIG.num_warps)
+                             BLOCK_V=config.block_v, BLOCK_K=block_k(k), num_warps=config.num_warps)
         ctx.save_for_backward(hidden, weight, ids, weights, lse)
-        ctx.chunk_rows, ctx.cd = chunk_rows, cd
+        ctx.chunk_rows, ctx.cd, ctx.config = chunk_rows, cd, config
         return loss
 
     @staticmethod
@@ -246,12 +231,13 @@ class TritonLinearSoftCE(torch.autograd.Function):
         hidden, weight, ids, weights, lse = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_h or need_w):
-            return None, None, None, None, None, None
-        cd, f32, dev = ctx.cd, torch.float32, hidden.device
+            return None, None, None, None, None, None, None
+        cd, f32, dev, config = ctx.cd, torch.float32, hidden.device, ctx.config
         n, d = hidden.shape
         v, k = weight.shape[0], ids.shape[1]
         half = cd != f32
-        plan = _backward_plan(n, v, d, cd.itemsize, half, hidden.dtype == f32, weight.dtype == f32, ctx.chunk_rows)
+        plan = _backward_plan(n, v, d, cd.itemsize, half, hidden.dtype == f32, weight.dtype == f32, ctx.chunk_rows,
+                              config)
         g = grad_loss.to(f32).contiguous()  # (N,); a .sum() upstream arrives as a stride-0 view
         # Accumulators: the gradients themselves (zeroed), or fp32 buffers for half gradients (see the plan).
         grad_h = torch.zeros(hidden.shape, dtype=hidden.dtype, device=dev) if need_h else None  # (N, D)
@@ -263,7 +249,7 @@ class TritonLinearSoftCE(torch.autograd.Function):
         dh_part = torch.empty(plan.rows * d, dtype=cd, device=dev) if dh_fp32 else None
         dw_part = torch.empty(plan.cols * d, dtype=cd, device=dev) if need_w and half and dw.dtype == f32 else None
         buf = torch.empty(plan.rows * plan.cols, dtype=cd, device=dev)  # the one logits chunk, reused
-        kernel = _jit(_softmax_grad_kernel)
+        kernel = jit(_softmax_grad_kernel)
         with torch.autocast(dev.type, enabled=False):
             for r0 in range(0, n, plan.rows):
                 c = min(plan.rows, n - r0)
@@ -277,8 +263,8 @@ class TritonLinearSoftCE(torch.autograd.Function):
                     z = buf[: c * vs].view(c, vs)
                     torch.mm(h_c, w_s.t(), out=z)  # recompute the logits (C, Vs)
                     kernel[(c,)](z, lse[r0:], g[r0:], ids[r0 : r0 + c], weights[r0 : r0 + c], vs, c0, k,
-                                 BLOCK_V=CONFIG.block_v, BLOCK_K=_block_k(k), BLOCK_J=CONFIG.block_j,
-                                 num_warps=CONFIG.num_warps)  # z is now dZ
+                                 BLOCK_V=config.block_v, BLOCK_K=block_k(k), BLOCK_J=config.block_j,
+                                 num_warps=config.num_warps)  # z is now dZ
                     if need_h:
                         _add_matmul(dh_c, z, w_s, dh_p)  # dH_c += dZ W_s
                     if need_w:
@@ -289,45 +275,34 @@ class TritonLinearSoftCE(torch.autograd.Function):
                     grad_h[r0 : r0 + c].copy_(dh_c)
         if need_w and dw is not grad_w:
             grad_w.copy_(dw)
-        return grad_h, grad_w, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None
 
 
-def triton_linear_soft_cross_entropy(hidden, weight, ids, weights, *, chunk_rows=None, compute_dtype=None):
+def triton_linear_soft_cross_entropy(hidden, weight, ids, weights, *, chunk_rows=None, compute_dtype=None,
+                                     config: KernelConfig | None = None):
     """The Triton path of ``foresight.ops.linear_soft_cross_entropy`` (arguments checked by the caller).
 
     ``compute_dtype``: the matmuls' dtype when it differs from the inputs' (autocast); None = theirs.
+    ``config``: tiles and chunking (None: ``DEFAULT_CONFIG``).
     """
     if compute_dtype is None and hidden.dtype != weight.dtype:
         raise ValueError(f"hidden and weight must share a dtype for impl='triton', got {hidden.dtype} and {weight.dtype}")
     return TritonLinearSoftCE.apply(hidden, weight, ids.long().contiguous(), weights.contiguous(), chunk_rows,
-                                    compute_dtype)
+                                    compute_dtype, config or DEFAULT_CONFIG)
 
 
 # ----------------------------------------------------------------------------------- build check, no GPU
-def compile_for_gpu(arch: int = 90, dtype: str = "bf16", *, v: int = 32000, k: int = 128) -> dict[str, str]:
+def compile_for_gpu(arch: int = 90, dtype: str = "bf16", *, v: int = 32000, k: int = 128,
+                    config: KernelConfig = DEFAULT_CONFIG) -> dict[str, str]:
     """Compile both kernels ahead of time for ``sm_<arch>`` (90: H100/H200) and return their PTX by name.
 
-    Needs no GPU, only Triton's bundled CUDA toolchain, and a process where ``triton.language`` was not
-    imported under TRITON_INTERPRET=1. Catches what the interpreter accepts but the compiler rejects.
-    Pointers are declared 16-byte aligned, as the launcher's buffers are, so the PTX shows the real
-    vectorisation.
+    Needs no GPU (see ``triton_common.compile_ptx``). Catches what the interpreter accepts but the compiler
+    rejects (``tests/ops``; ``benchmarks/gpu_session.sh`` as a build check before a GPU session).
     """
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     types = {"z_ptr": f"*{dtype}", "ids_ptr": "*i64", "w_ptr": "*fp32", "lse_ptr": "*fp32", "loss_ptr": "*fp32",
              "g_ptr": "*fp32", "col0": "i32"}  # every other argument is a constexpr
-    consts = {"K": k, "BLOCK_V": CONFIG.block_v, "BLOCK_K": _block_k(k), "BLOCK_J": CONFIG.block_j}
-    widths = {_lse_target_fwd_kernel: v, _softmax_grad_kernel: min(v, CONFIG.slab_cols)}  # n_cols
-    ptx = {}
-    for fn, n_cols in widths.items():
-        names = list(inspect.signature(fn).parameters)
-        source = ASTSource(
-            fn=triton.jit(fn),
-            signature={name: types.get(name, "constexpr") for name in names},
-            constexprs={name: value for name, value in {**consts, "n_cols": n_cols}.items() if name in names},
-            attrs={(i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name.endswith("_ptr")},
-        )
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": CONFIG.num_warps})
-        ptx[fn.__name__.strip("_")] = compiled.asm["ptx"]
-    return ptx
+    consts = {"K": k, "BLOCK_V": config.block_v, "BLOCK_K": block_k(k), "BLOCK_J": config.block_j}
+    widths = {_lse_target_fwd_kernel: v, _softmax_grad_kernel: min(v, config.slab_cols)}  # n_cols
+    return {fn.__name__.strip("_"): compile_ptx(fn, types, {**consts, "n_cols": n_cols}, arch=arch,
+                                                num_warps=config.num_warps)
+            for fn, n_cols in widths.items()}

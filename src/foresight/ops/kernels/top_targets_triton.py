@@ -22,24 +22,34 @@ PyTorch's.
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass
 
 import torch
-import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
 from foresight.ops.kernels import interpreting
+from foresight.ops.kernels.triton_common import block_k, compile_ptx, jit
 
 MAX_SLOTS = 128  # K = min(window, MAX_SLOTS); the same constant as objectives.top (checked by a test)
-BLOCK_J: int | None = None  # width of the K×K duplicate comparison; None: 16 compiled (BLOCK_K × 16 int64 in
-# registers per step), the whole K under the interpreter (numpy compares 128 × 128 at once, ~3× faster there)
-BLOCK_S = 128  # tokens read per step of the search for the first scorable token
-NUM_WARPS = 4
 _WINDOW_CAP = 2**30  # a window beyond any stream: same result, no int32 overflow in t + 1 + window
 
 
-# Plain function, decorated with ``triton.jit`` at first launch (see soft_ce_triton: the decorator fixes
+@dataclass(frozen=True)
+class TargetKernelConfig:
+    """Tiles of the target kernel, passed with each call (``top_targets(..., kernel=)``; the tests shrink them
+    to cross every loop boundary on small inputs)."""
+
+    block_j: int | None = None  # width of the K×K duplicate comparison; None: 16 compiled (BLOCK_K × 16 int64 in
+    # registers per step), the whole K under the interpreter (numpy compares 128 × 128 at once, ~3× faster there)
+    block_s: int = 128  # tokens read per step of the search for the first scorable token
+    num_warps: int = 4
+
+
+DEFAULT_CONFIG = TargetKernelConfig()
+
+
+# Plain function, decorated with ``triton.jit`` at first launch (``triton_common.jit``: the decorator fixes
 # interpreter or compiled mode when it runs). K is constexpr: one compile per K (in practice K = 128).
 def _top_targets_kernel(
     tokens_ptr,  # (B, L) token stream, contiguous, int32 or int64
@@ -117,33 +127,21 @@ def _top_targets_kernel(
     tl.store(w_ptr + out, w, mask=j < K)
 
 
-_JITTED: dict[bool, object] = {}
-
-
-def _kernel():
-    """``triton.jit`` of the kernel, decorated once per mode (interpreter or compiled) and cached."""
-    mode = interpreting()
-    if mode not in _JITTED:
-        _JITTED[mode] = triton.jit(_top_targets_kernel)
-    return _JITTED[mode]
-
-
-def _block_k(k: int) -> int:
-    return max(16, triton.next_power_of_2(k))
-
-
-def _block_j(k: int, interpret: bool) -> int:
-    return min(BLOCK_J or (_block_k(k) if interpret else 16), _block_k(k))
+def _block_j(k: int, interpret: bool, config: TargetKernelConfig) -> int:
+    return min(config.block_j or (block_k(k) if interpret else 16), block_k(k))
 
 
 @torch.no_grad()
 def triton_top_targets(tokens: torch.Tensor, seq_len: int, window: int, *, ignore_index: int, scores: str,
-                       horizon: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                       horizon: torch.Tensor | None,
+                       config: TargetKernelConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton path of ``objectives.top.top_targets`` (arguments checked by the caller).
 
-    tokens (B, L) int32/int64, L >= seq_len + 1; horizon (B, seq_len) or None. Returns ids (B, seq_len, K) in
-    tokens' dtype and weights (B, seq_len, K) fp32, K = min(window, 128).
+    tokens (B, L) int32/int64, L >= seq_len + 1; horizon (B, seq_len) or None; ``config``: tiles (None:
+    ``DEFAULT_CONFIG``). Returns ids (B, seq_len, K) in tokens' dtype and weights (B, seq_len, K) fp32,
+    K = min(window, 128).
     """
+    config = config or DEFAULT_CONFIG
     b, length = tokens.shape
     k = min(window, MAX_SLOTS)
     ids = torch.empty(b, seq_len, k, dtype=tokens.dtype, device=tokens.device)
@@ -152,35 +150,22 @@ def triton_top_targets(tokens: torch.Tensor, seq_len: int, window: int, *, ignor
         return ids, weights
     tokens = tokens.contiguous()
     hz = horizon.contiguous() if horizon is not None else tokens  # the pointer is not read without a horizon
-    _kernel()[(b * seq_len,)](
+    jit(_top_targets_kernel)[(b * seq_len,)](
         tokens, hz, ids, weights, seq_len, length, min(window, _WINDOW_CAP), ignore_index,
-        K=k, BLOCK_K=_block_k(k), BLOCK_J=_block_j(k, interpreting()), BLOCK_S=BLOCK_S, PAPER=scores == "paper",
-        HAS_HORIZON=horizon is not None, PRECISE=not interpreting(), num_warps=NUM_WARPS,
+        K=k, BLOCK_K=block_k(k), BLOCK_J=_block_j(k, interpreting(), config), BLOCK_S=config.block_s,
+        PAPER=scores == "paper", HAS_HORIZON=horizon is not None, PRECISE=not interpreting(),
+        num_warps=config.num_warps,
     )
     return ids, weights
 
 
 # ----------------------------------------------------------------------------------- build check, no GPU
 def compile_for_gpu(arch: int = 90, *, k: int = 128, paper: bool = False, horizon: bool = True,
-                    token_dtype: str = "i64") -> str:
-    """Compile the kernel ahead of time for ``sm_<arch>`` (90: H100/H200) with no GPU; returns its PTX.
-
-    Needs a process where ``triton.language`` was not imported under TRITON_INTERPRET=1 (as
-    ``soft_ce_triton.compile_for_gpu``).
-    """
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+                    token_dtype: str = "i64", config: TargetKernelConfig = DEFAULT_CONFIG) -> str:
+    """Compile the kernel ahead of time for ``sm_<arch>`` (90: H100/H200) with no GPU; returns its PTX
+    (see ``triton_common.compile_ptx``)."""
     types = {"tokens_ptr": f"*{token_dtype}", "horizon_ptr": "*i64", "ids_ptr": f"*{token_dtype}", "w_ptr": "*fp32",
              "seq_len": "i32", "length": "i32", "window": "i32", "ignore_index": "i32"}
-    consts = {"K": k, "BLOCK_K": _block_k(k), "BLOCK_J": _block_j(k, False), "BLOCK_S": BLOCK_S,
+    consts = {"K": k, "BLOCK_K": block_k(k), "BLOCK_J": _block_j(k, False, config), "BLOCK_S": config.block_s,
               "PAPER": paper, "HAS_HORIZON": horizon, "PRECISE": True}
-    names = list(inspect.signature(_top_targets_kernel).parameters)
-    source = ASTSource(
-        fn=triton.jit(_top_targets_kernel),
-        signature={name: types.get(name, "constexpr") for name in names},
-        constexprs={name: consts[name] for name in names if name in consts},
-        attrs={(i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name.endswith("_ptr")},
-    )
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": NUM_WARPS})
-    return compiled.asm["ptx"]
+    return compile_ptx(_top_targets_kernel, types, consts, arch=arch, num_warps=config.num_warps)
