@@ -13,19 +13,17 @@ from foresight.data.stargraph import (
     Example,
     StarGraphData,
     StarGraphSpec,
-    check_structure,
-    decode_tokens,
     encode,
     format_example,
     generate,
     generate_example,
-    infer_spec,
     parse_example,
     read_examples,
     split_seeds,
     write_examples,
 )
 from foresight.errors import ForesightError
+from helpers import check_structure, decode_tokens, infer_spec
 
 PAPER_LINE = "32,3|16,12|3,19|32,34|34,6|6,16|19,47|47,28/32,12=32,34,6,16,12"
 
@@ -249,7 +247,7 @@ def test_encode_rejects_misfits():
 def test_dataset_tokens_and_mask():
     data = StarGraphData([TINY], TINY_SPEC)
     assert len(data) == 1
-    assert data.all_tokens.dtype == torch.long and data.all_tokens.shape == (1, 18)
+    assert data.tokens.dtype == torch.long and data.tokens.shape == (1, 18)
     assert data.prefixes.tolist() == [[4, 7, 10, 1, 9, 10, 7, 2, 10, 4, 1, 12, 4, 2, 11]]
     assert data.paths.tolist() == [[4, 7, 2]]
     batch = data.batch(0, 1, seed=0)

@@ -14,9 +14,9 @@ from safetensors import safe_open
 
 from foresight.hf import export_lm, import_hf
 from foresight.hf.heads import HEADS_FILE
-from foresight.model.layers import randomize_weights
 from foresight.model import ModelConfig
 from foresight.train.lm import TrainableLM
+from helpers import randomize_weights
 
 transformers = pytest.importorskip("transformers")
 TOL = 1e-4  # the bound on max |logits difference| in fp32; we observe 0 to ~1e-6

@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from foresight.model.layers import randomize_weights
 from foresight.model import KVCache, ModelConfig, RMSNorm, Transformer
 from foresight.model.layers import Attention, Rotary, apply_rotary, llama3_inv_freq
+from helpers import randomize_weights
 
 ATOL, RTOL = 2e-5, 1e-4
 

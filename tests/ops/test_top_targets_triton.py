@@ -18,7 +18,7 @@ import sys
 import pytest
 import torch
 
-from foresight.ops.kernels.interpret import import_triton, run_interpreted
+from helpers import import_triton, run_interpreted
 
 ON_GPU = torch.cuda.is_available()
 triton, RUNNABLE = import_triton(interpret=not ON_GPU)

@@ -173,68 +173,6 @@ def generate(spec: StarGraphSpec, count: int, seed: int) -> list[Example]:
     return [generate_example(spec, rng) for _ in range(count)]
 
 
-def check_structure(ex: Example, spec: StarGraphSpec) -> None:
-    """Raise ForesightError unless ``ex`` is a G(d, l) problem on labels < N with a correct answer.
-
-    Slower than :func:`encode`'s checks (it rebuilds the arms); meant for files of unknown origin and tests.
-    """
-    d, l, n = spec.deg, spec.path, spec.nodes
-    if len(ex.edges) != spec.n_edges:
-        raise ForesightError(f"expected {spec.n_edges} edges for {spec}, got {len(ex.edges)}")
-    labels = [v for e in ex.edges for v in e] + [ex.source, ex.goal, *ex.path]
-    if any(not 0 <= v < n for v in labels):
-        raise ForesightError(f"node labels must lie in 0..{n - 1} for {spec}")
-    children: dict[int, list[int]] = {}
-    for a, b in ex.edges:
-        children.setdefault(a, []).append(b)
-    if len(children.get(ex.source, [])) != d:
-        raise ForesightError(f"source {ex.source} must have {d} outgoing edges")
-    seen = {ex.source}
-    leaves = set()
-    for first in children[ex.source]:
-        arm = [ex.source, first]
-        while arm[-1] in children:
-            if len(children[arm[-1]]) != 1 or len(arm) > l:
-                raise ForesightError(f"arm from {ex.source} through {first} is not a simple path of {l} nodes")
-            arm.append(children[arm[-1]][0])
-        if len(arm) != l or seen & set(arm[1:]) or len(set(arm[1:])) != l - 1:
-            raise ForesightError(f"arm {arm} is not a simple path of {l} fresh nodes")
-        seen |= set(arm[1:])
-        leaves.add(arm[-1])
-    if len(seen) != 1 + spec.n_edges:
-        raise ForesightError("edges that are not reachable from the source")
-    if ex.goal not in leaves:
-        raise ForesightError(f"goal {ex.goal} is not the leaf of an arm")
-    if len(ex.path) != l or ex.path[0] != ex.source or ex.path[-1] != ex.goal:
-        raise ForesightError(f"path {ex.path} must have {l} nodes from source {ex.source} to goal {ex.goal}")
-    edge_set = set(ex.edges)
-    if any((a, b) not in edge_set for a, b in zip(ex.path, ex.path[1:])):
-        raise ForesightError(f"path {ex.path} does not follow the edges")
-
-
-def infer_spec(examples: Sequence[Example], nodes: int | None = None) -> StarGraphSpec:
-    """The spec of a list of examples: deg = out-degree of the source, path = answer length,
-    nodes = ``nodes`` if given, else the largest label + 1."""
-    if not examples:
-        raise ForesightError("star graph: cannot infer the task shape from zero examples")
-    first = examples[0]
-    deg = sum(a == first.source for a, _ in first.edges)
-    spec_path = len(first.path)
-    largest = -1
-    for i, ex in enumerate(examples):
-        if len(ex.path) != spec_path or len(ex.edges) != deg * (spec_path - 1):
-            raise ForesightError(
-                f"star graph: example {i} has {len(ex.edges)} edges and a {len(ex.path)}-node path, "
-                f"but example 0 is G({deg},{spec_path}); all examples must have the same shape"
-            )
-        largest = max(largest, ex.source, ex.goal, *ex.path, *(v for e in ex.edges for v in e))
-    if nodes is None:
-        nodes = largest + 1
-    elif nodes <= largest:
-        raise ForesightError(f"star graph: nodes = {nodes} but the examples use label {largest}; raise nodes")
-    return StarGraphSpec(deg=deg, path=spec_path, nodes=nodes).validate()
-
-
 # --------------------------------------------------------------------------------------------------------
 # Text format
 
@@ -336,22 +274,6 @@ def encode(ex: Example, spec: StarGraphSpec) -> list[int]:
     return ids
 
 
-def token_name(token: int, spec: StarGraphSpec) -> str:
-    """Printable form of one token id: the label, a symbol, or ``<id?>`` when out of the vocabulary."""
-    if 0 <= token < spec.nodes:
-        return str(token)
-    if 0 <= token - spec.nodes < N_SPECIAL:
-        return _SYMBOLS[token - spec.nodes]
-    return f"<{token}?>"
-
-
-def decode_tokens(ids: Iterable[int] | torch.Tensor, spec: StarGraphSpec) -> str:
-    """Space-separated rendering of token ids, e.g. ``4 7 | 7 2 / 4 2 = 4 7 2`` (works on partial sequences)."""
-    if isinstance(ids, torch.Tensor):
-        ids = ids.flatten().tolist()
-    return " ".join(token_name(int(t), spec) for t in ids)
-
-
 # --------------------------------------------------------------------------------------------------------
 # Dataset
 
@@ -378,11 +300,6 @@ class StarGraphData:
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
-
-    @property
-    def all_tokens(self) -> torch.Tensor:
-        """(C, P + l) long."""
-        return self.tokens
 
     @property
     def prefixes(self) -> torch.Tensor:

@@ -350,23 +350,3 @@ def init_weights(module: nn.Module, std: float) -> None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, RMSNorm):
             nn.init.ones_(m.weight)
-
-
-def randomize_weights(module: nn.Module, seed: int) -> None:
-    """Random weights with O(1) activations, for numerical comparisons (tests, export checks).
-
-    The training init (std 0.02) makes every output nearly zero, so two implementations could agree by
-    accident; these weights (Linear ~ N(0, 1/fan_in), biases 0.3·N(0, 1), embeddings N(0, 1), norms 1 + 0.3·N(0, 1))
-    make every term matter.
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / math.sqrt(m.in_features))
-                if m.bias is not None:
-                    m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
-            elif isinstance(m, nn.Embedding):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g))
-            elif isinstance(m, RMSNorm):
-                m.weight.copy_(1.0 + 0.3 * torch.randn(m.weight.shape, generator=g))
