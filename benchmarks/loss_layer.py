@@ -9,7 +9,7 @@ Methods (each computes a scalar loss from hidden (N, H) and a head (V, H), then 
   top_loss    ours: the fused sparse loss alone, targets built outside the timed region
   ntp         ours: ``ops.linear_cross_entropy``
   top_dense   the literal TOP definition: an N×V score tensor (W − d, first occurrence in the window),
-              softmax target, ``log_softmax`` of the full logits (shared/reference/objectives.md, TOP)
+              softmax target, ``log_softmax`` of the full logits (docs/objectives.md, TOP)
   torch_ce    plain PyTorch: ``F.cross_entropy((h @ W.T).float(), labels)``
   floor       the three matmuls any implementation must do: Z = H W^T, dH = Z W, dW = Z^T H
   liger_ce    Liger-Kernel's LigerFusedLinearCrossEntropyLoss (only when ``liger_kernel`` imports)
@@ -18,7 +18,7 @@ Methods (each computes a scalar loss from hidden (N, H) and a head (V, H), then 
   targets_triton  the same, our Triton kernel (``top_targets(impl="triton")``; CUDA, or TRITON_INTERPRET=1)
   targets_dense   the reference's kind of builder, written literally: an N×V fp16 tensor of W − d (first
                   occurrence in the window), −inf elsewhere — the anchors' "ref. target" column
-Shapes and set-up follow shared/reference/anchors.md (Zipf tokens, window 4096, bf16, medians of 10 runs
+Shapes and set-up follow docs/baselines.md (Zipf tokens, window 4096, bf16, medians of 10 runs
 after warm-up, CUDA events). Memory: peak allocated above the inputs, less the returned gradients
 (``peak``), and the same with them (``peak_raw``).
 """

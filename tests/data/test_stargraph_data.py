@@ -1,4 +1,4 @@
-"""Star-graph data: generator, text format, files, tokens and batches (shared/reference/stargraph.md)."""
+"""Star-graph data: generator, text format, files, tokens and batches (docs/stargraph.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MTP (Meta, seed 002) and DS-MTP (DeepSeek-V3 §2.2) against references written here from the definitions.
+"""MTP (Meta MTP §2) and DS-MTP (DeepSeek-V3 §2.2) against references written here from the definitions.
 
 The references run the model's own modules by hand (embedding, blocks, norms, head) and sum a per-position
 cross-entropy over the labels that exist, so only the objectives' wiring is under test: which hidden state

@@ -1,4 +1,4 @@
-"""TOP (token order prediction) against the literal dense definition (shared/reference/objectives.md).
+"""TOP (token order prediction) against the literal dense definition (TOP paper §3; docs/objectives.md).
 
 Dense reference, written here with loops: for position t, every distinct scored id v among the W upcoming
 tokens x[t+1 .. t+W] (not ignore_index, not negative) gets score -d (d = offset of its first occurrence) or,

@@ -5,8 +5,7 @@ boundary is crossed on shapes of a few dozen columns; with CUDA the same tests r
 TRITON_INTERPRET=1 must be set before ``triton.language`` is imported (its own helpers, tl.max, tl.sum, ...
 are decorated then), so this module sets it for that import; if another module imported Triton first, one
 test re-runs this file in a fresh interpreter. Compiling for sm_90 needs the opposite mode, so that check
-runs in a subprocess. The GPU test (``-m gpu``) compares errors against an fp64 truth, Cut-CE style
-(shared/reference/style.md).
+runs in a subprocess. The GPU test (``-m gpu``) compares errors against an fp64 truth, Cut-CE style.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The text recipes parse, and the paper's models have the paper's sizes (built on the meta device: no memory).
 
-What counts (shared/reference/paper-setup.md): the table gives each size's shapes (hidden, layers, heads,
+What counts (docs/paper-setups.md): the table gives each size's shapes (hidden, layers, heads,
 kv heads, MLP width; V = 32000, untied embeddings) and, as the only parameter counts, the TOP head's "+32.8M /
 +65.5M / +131.1M". The size names are nominal: the shapes give 373.9M / 1.775B / 6.806B parameters in all, or
 341.1M / 1.710B / 6.674B without the input embedding (340M matches the latter, 1.8B and 7B the former, each

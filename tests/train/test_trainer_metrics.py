@@ -135,7 +135,7 @@ def test_decay_all_puts_every_parameter_under_weight_decay():
     ("340m", "ntp", 83_600, 28), ("340m", "top", 79_700, 29), ("1.8b", "ntp", 27_600, 41), ("1.8b", "top", 26_900, 42),
 ])
 def test_mfu_reproduces_the_anchor_table(size, run, tokens_per_s, mfu_percent):
-    """shared/reference/anchors.md: measured tokens/s of the paper's models -> the MFU it lists, at 790 TFLOP/s."""
+    """docs/baselines.md: measured tokens/s of the paper's models -> the MFU it lists, at 790 TFLOP/s."""
     from pathlib import Path
 
     from foresight.tasks.recipe import build_model_config, load_recipe

@@ -4,7 +4,7 @@ Sample i is ``stream[i·T : i·T + T + a]``: the model reads the first T tokens;
 look-ahead, ``TrainableLM.lookahead``: 1 for NTP, min(window, 128) for TOP, n for MTP, D + 1 for DS-MTP) only
 supply labels and are the first inputs of sample i + 1. Consecutive samples therefore overlap by exactly the
 look-ahead and every token of the stream is an input once per epoch: no text is thrown away (the TOP
-reference loads 2T tokens per sequence and uses half as look-ahead; shared/reference/objectives.md).
+reference loads 2T tokens per sequence and uses half as look-ahead; docs/objectives.md).
 
 The number of samples is computed with a look-ahead of at least 128 (``reserve``), so NTP, TOP, MTP and
 DS-MTP runs over the same data and seed see the same sequences in the same order, and their curves compare

@@ -1,6 +1,6 @@
 """Text -> token shards: tokenize documents in parallel batches, append EOS, split train / validation.
 
-Pretraining data as the TOP paper's setup uses it (shared/reference/paper-setup.md): documents tokenized
+Pretraining data as the TOP paper's setup uses it (§4; docs/paper-setups.md): documents tokenized
 without BOS, each followed by the end-of-document token, packed back to back into one stream. A document
 goes to the validation split when a hash of (seed, its index) falls below ``val_fraction``, so the split is
 by whole documents and identical for identical inputs.

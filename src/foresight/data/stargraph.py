@@ -2,7 +2,7 @@
 
 Sources: Bachmann & Nagarajan, "The Pitfalls of Next-Token Prediction" (ICML 2024; code
 gregorbachmann/Next-Token-Failures) and the TOP paper (§5.3; code zaydzuhri/Next-Token-Failures).
-The spec followed here is shared/reference/stargraph.md.
+The spec followed here is docs/stargraph.md.
 
 G(d, l): a source with ``d`` arms, each a simple path of ``l`` nodes counting the source, so
 E = d·(l − 1) edges, all oriented away from the source. An example is the shuffled edge list, the source
@@ -137,7 +137,7 @@ def split_seeds(seed: int) -> tuple[int, int]:
 
 
 def generate_example(spec: StarGraphSpec, rng: random.Random) -> Example:
-    """Draw one G(d, l) problem following the generator of shared/reference/stargraph.md.
+    """Draw one G(d, l) problem following the generator of docs/stargraph.md.
 
     1. source uniform in {0..N−1}; goal uniform in {0..N−1} \\ {source}.
     2. l − 2 distinct intermediates, uniform among the labels not yet used.

@@ -7,7 +7,7 @@ Two backends:
   ``hf`` model (needs ``accelerate``). Both give the same numbers up to float rounding; ``hf`` is the route any
   other lab would take, so it doubles as a check of the export.
 
-Tasks: names or the ``paper`` preset — the TOP paper's benchmark list (shared/reference/paper-setup.md).
+Tasks: names or the ``paper`` preset — the TOP paper's benchmark list (docs/paper-setups.md).
 Offline use: ``offline=True`` stops datasets / huggingface_hub from reaching the hub, so tasks must be in
 the local datasets cache or be local task YAMLs (``include_path``) reading local files (``dataset_path: json``).
 """

@@ -1,7 +1,7 @@
 """Star-graph evaluation: greedy decoding of the answer path and its metrics.
 
 Sources: Bachmann & Nagarajan, "The Pitfalls of Next-Token Prediction" (ICML 2024) and the TOP paper
-(§5.3); spec in shared/reference/stargraph.md, "Evaluation". The success metric is exact match of the
+(§5.3); spec in docs/stargraph.md, "Metrics". The success metric is exact match of the
 greedily decoded path: teacher-forced accuracy is ≈ 100 % under the "Clever Hans" cheat and says nothing.
 We also report v1 accuracy (the one token that needs planning) and whether the output is a valid
 root-to-leaf arm of the example's graph (a model that picks the wrong arm still follows edges).

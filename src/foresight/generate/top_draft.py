@@ -1,6 +1,6 @@
-"""The TOP head as a drafter (the measurement the TOP authors ran after the paper; shared/reference/paper-setup.md).
+"""The TOP head as a drafter (the measurement the TOP authors ran after the paper; docs/paper-setups.md).
 
-The TOP head scores every vocabulary item by how soon it should appear after the current position (seed 000
+The TOP head scores every vocabulary item by how soon it should appear after the current position (TOP paper
 §3: the target ranks upcoming tokens by first-occurrence distance). Ranking the vocabulary by the TOP
 logits at the last position and reading the top k in order gives a draft of the next k tokens — a cheap one:
 one extra V x D product, no extra block. Two uses:

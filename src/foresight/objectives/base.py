@@ -2,11 +2,11 @@
 
 Objectives return a *sum* of per-position losses and the *count* it should be divided by; the trainer
 divides once, by counts taken over the whole optimiser step, so gradient accumulation (and several
-devices) give the same update as one big batch (shared/reference/objectives.md, "Combining objectives").
+devices) give the same update as one big batch (docs/objectives.md, "Combining objectives").
 
 Training uses ``forward_backward``: each objective runs its forward and the backward of its scaled loss at
 once, reading leaves of the trunk's outputs, so its graph is freed before the next objective (or head) runs
-(Meta MTP, seed 002 §2, "memory-efficient implementation"); ``forward`` stays the reference and the
+(Meta MTP §2, "memory-efficient implementation"); ``forward`` stays the reference and the
 evaluation path.
 """
 
@@ -114,7 +114,7 @@ class Objective(nn.Module):
         ``out`` holds leaves (detached trunk tensors that require grad): the backward stops there and leaves the
         trunk's share in their ``.grad``, for one trunk backward (``TrainableLM.forward_backward``). ``scale`` is
         the objective's weight over its count for the optimiser step. Forward passes run under ``autocast()``,
-        backward passes outside it. MTP and DS-MTP override this to go one head at a time (seed 002 §2).
+        backward passes outside it. MTP and DS-MTP override this to go one head at a time (Meta MTP §2).
         """
         with autocast():
             result = self(out, batch, model)

@@ -10,7 +10,7 @@ Variants found in checkpoints in the wild are explicit options: concatenation or
 (before or after the main model's final norm), projection bias, and a per-module final norm.
 
 Training (``forward_backward``) runs one module's graph at a time, as Meta MTP's memory-efficient
-implementation does for parallel heads (seed 002 §2), made exact for a chain: the states h_k passed between
+implementation does for parallel heads (Meta MTP §2), made exact for a chain: the states h_k passed between
 modules are detached, and their gradients are carried backward from module D to module 1 by hand.
 """
 
@@ -29,7 +29,7 @@ from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective
 from foresight.ops import linear_cross_entropy
 
 PRESETS = {
-    # The TOP paper's DS-MTP baseline (shared/reference/objectives.md): projection with bias, hidden first,
+    # The TOP paper's DS-MTP baseline (docs/objectives.md, "Presets"): projection with bias, hidden first,
     # lambda = 1 summed over modules, shared final norm. Its code descends from torchtitan, which feeds the
     # hidden state from before the final norm.
     "top_paper": dict(weight=1.0, depth=3, concat="hidden_first", h0="pre_norm", proj_bias=True, reduce="sum",

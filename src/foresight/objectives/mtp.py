@@ -1,4 +1,4 @@
-"""Meta-style multi-token prediction (Gloeckle et al. 2024, seed 002 §2).
+"""Meta-style multi-token prediction (Meta MTP §2, Gloeckle et al. 2024; docs/objectives.md).
 
 A shared trunk, then n parallel heads, each one full transformer block on the same trunk output, sharing
 the final norm and the output head; head k predicts x[t+1+k]. In foresight the model's own last block *is*

@@ -1,10 +1,10 @@
-"""Token Order Prediction (TOP, seed 000 §3): rank the upcoming tokens by how soon they appear.
+"""Token Order Prediction (TOP paper §3; docs/objectives.md): rank the upcoming tokens by how soon they appear.
 
 Target for position t: every distinct id among the next ``window`` tokens scores ``-d`` (d = offset of its
 first occurrence, 0 for the next token); the target distribution is the softmax of those scores, and the loss
 is ListNet top-one: cross-entropy of ``softmax(W_top h_t)`` against that target.
 
-We compute it in sparse form (shared/reference/objectives.md): softmax over -d is shift-invariant and
+We compute it in sparse form (docs/objectives.md, "The sparse target"): softmax over -d is shift-invariant and
 exp(-(d - d_min)) underflows to exactly 0 in fp32 once d - d_min >= 104, so K = min(window, 128) upcoming
 positions, counted from the nearest scorable token, carry the whole target. The target is an (N, K) pair
 (ids, weights); no N x V tensor is ever built.
@@ -165,7 +165,7 @@ def top_loss(
 
 @dataclass
 class TOPConfig:
-    """Token order prediction head (seed 000)."""
+    """Token order prediction head (TOP paper §3; options in docs/objectives.md)."""
 
     weight: float | list = 1.0  # loss weight: a number, or a schedule [[step, value], ...]
     window: int = 4096  # W: how many upcoming tokens are ranked

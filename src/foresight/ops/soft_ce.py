@@ -2,7 +2,7 @@
 
 For each row t: ``loss_t = logsumexp(z_t) - sum_k w[t, k] * z_t[ids[t, k]]`` with ``z_t = h_t @ W.T``.
 With K = 1 and w = 1 this is ordinary cross-entropy (NTP); with the TOP target (ids, weights) it is the
-sparse ListNet loss of the TOP paper (seed 000, §3; sparse form in shared/reference/objectives.md).
+sparse ListNet loss of the TOP paper (§3; sparse form in docs/objectives.md).
 
 This is the in-library twin of the fused GPU kernel: the CPU path and the ground truth for its tests.
 It never holds more than ``chunk_rows`` rows of logits: the forward keeps only the per-row logsumexp,

@@ -1,4 +1,4 @@
-"""The star-graph experiment (TOP paper §5.3, shared/reference/stargraph.md): train each objective set of a
+"""The star-graph experiment (TOP paper §5.3, docs/stargraph.md): train each objective set of a
 recipe on G(d, l) from the same initialisation and data, evaluate greedy exact match on the test set, and
 write a results table, JSON and an accuracy-vs-step plot into one run folder.
 

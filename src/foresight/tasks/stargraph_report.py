@@ -2,8 +2,8 @@
 
 Each JSON is one (run, seed) cell written by ``foresight stargraph run --results DIR``
 (``foresight.tasks.stargraph.cell_record``). Cells are grouped by recipe, graph and schedule (scheduled steps,
-early stopping on or off); within a group the rows follow Table 5 of the TOP paper (shared/reference/
-stargraph.md; test exact match %, N = 30, one run per cell), each row beside the paper's value, with the mean
+early stopping on or off); within a group the rows follow Table 5 of the TOP paper (docs/paper-setups.md;
+test exact match %, N = 30, one run per cell), each row beside the paper's value, with the mean
 and spread over our seeds, every seed's value, the steps actually trained and the command of every cell.
 Nothing here runs a model: the README only ever shows what the JSON files in the folder hold.
 """
@@ -20,8 +20,8 @@ from foresight.tasks.stargraph import RESULT_FORMAT
 
 README, PLOT = "README.md", "exact_match.png"
 PAPER_STEPS = 7324  # 100 epochs of 300k examples at batch 4096: the schedule behind Table 5
-# Table 5 of the TOP paper: test exact match (%) on G(d, l) with N = 30, and parameter counts (shared/reference/
-# stargraph.md). Row order is the paper's.
+# Table 5 of the TOP paper: test exact match (%) on G(d, l) with N = 30, and parameter counts
+# (docs/paper-setups.md). Row order is the paper's.
 TABLE5_GRAPHS = ((3, 3), (3, 5), (5, 3), (5, 5))
 TABLE5 = {
     "NTP": ("14.2M", (33.8, 32.5, 19.5, 0.1)),

@@ -1,5 +1,5 @@
-"""Language-model pretraining on prepared text (the TOP paper's language-model setup, seed 000 §4;
-shared/reference/paper-setup.md): every run of a recipe trains from the same initialisation on the same
+"""Language-model pretraining on prepared text (the TOP paper's language-model setup, §4;
+docs/paper-setups.md): every run of a recipe trains from the same initialisation on the same
 packed sequences in the same order, is validated on the same fixed held-out windows, and the runs are
 compared in one table and one figure.
 

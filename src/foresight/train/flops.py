@@ -12,7 +12,7 @@ Per trained token (forward + backward = 3 × the forward's 2 FLOPs per multiply-
 * 6 · L · T · D: attention scores and weighted values (2 · 2 · T · D per layer forward, causal half, × 3 for
   the backward), L counting every block, head blocks included; T the sequence length, D the hidden size.
 
-For NTP and TOP this is exactly the definition of shared/reference/anchors.md ("6·(non-embedding params +
+For NTP and TOP this is exactly the definition of docs/baselines.md ("6·(non-embedding params +
 heads) + 6·L·T·H per token against 790 TFLOP/s"). Norm weights are counted as parameters (negligible).
 """
 
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 # Dense bf16 peak FLOP/s by GPU name (first match wins). H100/H200: the bf16 matmul rate measured in
-# shared/reference/anchors.md (790 of 990 datasheet TFLOP/s); the others: datasheet dense bf16.
+# docs/baselines.md (790 of 990 datasheet TFLOP/s); the others: datasheet dense bf16.
 PEAK_TFLOPS = (("H200", 790.0), ("H100", 790.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0),
                ("A10", 125.0), ("4090", 165.0), ("3090", 71.0))
 

@@ -52,7 +52,7 @@ class TrainableLM(nn.Module):
         """Training pass: the gradients of ``sum_k scales[k] · loss_sum_k``, accumulated into ``.grad``; returns
         the ``LossOutput``s detached (same numbers as ``forward``).
 
-        Memory-efficient implementation of Meta MTP (seed 002 §2): the objectives read leaves (detached copies
+        Memory-efficient implementation of Meta MTP (§2): the objectives read leaves (detached copies
         that require grad) of the trunk's outputs, and each objective (each MTP head, each DS-MTP module) runs
         its forward and backward before the next one starts, so only one head's activations are alive at a
         time. The trunk then gets one backward of the gradients gathered in the leaves. Same gradients as

@@ -1,6 +1,6 @@
 """Triton path of ``linear_soft_cross_entropy``: cuBLAS matmuls on row/vocab chunks + fused Triton row kernels.
 
-Math, per row t (shared/reference/objectives.md, "Sparse form"; TOP paper seed 000 §3 for the ListNet loss):
+Math, per row t (docs/objectives.md, "The sparse target"; TOP paper §3 for the ListNet loss):
     z_t = h_t W^T                              logits, (V,)
     q_t = Σ_k w_tk e_{id_tk}                   sparse soft target, K slots (ids may repeat: weights add)
     loss_t = LSE(z_t) − Σ_k w_tk z_t[id_tk]

@@ -1,6 +1,6 @@
 """Triton path of ``objectives.top.top_targets``: sparse TOP targets in O(N·K) work, one program per position.
 
-Math, per position (b, t) (TOP paper seed 000 §3; sparse form in shared/reference/objectives.md):
+Math, per position (b, t) (TOP paper §3; sparse form in docs/objectives.md, "The sparse target"):
     s      = offset of the first scorable token after t (not ignore_index, not negative); K = min(W, 128)
     slot j = the token x[t + 1 + s + j], in the window when s + j < W and inside the stream
     scored = in the window, scorable, offset s + j <= ``horizon`` (if given), and the first occurrence of its
