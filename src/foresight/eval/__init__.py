@@ -1,1 +1,3 @@
-"""Evaluation: greedy-decoding metrics for the star-graph task (``foresight.eval.stargraph``)."""
+"""Evaluation: star-graph greedy decoding and its metrics (``stargraph``; docs/stargraph.md), next-token loss
+and perplexity on prepared text (``perplexity``), and lm-evaluation-harness on a checkpoint (``lm_eval_runner``,
+with ``lm_eval_model`` the harness model that scores a foresight checkpoint directly)."""

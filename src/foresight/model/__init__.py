@@ -1,4 +1,4 @@
-"""The Llama-family trunk."""
+"""The Llama-family trunk (RMSNorm, RoPE, grouped-query attention, SwiGLU) and its KV cache for decoding."""
 
 from foresight.model.config import ModelConfig
 from foresight.model.layers import Block, KVCache, RMSNorm
