@@ -228,7 +228,8 @@ class KVCache:
             return None
         return row_step(self.lengths, t, self.length + t)  # length = max(lengths): S keys in view afterwards
 
-    def append(self, k: torch.Tensor, v: torch.Tensor, step: RowStep | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def append(self, k: torch.Tensor, v: torch.Tensor,
+               step: RowStep | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Add k, v (B, G, T, Dh); returns the whole cache (B, G, length + T, Dh) as views.
 
         Per-row path: row b's keys go to positions lengths[b] .. lengths[b] + T - 1, and the views extend to
