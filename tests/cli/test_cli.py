@@ -46,7 +46,7 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys):
         assert r["steps"] == 6 and [s for s, _ in r["curve"]] == [3, 6]
         assert set(r["final"]) >= {"exact_match", "v1_acc", "valid_arm"}
         assert (out_dir / r["run"] / "metrics.jsonl").is_file()
-        assert (out_dir / r["run"] / "checkpoints" / "step_00000006.pt").is_file()
+        assert (out_dir / r["run"] / "checkpoints" / "step_00000006.safetensors").is_file()
     assert (out_dir / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out_dir / "results.md").read_text()
     assert "| top |" in table and "exact match" in table

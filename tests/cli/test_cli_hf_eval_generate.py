@@ -10,7 +10,7 @@ import torch
 
 from foresight.cli.main import main
 from foresight.model import ModelConfig
-from foresight.train.checkpoint import atomic_save
+from foresight.train.state_file import save_state
 from foresight.train.lm import TrainableLM
 
 WORDS = "the cat dog sat ran on under a mat log big small red blue is what where . ?".split()
@@ -45,9 +45,9 @@ def run_dir(tmp_path_factory):
     cfg = ModelConfig(vocab_size=len(vocab), hidden_size=32, n_layers=2, n_heads=4, intermediate_size=48,
                       max_seq_len=32, init_std=0.3)
     lm = TrainableLM(cfg, SPECS)
-    atomic_save({"lm": lm.state_dict(), "config": {"model": cfg.__dict__, "objectives": SPECS, "tokenizer": "tokenizer",
+    save_state({"lm": lm.state_dict(), "config": {"model": cfg.__dict__, "objectives": SPECS, "tokenizer": "tokenizer",
                                                    "seq_len": 16}, "step": 3},
-                root / "checkpoints" / "step_00000003.pt")
+                root / "checkpoints" / "step_00000003.safetensors")
     return root
 
 

@@ -45,6 +45,14 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
         raise ForesightError(f"cannot read weights from {path} ({type(e).__name__}: {detail})") from None
 
 
+def _inside(folder: Path, name) -> bool:
+    """A shard name from an index: a relative path that stays inside ``folder`` (symlinks resolved)."""
+    if not isinstance(name, str) or not name or "\0" in name or Path(name).is_absolute():
+        return False
+    root = folder.resolve()
+    return (root / name).resolve().is_relative_to(root)
+
+
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a Hugging Face model folder: one file or shards listed in an index."""
     folder = Path(folder)
@@ -57,6 +65,9 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
                 raise ForesightError(f"{index} is not a valid weight index (no 'weight_map')") from None
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
+                if not _inside(folder, shard):
+                    raise ForesightError(f"{index} lists the shard {shard!r}, which is not a file inside {folder}; "
+                                         f"shard names must be plain file names in the model folder")
                 if not (folder / shard).is_file():
                     raise ForesightError(f"{index} lists {shard}, which is missing from {folder}")
                 state.update(_load_file(folder / shard))

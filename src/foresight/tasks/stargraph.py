@@ -139,6 +139,7 @@ def cell_record(*, recipe: Recipe, raw: dict, run: str, specs: list[dict], spec:
         "schedule_steps": train_cfg.steps,
         "steps": trainer.step,
         "stopped_early": trainer.stopped_early,
+        "skipped_steps": trainer.skipped_steps,  # non-finite steps the optimiser skipped
         "early_stop": early,
         "compiled": getattr(trainer, "compiled", None),  # whether the blocks ran under torch.compile
         "wall_clock_s": round(wall, 2),

@@ -227,6 +227,7 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
                   "tokens": trainer.step * train_cfg.batch_size * cfg.seq_len, "wall_clock_s": round(wall, 2),
                   "tokens_per_s": round(tokens / max(wall, 1e-9), 1), "final": evals[-1] if evals else {},
                   "best_val_loss": best.get("val_loss"), "best_step": best.get("step"), "seed": train_cfg.seed,
+                  "skipped_steps": trainer.skipped_steps,
                   "device": str(trainer.device), "torch": torch.__version__, "data": run_config["data"]}
         if trainer.dp.world > 1:
             result["world_size"] = trainer.dp.world
