@@ -76,7 +76,7 @@ def test_generate_writes_the_original_format(tmp_path, capsys):
     (["stargraph", "run", "smoke", "--set", "stargraph.nodes=3"], "too small"),
     (["stargraph", "run", "smoke", "--set", "train.stepz=3"], "unknown key train.stepz"),
     (["stargraph", "run", "smoke", "--set", "train.steps=many"], "train.steps must be int"),
-    (["stargraph", "run", "smoke", "--set", "train.lr=-1"], "train.lr must be > 0"),
+    (["stargraph", "run", "smoke", "--set", "train.lr=-1"], "train.lr must be in (0, 1]"),
     (["stargraph", "run", "smoke", "--set", "model.n_heads=3"], "divisible"),
     (["stargraph", "run", "smoke", "--set", "runs.top=[{name: topp}]"], "unknown objective 'topp'"),
     (["stargraph", "run", "smoke", "--set", "runs.top=[{name: top, windw: 3}]"], "unknown key 'windw'"),

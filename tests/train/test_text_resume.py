@@ -137,10 +137,11 @@ def test_vocabulary_comes_from_the_tokenizer(tmp_path, data_dir, capsys):
     assert main(["train", str(recipe), "--out", str(out), "--set", "train.steps=1"]) == 0
     lm, _ = TrainableLM.from_checkpoint(out / "top")
     assert lm.model.cfg.vocab_size == 384  # 384 is a multiple of 64 already
-    assert main(["train", str(recipe), "--out", str(out), "--set", "train.steps=1", "--set", "text.vocab_multiple=100"]) == 0
+    assert main(["train", str(recipe), "--out", str(out), "--overwrite", "--set", "train.steps=1", "--set",
+                 "text.vocab_multiple=100"]) == 0
     assert TrainableLM.from_checkpoint(out / "top")[0].model.cfg.vocab_size == 400
     capsys.readouterr()
-    code = main(["train", str(recipe), "--out", str(out), "--set", "model.vocab_size=300"])
+    code = main(["train", str(recipe), "--out", str(tmp_path / "other"), "--set", "model.vocab_size=300"])
     err = capsys.readouterr().err
     assert code == 2 and "smaller than the data's tokenizer vocabulary (384)" in err
     assert PreparedData.open(data_dir).vocab_size == 384

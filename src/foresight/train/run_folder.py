@@ -151,6 +151,7 @@ def claim(out: Path, resume: bool = False, overwrite: bool = False, main: bool =
     if not main:
         yield out
         return
+    created = not out.exists()
     lock = acquire(out)
     try:
         if not resume and holds_run(out):
@@ -165,3 +166,6 @@ def claim(out: Path, resume: bool = False, overwrite: bool = False, main: bool =
         yield out
     finally:
         release(lock)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # nothing was written (e.g. nothing to run): leave no empty folder behind
