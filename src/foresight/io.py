@@ -94,6 +94,22 @@ def write_json(path: Path, data, indent: int | None = 2) -> Path:
     return atomic_write(path, json.dumps(data, indent=indent) + "\n")
 
 
+def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """``safetensors.torch.save_file`` made atomic; its I/O failures (reported as its own error type, with the OS
+    error code in the text) become the ``OSError`` they are, so the command line can say them in one line."""
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except Exception as e:
+            if m := re.search(r"code: (\d+)", str(e)):
+                raise OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(path)) from None
+            raise
+
+    return atomic_write(path, write)
+
+
 def _fsync_tree(folder: Path) -> None:
     for root, _, files in os.walk(folder):
         for f in files:

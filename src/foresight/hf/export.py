@@ -9,7 +9,6 @@ has a tokenizer, and with ``with_heads`` the objective heads (layout in ``foresi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from foresight.hf.config import to_hf_config
 from foresight.hf.heads import HEADS_FILE, dsmtp_config, dsmtp_to_deepseek, heads_metadata, plain_heads
 from foresight.hf.tokenizer import copy_tokenizer, find_tokenizer, special_tokens
 from foresight.hf.weights import SAFETENSORS, trunk_key_to_hf, write_safetensors
+from foresight.io import write_json
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -95,10 +95,10 @@ def export_lm(lm, specs: list[dict], out: Path, *, with_heads: bool = False, dty
             report.warnings.append("--with-heads: this run has no TOP, MTP or DS-MTP heads; exported the trunk only")
 
     write_safetensors({k: v.to(DTYPES[dtype]) for k, v in tensors.items()}, out / SAFETENSORS, {"format": "pt"})
-    (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    write_json(out / "config.json", hf_config)
     generation = {"_from_model_config": True, "bos_token_id": ids.get("bos"), "eos_token_id": ids.get("eos"),
                   "pad_token_id": ids.get("pad"), "do_sample": False}
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    write_json(out / "generation_config.json", generation)
     report.files = [SAFETENSORS, "config.json", "generation_config.json"] + report.files
     return report
 

@@ -80,6 +80,6 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Contiguous, unshared copies (safetensors refuses tensors that share storage, e.g. a tied head)."""
-    from safetensors.torch import save_file
+    from foresight.io import write_safetensors as write
 
-    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(path), metadata=metadata)
+    write(path, {k: v.detach().contiguous().clone() for k, v in tensors.items()}, metadata)

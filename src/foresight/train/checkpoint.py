@@ -134,8 +134,10 @@ class _MetadataUnpickler(pickle.Unpickler):
     ALLOWED = {
         ("torch.distributed.checkpoint.metadata", n) for n in (
             "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
-            "TensorProperties", "MetadataIndex", "StorageMeta")
+            "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
     } | {
+        ("torch.serialization", "_get_layout"),  # looks a layout up by name
+        ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"),
         ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
         ("torch.distributed.checkpoint.planner", "LoadItemType"),
         ("torch.distributed.checkpoint.planner", "WriteItemType"),
@@ -250,11 +252,12 @@ def _load_legacy(path: Path, map_location) -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        detail = str(e).splitlines()[0][:160] if str(e) else ""
+        wants = re.search(r"GLOBAL (\S+)", str(e))
+        detail = f"it asks for {wants.group(1)}" if wants else "it holds objects other than plain data and tensors"
         raise UnreadableCheckpoint(
-            f"{path} is an old-format (pickle) checkpoint that holds more than plain data and tensors, so reading "
-            f"it could run code; foresight refuses it ({detail}). Checkpoints written by foresight never need "
-            f"this: ask its author for a .safetensors checkpoint (foresight >= 0.2 writes only those)") from None
+            f"{path} is an old-format (pickle) checkpoint that could run code when read ({detail}); foresight "
+            f"refuses it. Checkpoints that foresight wrote never need this: ask its author for a .safetensors "
+            f"checkpoint") from None
     except Exception as e:  # a truncated or foreign file: say which, not where in the unpickler it failed
         raise UnreadableCheckpoint(f"{path} is not a readable foresight checkpoint ({type(e).__name__}); it may "
                                    f"be truncated or damaged") from None
@@ -324,14 +327,17 @@ def newest_readable(paths: list[Path], read) -> tuple[Path, dict]:
     one before it tried. If none reads, the newest one's error."""
     import sys
 
-    first = None
+    broken: list[tuple[Path, UnreadableCheckpoint]] = []
     for p in reversed(paths):
         try:
-            return p, read(p)
+            state = read(p)
         except UnreadableCheckpoint as e:
-            first = first or e
-            print(f"foresight: warning: skipping broken checkpoint {p}: {e}", file=sys.stderr)
-    raise first
+            broken.append((p, e))
+            continue
+        for bad, e in broken:  # said only when an older one stands in: otherwise the error below says it
+            print(f"foresight: warning: skipped a broken checkpoint, using {p.name} instead: {e}", file=sys.stderr)
+        return p, state
+    raise broken[0][1]
 
 
 def state_mismatch(expected: dict[str, tuple], saved: dict[str, tuple], limit: int = 3) -> str | None:

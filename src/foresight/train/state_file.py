@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 from pathlib import Path
 
 import torch
 
 from foresight.errors import ForesightError
-from foresight.io import atomic_write
+from foresight.io import write_safetensors
 
 FORMAT = "foresight.state/1"
 _KEY = "foresight"  # the header metadata entry that holds the JSON tree
@@ -86,22 +84,10 @@ def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_state(state: dict, path: Path) -> Path:
     """Write ``state`` to ``path`` atomically (see ``foresight.io.atomic_write``)."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state, "", tensors)
     header = {"format": FORMAT, _KEY: json.dumps(tree, allow_nan=False)}
-    tensors = _unshared(tensors)
-
-    def write(tmp: Path) -> None:
-        try:
-            save_file(tensors, str(tmp), metadata=header)
-        except Exception as e:  # safetensors reports I/O errors as its own type: make them the OSError they are
-            if m := re.search(r"code: (\d+)", str(e)):
-                raise OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(path)) from None
-            raise
-
-    return atomic_write(path, write)
+    return write_safetensors(path, _unshared(tensors), header)
 
 
 def load_state(path: Path, map_location="cpu") -> dict:
