@@ -110,7 +110,7 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None
     return atomic_write(path, write)
 
 
-def _fsync_tree(folder: Path) -> None:
+def fsync_tree(folder: Path) -> None:
     for root, _, files in os.walk(folder):
         for f in files:
             fd = os.open(os.path.join(root, f), os.O_RDONLY)
@@ -135,7 +135,7 @@ def atomic_folder(path: Path, replace: Callable[[Path], None] | None = None) -> 
     try:
         os.chmod(tmp, folder_mode())
         yield tmp
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         if os.path.lexists(path) and replace is not None:
             replace(path)
         os.replace(tmp, path)

@@ -94,7 +94,7 @@ def test_one_line_errors(run_dir, tmp_path, capsys):
                       capsys)[::2], "greedy")
     _error_line(*_run(["generate", run_dir, "--prompt-ids", "1 x"], capsys)[::2], "integers")
     _error_line(*_run(["generate", run_dir, "--prompt-ids", "1 2", "--top-p", "1.5", "--temperature", "1"],
-                      capsys)[::2], "top_p")
+                      capsys)[::2], "--top-p")
     _error_line(*_run(["eval", run_dir], capsys)[::2], "nothing to evaluate")
     _error_line(*_run(["eval", run_dir, "--tasks", "no_such_task_xyz", "--include-path", tmp_path], capsys)[::2],
                 "unknown lm-eval task")

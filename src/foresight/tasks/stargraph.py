@@ -166,10 +166,9 @@ def cell_record(*, recipe: Recipe, raw: dict, run: str, specs: list[dict], spec:
 
 def write_json(path: Path, data) -> None:
     """Write JSON atomically (a cell file is never left half-written by a kill)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    from foresight.io import write_json as write
+
+    write(path, data)
 
 
 # ------------------------------------------------------------------------------------------ tables and runs

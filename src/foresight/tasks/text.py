@@ -14,7 +14,6 @@ writes files.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shutil
 import time
@@ -27,6 +26,7 @@ from foresight.config import from_dict
 from foresight.data.loader import PackedLoader, eval_windows, make_batch
 from foresight.data.shards import PreparedData
 from foresight.errors import ForesightError
+from foresight.io import write_json
 from foresight.eval.perplexity import nll_sum
 from foresight.model import ModelConfig
 from foresight.objectives import Batch
@@ -173,7 +173,7 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
     val_bs = cfg.val_batch_size or train_cfg.micro_batch_size
     out_dir.mkdir(parents=True, exist_ok=True)
     if main:
-        (out_dir / "recipe.json").write_text(json.dumps(recipe.raw, indent=2) + "\n")
+        write_json(out_dir / "recipe.json", recipe.raw)
     first = next(iter(model_cfgs.values()))
     say(_describe(data, cfg, first.vocab_size))
     say(f"runs: {', '.join(runs)} -> {out_dir}")
@@ -232,7 +232,7 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
         if trainer.dp.world > 1:
             result["world_size"] = trainer.dp.world
         if main:
-            (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+            write_json(run_dir / "result.json", result)
         results.append(result)
 
     if main:
