@@ -58,6 +58,13 @@ def _eval(args: argparse.Namespace) -> None:
 
     if not args.tasks and not args.perplexity:
         raise ForesightError("nothing to evaluate: give --tasks (e.g. --tasks paper) and/or --perplexity DATA_DIR")
+    for name, value in (("--batch-size", args.batch_size), ("--seq-len", args.seq_len),
+                        ("--ppl-batches", args.ppl_batches), ("--num-fewshot", args.num_fewshot)):
+        low = 0 if name == "--num-fewshot" else 1
+        if value is not None and value < low:
+            raise ForesightError(f"{name} must be >= {low}, got {value}")
+    if args.limit is not None and not (args.limit > 0 and args.limit < float("inf")):
+        raise ForesightError(f"--limit must be > 0 (a fraction of each task if < 1, else a count), got {args.limit}")
     if not args.checkpoint.exists():
         raise ForesightError(f"checkpoint not found: {args.checkpoint}")
     extra, rows = {}, []

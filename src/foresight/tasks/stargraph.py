@@ -58,6 +58,10 @@ class StarGraphTaskConfig:
     test_file: str | None = None  # read test examples from a file in the original format instead
     eval_batch_size: int = 1000  # examples per greedy-decoding batch
 
+    def __post_init__(self) -> None:  # checked before any data is generated or model built
+        if self.eval_batch_size < 1:
+            raise ForesightError(f"stargraph.eval_batch_size must be >= 1, got {self.eval_batch_size}")
+
 
 def load_split(cfg: StarGraphTaskConfig, spec: StarGraphSpec, which: str) -> StarGraphData:
     file, size = (cfg.train_file, cfg.train_size) if which == "train" else (cfg.test_file, cfg.test_size)

@@ -74,6 +74,21 @@ def open_data(cfg: TextTaskConfig) -> PreparedData:
     return PreparedData.open(folder, verify=verify)
 
 
+def check_data_fits(data: PreparedData, cfg: TextTaskConfig, train_cfg) -> None:
+    """Limits that depend on the data, checked before any model is built (a huge ``seq_len`` would otherwise
+    first allocate its RoPE tables and activations): one training sequence and, with validation, one window
+    must fit their splits (``RESERVE`` look-ahead tokens on top, as the loader keeps)."""
+    from foresight.data.loader import RESERVE
+
+    for split, stream, fix in [("training", data.train, "lower text.seq_len or prepare more text"),
+                               ("validation", data.val if cfg.val_batches else None,
+                                "lower text.seq_len, prepare with a larger --val-fraction, or set text.val_batches=0")]:
+        if stream is not None and len(stream) < cfg.seq_len + RESERVE:
+            raise ForesightError(f"text.seq_len={cfg.seq_len:,}: the {split} split of {data.folder} holds "
+                                 f"{len(stream):,} tokens, fewer than one sequence of {cfg.seq_len:,} + {RESERVE} "
+                                 f"look-ahead tokens; {fix}")
+
+
 def model_config(fields: dict, data: PreparedData, cfg: TextTaskConfig) -> ModelConfig:
     """The run's ModelConfig: ``vocab_size`` from the tokenizer (rounded up to ``vocab_multiple``) unless the
     recipe sets one, which must then hold every id of the data."""
@@ -166,6 +181,7 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
     main = distributed.is_main()
     say = print if main else (lambda *args, **kwargs: None)
     data = open_data(cfg)
+    check_data_fits(data, cfg, train_cfg)
     if cfg.init_from:
         model_cfgs = {name: pretrained_config(cfg.init_from, data) for name in runs}
     else:
