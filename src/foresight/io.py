@@ -79,7 +79,7 @@ def atomic_write(path: Path, write: Callable[[Path], None] | bytes | str) -> Pat
         if fd >= 0:
             os.close(fd)
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:  # os.write / fsync name no file: name the real one
+        if isinstance(e, OSError) and e.errno is not None:  # name the file the user asked for, not our temporary
             raise OSError(e.errno, e.strerror, str(path)) from None
         raise
     fsync_folder(path.parent)
@@ -103,7 +103,7 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None
         try:
             save_file(tensors, str(tmp), metadata=metadata)
         except Exception as e:
-            if m := re.search(r"code: (\d+)", str(e)):
+            if m := re.search(r"(?:os error|code:) (\d+)", str(e)):
                 raise OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(path)) from None
             raise
 

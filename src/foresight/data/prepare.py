@@ -75,7 +75,7 @@ def _is_prepared(out: Path) -> bool:
         return False
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ForesightError(f"--out {out} is a file, not a folder; choose a folder name (it is never replaced)")
     if out.exists() and any(out.iterdir()):
@@ -107,7 +107,7 @@ def prepare(documents: Documents, tokenizer: TextTokenizer, out: Path, cfg: Prep
     progress bar (None: only on a terminal).
     """
     out = Path(out)
-    _check_out(out, overwrite)
+    check_out(out, overwrite)
     if out.parent.is_dir():
         _clean_partials(out)
     dtype = token_dtype(tokenizer.vocab_size)
@@ -165,7 +165,7 @@ def prepare(documents: Documents, tokenizer: TextTokenizer, out: Path, cfg: Prep
         write_json(tmp / META, meta)
         fsync_tree(tmp)
         if out.exists():
-            _check_out(out, overwrite)  # still foresight's own prepared data (checked again: time has passed)
+            check_out(out, overwrite)  # still foresight's own prepared data (checked again: time has passed)
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)

@@ -43,7 +43,24 @@ def trunk_tensors(lm) -> dict[str, torch.Tensor]:
 
 def export_lm(lm, specs: list[dict], out: Path, *, with_heads: bool = False, dtype: str = "float32",
               tokenizer: Path | None = None, special_ids: dict | None = None, force: bool = False) -> ExportReport:
-    """Write ``lm`` (a ``TrainableLM``) as a Hugging Face folder ``out``; see the module docstring."""
+    """Write ``lm`` (a ``TrainableLM``) as a Hugging Face folder ``out``; see the module docstring.
+
+    Every file is written atomically (``foresight.io``); if the export fails (a full disk), a folder it created
+    is removed again, so no half-exported model is left to be mistaken for a whole one."""
+    import shutil
+
+    created = not Path(out).exists()
+    try:
+        return _export_lm(lm, specs, out, with_heads=with_heads, dtype=dtype, tokenizer=tokenizer,
+                          special_ids=special_ids, force=force)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _export_lm(lm, specs: list[dict], out: Path, *, with_heads: bool, dtype: str, tokenizer: Path | None,
+               special_ids: dict | None, force: bool) -> ExportReport:
     from foresight.objectives import DSMTP, MTP, NTP, TOP
 
     if dtype not in DTYPES:
