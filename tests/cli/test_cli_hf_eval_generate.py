@@ -116,6 +116,28 @@ def test_generate_text_sampling_and_speculative(run_dir, capsys):
     assert code == 0, err
 
 
+def test_generate_limits_and_streaming(run_dir, capsys, monkeypatch):
+    """The context (32 here) bounds prompt + output unless --allow-longer; bad numbers fail before the model is
+    loaded; plain decoding streams: the output is printed token by token, equal to the returned sequence."""
+    for args, fragment in [(["--max-new-tokens", "1000000000"], "--max-new-tokens must be in 1"),
+                           (["--max-new-tokens", "30"], "exceeds the model's context of 32 tokens"),
+                           (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+                           (["--temperature", "nan"], "--temperature"),
+                           (["--top-k", "0", "--temperature", "1"], "--top-k must be >= 1"),
+                           (["--top-p", "0", "--temperature", "1"], "--top-p must be in (0, 1]"),
+                           (["--top-k", "3"], "--temperature is 0")]:
+        _error_line(*_run(["generate", run_dir, "--prompt-ids", "2 3 4", *args], capsys)[::2], fragment)
+    code, out, err = _run(["generate", run_dir, "--prompt-ids", "2 3 4", "--max-new-tokens", "40", "--no-eos",
+                           "--allow-longer"], capsys)
+    assert code == 0 and len(out.split()) == 40, err
+    writes = []
+    real = __import__("sys").stdout.write
+    monkeypatch.setattr("sys.stdout.write", lambda text: writes.append(text) or real(text))
+    code, out, err = _run(["generate", run_dir, "--prompt-ids", "2 3 4", "--max-new-tokens", "7", "--no-eos"], capsys)
+    assert code == 0, err
+    assert len([w for w in writes if w.strip()]) == 7 and out.split() == "".join(writes).split()
+
+
 def test_eval_tasks_and_perplexity(run_dir, tmp_path, capsys):
     pytest.importorskip("lm_eval")
     tasks = tmp_path / "tasks"
