@@ -240,3 +240,34 @@ def test_a_genuine_sharded_checkpoint_still_loads(tmp_path):
     _real_dcp(tmp_path / "step_00000002")
     lm, state = TrainableLM.from_checkpoint(tmp_path / "step_00000002")
     assert state["step"] == 2 and lm.model.norm.weight.shape == (8,)
+
+
+def test_an_old_pt_checkpoint_resumes_exactly(tmp_path):
+    """Old ``step_*.pt`` checkpoints (what foresight wrote before: a pickle of plain data and tensors) load
+    through ``weights_only`` and resume bit for bit; the next checkpoint is written as safetensors."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_trainer import _train_losses, _trainer
+
+    full = _trainer(tmp_path / "full", ckpt_every=4, steps=6)
+    full.fit()
+    cut = _trainer(tmp_path / "cut", ckpt_every=4, steps=6)
+    original = cut.batch_fn
+
+    def dying(step):
+        if step == 4:  # dies in step 5, after the checkpoint at step 4
+            raise KeyboardInterrupt
+        return original(step)
+
+    cut.batch_fn = dying
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    folder = tmp_path / "cut" / "checkpoints"
+    new = folder / "step_00000004.safetensors"
+    torch.save(load_state(new), folder / "step_00000004.pt")  # the old format, byte for byte the old content
+    new.unlink()
+    resumed = _trainer(tmp_path / "cut", ckpt_every=4, steps=6)
+    resumed.fit(resume=True)
+    assert _train_losses(tmp_path / "cut") == _train_losses(tmp_path / "full")
+    assert sorted(p.name for p in folder.iterdir()) == ["step_00000004.pt", "step_00000006.safetensors"]
