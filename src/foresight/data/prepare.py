@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from foresight import __version__
 from foresight.data.shards import FORMAT, META, VERSION, ShardWriter, token_dtype
-from foresight.io import fsync_tree, fsync_folder, write_json
 from foresight.data.sources import Documents
 from foresight.data.tokenizer import TextTokenizer
 from foresight.errors import ForesightError
+from foresight.io import fsync_folder, fsync_tree, write_json
 
 
 @dataclass

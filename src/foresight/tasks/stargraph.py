@@ -17,7 +17,6 @@ command that reproduces the cell. ``foresight stargraph report`` turns a folder 
 from __future__ import annotations
 
 import copy
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -32,6 +31,7 @@ from foresight.data.stargraph import StarGraphData, StarGraphSpec, generate, rea
 from foresight.environment import describe
 from foresight.errors import ForesightError
 from foresight.eval.stargraph import evaluate
+from foresight.io import write_text
 from foresight.plot import plot_curves
 from foresight.tasks.recipe import Recipe, build_model_config
 from foresight.train import distributed
@@ -269,7 +269,7 @@ def run_stargraph(
         raise ForesightError(f"train.batch_size ({train_cfg.batch_size}) exceeds the {len(train)} training examples")
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "recipe.json").write_text(json.dumps(recipe.raw, indent=2) + "\n")
+        write_json(out_dir / "recipe.json", recipe.raw)
     print_(f"star graph G({spec.deg},{spec.path}) N={spec.nodes}: {len(train)} train / {len(test)} test examples, "
           f"sequence length {spec.seq_len}; runs: {', '.join(runs)}"
           + (f"; seeds: {', '.join(map(str, seed_list))}" if seeds else "") + f" -> {out_dir}")
@@ -332,8 +332,8 @@ def run_stargraph(
     if not results or not main:
         return results
     table = results_table(spec, results)
-    (out_dir / "results.md").write_text(table)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text(out_dir / "results.md", table)
+    write_json(out_dir / "results.json", results)
     label = (lambda r: r["run"]) if not seeds else (lambda r: f"{r['run']} s{r['seed']}")
     plot_curves({label(r): r["curve"] for r in results}, out_dir / "accuracy.png",
                 title=f"Star graph G({spec.deg},{spec.path}), N={spec.nodes}", ylabel="test exact match",
