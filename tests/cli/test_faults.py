@@ -157,3 +157,13 @@ def test_written_files_respect_the_umask(tmp_path, capsys):
     assert len(files) >= 4
     for p in files:
         assert p.stat().st_mode & 0o777 == 0o644, (p, oct(p.stat().st_mode))
+
+
+def test_data_dependent_limits_fail_before_any_model_is_built(tmp_path, capsys):
+    _one_line(*_run(["stargraph", "run", "smoke", "--set", "stargraph.eval_batch_size=0", "--out", tmp_path / "o"],
+                    capsys)[::2], "stargraph.eval_batch_size must be >= 1", status=2)
+    for args, needle in [(["--batch-size", "0"], "--batch-size must be >= 1"), (["--seq-len", "0"], "--seq-len"),
+                         (["--limit", "0"], "--limit must be > 0"), (["--ppl-batches", "-1"], "--ppl-batches")]:
+        _one_line(*_run(["eval", tmp_path / "no-run", "--perplexity", tmp_path / "d", *args], capsys)[::2], needle,
+                  status=2)
+    assert not (tmp_path / "o").exists()

@@ -59,6 +59,9 @@ def remove_run(out: Path) -> None:
         for name in RUN_FILES:
             _remove(d / name)
         clean_temporaries(d)
+        owner = _lock_owner(d / LOCK)
+        if owner is not None and _is_stale(owner):  # left by a killed trainer (the folder's lock is ours)
+            (d / LOCK).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             d.rmdir()  # only if nothing of the user's is left in it
     for name in FILES:

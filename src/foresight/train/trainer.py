@@ -191,10 +191,9 @@ class Trainer:
         found = list_checkpoints(self.run_dir / "checkpoints")
         if not found:
             return False
-        if any(is_sharded(p) for _, p in found) or self.dp.enabled:  # every rank must load the same one
-            self._resume_from(found[-1][1])
-        else:
-            newest_readable([p for _, p in found], self._resume_from)
+        # Data parallel: a checkpoint is found unreadable (meta or index) before any collective, from the same
+        # files on every rank, so every rank falls back alike.
+        newest_readable([p for _, p in found], self._resume_from)
         return True
 
     def _resume_from(self, path: Path) -> None:
