@@ -9,6 +9,7 @@ the rotate-half layout HF uses).
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -39,7 +40,10 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)  # the restricted unpickler (torch >= 2.10)
+    except pickle.UnpicklingError:
+        raise ForesightError(f"{path} is a pickle that holds more than tensors, so reading it could run code; "
+                             f"foresight refuses it (convert the model to .safetensors where it came from)") from None
     except Exception as e:  # a truncated download, a foreign file: say which file, not a traceback
         detail = str(e).splitlines()[0][:120] if str(e) else ""
         raise ForesightError(f"cannot read weights from {path} ({type(e).__name__}: {detail})") from None
