@@ -13,6 +13,7 @@ from pathlib import Path
 from statistics import median
 
 from foresight.errors import ForesightError
+from foresight.io import write_text
 from foresight.train.metrics import read_metrics
 
 OBJECTIVE_ORDER = ("ntp", "top", "mtp", "dsmtp")
@@ -232,6 +233,6 @@ def write_comparison(paths: list[Path], out_dir: Path | None = None, *, x: str =
     text = table(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     table_path = out_dir / TABLE
-    table_path.write_text(text)
+    write_text(table_path, text)
     png = plot(runs, out_dir / FIGURE, x=x, smooth=smooth)
     return text, table_path, png

@@ -50,6 +50,8 @@ def load_yaml(path: Path) -> dict:
             data = yaml.safe_load(f)
     except OSError as e:
         raise ForesightError(f"cannot read recipe {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ForesightError(f"recipe {path} is not UTF-8 text (a binary file?); give a .yaml recipe") from None
     except yaml.YAMLError as e:
         raise ForesightError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:

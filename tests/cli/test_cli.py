@@ -46,7 +46,7 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys):
         assert r["steps"] == 6 and [s for s, _ in r["curve"]] == [3, 6]
         assert set(r["final"]) >= {"exact_match", "v1_acc", "valid_arm"}
         assert (out_dir / r["run"] / "metrics.jsonl").is_file()
-        assert (out_dir / r["run"] / "checkpoints" / "step_00000006.pt").is_file()
+        assert (out_dir / r["run"] / "checkpoints" / "step_00000006.safetensors").is_file()
     assert (out_dir / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out_dir / "results.md").read_text()
     assert "| top |" in table and "exact match" in table
@@ -76,7 +76,7 @@ def test_generate_writes_the_original_format(tmp_path, capsys):
     (["stargraph", "run", "smoke", "--set", "stargraph.nodes=3"], "too small"),
     (["stargraph", "run", "smoke", "--set", "train.stepz=3"], "unknown key train.stepz"),
     (["stargraph", "run", "smoke", "--set", "train.steps=many"], "train.steps must be int"),
-    (["stargraph", "run", "smoke", "--set", "train.lr=-1"], "train.lr must be > 0"),
+    (["stargraph", "run", "smoke", "--set", "train.lr=-1"], "train.lr must be in (0, 1]"),
     (["stargraph", "run", "smoke", "--set", "model.n_heads=3"], "divisible"),
     (["stargraph", "run", "smoke", "--set", "runs.top=[{name: topp}]"], "unknown objective 'topp'"),
     (["stargraph", "run", "smoke", "--set", "runs.top=[{name: top, windw: 3}]"], "unknown key 'windw'"),

@@ -10,7 +10,7 @@ import torch
 
 from foresight.cli.main import main
 from foresight.model import ModelConfig
-from foresight.train.checkpoint import atomic_save
+from foresight.train.state_file import save_state
 from foresight.train.lm import TrainableLM
 
 WORDS = "the cat dog sat ran on under a mat log big small red blue is what where . ?".split()
@@ -45,9 +45,9 @@ def run_dir(tmp_path_factory):
     cfg = ModelConfig(vocab_size=len(vocab), hidden_size=32, n_layers=2, n_heads=4, intermediate_size=48,
                       max_seq_len=32, init_std=0.3)
     lm = TrainableLM(cfg, SPECS)
-    atomic_save({"lm": lm.state_dict(), "config": {"model": cfg.__dict__, "objectives": SPECS, "tokenizer": "tokenizer",
+    save_state({"lm": lm.state_dict(), "config": {"model": cfg.__dict__, "objectives": SPECS, "tokenizer": "tokenizer",
                                                    "seq_len": 16}, "step": 3},
-                root / "checkpoints" / "step_00000003.pt")
+                root / "checkpoints" / "step_00000003.safetensors")
     return root
 
 
@@ -94,7 +94,7 @@ def test_one_line_errors(run_dir, tmp_path, capsys):
                       capsys)[::2], "greedy")
     _error_line(*_run(["generate", run_dir, "--prompt-ids", "1 x"], capsys)[::2], "integers")
     _error_line(*_run(["generate", run_dir, "--prompt-ids", "1 2", "--top-p", "1.5", "--temperature", "1"],
-                      capsys)[::2], "top_p")
+                      capsys)[::2], "--top-p")
     _error_line(*_run(["eval", run_dir], capsys)[::2], "nothing to evaluate")
     _error_line(*_run(["eval", run_dir, "--tasks", "no_such_task_xyz", "--include-path", tmp_path], capsys)[::2],
                 "unknown lm-eval task")
@@ -114,6 +114,28 @@ def test_generate_text_sampling_and_speculative(run_dir, capsys):
     code, _, err = _run(["generate", run_dir, "--prompt-ids", "2 3 4", "--max-new-tokens", "5", "--speculative", "top",
                          "--drafts", "2"], capsys)
     assert code == 0, err
+
+
+def test_generate_limits_and_streaming(run_dir, capsys, monkeypatch):
+    """The context (32 here) bounds prompt + output unless --allow-longer; bad numbers fail before the model is
+    loaded; plain decoding streams: the output is printed token by token, equal to the returned sequence."""
+    for args, fragment in [(["--max-new-tokens", "1000000000"], "--max-new-tokens must be in 1"),
+                           (["--max-new-tokens", "30"], "exceeds the model's context of 32 tokens"),
+                           (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+                           (["--temperature", "nan"], "--temperature"),
+                           (["--top-k", "0", "--temperature", "1"], "--top-k must be >= 1"),
+                           (["--top-p", "0", "--temperature", "1"], "--top-p must be in (0, 1]"),
+                           (["--top-k", "3"], "--temperature is 0")]:
+        _error_line(*_run(["generate", run_dir, "--prompt-ids", "2 3 4", *args], capsys)[::2], fragment)
+    code, out, err = _run(["generate", run_dir, "--prompt-ids", "2 3 4", "--max-new-tokens", "40", "--no-eos",
+                           "--allow-longer"], capsys)
+    assert code == 0 and len(out.split()) == 40, err
+    writes = []
+    real = __import__("sys").stdout.write
+    monkeypatch.setattr("sys.stdout.write", lambda text: writes.append(text) or real(text))
+    code, out, err = _run(["generate", run_dir, "--prompt-ids", "2 3 4", "--max-new-tokens", "7", "--no-eos"], capsys)
+    assert code == 0, err
+    assert len([w for w in writes if w.strip()]) == 7 and out.split() == "".join(writes).split()
 
 
 def test_eval_tasks_and_perplexity(run_dir, tmp_path, capsys):

@@ -18,7 +18,7 @@ from foresight.errors import ForesightError
 from foresight.eval.lm_eval_runner import (PAPER_TASKS, build_model, result_rows, resolve_tasks, run_lm_eval,
                                            write_results)
 from foresight.model import ModelConfig
-from foresight.train.checkpoint import atomic_save
+from foresight.train.state_file import save_state
 from foresight.train.lm import TrainableLM
 
 pytest.importorskip("lm_eval")
@@ -80,7 +80,7 @@ def setup(tmp_path_factory):
     lm = TrainableLM(cfg, [{"name": "ntp"}, {"name": "top", "window": 8}]).eval()
     config = {"model": cfg.__dict__, "objectives": [{"name": "ntp"}, {"name": "top", "window": 8}],
               "tokenizer": "tokenizer"}
-    atomic_save({"lm": lm.state_dict(), "config": config, "step": 7}, root / "run" / "checkpoints" / "step_00000007.pt")
+    save_state({"lm": lm.state_dict(), "config": config, "step": 7}, root / "run" / "checkpoints" / "step_00000007.safetensors")
     _tasks(root / "tasks")
     return root, lm
 

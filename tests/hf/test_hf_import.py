@@ -110,7 +110,7 @@ def test_import_with_new_objectives_then_checkpoint_round_trip(tmp_path):
     back, state = TrainableLM.from_checkpoint(tmp_path / "imported")
     assert state["step"] == 0 and state["config"]["objectives"] == specs
     _check_same_logits(model, back)
-    assert path.name == "step_00000000.pt" and not (tmp_path / "imported" / "checkpoints").exists()
+    assert path.name == "step_00000000.safetensors" and not (tmp_path / "imported" / "checkpoints").exists()
 
 
 def test_load_pretrained_into_a_recipe_model(tmp_path):

@@ -288,7 +288,7 @@ def test_torchrun_matches_one_process_and_only_rank_0_writes(runs):
     found = list_checkpoints(full / "checkpoints")
     assert [s for s, _ in found] == [2, 4] and all(is_sharded(p) for _, p in found)
     assert not [p for p in (full / "checkpoints").iterdir() if p.name.startswith(".")]  # no temporary left
-    assert [s for s, p in list_checkpoints(single / "checkpoints") if p.suffix == ".pt"] == [2, 4]
+    assert [s for s, p in list_checkpoints(single / "checkpoints") if p.suffix == ".safetensors"] == [2, 4]
 
 
 def test_torchrun_resume_reproduces_steps_3_and_4(runs):

@@ -137,10 +137,11 @@ def test_vocabulary_comes_from_the_tokenizer(tmp_path, data_dir, capsys):
     assert main(["train", str(recipe), "--out", str(out), "--set", "train.steps=1"]) == 0
     lm, _ = TrainableLM.from_checkpoint(out / "top")
     assert lm.model.cfg.vocab_size == 384  # 384 is a multiple of 64 already
-    assert main(["train", str(recipe), "--out", str(out), "--set", "train.steps=1", "--set", "text.vocab_multiple=100"]) == 0
+    assert main(["train", str(recipe), "--out", str(out), "--overwrite", "--set", "train.steps=1", "--set",
+                 "text.vocab_multiple=100"]) == 0
     assert TrainableLM.from_checkpoint(out / "top")[0].model.cfg.vocab_size == 400
     capsys.readouterr()
-    code = main(["train", str(recipe), "--out", str(out), "--set", "model.vocab_size=300"])
+    code = main(["train", str(recipe), "--out", str(tmp_path / "other"), "--set", "model.vocab_size=300"])
     err = capsys.readouterr().err
     assert code == 2 and "smaller than the data's tokenizer vocabulary (384)" in err
     assert PreparedData.open(data_dir).vocab_size == 384
@@ -148,3 +149,14 @@ def test_vocabulary_comes_from_the_tokenizer(tmp_path, data_dir, capsys):
         from foresight.tasks.text import TextTaskConfig, open_data
 
         open_data(TextTaskConfig(data=str(tmp_path / "nothing")))
+
+
+def test_a_sequence_longer_than_the_data_fails_before_the_model_is_built(tmp_path, data_dir, capsys, monkeypatch):
+    import foresight.tasks.text as text_task
+
+    monkeypatch.setattr(text_task, "TrainableLM", None)  # building a model would fail loudly (TypeError)
+    recipe = _recipe(tmp_path, data_dir)
+    code = main(["train", str(recipe), "--out", str(tmp_path / "run"), "--set", "text.seq_len=1000000000"])
+    err = capsys.readouterr().err
+    assert code == 2 and "text.seq_len=1,000,000,000: the training split" in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()

@@ -82,11 +82,13 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
     for step in (1, 2, 3):
         save_checkpoint(folder, step, {"lm": {}, "config": {}, "step": step}, keep_last=2)
     assert [s for s, _ in list_checkpoints(folder)] == [2, 3]
-    assert sorted(p.name for p in folder.iterdir()) == ["step_00000002.pt", "step_00000003.pt"]  # no temp files
+    assert sorted(p.name for p in folder.iterdir()) == ["step_00000002.safetensors",
+                                                        "step_00000003.safetensors"]  # no temp files
     assert load_checkpoint(tmp_path)["step"] == 3  # a run folder resolves to its newest checkpoint
-    (folder / "step_00000004.pt").write_bytes(b"not a checkpoint")
+    (folder / "step_00000004.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(ForesightError, match="not a readable foresight checkpoint"):
-        load_checkpoint(tmp_path)
+        load_checkpoint(folder / "step_00000004.safetensors")
+    assert load_checkpoint(tmp_path)["step"] == 3  # a run folder skips a broken newest checkpoint
     with pytest.raises(ForesightError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "nothing-here")
     (tmp_path / "empty").mkdir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", help="comma-separated subset of the recipe's runs, e.g. ntp,top")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<task>-<recipe>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue each run from its newest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (removes only the files foresight wrote there)")
 
 
 def run_recipe(name: str, args, group: str = "") -> None:
@@ -32,7 +35,27 @@ def run_recipe(name: str, args, group: str = "") -> None:
 
     recipe = load_recipe(name, args.overrides, group)
     runs = select_runs(recipe, args.runs)
-    run_task(recipe, runs, run_folder(recipe, args), resume=args.resume)
+    with claimed(run_folder(recipe, args), args) as out:
+        run_task(recipe, runs, out, resume=args.resume)
+
+
+@contextlib.contextmanager
+def claimed(out: Path, args):
+    """Hold ``out`` for this run (``foresight.train.run_folder.claim``: lock, one run per folder, --overwrite);
+    under torchrun rank 0 holds the lock and every rank gets its verdict."""
+    from foresight.train import distributed
+    from foresight.train.run_folder import claim
+
+    with contextlib.ExitStack() as stack:
+        error = None
+        try:
+            stack.enter_context(claim(out, args.resume, getattr(args, "overwrite", False), distributed.is_main()))
+        except ForesightError as e:
+            error = str(e)
+        error = distributed.agree(error)
+        if error is not None:
+            raise ForesightError(error)
+        yield out
 
 
 def run_folder(recipe, args) -> Path:

@@ -13,7 +13,7 @@ def register(sub) -> None:
                         description="Evaluate a checkpoint with lm-evaluation-harness (tasks by name, or the preset "
                         "'paper': the TOP paper's benchmarks) and/or its perplexity on a prepared validation split; "
                         "writes results.md and results.json.")
-    ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a run folder, a checkpoint (step_*.pt, or a step_* folder from torchrun), or (with "
+    ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a run folder, a checkpoint (step_*.safetensors, an older step_*.pt, or a step_* folder from torchrun), or (with "
                     "--backend hf) a Hugging Face folder")
     ev.add_argument("--tasks", help="comma-separated lm-eval task names and/or the preset 'paper'")
     ev.add_argument("--perplexity", type=Path, metavar="DATA_DIR", help="a folder written by foresight prepare")
@@ -58,6 +58,13 @@ def _eval(args: argparse.Namespace) -> None:
 
     if not args.tasks and not args.perplexity:
         raise ForesightError("nothing to evaluate: give --tasks (e.g. --tasks paper) and/or --perplexity DATA_DIR")
+    for name, value in (("--batch-size", args.batch_size), ("--seq-len", args.seq_len),
+                        ("--ppl-batches", args.ppl_batches), ("--num-fewshot", args.num_fewshot)):
+        low = 0 if name == "--num-fewshot" else 1
+        if value is not None and value < low:
+            raise ForesightError(f"{name} must be >= {low}, got {value}")
+    if args.limit is not None and not (args.limit > 0 and args.limit < float("inf")):
+        raise ForesightError(f"--limit must be > 0 (a fraction of each task if < 1, else a count), got {args.limit}")
     if not args.checkpoint.exists():
         raise ForesightError(f"checkpoint not found: {args.checkpoint}")
     extra, rows = {}, []

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from foresight.errors import ForesightError
 
+HARD_LIMIT = 1 << 20  # new tokens, even with --allow-longer (a KV cache grows with every one)
+
 
 def register(sub) -> None:
     g = sub.add_parser("generate", help="continue a prompt with a checkpoint (sampling, greedy, speculative)",
@@ -16,11 +18,14 @@ def register(sub) -> None:
                        "(default) or sampled (--temperature, --top-k, --top-p). --speculative drafts with the "
                        "model's own MTP heads, DS-MTP modules or TOP head and verifies with head 0: the output is "
                        "the greedy output, produced in fewer forward passes.")
-    g.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a run folder or a checkpoint (step_*.pt, or a step_* folder from torchrun)")
+    g.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a run folder or a checkpoint (step_*.safetensors, an older step_*.pt, or a step_* folder from torchrun)")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (needs the run's tokenizer)")
     src.add_argument("--prompt-ids", help="prompt as token ids, e.g. '5 17 3' (any model, no tokenizer)")
-    g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64; at most what "
+                   "fits the model's context after the prompt, unless --allow-longer)")
+    g.add_argument("--allow-longer", action="store_true", help=f"let prompt + output run past the model's trained "
+                   f"context (max_seq_len; quality usually drops there), up to {HARD_LIMIT:,} new tokens")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     g.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
     g.add_argument("--top-p", type=float, help="nucleus sampling: the smallest set with probability >= p")
@@ -64,14 +69,58 @@ def _prompt(args, state):
     return torch.tensor([ids]), tok
 
 
+def _check_options(args) -> None:
+    """Every number is checked before the model is loaded."""
+    import math
+
+    if not 1 <= args.max_new_tokens <= HARD_LIMIT:
+        raise ForesightError(f"--max-new-tokens must be in 1 .. {HARD_LIMIT:,}, got {args.max_new_tokens}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ForesightError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise ForesightError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ForesightError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if (args.top_k is not None or args.top_p is not None) and args.temperature == 0:
+        raise ForesightError("--top-k/--top-p filter sampling, but --temperature is 0 (greedy); give a "
+                             "temperature > 0, e.g. --temperature 0.8")
+    if args.drafts is not None and args.drafts < 1:
+        raise ForesightError(f"--drafts must be >= 1, got {args.drafts}")
+
+
+class _Stream:
+    """Prints each new token as it comes (text: the growing decoded suffix; ids: one number at a time)."""
+
+    def __init__(self, tok) -> None:
+        self.tok, self.ids, self.shown = tok, [], ""
+
+    def __call__(self, column) -> None:
+        self.ids.append(int(column[0]))
+        if self.tok is None:
+            sys.stdout.write(("" if len(self.ids) == 1 else " ") + str(self.ids[-1]))
+        else:
+            text = self.tok.decode(self.ids)
+            if text.startswith(self.shown):  # a later token can change how earlier bytes decode: wait then
+                sys.stdout.write(text[len(self.shown):])
+                self.shown = text
+        sys.stdout.flush()
+
+    def end(self) -> None:
+        if self.tok is not None and self.ids:
+            text = self.tok.decode(self.ids)
+            if text.startswith(self.shown):
+                sys.stdout.write(text[len(self.shown):])
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
 def _generate(args: argparse.Namespace) -> None:
     import torch
 
     from foresight.generate import generate, speculative_generate
     from foresight.train.lm import TrainableLM
 
-    if args.max_new_tokens < 1:
-        raise ForesightError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    _check_options(args)
     if args.speculative and (args.temperature > 0 or args.top_k or args.top_p):
         raise ForesightError("--speculative is greedy (drafts are verified against the argmax); "
                              "drop --temperature/--top-k/--top-p or drop --speculative")
@@ -83,6 +132,13 @@ def _generate(args: argparse.Namespace) -> None:
     ids = ids.to(args.device)
     if ids.max() >= lm.model.cfg.vocab_size or ids.min() < 0:
         raise ForesightError(f"prompt ids must be in 0..{lm.model.cfg.vocab_size - 1}")
+    context = lm.model.cfg.max_seq_len
+    room = context - ids.shape[1]
+    if args.max_new_tokens > room and not args.allow_longer:
+        raise ForesightError(f"the prompt ({ids.shape[1]} tokens) + --max-new-tokens {args.max_new_tokens} exceeds "
+                             f"the model's context of {context} tokens; ask for at most {max(room, 0)} new tokens, "
+                             f"or pass --allow-longer")
+    stream = None if args.speculative else _Stream(tok)
     eos = None if args.no_eos or tok is None else tok.eos_id
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     try:
@@ -92,12 +148,16 @@ def _generate(args: argparse.Namespace) -> None:
                                               eos_id=eos)
         else:
             out = generate(lm.model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, generator=gen, eos_id=eos)
+                           top_p=args.top_p, generator=gen, eos_id=eos, on_token=stream)
         wall = time.perf_counter() - t0
     except ValueError as e:  # bad sampling settings, caught by generate's own checks
         raise ForesightError(str(e)) from None
+    finally:
+        if stream is not None:
+            stream.end()
     new = out[0, ids.shape[1]:].tolist()
-    print(tok.decode(new) if tok is not None else " ".join(map(str, new)), flush=True)
+    if stream is None:  # speculative decoding prints its output at the end
+        print(tok.decode(new) if tok is not None else " ".join(map(str, new)), flush=True)
     n = len(new)
     print(f"[{n} tokens in {wall:.2f}s, {n / max(wall, 1e-9):.1f} tokens/s]", file=sys.stderr)
     if args.speculative:

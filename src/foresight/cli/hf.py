@@ -13,7 +13,7 @@ def register(sub) -> None:
                         description="Write the trunk (with the next-token head) of a checkpoint as a standard Hugging "
                         "Face folder (config.json, model.safetensors, generation_config.json, tokenizer files) that "
                         "transformers.AutoModelForCausalLM.from_pretrained loads without custom code.")
-    ex.add_argument("checkpoint", type=Path, metavar="RUN_OR_CHECKPOINT", help="a run folder or a checkpoint (step_*.pt, or a step_* folder from torchrun)")
+    ex.add_argument("checkpoint", type=Path, metavar="RUN_OR_CHECKPOINT", help="a run folder or a checkpoint (step_*.safetensors, an older step_*.pt, or a step_* folder from torchrun)")
     ex.add_argument("--out", type=Path, required=True, help="output folder")
     ex.add_argument("--with-heads", action="store_true", help="also write the TOP / MTP heads (foresight_heads."
                     "safetensors) and DS-MTP modules (DeepSeek-V3 layout: num_nextn_predict_layers)")
@@ -30,7 +30,7 @@ def register(sub) -> None:
                         "foresight checkpoint with the same logits, with the objectives to continue training with "
                         "(new heads are freshly initialised).")
     im.add_argument("hf_dir", type=Path, metavar="HF_DIR", help="folder with config.json and *.safetensors")
-    im.add_argument("--out", type=Path, required=True, help="output folder (gets step_00000000.pt and tokenizer/)")
+    im.add_argument("--out", type=Path, required=True, help="output folder (gets step_00000000.safetensors and tokenizer/)")
     im.add_argument("--objectives", help="objectives to attach: names ('ntp,top') or a YAML list "
                     "('[{name: ntp}, {name: top, window: 1024}]'); default: what the folder carries, else ntp")
     im.add_argument("--verify", action="store_true",

@@ -15,7 +15,7 @@ from foresight import __version__
 from foresight.cli import compare, prepare, stargraph, tokenizer, train
 from foresight.cli import eval as evaluate, generate, hf
 from foresight.cli.common import Parser
-from foresight.errors import ForesightError
+from foresight.errors import ForesightError, os_error_line
 
 COMMANDS = [stargraph, train, tokenizer, prepare, compare, hf, evaluate, generate]  # order of appearance in --help
 
@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     except ForesightError as e:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the same error: rank 0 says it
             print(f"foresight: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # 2: fix the input; 1: the run itself failed (diverged)
+    except OSError as e:  # disk full, read-only, permissions, a file where a folder should be: one line
+        if os.environ.get("RANK", "0") == "0":
+            print(f"foresight: error: {os_error_line(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("foresight: interrupted (checkpoints written so far are complete; continue with --resume)", file=sys.stderr)
         return 130

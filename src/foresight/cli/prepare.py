@@ -33,8 +33,10 @@ def register(sub) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from foresight.data.prepare import PrepareConfig, prepare, summary
+    from foresight.data.prepare import PrepareConfig, check_out, prepare, summary
     from foresight.data.tokenizer import load_tokenizer
+
+    check_out(args.out, args.overwrite)  # before the tokenizer and documents are read
 
     val_fraction = args.val_fraction if args.val_fraction is not None else 0.05 if args.demo else 0.01
     cfg = PrepareConfig(val_fraction=val_fraction, seed=args.seed, shard_tokens=args.shard_tokens)

@@ -6,7 +6,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from foresight.cli.common import Parser, add_run_options, run_folder
+from foresight.cli.common import Parser, add_run_options, claimed, run_folder
 from foresight.errors import ForesightError
 
 DEFAULT_RECIPE = "demo"
@@ -18,7 +18,8 @@ def register(sub) -> None:
                         description="Star-graph path finding (TOP paper §5.3). With no action: run the demo "
                         "recipe, training NTP, TOP, MTP and DS-MTP and comparing their exact-match accuracy.")
     sg.set_defaults(func=_run, recipe=DEFAULT_RECIPE, overrides=[], runs=None, out=None, resume=False, seeds=None,
-                    results=None, full_schedule=False, skip_existing=False, time_limit=None)
+                    results=None, full_schedule=False, skip_existing=False, time_limit=None,
+                    overwrite=False)
     actions = sg.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
     run = actions.add_parser("run", help="train and evaluate the runs of a recipe",
                              description="Train every run (objective set) of a star-graph recipe and compare them.")
@@ -92,9 +93,10 @@ def _run(args: argparse.Namespace) -> None:
         raise ForesightError(f"{recipe.path} is a {recipe.task!r} recipe; `foresight stargraph run` needs task: "
                              "stargraph (use `foresight train` for other tasks)")
     runs = select_runs(recipe, args.runs)
-    run_stargraph(recipe, runs, run_folder(recipe, args), args.resume, seeds=args.seeds, results_dir=args.results,
-                  cell_command=lambda run, seed: cell_command(args, run, seed), skip_existing=args.skip_existing,
-                  time_limit_s=args.time_limit)
+    with claimed(run_folder(recipe, args), args) as out:
+        run_stargraph(recipe, runs, out, args.resume, seeds=args.seeds, results_dir=args.results,
+                      cell_command=lambda run, seed: cell_command(args, run, seed), skip_existing=args.skip_existing,
+                      time_limit_s=args.time_limit)
 
 
 def _report(args: argparse.Namespace) -> None:

@@ -28,6 +28,7 @@ from foresight.data.shards import FORMAT, META, VERSION, ShardWriter, token_dtyp
 from foresight.data.sources import Documents
 from foresight.data.tokenizer import TextTokenizer
 from foresight.errors import ForesightError
+from foresight.io import fsync_folder, fsync_tree, write_json
 
 
 @dataclass
@@ -66,13 +67,36 @@ def _batches(docs, batch_bytes: int):
         yield batch
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+def _is_prepared(out: Path) -> bool:
+    """A folder whose meta.json says foresight prepared it (the only kind --overwrite may delete)."""
+    try:
+        return out.is_dir() and not out.is_symlink() and json.loads((out / META).read_text())["format"] == FORMAT
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ForesightError(f"--out {out} is a file, not a folder; choose a folder name (it is never replaced)")
+    if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ForesightError(f"{out} already exists; pass --overwrite to replace it")
-        if out.is_dir() and not (out / META).is_file():
-            raise ForesightError(f"{out} is not empty and not prepared data; refusing to replace it (choose "
-                                 f"another --out)")
+        if not _is_prepared(out):
+            raise ForesightError(f"{out} is not empty and its meta.json does not mark it as data prepared by "
+                                 f"foresight; refusing to replace it (choose another --out)")
+
+
+def _clean_partials(out: Path) -> None:
+    """Remove what a killed ``prepare`` of the same --out left (``.<name>.partial-<pid>`` of a dead process)."""
+    for p in out.parent.glob(f".{out.name}.partial-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(p, ignore_errors=True)
+            except OSError:
+                pass
 
 
 def prepare(documents: Documents, tokenizer: TextTokenizer, out: Path, cfg: PrepareConfig, *,
@@ -83,7 +107,9 @@ def prepare(documents: Documents, tokenizer: TextTokenizer, out: Path, cfg: Prep
     progress bar (None: only on a terminal).
     """
     out = Path(out)
-    _check_out(out, overwrite)
+    check_out(out, overwrite)
+    if out.parent.is_dir():
+        _clean_partials(out)
     dtype = token_dtype(tokenizer.vocab_size)
     encoder = tokenizer.encoder()
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -136,11 +162,14 @@ def prepare(documents: Documents, tokenizer: TextTokenizer, out: Path, cfg: Prep
             "input": info or {},
             "sources": documents.sources,
         }
-        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / META, meta)
+        fsync_tree(tmp)
         if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+            check_out(out, overwrite)  # still foresight's own prepared data (checked again: time has passed)
+            shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
+        fsync_folder(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,19 +219,14 @@ def parse_example(line: str) -> Example:
 
 def write_examples(path: str | os.PathLike, examples: Iterable[Example]) -> None:
     """Write one example per line, atomically (temporary file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as f:
+    from foresight.io import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="ascii", newline="\n") as f:
             for ex in examples:
                 f.write(format_example(ex) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(Path(path), write)
 
 
 def read_examples(path: str | os.PathLike) -> list[Example]:

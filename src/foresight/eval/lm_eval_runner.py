@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from foresight.errors import ForesightError
+from foresight.io import write_text
 
 PAPER_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "sciq", "social_iqa", "winogrande",
                "lambada_openai", "copa", "nq_open", "triviaqa")
@@ -157,6 +158,6 @@ def write_results(rows: list[dict], out: Path, meta: dict, extra: dict | None = 
         text += (f"\nPerplexity on {p['data']} ({p['split']} split, {p['tokens']:,} tokens, T = {p['seq_len']}): "
                  f"loss {p['loss']:.4f} nats/token, ppl {p['ppl']:.3f}\n")
     md, js = out / "results.md", out / "results.json"
-    md.write_text(text)
-    js.write_text(json.dumps({"meta": meta, "rows": rows, **(extra or {})}, indent=2, default=str) + "\n")
+    write_text(md, text)
+    write_text(js, json.dumps({"meta": meta, "rows": rows, **(extra or {})}, indent=2, default=str) + "\n")
     return md, js

@@ -116,8 +116,11 @@ def generate(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
+    on_token=None,
 ) -> torch.Tensor:
     """Extend ``input_ids`` (B, P) by up to ``max_new_tokens`` tokens -> (B, P + n), n <= max_new_tokens.
+
+    ``on_token(ids)``, when given, is called with each new column (B,) as soon as it is chosen (streaming).
 
     The prompt is run once through the model with fresh KV caches (``model.new_caches()``), then one token per
     step. ``temperature <= 0`` is greedy; otherwise see ``sample_next_token``. With ``eos_id``, a row that has
@@ -144,6 +147,8 @@ def generate(
                 nxt = nxt.masked_fill(done, eos_id)
                 done |= nxt == eos_id
             pieces.append(nxt[:, None])
+            if on_token is not None:
+                on_token(nxt)
             if step + 1 == max_new_tokens or (eos_id is not None and bool(done.all())):
                 break
             logits = model(nxt[:, None], caches)[:, -1, :]  # one new token against the cache

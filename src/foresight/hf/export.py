@@ -9,7 +9,6 @@ has a tokenizer, and with ``with_heads`` the objective heads (layout in ``foresi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from foresight.hf.config import to_hf_config
 from foresight.hf.heads import HEADS_FILE, dsmtp_config, dsmtp_to_deepseek, heads_metadata, plain_heads
 from foresight.hf.tokenizer import copy_tokenizer, find_tokenizer, special_tokens
 from foresight.hf.weights import SAFETENSORS, trunk_key_to_hf, write_safetensors
+from foresight.io import write_json
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -43,7 +43,24 @@ def trunk_tensors(lm) -> dict[str, torch.Tensor]:
 
 def export_lm(lm, specs: list[dict], out: Path, *, with_heads: bool = False, dtype: str = "float32",
               tokenizer: Path | None = None, special_ids: dict | None = None, force: bool = False) -> ExportReport:
-    """Write ``lm`` (a ``TrainableLM``) as a Hugging Face folder ``out``; see the module docstring."""
+    """Write ``lm`` (a ``TrainableLM``) as a Hugging Face folder ``out``; see the module docstring.
+
+    Every file is written atomically (``foresight.io``); if the export fails (a full disk), a folder it created
+    is removed again, so no half-exported model is left to be mistaken for a whole one."""
+    import shutil
+
+    created = not Path(out).exists()
+    try:
+        return _export_lm(lm, specs, out, with_heads=with_heads, dtype=dtype, tokenizer=tokenizer,
+                          special_ids=special_ids, force=force)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _export_lm(lm, specs: list[dict], out: Path, *, with_heads: bool, dtype: str, tokenizer: Path | None,
+               special_ids: dict | None, force: bool) -> ExportReport:
     from foresight.objectives import DSMTP, MTP, NTP, TOP
 
     if dtype not in DTYPES:
@@ -95,10 +112,10 @@ def export_lm(lm, specs: list[dict], out: Path, *, with_heads: bool = False, dty
             report.warnings.append("--with-heads: this run has no TOP, MTP or DS-MTP heads; exported the trunk only")
 
     write_safetensors({k: v.to(DTYPES[dtype]) for k, v in tensors.items()}, out / SAFETENSORS, {"format": "pt"})
-    (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    write_json(out / "config.json", hf_config)
     generation = {"_from_model_config": True, "bos_token_id": ids.get("bos"), "eos_token_id": ids.get("eos"),
                   "pad_token_id": ids.get("pad"), "do_sample": False}
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    write_json(out / "generation_config.json", generation)
     report.files = [SAFETENSORS, "config.json", "generation_config.json"] + report.files
     return report
 

@@ -199,17 +199,18 @@ def import_hf(folder: Path, objectives: list[dict] | None = None):
 
 
 def save_imported(lm, specs: list[dict], out: Path, source: Path, tokenizer_files: list[str] | None = None) -> Path:
-    """Write ``out/step_00000000.pt`` in the trainer's checkpoint format (atomically); returns its path.
+    """Write ``out/step_00000000.safetensors`` in the trainer's checkpoint format (atomically); returns its path.
 
     The file sits directly in ``out`` (not ``out/checkpoints``) so that a training run started with
     ``--out out --resume`` never mistakes it for a resumable state (it has no optimiser state).
     """
-    from foresight.train.checkpoint import atomic_save
+    from foresight.train.checkpoint import SUFFIX
+    from foresight.train.state_file import save_state
 
     config = {"model": asdict(lm.model.cfg), "objectives": specs,
               "imported_from": {"path": str(Path(source).resolve()), "format": "huggingface"}}
     if tokenizer_files:
         config["tokenizer"] = "tokenizer"  # relative to this checkpoint's folder
-    path = Path(out) / "step_00000000.pt"
-    atomic_save({"lm": lm.state_dict(), "config": config, "step": 0}, path)
+    path = Path(out) / f"step_00000000{SUFFIX}"
+    save_state({"lm": lm.state_dict(), "config": config, "step": 0}, path)
     return path

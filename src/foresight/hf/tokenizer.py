@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from foresight.errors import ForesightError
+from foresight.io import write_json
 
 # Files a Hugging Face tokenizer may consist of; whichever exist are copied.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -117,6 +118,6 @@ def copy_tokenizer(src: Path, dst: Path) -> list[str]:
         cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
         for role, (text, _) in special_tokens(dst).items():
             cfg[f"{role}_token"] = text
-        (dst / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        write_json(dst / "tokenizer_config.json", cfg)
         copied.append("tokenizer_config.json")
     return copied

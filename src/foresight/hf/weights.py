@@ -9,6 +9,7 @@ the rotate-half layout HF uses).
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -39,10 +40,21 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)  # the restricted unpickler (torch >= 2.10)
+    except pickle.UnpicklingError:
+        raise ForesightError(f"{path} is a pickle that holds more than tensors, so reading it could run code; "
+                             f"foresight refuses it (convert the model to .safetensors where it came from)") from None
     except Exception as e:  # a truncated download, a foreign file: say which file, not a traceback
         detail = str(e).splitlines()[0][:120] if str(e) else ""
         raise ForesightError(f"cannot read weights from {path} ({type(e).__name__}: {detail})") from None
+
+
+def _inside(folder: Path, name) -> bool:
+    """A shard name from an index: a relative path that stays inside ``folder`` (symlinks resolved)."""
+    if not isinstance(name, str) or not name or "\0" in name or Path(name).is_absolute():
+        return False
+    root = folder.resolve()
+    return (root / name).resolve().is_relative_to(root)
 
 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -57,6 +69,9 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
                 raise ForesightError(f"{index} is not a valid weight index (no 'weight_map')") from None
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
+                if not _inside(folder, shard):
+                    raise ForesightError(f"{index} lists the shard {shard!r}, which is not a file inside {folder}; "
+                                         f"shard names must be plain file names in the model folder")
                 if not (folder / shard).is_file():
                     raise ForesightError(f"{index} lists {shard}, which is missing from {folder}")
                 state.update(_load_file(folder / shard))
@@ -69,6 +84,6 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Contiguous, unshared copies (safetensors refuses tensors that share storage, e.g. a tied head)."""
-    from safetensors.torch import save_file
+    from foresight.io import write_safetensors as write
 
-    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(path), metadata=metadata)
+    write(path, {k: v.detach().contiguous().clone() for k, v in tensors.items()}, metadata)

@@ -17,7 +17,6 @@ command that reproduces the cell. ``foresight stargraph report`` turns a folder 
 from __future__ import annotations
 
 import copy
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -32,6 +31,7 @@ from foresight.data.stargraph import StarGraphData, StarGraphSpec, generate, rea
 from foresight.environment import describe
 from foresight.errors import ForesightError
 from foresight.eval.stargraph import evaluate
+from foresight.io import write_text
 from foresight.plot import plot_curves
 from foresight.tasks.recipe import Recipe, build_model_config
 from foresight.train import distributed
@@ -57,6 +57,10 @@ class StarGraphTaskConfig:
     train_file: str | None = None  # read training examples from a file in the original format instead
     test_file: str | None = None  # read test examples from a file in the original format instead
     eval_batch_size: int = 1000  # examples per greedy-decoding batch
+
+    def __post_init__(self) -> None:  # checked before any data is generated or model built
+        if self.eval_batch_size < 1:
+            raise ForesightError(f"stargraph.eval_batch_size must be >= 1, got {self.eval_batch_size}")
 
 
 def load_split(cfg: StarGraphTaskConfig, spec: StarGraphSpec, which: str) -> StarGraphData:
@@ -139,6 +143,7 @@ def cell_record(*, recipe: Recipe, raw: dict, run: str, specs: list[dict], spec:
         "schedule_steps": train_cfg.steps,
         "steps": trainer.step,
         "stopped_early": trainer.stopped_early,
+        "skipped_steps": trainer.skipped_steps,  # non-finite steps the optimiser skipped
         "early_stop": early,
         "compiled": getattr(trainer, "compiled", None),  # whether the blocks ran under torch.compile
         "wall_clock_s": round(wall, 2),
@@ -165,10 +170,9 @@ def cell_record(*, recipe: Recipe, raw: dict, run: str, specs: list[dict], spec:
 
 def write_json(path: Path, data) -> None:
     """Write JSON atomically (a cell file is never left half-written by a kill)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    from foresight.io import write_json as write
+
+    write(path, data)
 
 
 # ------------------------------------------------------------------------------------------ tables and runs
@@ -265,7 +269,7 @@ def run_stargraph(
         raise ForesightError(f"train.batch_size ({train_cfg.batch_size}) exceeds the {len(train)} training examples")
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "recipe.json").write_text(json.dumps(recipe.raw, indent=2) + "\n")
+        write_json(out_dir / "recipe.json", recipe.raw)
     print_(f"star graph G({spec.deg},{spec.path}) N={spec.nodes}: {len(train)} train / {len(test)} test examples, "
           f"sequence length {spec.seq_len}; runs: {', '.join(runs)}"
           + (f"; seeds: {', '.join(map(str, seed_list))}" if seeds else "") + f" -> {out_dir}")
@@ -328,8 +332,8 @@ def run_stargraph(
     if not results or not main:
         return results
     table = results_table(spec, results)
-    (out_dir / "results.md").write_text(table)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text(out_dir / "results.md", table)
+    write_json(out_dir / "results.json", results)
     label = (lambda r: r["run"]) if not seeds else (lambda r: f"{r['run']} s{r['seed']}")
     plot_curves({label(r): r["curve"] for r in results}, out_dir / "accuracy.png",
                 title=f"Star graph G({spec.deg},{spec.path}), N={spec.nodes}", ylabel="test exact match",

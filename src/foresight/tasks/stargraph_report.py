@@ -16,6 +16,7 @@ from pathlib import Path
 from statistics import mean, median, stdev
 
 from foresight.errors import ForesightError
+from foresight.io import write_text
 from foresight.tasks.stargraph import RESULT_FORMAT
 
 README, PLOT = "README.md", "exact_match.png"
@@ -253,5 +254,5 @@ def write_report(folder: Path) -> tuple[Path, Path]:
     cells = load_cells(folder)
     plot = plot_cells(cells, folder / PLOT)
     readme = folder / README
-    readme.write_text(render(cells, PLOT))
+    write_text(readme, render(cells, PLOT))
     return readme, plot

@@ -14,7 +14,6 @@ writes files.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shutil
 import time
@@ -27,6 +26,7 @@ from foresight.config import from_dict
 from foresight.data.loader import PackedLoader, eval_windows, make_batch
 from foresight.data.shards import PreparedData
 from foresight.errors import ForesightError
+from foresight.io import write_json
 from foresight.eval.perplexity import nll_sum
 from foresight.model import ModelConfig
 from foresight.objectives import Batch
@@ -72,6 +72,21 @@ def open_data(cfg: TextTaskConfig) -> PreparedData:
         size = sum(p.stat().st_size for p in folder.glob("*.bin"))
         verify = "full" if size <= FULL_VERIFY_BYTES else "size"
     return PreparedData.open(folder, verify=verify)
+
+
+def check_data_fits(data: PreparedData, cfg: TextTaskConfig, train_cfg) -> None:
+    """Limits that depend on the data, checked before any model is built (a huge ``seq_len`` would otherwise
+    first allocate its RoPE tables and activations): one training sequence and, with validation, one window
+    must fit their splits (``RESERVE`` look-ahead tokens on top, as the loader keeps)."""
+    from foresight.data.loader import RESERVE
+
+    for split, stream, fix in [("training", data.train, "lower text.seq_len or prepare more text"),
+                               ("validation", data.val if cfg.val_batches else None,
+                                "lower text.seq_len, prepare with a larger --val-fraction, or set text.val_batches=0")]:
+        if stream is not None and len(stream) < cfg.seq_len + RESERVE:
+            raise ForesightError(f"text.seq_len={cfg.seq_len:,}: the {split} split of {data.folder} holds "
+                                 f"{len(stream):,} tokens, fewer than one sequence of {cfg.seq_len:,} + {RESERVE} "
+                                 f"look-ahead tokens; {fix}")
 
 
 def model_config(fields: dict, data: PreparedData, cfg: TextTaskConfig) -> ModelConfig:
@@ -166,6 +181,7 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
     main = distributed.is_main()
     say = print if main else (lambda *args, **kwargs: None)
     data = open_data(cfg)
+    check_data_fits(data, cfg, train_cfg)
     if cfg.init_from:
         model_cfgs = {name: pretrained_config(cfg.init_from, data) for name in runs}
     else:
@@ -173,7 +189,7 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
     val_bs = cfg.val_batch_size or train_cfg.micro_batch_size
     out_dir.mkdir(parents=True, exist_ok=True)
     if main:
-        (out_dir / "recipe.json").write_text(json.dumps(recipe.raw, indent=2) + "\n")
+        write_json(out_dir / "recipe.json", recipe.raw)
     first = next(iter(model_cfgs.values()))
     say(_describe(data, cfg, first.vocab_size))
     say(f"runs: {', '.join(runs)} -> {out_dir}")
@@ -227,11 +243,12 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
                   "tokens": trainer.step * train_cfg.batch_size * cfg.seq_len, "wall_clock_s": round(wall, 2),
                   "tokens_per_s": round(tokens / max(wall, 1e-9), 1), "final": evals[-1] if evals else {},
                   "best_val_loss": best.get("val_loss"), "best_step": best.get("step"), "seed": train_cfg.seed,
+                  "skipped_steps": trainer.skipped_steps,
                   "device": str(trainer.device), "torch": torch.__version__, "data": run_config["data"]}
         if trainer.dp.world > 1:
             result["world_size"] = trainer.dp.world
         if main:
-            (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+            write_json(run_dir / "result.json", result)
         results.append(result)
 
     if main:

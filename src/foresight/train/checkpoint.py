@@ -1,66 +1,72 @@
-"""Atomic, resumable checkpoints: ``<run>/checkpoints/step_00000123.pt`` (one process) or
-``<run>/checkpoints/step_00000123/`` (a sharded checkpoint of a data-parallel run).
+"""Atomic, resumable checkpoints that never run code when read:
+``<run>/checkpoints/step_00000123.safetensors`` (one process) or ``<run>/checkpoints/step_00000123/`` (a sharded
+checkpoint of a data-parallel run).
 
-A checkpoint is written to a temporary file (folder) beside its final name, flushed to disk, then renamed, so a
-crash never leaves a half-written checkpoint under a checkpoint's name: every ``step_*`` present is complete,
-and the newest one is what ``--resume`` loads.
+Format (``foresight.train.state_file``): tensors (model, optimiser moments, RNG states) in safetensors, every
+other value (config, progress, optimiser hyper-parameters, versions) as JSON in the file's header. No pickle is
+written, so a checkpoint from someone else is data, not a program. Older ``step_*.pt`` checkpoints (pickles)
+are still read, but only through PyTorch's restricted ``weights_only`` unpickler, which builds plain types and
+tensors and refuses anything else (sound from torch 2.10 on: the floor in pyproject); a ``.pt`` file that asks
+for more is refused with one line.
+
+A checkpoint is written to a temporary file (folder) beside its final name, fsync'd, then renamed
+(``foresight.io``), so every ``step_*`` present is complete; ``--resume`` loads the newest one that reads, and
+names any newer one that does not.
 
 A sharded checkpoint is a ``torch.distributed.checkpoint`` (DCP) folder: every rank writes its shards of
-``{"model": ..., "optim": ...}`` (fully qualified names, as ``get_state_dict`` gives them), and rank 0 adds
-``trainer.pt`` with everything else (step, evaluations, config, data position, every rank's RNG state). DCP
-reshards on load, so such a checkpoint resumes on any number of processes, one included; ``load_checkpoint``
-reads its model into plain tensors, so export, evaluation and generation take it like a ``.pt`` file.
+``{"model": ..., "optim": ...}`` and rank 0 adds ``trainer.safetensors`` (step, evaluations, config, data
+position, every rank's RNG state). DCP's own ``.metadata`` index is a pickle, and its default load path
+unpickles non-tensor entries with ``torch.load(weights_only=False)`` (torch 2.13); foresight reads sharded
+checkpoints only through ``SafeReader`` (a restricted unpickler that admits DCP's metadata classes alone, and
+shard files named inside the folder) and ``SafePlanner`` (``weights_only=True`` for non-tensor entries).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import pickle
 import re
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
 from foresight.errors import ForesightError
+from foresight.io import fsync_folder
+from foresight.train.state_file import load_state, save_state
 
-_NAME = re.compile(r"^step_(\d{8})(\.pt)?$")
-META = "trainer.pt"  # in a sharded checkpoint: everything but the model's and optimiser's tensors
+SUFFIX = ".safetensors"
+LEGACY_SUFFIX = ".pt"  # pickled checkpoints of foresight before the safetensors format: read with weights_only
+_NAME = re.compile(r"^step_(\d{8})(\.safetensors|\.pt)?$")
+META = "trainer.safetensors"  # in a sharded checkpoint: everything but the model's and optimiser's tensors
+LEGACY_META = "trainer.pt"
 
 
-def atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+class UnreadableCheckpoint(ForesightError):
+    """A checkpoint file that is truncated, damaged or not a checkpoint (``--resume`` then tries an older one)."""
 
 
 def is_sharded(path: Path) -> bool:
     """A sharded (DCP) checkpoint folder."""
-    return (Path(path) / META).is_file() and (Path(path) / ".metadata").is_file()
+    path = Path(path)
+    return ((path / META).is_file() or (path / LEGACY_META).is_file()) and (path / ".metadata").is_file()
 
 
 def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every complete checkpoint in ``folder``, ``.pt`` files and sharded folders, oldest first."""
-    if not folder.is_dir():
+    """(step, path) of every complete checkpoint in ``folder``, files and sharded folders, oldest first (one per
+    step: the safetensors file where an old ``.pt`` of the same step is also there)."""
+    if not Path(folder).is_dir():
         return []
-    found = []
-    for n in os.listdir(folder):
+    found: dict[int, Path] = {}
+    for n in sorted(os.listdir(folder), key=lambda n: n.endswith(SUFFIX)):  # .safetensors last: it wins
         if m := _NAME.match(n):
-            path = folder / n
+            path = Path(folder) / n
             if path.is_file() if m.group(2) else is_sharded(path):
-                found.append((int(m.group(1)), path))
-    return sorted(found)
+                found[int(m.group(1))] = path
+    return sorted(found.items())
 
 
 def _prune(folder: Path, keep_last: int) -> None:
@@ -72,50 +78,152 @@ def _prune(folder: Path, keep_last: int) -> None:
 
 
 def save_checkpoint(folder: Path, step: int, state: dict, keep_last: int) -> Path:
-    path = folder / f"step_{step:08d}.pt"
-    atomic_save(state, path)
+    path = Path(folder) / f"step_{step:08d}{SUFFIX}"
+    save_state(state, path)
+    (Path(folder) / f"step_{step:08d}{LEGACY_SUFFIX}").unlink(missing_ok=True)  # a resumed old run's same step
     _prune(folder, keep_last)
     return path
 
 
 def save_sharded(folder: Path, step: int, lm, optimizer, meta: dict, keep_last: int) -> Path:
     """Collective: every rank calls it. Writes ``folder/step_XXXXXXXX/`` through a temporary folder that rank 0
-    renames once every rank has written its shards; ``meta`` (rank 0's) becomes ``trainer.pt``."""
+    renames once every rank has written its shards; ``meta`` (rank 0's) becomes ``trainer.safetensors``."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    from foresight.io import folder_mode
     from foresight.train.distributed import barrier, is_main
 
     path, tmp = folder / f"step_{step:08d}", folder / f".step_{step:08d}.tmp"
     if is_main():
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash
-        tmp.mkdir(parents=True)
+        tmp.mkdir(parents=True, mode=folder_mode())
     barrier()
     model_state, optim_state = get_state_dict(lm, optimizer)
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
     if is_main():
-        atomic_save(meta, tmp / META)
+        save_state(meta, tmp / META)
+        _fix_modes(tmp)
     barrier()  # every shard is on disk
     if is_main():
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+        fsync_folder(folder)
         _prune(folder, keep_last)
     barrier()  # no rank goes on before the checkpoint exists under its name
     return path
 
 
+def _fix_modes(folder: Path) -> None:
+    """DCP writes its files with the process's default mode; make them what any file the user writes gets."""
+    from foresight.io import file_mode
+
+    for p in folder.iterdir():
+        if p.is_file():
+            with contextlib.suppress(OSError):
+                os.chmod(p, file_mode())
+
+
+# ------------------------------------------------------------------------------------ reading, safely
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """DCP's ``.metadata`` pickle, allowed to build DCP's metadata records and plain types only."""
+
+    ALLOWED = {
+        ("torch.distributed.checkpoint.metadata", n) for n in (
+            "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+            "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
+    } | {
+        ("torch.serialization", "_get_layout"),  # looks a layout up by name
+        ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"),
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch.distributed.checkpoint.planner", "LoadItemType"),
+        ("torch.distributed.checkpoint.planner", "WriteItemType"),
+        ("torch", "Size"), ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
+        ("torch._utils", "_rebuild_tensor_v2"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        if module == "torch" and hasattr(torch, name) and isinstance(getattr(torch, name),
+                                                                     (torch.dtype, torch.layout, torch.memory_format)):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint's metadata")
+
+
+def _safe_reader_class():
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(dcp.FileSystemReader):
+        """``FileSystemReader`` whose metadata is read by ``_MetadataUnpickler``, with every shard file a plain
+        name inside the checkpoint folder."""
+
+        def read_metadata(self, *args, **kwargs):
+            path = Path(self.path) / ".metadata"
+            with open(path, "rb") as f:
+                metadata = _MetadataUnpickler(io.BytesIO(f.read())).load()
+            if not isinstance(metadata, dcp.Metadata):
+                raise pickle.UnpicklingError(".metadata does not hold checkpoint metadata")
+            for info in (metadata.storage_data or {}).values():
+                name = str(getattr(info, "relative_path", ""))
+                if not name or "/" in name or "\\" in name or name in (".", "..") or os.path.isabs(name):
+                    raise pickle.UnpicklingError(f".metadata names a shard file outside its folder: {name!r}")
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader
+
+
+def _safe_planner():
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    class SafePlanner(DefaultLoadPlanner):
+        """Non-tensor entries (optimiser hyper-parameters) through the restricted ``weights_only`` unpickler."""
+
+        def load_bytes(self, read_item, value) -> None:
+            obj = torch.load(value, weights_only=True)
+            if self.flatten_state_dict:
+                from torch.distributed.checkpoint._traverse import set_element
+
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = obj
+
+    return SafePlanner()
+
+
+def read_dcp_metadata(path: Path):
+    """The DCP index of a sharded checkpoint, read safely; ``UnreadableCheckpoint`` if it is not one."""
+    try:
+        return _safe_reader_class()(str(path)).read_metadata()
+    except Exception as e:
+        raise UnreadableCheckpoint(f"{path}/.metadata is not a safe, readable checkpoint index "
+                                   f"({type(e).__name__}: {str(e)[:160]})") from None
+
+
 def load_sharded(path: Path, lm, optimizer) -> dict:
     """Collective when data-parallel: load a sharded checkpoint into ``lm`` (sharded or not) and ``optimizer``;
-    returns its ``trainer.pt``."""
+    returns its ``trainer.safetensors``."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     meta = _load_meta(path)
+    index = read_dcp_metadata(path)
     model_state, optim_state = get_state_dict(lm, optimizer)  # the layout to read into
+    saved = {k[len("model."):]: tuple(v.size) for k, v in index.state_dict_metadata.items()
+             if k.startswith("model.") and isinstance(v, dcp.TensorStorageMetadata)}
+    if problem := state_mismatch({k: tuple(v.shape) for k, v in model_state.items()}, saved):
+        raise ForesightError(f"{path} does not match this recipe's model: {problem}")
     with _single_process_is_fine():
         try:
-            dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=path)
+            dcp.load({"model": model_state, "optim": optim_state}, storage_reader=_safe_reader_class()(str(path)),
+                     planner=_safe_planner())
         except Exception as e:
             raise ForesightError(f"{path} does not match this recipe's model and optimiser "
                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
@@ -124,10 +232,35 @@ def load_sharded(path: Path, lm, optimizer) -> dict:
 
 
 def _load_meta(path: Path) -> dict:
+    path = Path(path)
+    if (path / META).is_file():
+        return _readable(load_state, path / META)
+    return _load_legacy(path / LEGACY_META, "cpu")
+
+
+def _readable(load, path: Path, *args):
     try:
-        return torch.load(path / META, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ForesightError(f"{path / META} is not a readable foresight checkpoint ({type(e).__name__})") from None
+        return load(path, *args)
+    except UnreadableCheckpoint:
+        raise
+    except ForesightError as e:
+        raise UnreadableCheckpoint(str(e)) from None
+
+
+def _load_legacy(path: Path, map_location) -> dict:
+    """An old pickled ``.pt`` checkpoint, through the restricted unpickler only (plain data and tensors)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        wants = re.search(r"GLOBAL (\S+)", str(e))
+        detail = f"it asks for {wants.group(1)}" if wants else "it holds objects other than plain data and tensors"
+        raise UnreadableCheckpoint(
+            f"{path} is an old-format (pickle) checkpoint that could run code when read ({detail}); foresight "
+            f"refuses it. Checkpoints that foresight wrote never need this: ask its author for a .safetensors "
+            f"checkpoint") from None
+    except Exception as e:  # a truncated or foreign file: say which, not where in the unpickler it failed
+        raise UnreadableCheckpoint(f"{path} is not a readable foresight checkpoint ({type(e).__name__}); it may "
+                                   f"be truncated or damaged") from None
 
 
 @contextlib.contextmanager
@@ -145,38 +278,86 @@ def _read_sharded_model(path: Path, map_location) -> dict:
 
     meta = _load_meta(path)
     tensors = {}
-    for key, item in dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata.items():
+    for key, item in read_dcp_metadata(path).state_dict_metadata.items():
         if key.startswith("model.") and isinstance(item, dcp.TensorStorageMetadata):
             tensors[key[len("model."):]] = torch.empty(item.size, dtype=item.properties.dtype)
     with _single_process_is_fine():
-        dcp.load({"model": tensors}, checkpoint_id=path, no_dist=True)
+        dcp.load({"model": tensors}, storage_reader=_safe_reader_class()(str(path)), planner=_safe_planner(),
+                 no_dist=True)
     return {**meta, "lm": {k: v.to(map_location) for k, v in tensors.items()}}
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Load a checkpoint file (or the newest in a run folder / checkpoints folder) with a clear error if bad."""
+def read_checkpoint_file(path: Path, map_location="cpu") -> dict:
+    """One checkpoint (a file or a sharded folder), checked to hold a model and a config."""
     path = Path(path)
     if is_sharded(path):
         try:
-            return _read_sharded_model(path, map_location)
+            state = _read_sharded_model(path, map_location)
         except ForesightError:
             raise
         except Exception as e:
-            raise ForesightError(f"{path} is not a readable sharded checkpoint ({type(e).__name__})") from None
-    if path.is_dir():
+            raise UnreadableCheckpoint(f"{path} is not a readable sharded checkpoint ({type(e).__name__}); it may "
+                                       f"be truncated or damaged") from None
+    elif not path.is_file():
+        raise ForesightError(f"checkpoint not found: {path}")
+    elif path.suffix == LEGACY_SUFFIX:
+        state = _load_legacy(path, map_location)
+    else:
+        state = _readable(load_state, path, map_location)
+    if not isinstance(state, dict) or not isinstance(state.get("lm"), dict) or not isinstance(state.get("config"), dict):
+        raise UnreadableCheckpoint(f"{path} is not a foresight checkpoint (missing model state or config)")
+    return state
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Load a checkpoint (a file or sharded folder), or the newest one that reads in a run folder or checkpoints
+    folder (saying on stderr which newer ones are broken), with a clear error if there is none."""
+    path = Path(path)
+    if path.is_dir() and not is_sharded(path):
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         found = list_checkpoints(folder)
         if not found:
-            raise ForesightError(f"no checkpoint (checkpoints/step_*.pt or step_*/) in {path}")
-        path = found[-1][1]
-        if is_sharded(path):
-            return load_checkpoint(path, map_location)
-    if not path.is_file():
-        raise ForesightError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # a truncated or foreign file: say which, not where in the unpickler it failed
-        raise ForesightError(f"{path} is not a readable foresight checkpoint ({type(e).__name__})") from None
-    if not isinstance(state, dict) or "lm" not in state or "config" not in state:
-        raise ForesightError(f"{path} is not a foresight checkpoint (missing model state or config)")
-    return state
+            raise ForesightError(f"no checkpoint (checkpoints/step_*{SUFFIX} or step_*/) in {path}")
+        return newest_readable([p for _, p in found], lambda p: read_checkpoint_file(p, map_location))[1]
+    return read_checkpoint_file(path, map_location)
+
+
+def newest_readable(paths: list[Path], read) -> tuple[Path, dict]:
+    """``read`` the newest of ``paths`` (oldest first) that is readable; a broken one is named on stderr and the
+    one before it tried. If none reads, the newest one's error."""
+    import sys
+
+    broken: list[tuple[Path, UnreadableCheckpoint]] = []
+    for p in reversed(paths):
+        try:
+            state = read(p)
+        except UnreadableCheckpoint as e:
+            broken.append((p, e))
+            continue
+        from foresight.train.distributed import is_main
+
+        for bad, e in broken if is_main() else []:  # said when an older one stands in (else the error says it)
+            print(f"foresight: warning: skipped a broken checkpoint, using {p.name} instead: {e}", file=sys.stderr)
+        return p, state
+    raise broken[0][1]
+
+
+def state_mismatch(expected: dict[str, tuple], saved: dict[str, tuple], limit: int = 3) -> str | None:
+    """Where a checkpoint's tensors differ from a model's (names and shapes: ``{key: shape}``); None if they fit."""
+    missing = [k for k in expected if k not in saved]
+    extra = [k for k in saved if k not in expected]
+    shapes = [k for k in expected if k in saved and tuple(expected[k]) != tuple(saved[k])]
+    parts = []
+    if shapes:
+        parts.append("shape differs for " + ", ".join(f"{k} (checkpoint {tuple(saved[k])}, model "
+                                                      f"{tuple(expected[k])})" for k in shapes[:limit])
+                     + (f" and {len(shapes) - limit} more" if len(shapes) > limit else ""))
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) missing from the checkpoint, e.g. " + ", ".join(missing[:limit]))
+    if extra:
+        parts.append(f"{len(extra)} tensor(s) the model does not have, e.g. " + ", ".join(extra[:limit]))
+    return "; ".join(parts) or None
+
+
+def shapes_of(state: dict) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from foresight.errors import ForesightError
@@ -37,16 +38,23 @@ class TrainConfig:
     compile_backend: str = "inductor"  # torch.compile backend; "aot_eager" checks the wiring without code generation
     activation_checkpointing: bool = False  # recompute each trunk block's activations in the backward (less memory)
     per_head_backward: bool = True  # MTP/DS-MTP heads: forward+backward one head at a time (Meta MTP §2)
+    max_skipped_steps: int = 10  # this many consecutive non-finite steps stop the run (exit 1); 0 = never stop
 
     def __post_init__(self) -> None:
         if self.micro_batch_size is None:
             self.micro_batch_size = self.batch_size
+        for name in ("lr", "min_lr", "weight_decay", "eps", "grad_clip", "early_stop_threshold", "peak_tflops", *(
+                     f"betas[{i}]" for i in range(len(self.betas) if isinstance(self.betas, list) else 0))):
+            value = self.betas[int(name[6])] if name.startswith("betas") else getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value)):
+                raise ForesightError(f"train.{name} must be a finite number, got {value!r}")
         checks = [
             (self.steps >= 1, "train.steps must be >= 1"),
             (self.batch_size >= 1, "train.batch_size must be >= 1"),
             (1 <= self.micro_batch_size <= self.batch_size, "train.micro_batch_size must be in 1 .. batch_size"),
             (self.batch_size % self.micro_batch_size == 0, "train.batch_size must be a multiple of train.micro_batch_size"),
-            (self.lr > 0, "train.lr must be > 0"),
+            (0 < self.lr <= 1, "train.lr must be in (0, 1] (AdamW moves each weight by about lr per step)"),
+            (self.max_skipped_steps >= 0, "train.max_skipped_steps must be >= 0 (0 = never stop)"),
             (0 <= self.min_lr <= self.lr, "train.min_lr must be in 0 .. lr"),
             (self.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
             (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas must be two numbers in [0, 1)"),

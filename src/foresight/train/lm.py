@@ -88,9 +88,13 @@ class TrainableLM(nn.Module):
         config = state["config"]
         if "model" not in config or "objectives" not in config:
             raise ForesightError(f"{path}: checkpoint config lacks 'model' or 'objectives'; it cannot be rebuilt")
-        lm = cls(ModelConfig(**config["model"]), config["objectives"])
         try:
-            lm.load_state_dict(state["lm"])
-        except RuntimeError as e:
-            raise ForesightError(f"{path}: weights do not fit the stored config: {str(e).splitlines()[0]}") from None
+            lm = cls(ModelConfig(**config["model"]), config["objectives"])
+        except TypeError as e:  # a config field this version does not know, or a missing one
+            raise ForesightError(f"{path}: its model config does not fit this foresight version ({e})") from None
+        from foresight.train.checkpoint import shapes_of, state_mismatch
+
+        if problem := state_mismatch(shapes_of(lm.state_dict()), shapes_of(state["lm"])):
+            raise ForesightError(f"{path}: weights do not fit the stored config: {problem}")
+        lm.load_state_dict(state["lm"])
         return lm.eval(), state

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from foresight.io import write_text
+
 
 class MetricsWriter:
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
@@ -13,7 +15,7 @@ class MetricsWriter:
         if resume_step is not None and path.exists():
             # Drop lines logged after the checkpoint we resume from, so the file reads like one clean run.
             kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            write_text(path, "".join(json.dumps(r) + "\n" for r in kept))  # atomic: a kill keeps the old file
         elif resume_step is None and path.exists():
             path.unlink()
 

@@ -25,7 +25,6 @@ used), rank 0 alone prints and writes metrics, and checkpoints are sharded DCP f
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 import time
 from dataclasses import asdict
@@ -40,8 +39,9 @@ from foresight.model import Block
 from foresight.model.layers import training_forward
 from foresight.objectives import Batch
 from foresight.train import distributed
-from foresight.train.checkpoint import (is_sharded, list_checkpoints, load_checkpoint, load_sharded, save_checkpoint,
-                                        save_sharded)
+from foresight.train.checkpoint import (UnreadableCheckpoint, is_sharded, list_checkpoints, load_sharded,
+                                        newest_readable, read_checkpoint_file, save_checkpoint, save_sharded, shapes_of,
+                                        state_mismatch)
 from foresight.train.config import TrainConfig
 from foresight.train.distributed import DataParallel, clip_grad_norm
 from foresight.train.flops import flops_per_token, peak_flops
@@ -99,6 +99,12 @@ def make_optimizer(lm: TrainableLM, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
+class Diverged(ForesightError):
+    """Too many consecutive non-finite steps (``train.max_skipped_steps``): the CLI exits with status 1."""
+
+    exit_code = 1
+
+
 class _NoMetrics:
     """What ranks other than 0 write metrics to."""
 
@@ -141,17 +147,20 @@ class Trainer:
         self.streak = 0  # consecutive evaluations at or above the early-stop threshold
         self.evals: list[dict] = []
         self.stopped_early = False
+        self.skipped_steps = 0  # non-finite steps skipped so far (the optimiser did not step)
+        self.skip_streak = 0  # ... of which the latest ones in a row
 
     # ----------------------------------------------------------------------------------------- state
     def progress(self) -> dict:
         """Where the run stands, without tensors: step, early-stop streak, evaluations, config, data position."""
-        state = {"step": self.step, "streak": self.streak, "evals": self.evals, "config": self.run_config}
+        state = {"step": self.step, "streak": self.streak, "evals": self.evals, "config": self.run_config,
+                 "skipped_steps": self.skipped_steps, "skip_streak": self.skip_streak, "torch": torch.__version__}
         if self.data_state is not None:
             state["data"] = self.data_state(self.step)  # where the next batch comes from
         return state
 
     def state_dict(self) -> dict:
-        """A one-process checkpoint (``step_XXXXXXXX.pt``)."""
+        """A one-process checkpoint (``step_XXXXXXXX.safetensors``)."""
         state = {"lm": self.lm.state_dict(), "optimizer": self.opt.state_dict(), **self.progress(),
                  "rng_cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
@@ -177,11 +186,17 @@ class Trainer:
                     f"{now.get(key)!r}; resume with the same data and recipe, or start a new run folder")
 
     def resume(self) -> bool:
-        """Load the newest checkpoint of this run folder; False if there is none."""
+        """Load the newest readable checkpoint of this run folder (a broken newer one is named on stderr and
+        skipped); False if there is none."""
         found = list_checkpoints(self.run_dir / "checkpoints")
         if not found:
             return False
-        path = found[-1][1]
+        # Data parallel: a checkpoint is found unreadable (meta or index) before any collective, from the same
+        # files on every rank, so every rank falls back alike.
+        newest_readable([p for _, p in found], self._resume_from)
+        return True
+
+    def _resume_from(self, path: Path) -> None:
         if is_sharded(path):  # any number of processes (DCP reshards), one included
             state = load_sharded(path, self.lm, self.opt)
             rngs = state["rng"]
@@ -193,19 +208,25 @@ class Trainer:
             raise ForesightError(f"{path} was written by one process; resume it in one process (without torchrun), "
                                  f"or start a new run folder")
         else:
-            state = load_checkpoint(path, map_location=self.device)
+            state = read_checkpoint_file(path, map_location=self.device)
+            if not isinstance(state.get("optimizer"), dict):
+                raise UnreadableCheckpoint(f"{path} holds no optimiser state (an imported or exported model?); "
+                                           f"start a new run, with text.init_from={path} to begin from its weights")
+            if problem := state_mismatch(shapes_of(self.lm.state_dict()), shapes_of(state["lm"])):
+                raise ForesightError(f"{path} does not match this recipe's model: {problem}")
+            self.lm.load_state_dict(state["lm"])
             try:
-                self.lm.load_state_dict(state["lm"])
-            except RuntimeError as e:
-                raise ForesightError(f"{path} does not match this recipe's model: {str(e).splitlines()[0]}") from None
-            self.opt.load_state_dict(state["optimizer"])
+                self.opt.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise ForesightError(f"{path}: its optimiser state does not fit this run's optimiser "
+                                     f"({str(e).splitlines()[0][:160]})") from None
             # RNG states must be CPU byte tensors, but map_location moved every tensor to the training device.
             torch.set_rng_state(state["rng_cpu"].cpu())
             if self.device.type == "cuda" and "rng_cuda" in state:
                 torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         self.step, self.streak, self.evals = state["step"], state["streak"], state["evals"]
+        self.skipped_steps, self.skip_streak = state.get("skipped_steps", 0), state.get("skip_streak", 0)
         self._check_data(state.get("data"), path)
-        return True
 
     def _save(self) -> None:
         folder = self.run_dir / "checkpoints"
@@ -255,8 +276,9 @@ class Trainer:
         lr = lr_at(self.step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        finite = bool(torch.isfinite(grad_norm))
-        if finite:  # skip non-finite steps, as the paper's runs do
+        # A non-finite loss or gradient norm skips the step, as the paper's runs do (one sync for both checks).
+        finite = bool(torch.isfinite(torch.stack([grad_norm.float(), *(v.float() for v in sums.values())])).all())
+        if finite:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         losses = {f"{k}_loss": float(sums[k] / counts[k]) for k in lm.objectives}
@@ -284,8 +306,38 @@ class Trainer:
             self.streak = self.streak + 1 if result[metric] >= self.cfg.early_stop_threshold else 0
         return result
 
+    def _count_skip(self, record: dict, warn) -> None:
+        """The divergence policy: count skipped steps, warn, and stop after ``max_skipped_steps`` in a row."""
+        if not record["skipped"]:
+            self.skip_streak = 0
+            return
+        self.skipped_steps += 1
+        self.skip_streak += 1
+        limit = self.cfg.max_skipped_steps
+        warn(f"warning: step {self.step}: non-finite loss or gradient norm (loss {record['loss']:.4g}, gradient norm "
+            f"{record['grad_norm']:.4g}); step skipped ({self.skip_streak} in a row"
+            + (f", the run stops at {limit})" if limit else ")"))
+        if limit and self.skip_streak >= limit:
+            raise Diverged(f"training diverged: {self.skip_streak} consecutive non-finite steps up to step "
+                           f"{self.step} ({self.skipped_steps} skipped in all); the likely cause is a learning "
+                           f"rate too high for this model (train.lr={self.cfg.lr:g}): lower it, or raise "
+                           f"train.warmup_steps; checkpoints written so far are intact")
+
     def fit(self, resume: bool = False) -> list[dict]:
         """Run to ``cfg.steps`` (or early stop); returns the evaluation history."""
+        from foresight.io import clean_temporaries
+        from foresight.train.run_folder import acquire, release
+
+        lock = acquire(self.run_dir) if self.main else None  # one run per folder, library callers included
+        try:
+            if self.main:
+                clean_temporaries(self.run_dir / "checkpoints")  # what a killed checkpoint write left
+            return self._fit(resume)
+        finally:
+            if lock is not None:
+                release(lock)
+
+    def _fit(self, resume: bool) -> list[dict]:
         cfg = self.cfg
         resumed = resume and self.resume()
         if self.main:
@@ -303,6 +355,7 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, unit="step", dynamic_ncols=True,
                    file=sys.stderr, mininterval=0.5, leave=True, disable=not self.main)
         say = bar.write if self.main else (lambda message: None)
+        warn = (lambda message: bar.write(message, file=sys.stderr)) if self.main else (lambda message: None)
         tokens_since, time_since = 0, time.perf_counter()
         start = time.perf_counter()
         try:
@@ -310,6 +363,8 @@ class Trainer:
                 batch = self.batch_fn(self.step)
                 record = self.train_step(batch)
                 self.step += 1
+                self._count_skip(record, warn)
+                record["skipped_steps"] = self.skipped_steps
                 step_tokens = batch.tokens.shape[0] * batch.seq_len
                 tokens_since += step_tokens
                 bar.update(1)
@@ -329,8 +384,6 @@ class Trainer:
                     metrics.write({"kind": "train", "step": self.step, "elapsed_s": now - start, **record})
                     log_scalars(tb, "train", self.step, record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{rate:,.0f}")
-                    if not math.isfinite(record["loss"]):
-                        say(f"warning: non-finite loss at step {self.step}")
                 paused = time.perf_counter()  # evaluation and checkpoints do not count against tokens/s
                 at_end = self.step == cfg.steps
                 if self.eval_fn is not None and (at_end or (cfg.eval_every and self.step % cfg.eval_every == 0)):
