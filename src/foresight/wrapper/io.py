@@ -52,7 +52,7 @@ def save_pretrained(wrapped, directory, **kwargs) -> None:
 def from_pretrained(directory, *, return_logits: bool = True, **model_kwargs):
     """A ``ForesightModel`` from a folder written by ``save_pretrained``: the model through
     ``AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)``, the heads from the heads file."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from transformers import AutoModelForCausalLM
 
     from foresight.wrapper.model import ForesightModel
@@ -66,7 +66,7 @@ def from_pretrained(directory, *, return_logits: bool = True, **model_kwargs):
         with safe_open(str(heads_path), framework="pt") as f:
             specs = specs_from_metadata(f.metadata(), str(heads_path))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError, RuntimeError) as e:  # safetensors raises SafetensorError (a RuntimeError)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise ForesightError(f"{heads_path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     if specs is None:
         raise ForesightError(f"{heads_path}: metadata lacks the foresight objective specs")

@@ -157,6 +157,10 @@ class ForesightModel(nn.Module):
             return {k: n.to(c.device) for k, c in results_or_counts.items()}
         return {k: c.clamp(min=1) for k, c in results_or_counts.items()}
 
+    def _metrics(self, results) -> dict[str, torch.Tensor]:
+        """Per-head means (``mtp_head1``, ``dsmtp_depth1``, ...), renamed after the key of a repeated objective."""
+        return {m.replace(self.objectives[k].name, k, 1): v for k, r in results.items() for m, v in r.metrics.items()}
+
     def _batch_of(self, key: str, ntp: Batch, future: Batch) -> Batch:
         return ntp if isinstance(self.objectives[key], WrapNTP) else future
 
@@ -175,8 +179,7 @@ class ForesightModel(nn.Module):
         weights = self.current_weights()
         losses = {k: r.loss_sum / divisors[k] for k, r in results.items()}
         loss = sum(weights[k] * losses[k] for k in losses)
-        metrics = {m: v for k, r in results.items() for m, v in r.metrics.items()}
-        return ForesightOutput(loss=loss, logits=logits, losses=losses, metrics=metrics)
+        return ForesightOutput(loss=loss, logits=logits, losses=losses, metrics=self._metrics(results))
 
     def forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor,
                          attention_mask: torch.Tensor | None = None, *, scale: float = 1.0,
@@ -210,5 +213,4 @@ class ForesightModel(nn.Module):
             torch.autograd.backward([t for t, _ in roots], [g for _, g in roots])
         losses = {k: r.loss_sum / divisors[k] for k, r in results.items()}
         loss = sum(weights[k] * losses[k] for k in losses)
-        metrics = {m: v for r in results.values() for m, v in r.metrics.items()}
-        return ForesightOutput(loss=loss, logits=None, losses=losses, metrics=metrics)
+        return ForesightOutput(loss=loss, logits=None, losses=losses, metrics=self._metrics(results))

@@ -1,0 +1,88 @@
+"""A wrapped model trains in a plain loop and with transformers' Trainer, and save/load restores it exactly."""
+
+import json
+
+import pytest
+import torch
+
+from foresight.errors import ForesightError
+from foresight.hf.heads import HEADS_FILE
+from foresight.wrapper import ForesightModel, wrap
+
+from conftest import VOCAB, tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SPECS = [{"name": "ntp"}, {"name": "top", "window": 4, "weight": 0.5}, {"name": "mtp", "n": 2},
+         {"name": "dsmtp", "preset": "deepseek_v3", "depth": 1, "weight": 0.3}]
+
+
+def test_save_pretrained_then_load_restores_model_and_heads(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    wrapped = wrap(tiny_model("qwen3"), SPECS)
+    ids = torch.randint(0, VOCAB, (2, 9))
+    wrapped.save_pretrained(tmp_path)
+    back = ForesightModel.from_pretrained(tmp_path)
+    assert back.specs == SPECS
+    before = dict(wrapped.named_parameters())
+    for name, p in back.named_parameters():
+        assert torch.equal(p, before[name]), name
+    with torch.no_grad():
+        a, b = wrapped(ids, labels=ids), back(ids, labels=ids)
+    for k in a.losses:
+        assert torch.equal(a.losses[k], b.losses[k])
+    # the folder is still a plain model folder for transformers; the heads file says what it holds
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(plain(ids).logits, b.logits)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / HEADS_FILE), "pt") as f:
+        assert json.loads(f.metadata()["objectives"]) == SPECS
+        assert "top.head.weight" in f.keys() and not any(k.startswith("ntp") for k in f.keys())
+
+
+def test_loading_a_folder_without_heads_says_what_to_do(tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path)
+    with pytest.raises(ForesightError, match="no foresight_heads.safetensors"):
+        ForesightModel.from_pretrained(tmp_path)
+    (tmp_path / HEADS_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(ForesightError, match="not a readable safetensors"):
+        ForesightModel.from_pretrained(tmp_path)
+
+
+def test_plain_loop_with_per_head_backward_lowers_every_loss():
+    torch.manual_seed(0)
+    wrapped = wrap(tiny_model("mistral"), SPECS, return_logits=False)
+    opt = torch.optim.AdamW(wrapped.parameters(), lr=1e-2)
+    ids = torch.randint(3, VOCAB, (4, 12))  # one fixed batch: every loss must fall when it is fitted
+    first = None
+    for _ in range(8):
+        out = wrapped.forward_backward(ids, ids)
+        opt.step()
+        opt.zero_grad()
+        first = first or {k: v.item() for k, v in out.losses.items()}
+    last = {k: v.item() for k, v in wrapped(ids, labels=ids).losses.items()}
+    assert all(last[k] < first[k] - 0.05 for k in first), (first, last)
+
+
+def test_hf_trainer_trains_a_few_steps(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from foresight.wrapper import ForesightCallback
+
+    torch.manual_seed(0)
+    wrapped = wrap(tiny_model("llama"), [{"name": "ntp"}, {"name": "top", "window": 4, "weight": [[0, 1.0], [0.5, 0.0]]},
+                                         {"name": "mtp", "n": 2}])
+    before = {n: p.detach().clone() for n, p in wrapped.named_parameters()}
+    data = [{"input_ids": x, "labels": x} for x in torch.randint(3, VOCAB, (16, 10))]
+    args = TrainingArguments(str(tmp_path), max_steps=4, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                             learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True, logging_steps=1,
+                             disable_tqdm=True)
+    trainer = Trainer(model=wrapped, args=args, train_dataset=data, callbacks=[ForesightCallback()])
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    assert wrapped.step == 3 and wrapped.current_weights()["top"] == 0.0  # the schedule followed the Trainer
+    for name in ("objectives.top.head.weight", "objectives.mtp.heads.0.mlp.up_proj.weight", "model.lm_head.weight"):
+        assert not torch.equal(before[name], dict(wrapped.named_parameters())[name]), name
