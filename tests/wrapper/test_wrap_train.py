@@ -86,3 +86,36 @@ def test_hf_trainer_trains_a_few_steps(tmp_path):
     assert wrapped.step == 3 and wrapped.current_weights()["top"] == 0.0  # the schedule followed the Trainer
     for name in ("objectives.top.head.weight", "objectives.mtp.heads.0.mlp.up_proj.weight", "model.lm_head.weight"):
         assert not torch.equal(before[name], dict(wrapped.named_parameters())[name]), name
+
+
+@pytest.mark.parametrize("arch, fresh_norm", [("llama", 1.0), ("gemma2", 0.0)])  # Gemma's norm scales by 1 + w
+def test_new_heads_are_initialised_as_the_model_initialises_its_own(arch, fresh_norm):
+    model = tiny_model(arch)
+    with torch.no_grad():
+        model.base_model.norm.weight.fill_(0.7)  # as if trained: the heads must not copy it
+    wrapped = wrap(model, [{"name": "mtp", "n": 2}, {"name": "dsmtp", "preset": "deepseek_v3", "depth": 1}])
+    module = wrapped.heads["dsmtp"][0]
+    for norm in (module.hnorm, module.enorm, module.norm):
+        assert type(norm) is type(model.base_model.norm) and torch.all(norm.weight == fresh_norm)
+    head = wrapped.heads["mtp"][0]
+    assert type(head) is type(model.base_model.layers[-1])
+    std = head.mlp.up_proj.weight.std().item()  # the config's initializer_range (0.3), not nn.Linear's default
+    assert 0.25 < std < 0.35
+
+
+def test_accelerate_prepares_and_trains_it():
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    wrapped = wrap(tiny_model("phi3"), [{"name": "ntp"}, {"name": "top", "window": 4}, {"name": "dsmtp", "depth": 1}])
+    opt = torch.optim.AdamW(wrapped.parameters(), lr=1e-2)
+    wrapped, opt = accelerator.prepare(wrapped, opt)
+    ids = torch.randint(3, VOCAB, (4, 10))
+    losses = []
+    for _ in range(5):
+        out = wrapped(ids, labels=ids)
+        accelerator.backward(out.loss)
+        opt.step()
+        opt.zero_grad()
+        losses.append(out.loss.item())
+    assert losses[-1] < losses[0]
