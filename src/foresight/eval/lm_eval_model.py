@@ -4,7 +4,10 @@ Scores a checkpoint directly — no export, no ``accelerate`` — with the run's
 types of lm-eval 0.4:
 
 * ``loglikelihood``: log P(continuation | context) summed over the continuation's tokens, and whether greedy
-  decoding would produce it; the context is cut from the left to fit ``max_length``.
+  decoding would produce it; the context is cut from the left to fit ``max_length``. The pair is split at the
+  last token boundary the context shares with the whole string, so a continuation that merges with the end
+  of the context (``'def main('`` + ``'):'``) is scored from there instead of coming out empty; a request
+  that still has nothing to score fails with its task and document named.
 * ``loglikelihood_rolling``: the whole text scored in disjoint windows of ``max_length`` tokens, each token
   once, the first one conditioned on the end-of-document token (what the training stream puts before every
   document).
@@ -83,6 +86,42 @@ class ForesightLM(TemplateLM):
         return self.tok.decode(tokens)
 
     # ------------------------------------------------------------------ scoring
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids) split at a token boundary of the whole string's encoding.
+
+        lm-eval's default takes ``whole[len(encode(context)):]``, which is empty (or wrong) when the tokenizer
+        merges the context's last characters with the continuation's first. Here the split is the longest common
+        prefix of ``encode(context)`` and ``encode(context + continuation)``: the same as lm-eval's when the
+        context's tokens survive, otherwise the merged token moves to the continuation. Trailing spaces of the
+        context move to the continuation first, as lm-eval does.
+        """
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        whole, ctx = self.tok_encode(context + continuation), self.tok_encode(context)
+        common = 0
+        while common < min(len(whole), len(ctx)) and whole[common] == ctx[common]:
+            common += 1
+        return whole[:common], whole[common:]
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """lm-eval's entry point for (context, continuation) requests; a request that cannot be scored raises
+        one line naming its task and document."""
+        new_reqs = []
+        for req in requests:
+            context, continuation = req.args
+            if context:
+                ctx, cont = self._encode_pair(context, continuation)
+            else:  # lm-eval's convention: the prefix token is the context, unless the text starts with it
+                cont = self.tok_encode(continuation)
+                ctx, cont = (cont[:1], cont[1:]) if cont[:1] == [self.prefix_token_id] else ([self.prefix_token_id], cont)
+            if not cont:
+                raise ForesightError(f"lm-eval task {getattr(req, 'task_name', '?')!r}, document "
+                                     f"{getattr(req, 'doc_id', '?')}: the continuation {continuation!r} after "
+                                     f"{context[-40:]!r} has no tokens to score")
+            new_reqs.append(((context, continuation), ctx or [self.prefix_token_id], cont))
+        return self._loglikelihood_tokens(new_reqs, disable_tqdm=disable_tqdm)
+
     @torch.no_grad()
     def _score(self, rows: list[tuple[list[int], int]]) -> list[tuple[float, bool]]:
         """rows: (inputs + continuation tokens, continuation length) -> (sum log p, greedy) per row.
