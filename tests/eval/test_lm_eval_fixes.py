@@ -58,3 +58,18 @@ def test_a_bad_document_fails_its_task_only_and_lm_eval_files_are_written(setup,
     assert {"results", "samples_tiny_mc"} <= written, written
     aggregated = json.loads(next(out.rglob("results_*.json")).read_text())
     assert "tiny_mc" in aggregated["results"] and len(MC) == aggregated["n-samples"]["tiny_mc"]["effective"]
+
+
+def test_foresight_lm_eval_command_is_lm_evals_cli_with_the_foresight_model(monkeypatch):
+    """The command hands over to lm-eval's own CLI with both foresight's and lm-eval's models registered (a full
+    CLI run scans lm-eval's whole task index, about a minute; ``run_lm_eval`` above runs the same evaluator)."""
+    import lm_eval.__main__
+    from lm_eval.api.registry import get_model
+
+    from foresight.eval.lm_eval_cli import main
+    from foresight.eval.lm_eval_model import ForesightLM
+
+    seen = []
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: seen.append((get_model("foresight"), get_model("hf"))))
+    main()
+    assert seen and seen[0][0] is ForesightLM and seen[0][1].__name__ == "HFLM"

@@ -52,9 +52,11 @@ def load_for_eval(pretrained, tokenizer=None, device: str = "cpu"):
 class ForesightLM(TemplateLM):
     """lm-eval ``TemplateLM`` over a foresight ``Transformer`` and a ``foresight.data.tokenizer.TextTokenizer``."""
 
-    def __init__(self, pretrained=None, tokenizer=None, model=None, batch_size: int | str = 8, device: str = "cpu",
+    def __init__(self, pretrained=None, tokenizer=None, model=None, batch_size: int | str = 8, device: str | None = "cpu",
                  max_length: int | None = None, **_ignored) -> None:
         super().__init__()
+        if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            device = "cuda" if torch.cuda.is_available() else "cpu"  # lm_eval's CLI asks for cuda by default
         if model is None:
             if pretrained is None:
                 raise ForesightError("the foresight lm-eval model needs pretrained=CHECKPOINT")
