@@ -73,3 +73,30 @@ def test_foresight_lm_eval_command_is_lm_evals_cli_with_the_foresight_model(monk
     monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: seen.append((get_model("foresight"), get_model("hf"))))
     main()
     assert seen and seen[0][0] is ForesightLM and seen[0][1].__name__ == "HFLM"
+
+
+def test_batched_generate_until_equals_one_prompt_at_a_time(setup):
+    from foresight.generate import generate
+
+    root, lm = setup
+    model = build_model(root / "run", "foresight", batch_size=3)
+    contexts = ["the cat sat on", "where is the big red dog ?", "a", "the dog ran under the", "what is blue ?"]
+
+    class Gen:
+        def __init__(self, context, until):
+            self.args = (context, {"until": until, "max_gen_toks": 5, "do_sample": False})
+
+    requests = [Gen(c, ["."] if i % 2 else ["mat"]) for i, c in enumerate(contexts)]
+    batched = model.generate_until(requests, disable_tqdm=True)
+    tok = model.tok
+    for req, got in zip(requests, batched):
+        context, kw = req.args
+        ids = torch.tensor([tok.encode(context)])
+        new = generate(lm.model, ids, 5, eos_id=tok.eos_id)[0, ids.shape[1]:].tolist()
+        new = new[: new.index(tok.eos_id)] if tok.eos_id in new else new
+        text = ""
+        for n in range(1, len(new) + 1):  # stop as soon as a stop string appears, then cut there
+            text = tok.decode(new[:n])
+            if kw["until"][0] in text:
+                break
+        assert got == text.split(kw["until"][0])[0], context

@@ -12,7 +12,8 @@ types of lm-eval 0.4:
   once, the first one conditioned on the end-of-document token (what the training stream puts before every
   document).
 * ``generate_until``: greedy (or sampled, when the task asks) decoding with the KV cache, stopped at the
-  end-of-document token or any of the task's stop strings.
+  end-of-document token or any of the task's stop strings; ``batch_size`` prompts at a time (each row at its
+  own length in the cache, so a row's output does not depend on its batch).
 
 ``lm_eval --model foresight --model_args pretrained=RUN_OR_CHECKPOINT[,tokenizer=PATH]`` works once this
 module is imported; ``foresight eval`` does that.
@@ -180,36 +181,62 @@ class ForesightLM(TemplateLM):
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def _generate_one(self, context: str, until: list[str], max_new: int, temperature: float) -> str:
-        ids = self.tok_encode(context)[-max(1, self.max_length - max_new):] or [self.prefix_token_id]
+    def _generate_batch(self, prompts: list[list[int]], until: list[str], max_new: int,
+                        temperature: float) -> list[str]:
+        """Decode several prompts together with the KV cache: right-padded prefill, then each row continues at its
+        own length (the cache's per-row path, as batched speculative decoding uses), so every row gets exactly
+        the tokens it would get alone. A row stops at the end-of-document token or a stop string."""
+        b = len(prompts)
+        lengths = torch.tensor([len(p) for p in prompts], device=self._device)  # (B,)
+        batch = torch.zeros(b, int(lengths.max()), dtype=torch.long, device=self._device)
+        for i, p in enumerate(prompts):
+            batch[i, : len(p)] = torch.tensor(p)
         caches = self.model.new_caches()
-        logits = self.model(torch.tensor([ids], device=self._device), caches)[:, -1]  # (1, V)
-        produced: list[int] = []
-        text = ""
+        logits = self.model(batch, caches)[torch.arange(b, device=self._device), lengths - 1]  # (B, V)
+        for cache in caches:  # one tensor for every layer (KVCache.truncate): pads past each row are dropped
+            cache.truncate(lengths)
+        produced: list[list[int]] = [[] for _ in range(b)]
+        texts, done = [""] * b, [False] * b
         for _ in range(max_new):
-            nxt = int(sample_next_token(logits.float(), temperature=temperature)[0])
-            if nxt == self.eot_token_id:
+            nxt = sample_next_token(logits.float(), temperature=temperature).tolist()  # (B,)
+            for i, token in enumerate(nxt):
+                if done[i]:
+                    continue
+                if token == self.eot_token_id:
+                    done[i] = True
+                    continue
+                produced[i].append(token)
+                texts[i] = self.tok_decode(produced[i])
+                done[i] = any(s and s in texts[i] for s in until)
+            if all(done):
                 break
-            produced.append(nxt)
-            text = self.tok_decode(produced)
-            if any(s and s in text for s in until):
-                break
-            logits = self.model(torch.tensor([[nxt]], device=self._device), caches)[:, -1]
+            logits = self.model(torch.tensor(nxt, device=self._device)[:, None], caches)[:, -1]  # (B, V)
         for s in until:
-            if s and s in text:
-                text = text.split(s)[0]
-        return text
+            texts = [t.split(s)[0] if s else t for t in texts]
+        return texts
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        out = []
-        for req in tqdm(requests, disable=disable_tqdm, desc="foresight generate_until"):
+        """Requests with the same stop strings and budgets are decoded ``batch_size`` at a time, longest first."""
+        jobs: dict[tuple, list[tuple[int, list[int]]]] = {}
+        for i, req in enumerate(requests):
             context, kwargs = req.args
             kwargs = dict(kwargs or {})
             until = kwargs.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
+            until = (until,) if isinstance(until, str) else tuple(until)
             max_new = int(kwargs.pop("max_gen_toks", 256))
             temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
-            text = self._generate_one(context, until, max_new, temperature)
-            self.cache_hook.add_partial("generate_until", (context, req.args[1]), text)
-            out.append(text)
+            ids = self.tok_encode(context)[-max(1, self.max_length - max_new):] or [self.prefix_token_id]
+            jobs.setdefault((until, max_new, temperature), []).append((i, ids))
+        out: list[str] = [""] * len(requests)
+        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="foresight generate_until")
+        for (until, max_new, temperature), items in jobs.items():
+            items.sort(key=lambda item: -len(item[1]))
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start : start + self.batch_size]
+                texts = self._generate_batch([ids for _, ids in chunk], list(until), max_new, temperature)
+                for (i, _), text in zip(chunk, texts):
+                    out[i] = text
+                    self.cache_hook.add_partial("generate_until", (requests[i].args[0], requests[i].args[1]), text)
+                bar.update(len(chunk))
+        bar.close()
         return out
