@@ -61,7 +61,8 @@ class TrainConfig:
             (self.peak_tflops is None or self.peak_tflops > 0, "train.peak_tflops must be > 0"),
             (isinstance(self.compile, bool) or self.compile == "auto", "train.compile must be auto, true or false"),
             (isinstance(self.loggers, list) and all(x in LOGGERS for x in self.loggers),
-             f"train.loggers must be a list of {', '.join(LOGGERS)} (metrics.jsonl is always written), got {self.loggers!r}"),
+             f"train.loggers must be a list of {', '.join(LOGGERS)} (metrics.jsonl is always written), "
+             f"got {self.loggers!r}"),
             (isinstance(self.compile_backend, str) and self.compile_backend != "",
              "train.compile_backend must be a torch.compile backend name, e.g. inductor"),
         ]
