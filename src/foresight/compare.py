@@ -158,7 +158,8 @@ def _train_value(record: dict, objective: str) -> float | None:
 def _panels(runs: list[RunLog]) -> list[tuple[str, str | None]]:
     """(title, objective or None) per panel; None: an eval metric plotted on its own."""
     objectives = sorted({o for r in runs for o in r.objectives}, key=_objective_rank)
-    per_head = {o for o, prefix in _PER_HEAD.items() for r in runs for t in r.train[:1] if any(k.startswith(prefix) for k in t)}
+    per_head = {o for o, prefix in _PER_HEAD.items()
+                for r in runs for t in r.train[:1] if any(k.startswith(prefix) for k in t)}
     panels = [(f"{o} loss, mean per head" if o in per_head else f"{o} loss", o) for o in objectives]
     paired = {"val_loss", "val_ppl"} | {f"val_{o}_loss" for o in objectives}
     extra = sorted({k for r in runs for e in r.evals for k in e if k not in ("kind", "step") and k not in paired})
