@@ -3,7 +3,8 @@
 The public API, imported on first use so that ``import foresight`` stays fast (no torch until needed):
 
 - ``wrap(model, objectives=[...])``: the objectives on any transformers decoder-only causal LM
-  (``ForesightModel``; ``ForesightCallback`` moves weight schedules with transformers' ``Trainer``).
+  (``ForesightModel``; ``ForesightTrainer`` is transformers' ``Trainer`` saving wrapped checkpoints,
+  ``ForesightCallback`` moves weight schedules with the Trainer's steps).
 - Objective configs (``NTPConfig``, ``TOPConfig``, ``MTPConfig``, ``DSMTPConfig``, ``objective_config``),
   ``top_targets`` and ``top_loss`` (TOP paper §3), the fused linear losses ``linear_cross_entropy`` and
   ``linear_soft_cross_entropy``.
@@ -23,6 +24,7 @@ _LAZY = {
     "ForesightModel": "foresight.wrapper",
     "ForesightOutput": "foresight.wrapper",
     "ForesightCallback": "foresight.wrapper",
+    "ForesightTrainer": "foresight.wrapper",
     "NTPConfig": "foresight.objectives",
     "TOPConfig": "foresight.objectives",
     "MTPConfig": "foresight.objectives",

@@ -119,3 +119,32 @@ def test_accelerate_prepares_and_trains_it():
         opt.zero_grad()
         losses.append(out.loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_foresight_trainer_checkpoints_tied_models_and_resumes_exactly(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, TrainingArguments
+
+    from foresight.wrapper import ForesightTrainer
+
+    def fresh(seed):
+        torch.manual_seed(seed)
+        cfg = AutoConfig.for_model("qwen2", vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+        return wrap(AutoModelForCausalLM.from_config(cfg), [{"name": "ntp"}, {"name": "top", "window": 4}])
+
+    data = [{"input_ids": x, "labels": x} for x in torch.randint(3, VOCAB, (16, 10), generator=torch.Generator().manual_seed(0))]
+
+    def args(out):
+        return TrainingArguments(str(out), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2, save_steps=2,
+                                 report_to=[], use_cpu=True, disable_tqdm=True, seed=0)
+
+    straight = fresh(0)
+    ForesightTrainer(model=straight, args=args(tmp_path / "a"), train_dataset=data).train()
+    saved = ForesightModel.from_pretrained(tmp_path / "a" / "checkpoint-4")  # a checkpoint is a wrapped folder
+    for name, p in saved.named_parameters():
+        assert torch.equal(p, dict(straight.named_parameters())[name]), name
+    resumed = fresh(1)  # other weights: everything must come from the checkpoint
+    ForesightTrainer(model=resumed, args=args(tmp_path / "a"), train_dataset=data).train(
+        resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    for name, p in resumed.named_parameters():
+        torch.testing.assert_close(p, dict(straight.named_parameters())[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -31,7 +31,11 @@ def __getattr__(name: str):
         from foresight.wrapper.callback import ForesightCallback
 
         return ForesightCallback
+    if name == "ForesightTrainer":
+        from foresight.wrapper.trainer import ForesightTrainer
+
+        return ForesightTrainer
     raise AttributeError(f"module 'foresight.wrapper' has no attribute {name!r}")
 
 
-__all__ = ["ForesightCallback", "ForesightModel", "ForesightOutput", "from_pretrained", "wrap"]
+__all__ = ["ForesightCallback", "ForesightModel", "ForesightTrainer", "ForesightOutput", "from_pretrained", "wrap"]

@@ -72,6 +72,12 @@ def from_pretrained(directory, *, return_logits: bool = True, **model_kwargs):
         raise ForesightError(f"{heads_path}: metadata lacks the foresight objective specs")
     model = AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)
     wrapped = ForesightModel(model, specs, return_logits=return_logits)
+    _copy_heads(wrapped, tensors, heads_path)
+    return wrapped
+
+
+def _copy_heads(wrapped, tensors: dict[str, torch.Tensor], heads_path: Path) -> None:
+    """Copy stored head tensors into ``wrapped``'s objectives, or a one-line error if they do not fit."""
     expected = _head_tensors(wrapped)
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -84,4 +90,36 @@ def from_pretrained(directory, *, return_logits: bool = True, **model_kwargs):
                 raise ForesightError(f"{heads_path}: {name} has shape {tuple(t.shape)}, the model needs "
                                      f"{tuple(params[name].shape)}")
             params[name].copy_(t)
-    return wrapped
+
+
+def load_into(wrapped, directory) -> None:
+    """Load a ``save_pretrained`` folder's weights into an existing wrapped model (same objectives), in place:
+    what ``ForesightTrainer`` does on ``resume_from_checkpoint``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        if not (directory / name).is_file():
+            raise ForesightError(f"{directory}: {name} is missing; is this a ForesightModel.save_pretrained folder?")
+        state.update(load_file(str(directory / name)))
+    result = wrapped.model.load_state_dict(state, strict=False)
+    # save_pretrained drops tied copies (lm_head = embed_tokens): a missing key is fine if it shares its tensor
+    # with a loaded one
+    params = dict(wrapped.model.named_parameters(remove_duplicate=False))
+    loaded_ptrs = {params[k].data_ptr() for k in state if k in params}
+    really_missing = [k for k in result.missing_keys if k not in params or params[k].data_ptr() not in loaded_ptrs]
+    if really_missing or result.unexpected_keys:
+        what = f"missing {really_missing[0]}" if really_missing else f"unexpected {result.unexpected_keys[0]}"
+        raise ForesightError(f"{directory}: the model's weights do not fit ({what})")
+    heads_path = directory / HEADS_FILE
+    with safe_open(str(heads_path), framework="pt") as f:
+        _copy_heads(wrapped, {k: f.get_tensor(k) for k in f.keys()}, heads_path)
