@@ -148,3 +148,20 @@ def test_foresight_trainer_checkpoints_tied_models_and_resumes_exactly(tmp_path)
         resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
     for name, p in resumed.named_parameters():
         torch.testing.assert_close(p, dict(straight.named_parameters())[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_of_the_model_keeps_every_gradient(reentrant):
+    """The hooks catch the trunk tensors inside checkpointed layers too (DS-MTP top_paper reads the last layer's
+    output before the final norm, MTP its input)."""
+    ids = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointing in (False, True):
+        wrapped = wrap(tiny_model("llama").train(), [{"name": "ntp"}, {"name": "mtp", "n": 2}, {"name": "dsmtp", "depth": 1}])
+        if checkpointing:
+            wrapped.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        wrapped(ids, labels=ids).loss.backward()
+        grads.append({n: p.grad for n, p in wrapped.named_parameters() if p.grad is not None})
+    assert set(grads[0]) == set(grads[1])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
