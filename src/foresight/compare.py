@@ -123,8 +123,10 @@ def table(runs: list[RunLog]) -> str:
         rate = training_tokens_per_s(r.train)
         row.append(f"{rate:,.0f}" if rate is not None else "—")
         lines.append("| " + " | ".join(row) + " |")
-    note = ("train columns: mean loss over the last 10 % of logged steps; val: next-token loss (nats/token) on the "
-            "fixed held-out windows at the last evaluation; params: inference model + objective heads")
+    note = ("train columns: mean loss over the last 10 % of logged steps (mtp, dsmtp: summed over their heads; the "
+            "figure shows the mean per head); val: next-token loss (nats/token) on the fixed held-out windows at the "
+            "last evaluation; params: inference model + objective heads; tokens/s: median over logged training "
+            "intervals, evaluation excluded")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
