@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_model
+from tiny_models import tiny_model
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 MARK = "<!-- run by tests/wrapper/test_readme_examples.py -->"

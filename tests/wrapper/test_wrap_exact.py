@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from foresight.errors import ForesightError
 from foresight.wrapper import wrap
 
-from conftest import ARCHS, VOCAB, tiny_model
+from tiny_models import ARCHS, VOCAB, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,7 @@ from foresight.errors import ForesightError
 from foresight.hf.heads import HEADS_FILE
 from foresight.wrapper import ForesightModel, wrap
 
-from conftest import VOCAB, tiny_model
+from tiny_models import VOCAB, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,6 +1,5 @@
-"""Tiny random transformers models (float32, built from configs: nothing is downloaded)."""
+"""Tiny random transformers models for the wrapper tests (float32, built from configs: nothing is downloaded)."""
 
-import pytest
 import torch
 
 ARCHS = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2"]
@@ -25,8 +24,3 @@ def tiny_model(arch: str, seed: int = 0):
     cfg = AutoConfig.for_model(arch, **_COMMON, **_EXTRA.get(arch, {}))
     attn = "eager" if arch == "gemma2" else "sdpa"  # Gemma 2's soft-capped attention is eager-only
     return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn).eval()
-
-
-@pytest.fixture(scope="session")
-def make_model():
-    return tiny_model
