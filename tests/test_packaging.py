@@ -1,8 +1,9 @@
 """`python -m build` gives an sdist and a wheel (built from the sdist) that installs into a fresh virtual
 environment and runs `foresight stargraph run smoke` from outside the repository.
 
-Nothing is downloaded: the wheel is installed with --no-deps --no-index, and the fresh environment sees this
-environment's packages (torch, numpy, ...) through a .pth file, so only the wheel's own files are under test.
+Nothing is downloaded: the wheel is installed with the venv's own pip, --no-deps --no-index, and the fresh
+environment sees this environment's packages (torch, numpy, ...) through a .pth file, so only the wheel's own
+files are under test.
 """
 
 import os
@@ -48,13 +49,13 @@ def test_built_wheel_installs_in_a_fresh_venv_and_runs_the_smoke_recipe(tmp_path
         assert any(n.endswith("configs/stargraph/smoke.yaml") for n in t.getnames())
 
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    _run([sys.executable, "-m", "venv", str(venv)])  # with the pip Python bundles (ensurepip: offline)
     py = venv / "bin" / "python"
     purelib = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip())
     # This environment's site-packages, appended after the venv's own: its .pth files (an editable foresight)
     # are not processed from there, so `foresight` can only come from the wheel.
     (purelib / "zz_base_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index", str(wheel)])
+    _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)])
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
