@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import median
 
 from foresight.errors import ForesightError
 from foresight.io import write_text
-from foresight.train.metrics import read_metrics
+from foresight.train.metrics import read_metrics, training_tokens_per_s
 
 OBJECTIVE_ORDER = ("ntp", "top", "mtp", "dsmtp")
 TABLE, FIGURE = "compare.md", "compare.png"
@@ -122,11 +121,13 @@ def table(runs: list[RunLog]) -> str:
             row += [_fmt(last_eval.get(key)) if key else "—", _fmt(last_eval.get("val_ppl")),
                     f"{_fmt(best[key])} ({best['step']})" if best else "—"]
         row += [_fmt(last_eval.get(k)) for k in extra]
-        rates = [t["tokens_per_s"] for t in r.train if "tokens_per_s" in t]
-        row.append(f"{median(rates):,.0f}" if rates else "—")
+        rate = training_tokens_per_s(r.train)
+        row.append(f"{rate:,.0f}" if rate is not None else "—")
         lines.append("| " + " | ".join(row) + " |")
-    note = ("train columns: mean loss over the last 10 % of logged steps; val: next-token loss (nats/token) on the "
-            "fixed held-out windows at the last evaluation; params: inference model + objective heads")
+    note = ("train columns: mean loss over the last 10 % of logged steps (mtp, dsmtp: summed over their heads; the "
+            "figure shows the mean per head); val: next-token loss (nats/token) on the fixed held-out windows at the "
+            "last evaluation; params: inference model + objective heads; tokens/s: median over logged training "
+            "intervals, evaluation excluded")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
@@ -144,10 +145,25 @@ def auto_smoothing(points: int) -> float:
     return min(0.95, max(0.0, 1.0 - 25.0 / max(points, 1)))
 
 
+_PER_HEAD = {"mtp": "mtp_head", "dsmtp": "dsmtp_depth"}  # per-head metrics the trainer logs (mtp_head1, ...)
+
+
+def _train_value(record: dict, objective: str) -> float | None:
+    """The curve of ``objective`` in a train record: for MTP / DS-MTP the mean over heads of their per-head
+    losses (each nats/token; ``{objective}_loss`` is their sum), for the others ``{objective}_loss``."""
+    prefix = _PER_HEAD.get(objective)
+    heads = [v for k, v in record.items() if prefix and k.startswith(prefix) and k[len(prefix):].isdigit()]
+    if heads:
+        return sum(heads) / len(heads)
+    return record.get(f"{objective}_loss")
+
+
 def _panels(runs: list[RunLog]) -> list[tuple[str, str | None]]:
     """(title, objective or None) per panel; None: an eval metric plotted on its own."""
     objectives = sorted({o for r in runs for o in r.objectives}, key=_objective_rank)
-    panels = [(f"{o} loss", o) for o in objectives]
+    per_head = {o for o, prefix in _PER_HEAD.items()
+                for r in runs for t in r.train[:1] if any(k.startswith(prefix) for k in t)}
+    panels = [(f"{o} loss, mean per head" if o in per_head else f"{o} loss", o) for o in objectives]
     paired = {"val_loss", "val_ppl"} | {f"val_{o}_loss" for o in objectives}
     extra = sorted({k for r in runs for e in r.evals for k in e if k not in ("kind", "step") and k not in paired})
     return panels + [(k, None) for k in extra]
@@ -180,10 +196,10 @@ def plot(runs: list[RunLog], path: Path, *, x: str = "step", smooth: float | Non
         for i, run in enumerate(runs):
             color = colors[i % len(colors)]
             if objective is not None:
-                key = f"{objective}_loss"
-                recs = [t for t in run.train if key in t and math.isfinite(t[key])]
+                recs = [t for t in run.train if _train_value(t, objective) is not None
+                        and math.isfinite(_train_value(t, objective))]
                 if recs:
-                    ys = [t[key] for t in recs]
+                    ys = [_train_value(t, objective) for t in recs]
                     weight = auto_smoothing(len(ys)) if smooth is None else smooth
                     ax.plot(xs(run, recs), ys, color=color, alpha=0.25 if weight > 0 else 1.0, linewidth=0.8)
                     if weight > 0:

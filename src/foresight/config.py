@@ -20,10 +20,13 @@ CONFIG_DIR_ENV = "FORESIGHT_CONFIGS"
 
 
 def recipe_dirs() -> list[Path]:
-    """Where recipe names are looked up: $FORESIGHT_CONFIGS, ./configs, then the source checkout's configs/."""
+    """Where recipe names are looked up: $FORESIGHT_CONFIGS, ./configs, the source checkout's configs/, then the
+    recipes an installed wheel carries (the same files, shipped as package data by setup.py)."""
     dirs = [Path(p) for p in os.environ.get(CONFIG_DIR_ENV, "").split(os.pathsep) if p]
     dirs.append(Path.cwd() / "configs")
-    dirs.append(Path(__file__).resolve().parents[2] / "configs")  # src/foresight/config.py -> repo/configs
+    here = Path(__file__).resolve()
+    dirs.append(here.parents[2] / "configs")  # src/foresight/config.py -> repo/configs
+    dirs.append(here.parent / "configs")  # site-packages/foresight/configs
     return dirs
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from foresight.errors import ForesightError
@@ -32,6 +33,10 @@ def register(sub) -> None:
     ev.add_argument("--offline", action="store_true", help="never contact the hub: task data must be local")
     ev.add_argument("--seed", type=int, default=0, help="seed for few-shot sampling and sampling tasks")
     ev.add_argument("--out", type=Path, help="where to write results (default: <checkpoint folder>/eval)")
+    ev.add_argument("--output-path", type=Path, help="also write lm-eval's own results JSON here (as lm_eval "
+                    "--output_path does)")
+    ev.add_argument("--log-samples", action="store_true", help="with --output-path: also every document's "
+                    "prompt, target and scores, in lm-eval's samples_<task>.jsonl format")
     ev.set_defaults(func=_eval)
 
 
@@ -73,16 +78,21 @@ def _eval(args: argparse.Namespace) -> None:
         p = extra["perplexity"]
         print(f"perplexity on {p['data']} ({p['split']}, {p['tokens']:,} tokens): "
               f"loss {p['loss']:.4f}, ppl {p['ppl']:.3f}")
+    failed: dict[str, str] = {}
     if args.tasks:
         tasks = resolve_tasks(args.tasks)
-        rows = _run_tasks(args, tasks)
+        rows, failed = _run_tasks(args, tasks)
     out = args.out or _default_out(args.checkpoint)
     meta = {"checkpoint": str(args.checkpoint), "backend": args.backend, "tasks": args.tasks,
-            "num_fewshot": args.num_fewshot, "limit": args.limit, "seed": args.seed}
+            "num_fewshot": args.num_fewshot, "limit": args.limit, "seed": args.seed, "failed": failed}
     md, js = write_results(rows, out, meta, extra)
     if rows:
         print(results_table(rows, f"lm-evaluation-harness ({args.backend} backend)"))
     print(f"wrote {md} and {js}")
+    for task, reason in failed.items():
+        print(f"foresight: task {task} failed: {reason}", file=sys.stderr)
+    if failed:
+        raise ForesightError(f"{len(failed)} of {len(tasks)} tasks failed (reasons above); the others are in {md}")
 
 
 def _run_tasks(args, tasks: list[str]) -> list[dict]:
@@ -95,13 +105,10 @@ def _run_tasks(args, tasks: list[str]) -> list[dict]:
     model = build_model(args.checkpoint, args.backend, tokenizer=args.tokenizer, device=args.device,
                         batch_size=args.batch_size, hf_dir=(args.out / "hf") if args.out else None)
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
-    try:
-        results = run_lm_eval(model, tasks, include_path=args.include_path, num_fewshot=args.num_fewshot,
-                              limit=limit, seed=args.seed, offline=args.offline)
-    except ForesightError:
-        raise
-    except Exception as e:  # lm-eval / datasets failures: one line, with the likely cause when offline
-        hint = " (offline: is the task's data in the local datasets cache?)" if args.offline else ""
-        raise ForesightError(f"lm-eval failed on {', '.join(tasks)}: {type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:200] if str(e) else ''}{hint}") from None
-    return result_rows(results)
+    if args.log_samples and not args.output_path:
+        raise ForesightError("--log-samples needs --output-path (where lm-eval's files go)")
+    # Per task: a failing task (bad document, missing data) is reported and the others still run.
+    results = run_lm_eval(model, tasks, include_path=args.include_path, num_fewshot=args.num_fewshot,
+                          limit=limit, seed=args.seed, offline=args.offline, log_samples=args.log_samples,
+                          output_path=args.output_path)
+    return result_rows(results), results["failed"]

@@ -25,8 +25,9 @@ def register(sub) -> None:
                     help="reload with transformers and print the max logit difference against foresight's model")
     ex.set_defaults(func=_export)
 
-    im = sub.add_parser("import", help="turn a local Llama / Qwen2 Hugging Face folder into a foresight checkpoint",
-                        description="Read a local Hugging Face Llama or Qwen2 folder (no download) and write a "
+    im = sub.add_parser("import",
+                        help="turn a local Llama / Qwen2 / Mistral Hugging Face folder into a foresight checkpoint",
+                        description="Read a local Hugging Face Llama, Qwen2 or Mistral folder (no download) and write a "
                         "foresight checkpoint with the same logits, with the objectives to continue training with "
                         "(new heads are freshly initialised).")
     im.add_argument("hf_dir", type=Path, metavar="HF_DIR", help="folder with config.json and *.safetensors")

@@ -4,12 +4,16 @@ Scores a checkpoint directly — no export, no ``accelerate`` — with the run's
 types of lm-eval 0.4:
 
 * ``loglikelihood``: log P(continuation | context) summed over the continuation's tokens, and whether greedy
-  decoding would produce it; the context is cut from the left to fit ``max_length``.
+  decoding would produce it; the context is cut from the left to fit ``max_length``. The pair is split at the
+  last token boundary the context shares with the whole string, so a continuation that merges with the end
+  of the context (``'def main('`` + ``'):'``) is scored from there instead of coming out empty; a request
+  that still has nothing to score fails with its task and document named.
 * ``loglikelihood_rolling``: the whole text scored in disjoint windows of ``max_length`` tokens, each token
   once, the first one conditioned on the end-of-document token (what the training stream puts before every
   document).
 * ``generate_until``: greedy (or sampled, when the task asks) decoding with the KV cache, stopped at the
-  end-of-document token or any of the task's stop strings.
+  end-of-document token or any of the task's stop strings; ``batch_size`` prompts at a time (each row at its
+  own length in the cache, so a row's output does not depend on its batch).
 
 ``lm_eval --model foresight --model_args pretrained=RUN_OR_CHECKPOINT[,tokenizer=PATH]`` works once this
 module is imported; ``foresight eval`` does that.
@@ -49,9 +53,11 @@ def load_for_eval(pretrained, tokenizer=None, device: str = "cpu"):
 class ForesightLM(TemplateLM):
     """lm-eval ``TemplateLM`` over a foresight ``Transformer`` and a ``foresight.data.tokenizer.TextTokenizer``."""
 
-    def __init__(self, pretrained=None, tokenizer=None, model=None, batch_size: int | str = 8, device: str = "cpu",
+    def __init__(self, pretrained=None, tokenizer=None, model=None, batch_size: int | str = 8, device: str | None = "cpu",
                  max_length: int | None = None, **_ignored) -> None:
         super().__init__()
+        if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            device = "cuda" if torch.cuda.is_available() else "cpu"  # lm_eval's CLI asks for cuda by default
         if model is None:
             if pretrained is None:
                 raise ForesightError("the foresight lm-eval model needs pretrained=CHECKPOINT")
@@ -83,6 +89,42 @@ class ForesightLM(TemplateLM):
         return self.tok.decode(tokens)
 
     # ------------------------------------------------------------------ scoring
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids) split at a token boundary of the whole string's encoding.
+
+        lm-eval's default takes ``whole[len(encode(context)):]``, which is empty (or wrong) when the tokenizer
+        merges the context's last characters with the continuation's first. Here the split is the longest common
+        prefix of ``encode(context)`` and ``encode(context + continuation)``: the same as lm-eval's when the
+        context's tokens survive, otherwise the merged token moves to the continuation. Trailing spaces of the
+        context move to the continuation first, as lm-eval does.
+        """
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        whole, ctx = self.tok_encode(context + continuation), self.tok_encode(context)
+        common = 0
+        while common < min(len(whole), len(ctx)) and whole[common] == ctx[common]:
+            common += 1
+        return whole[:common], whole[common:]
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """lm-eval's entry point for (context, continuation) requests; a request that cannot be scored raises
+        one line naming its task and document."""
+        new_reqs = []
+        for req in requests:
+            context, continuation = req.args
+            if context:
+                ctx, cont = self._encode_pair(context, continuation)
+            else:  # lm-eval's convention: the prefix token is the context, unless the text starts with it
+                cont = self.tok_encode(continuation)
+                ctx, cont = (cont[:1], cont[1:]) if cont[:1] == [self.prefix_token_id] else ([self.prefix_token_id], cont)
+            if not cont:
+                raise ForesightError(f"lm-eval task {getattr(req, 'task_name', '?')!r}, document "
+                                     f"{getattr(req, 'doc_id', '?')}: the continuation {continuation!r} after "
+                                     f"{context[-40:]!r} has no tokens to score")
+            new_reqs.append(((context, continuation), ctx or [self.prefix_token_id], cont))
+        return self._loglikelihood_tokens(new_reqs, disable_tqdm=disable_tqdm)
+
     @torch.no_grad()
     def _score(self, rows: list[tuple[list[int], int]]) -> list[tuple[float, bool]]:
         """rows: (inputs + continuation tokens, continuation length) -> (sum log p, greedy) per row.
@@ -139,36 +181,62 @@ class ForesightLM(TemplateLM):
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def _generate_one(self, context: str, until: list[str], max_new: int, temperature: float) -> str:
-        ids = self.tok_encode(context)[-max(1, self.max_length - max_new):] or [self.prefix_token_id]
+    def _generate_batch(self, prompts: list[list[int]], until: list[str], max_new: int,
+                        temperature: float) -> list[str]:
+        """Decode several prompts together with the KV cache: right-padded prefill, then each row continues at its
+        own length (the cache's per-row path, as batched speculative decoding uses), so every row gets exactly
+        the tokens it would get alone. A row stops at the end-of-document token or a stop string."""
+        b = len(prompts)
+        lengths = torch.tensor([len(p) for p in prompts], device=self._device)  # (B,)
+        batch = torch.zeros(b, int(lengths.max()), dtype=torch.long, device=self._device)
+        for i, p in enumerate(prompts):
+            batch[i, : len(p)] = torch.tensor(p)
         caches = self.model.new_caches()
-        logits = self.model(torch.tensor([ids], device=self._device), caches)[:, -1]  # (1, V)
-        produced: list[int] = []
-        text = ""
+        logits = self.model(batch, caches)[torch.arange(b, device=self._device), lengths - 1]  # (B, V)
+        for cache in caches:  # one tensor for every layer (KVCache.truncate): pads past each row are dropped
+            cache.truncate(lengths)
+        produced: list[list[int]] = [[] for _ in range(b)]
+        texts, done = [""] * b, [False] * b
         for _ in range(max_new):
-            nxt = int(sample_next_token(logits.float(), temperature=temperature)[0])
-            if nxt == self.eot_token_id:
+            nxt = sample_next_token(logits.float(), temperature=temperature).tolist()  # (B,)
+            for i, token in enumerate(nxt):
+                if done[i]:
+                    continue
+                if token == self.eot_token_id:
+                    done[i] = True
+                    continue
+                produced[i].append(token)
+                texts[i] = self.tok_decode(produced[i])
+                done[i] = any(s and s in texts[i] for s in until)
+            if all(done):
                 break
-            produced.append(nxt)
-            text = self.tok_decode(produced)
-            if any(s and s in text for s in until):
-                break
-            logits = self.model(torch.tensor([[nxt]], device=self._device), caches)[:, -1]
+            logits = self.model(torch.tensor(nxt, device=self._device)[:, None], caches)[:, -1]  # (B, V)
         for s in until:
-            if s and s in text:
-                text = text.split(s)[0]
-        return text
+            texts = [t.split(s)[0] if s else t for t in texts]
+        return texts
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        out = []
-        for req in tqdm(requests, disable=disable_tqdm, desc="foresight generate_until"):
+        """Requests with the same stop strings and budgets are decoded ``batch_size`` at a time, longest first."""
+        jobs: dict[tuple, list[tuple[int, list[int]]]] = {}
+        for i, req in enumerate(requests):
             context, kwargs = req.args
             kwargs = dict(kwargs or {})
             until = kwargs.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
+            until = (until,) if isinstance(until, str) else tuple(until)
             max_new = int(kwargs.pop("max_gen_toks", 256))
             temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
-            text = self._generate_one(context, until, max_new, temperature)
-            self.cache_hook.add_partial("generate_until", (context, req.args[1]), text)
-            out.append(text)
+            ids = self.tok_encode(context)[-max(1, self.max_length - max_new):] or [self.prefix_token_id]
+            jobs.setdefault((until, max_new, temperature), []).append((i, ids))
+        out: list[str] = [""] * len(requests)
+        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="foresight generate_until")
+        for (until, max_new, temperature), items in jobs.items():
+            items.sort(key=lambda item: -len(item[1]))
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start : start + self.batch_size]
+                texts = self._generate_batch([ids for _, ids in chunk], list(until), max_new, temperature)
+                for (i, _), text in zip(chunk, texts):
+                    out[i] = text
+                    self.cache_hook.add_partial("generate_until", (requests[i].args[0], requests[i].args[1]), text)
+                bar.update(len(chunk))
+        bar.close()
         return out

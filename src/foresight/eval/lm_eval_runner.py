@@ -103,21 +103,63 @@ def build_model(checkpoint: Path, backend: str, *, tokenizer=None, device: str =
     return HFLM(pretrained=str(folder), device=device, batch_size=batch_size, dtype="float32")
 
 
+def _data_error(e: Exception) -> bool:
+    """Whether an exception looks like missing data or hub access (not a bug in a task or a model)."""
+    module = type(e).__module__.split(".")[0]
+    return isinstance(e, (OSError, ConnectionError)) or module in ("datasets", "huggingface_hub", "requests", "urllib3")
+
+
 def run_lm_eval(model, tasks: list[str], *, include_path=None, num_fewshot: int | None = None,
-                limit: float | None = None, seed: int = 0, offline: bool = False, log_samples: bool = False) -> dict:
-    """lm-eval's ``simple_evaluate`` on ``model`` (an lm-eval LM); returns its results dict."""
+                limit: float | None = None, seed: int = 0, offline: bool = False, log_samples: bool = False,
+                output_path: str | Path | None = None) -> dict:
+    """lm-eval's ``simple_evaluate`` on ``model`` (an lm-eval LM), one task at a time; returns the merged results
+    dict, with ``results["failed"]`` = {task: one-line reason} for tasks that raised: a bad document fails its
+    own task, not the others. With ``output_path`` the results (and with ``log_samples`` the per-document samples)
+    are also written in lm-eval's own format, as ``lm_eval --output_path`` writes them."""
     if offline:
         force_offline()
     import lm_eval
+    from lm_eval.loggers import EvaluationTracker
 
     manager = task_manager(tasks, include_path)
-    results = lm_eval.simple_evaluate(model=model, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
-                                      task_manager=manager, log_samples=log_samples, random_seed=seed,
-                                      numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                                      bootstrap_iters=1000)
-    if results is None:
-        raise ForesightError("lm-eval returned no results")
-    return results
+    tracker = EvaluationTracker(output_path=str(output_path)) if output_path else None
+    merged: dict = {}
+    failed: dict[str, str] = {}
+    for task in tasks:
+        try:
+            results = lm_eval.simple_evaluate(model=model, tasks=[task], num_fewshot=num_fewshot, limit=limit,
+                                              task_manager=manager, log_samples=log_samples or tracker is not None,
+                                              random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                              fewshot_random_seed=seed, bootstrap_iters=1000,
+                                              evaluation_tracker=tracker)
+        except ForesightError as e:
+            failed[task] = str(e)
+            continue
+        except Exception as e:  # lm-eval / datasets failures: one line, with the likely cause when offline
+            hint = " (offline: is the task's data in the local datasets cache?)" if offline and _data_error(e) else ""
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            failed[task] = f"{type(e).__name__}: {first}{hint}"
+            continue
+        if results is None:
+            failed[task] = "lm-eval returned no results"
+            continue
+        for key, value in results.items():  # per-task sections merge; run-wide ones keep the first task's
+            if isinstance(value, dict):
+                merged.setdefault(key, {}).update(value)
+            else:
+                merged.setdefault(key, value)
+    if not merged:
+        task, reason = next(iter(failed.items()))
+        raise ForesightError(f"lm-eval failed on every task; {task}: {reason}")
+    if tracker is not None:
+        samples = merged.pop("samples", {})
+        tracker.save_results_aggregated(results=dict(merged), samples=samples if log_samples else None)
+        if log_samples:
+            for task in merged.get("configs", {}):
+                tracker.save_results_samples(task_name=task, samples=samples[task])
+        merged["samples"] = samples
+    merged["failed"] = failed
+    return merged
 
 
 def result_rows(results: dict) -> list[dict]:

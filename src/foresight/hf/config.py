@@ -1,6 +1,8 @@
-"""``ModelConfig`` <-> a Hugging Face ``config.json`` for Llama (``LlamaForCausalLM``) and Qwen2 (``Qwen2ForCausalLM``).
+"""``ModelConfig`` <-> a Hugging Face ``config.json`` for Llama (``LlamaForCausalLM``) and Qwen2 (``Qwen2ForCausalLM``);
+Mistral (``MistralForCausalLM``) imports too.
 
-The trunk is the Llama architecture; Qwen2 is Llama with a bias on the q, k, v projections (``qkv_bias``).
+The trunk is the Llama architecture; Qwen2 is Llama with a bias on the q, k, v projections (``qkv_bias``);
+Mistral with ``sliding_window: null`` is Llama (export writes it as Llama).
 Everything else a config can switch on (RoPE scaling other than Llama 3.1's ``llama3``, sliding-window attention, a bias on the output
 projection or the MLP, another activation, a head dim other than hidden/heads) changes the function the
 model computes, so import refuses it with one line naming what is supported rather than loading a model
@@ -16,9 +18,15 @@ from foresight.errors import ForesightError
 from foresight.model import ModelConfig
 from foresight.model.config import LLAMA3_KEYS
 
-SUPPORTED = ("Llama (LlamaForCausalLM) and Qwen2 (Qwen2ForCausalLM), with plain or Llama-3.1 ('llama3') RoPE, "
-             "without sliding-window attention")
-_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+SUPPORTED = ("Llama (LlamaForCausalLM) and Qwen2 (Qwen2ForCausalLM), also Mistral (MistralForCausalLM), with plain "
+             "or Llama-3.1 ('llama3') RoPE, without sliding-window attention")
+_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+# Architectures close to the trunk but not the same function, with the reason, so the refusal says why.
+_NOT_THE_TRUNK = {
+    "qwen3": "Qwen3 normalises queries and keys (q_norm/k_norm RMSNorm per head) and usually has head_dim != "
+             "hidden_size / num_attention_heads, neither of which foresight's trunk computes; train it with "
+             "foresight.wrap(model, objectives) instead",
+}
 _PLAIN_ROPE = {None, "default"}  # rope types that are the plain RoPE of the trunk
 
 
@@ -84,6 +92,8 @@ def model_type_of(hf: dict, where: str) -> str:
     """'llama' or 'qwen2', or a ForesightError naming the architecture found and the supported ones."""
     model_type = hf.get("model_type")
     archs = hf.get("architectures") or []
+    if model_type in _NOT_THE_TRUNK:
+        raise ForesightError(f"{where}: model_type {model_type!r} is not supported: {_NOT_THE_TRUNK[model_type]}")
     if model_type not in _ARCH:
         found = f"model_type {model_type!r}" + (f" ({', '.join(archs)})" if archs else "")
         raise ForesightError(f"{where}: {found} is not supported; foresight imports {SUPPORTED}")
@@ -110,6 +120,9 @@ def from_hf_config(hf: dict, where: str = "config.json") -> ModelConfig:
         (hf.get("head_dim") in (None, hidden // heads),
          f"head_dim {hf.get('head_dim')} != hidden_size / num_attention_heads"),
         (not (model_type == "qwen2" and hf.get("use_sliding_window", False)), "sliding-window attention"),
+        # Mistral attends within a sliding window unless sliding_window is null; then it is a Llama.
+        (not (model_type == "mistral" and hf.get("sliding_window") is not None),
+         f"sliding-window attention (sliding_window = {hf.get('sliding_window')}; null is a Llama)"),
         (all(t == "full_attention" for t in hf.get("layer_types") or []), "layer_types other than full_attention"),
     ]
     for ok, what in checks:

@@ -9,6 +9,9 @@ It never holds more than ``chunk_rows`` rows of logits: the forward keeps only t
 the backward recomputes each chunk's logits, so peak memory is O(chunk_rows · V) rather than O(N · V).
 Gradient: ``dL_t/dz_t = softmax(z_t) - scatter(ids_t, w_t)``.
 
+``softcap`` c (Gemma 2's final-logit soft-capping) replaces the logits by ``c · tanh(z / c)`` before the loss;
+the chain rule multiplies the gradient by ``1 - tanh²(z / c)``. Only the PyTorch twin implements it.
+
 The public functions take ``impl``: ``"torch"`` is this twin, ``"triton"`` the fused GPU path in
 ``foresight.ops.kernels`` (issue #4), ``"auto"`` the latter on CUDA when Triton is installed.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from foresight.errors import ForesightError
 from foresight.ops.kernels import resolve_impl
 
 # About 64 Mi fp32 logits per chunk (256 MiB): large enough to keep matmuls efficient.
@@ -31,9 +35,10 @@ def _chunk_rows(n: int, v: int, chunk_rows: int | None) -> int:
 
 class _LinearSoftCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, ids, weights, chunk_rows, compute_dtype=None):
+    def forward(ctx, hidden, weight, ids, weights, chunk_rows, compute_dtype=None, softcap=None):
         # hidden (N, D), weight (V, D), ids (N, K) long in [0, V), weights (N, K) float;
-        # compute_dtype: the matmuls' dtype under autocast (inputs cast chunk by chunk), None = the inputs'
+        # compute_dtype: the matmuls' dtype under autocast (inputs cast chunk by chunk), None = the inputs';
+        # softcap: None, or c for logits c · tanh(z / c)
         n, v = hidden.shape[0], weight.shape[0]
         cast = (lambda t: t) if compute_dtype is None else (lambda t: t.to(compute_dtype))  # noqa: E731
         weight_c = cast(weight)
@@ -44,11 +49,13 @@ class _LinearSoftCE(torch.autograd.Function):
         w32 = weights.to(acc)
         for s in range(0, n, step):
             z = (cast(hidden[s : s + step]) @ weight_c.T).to(acc)  # (n_c, V)
+            if softcap is not None:
+                z = softcap * torch.tanh(z / softcap)
             lse[s : s + step] = torch.logsumexp(z, dim=-1)
             picked = z.gather(1, ids[s : s + step])  # (n_c, K)
             loss[s : s + step] = lse[s : s + step] - (w32[s : s + step] * picked).sum(-1)
         ctx.save_for_backward(hidden, weight, ids, w32, lse)
-        ctx.step, ctx.cast = step, cast
+        ctx.step, ctx.cast, ctx.softcap = step, cast, softcap
         return loss
 
     @staticmethod
@@ -63,14 +70,19 @@ class _LinearSoftCE(torch.autograd.Function):
             h = ctx.cast(hidden[s : s + ctx.step])
             g = grad_loss[s : s + ctx.step, None]  # (n_c, 1)
             z = (h @ weight_c.T).to(lse.dtype)  # recompute (n_c, V)
+            if ctx.softcap is not None:
+                tanh = torch.tanh(z / ctx.softcap)  # (n_c, V)
+                z = ctx.softcap * tanh
             z.sub_(lse[s : s + ctx.step, None]).exp_().mul_(g)  # g · softmax(z)
             z.scatter_add_(1, ids[s : s + ctx.step], -w32[s : s + ctx.step] * g)  # - g · q
+            if ctx.softcap is not None:
+                z.mul_(1 - tanh * tanh)  # through c · tanh(z / c)
             dz = z.to(h.dtype)
             if need_h:
                 grad_h[s : s + ctx.step] = dz @ weight_c
             if need_w:
                 grad_w += (dz.T @ h).to(lse.dtype)
-        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None, None
+        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None, None, None
 
 
 def linear_soft_cross_entropy(
@@ -82,6 +94,7 @@ def linear_soft_cross_entropy(
     chunk_rows: int | None = None,
     impl: str = "auto",
     kernel=None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Per-row loss (N,), fp32 (fp64 for fp64 inputs), of ``logsumexp(h W^T) - sum_k weights[:, k] * (h W^T)[ids[:, k]]``.
 
@@ -94,12 +107,19 @@ def linear_soft_cross_entropy(
     Triton path's tiles and chunking (a ``soft_ce_triton.KernelConfig``; None: its defaults).
     Under autocast the matmuls run in the autocast dtype in the forward and in the recomputing backward
     alike (autocast itself reaches only the forward), with fp32 gradients for fp32 inputs.
+    ``softcap``: c > 0 scores ``c · tanh(h W^T / c)`` instead of ``h W^T`` (Gemma 2); PyTorch twin only, so
+    ``impl="auto"`` then takes it and ``impl="triton"`` is an error.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden (N, D) and weight (V, D) expected, got {tuple(hidden.shape)} and {tuple(weight.shape)}")
     if ids.shape != weights.shape or ids.dim() != 2 or ids.shape[0] != hidden.shape[0]:
         raise ValueError(f"ids and weights must both be (N, K) with N = {hidden.shape[0]}")
     compute_dtype = _autocast_dtype(hidden, weight)
+    if softcap is not None:
+        if impl == "triton":
+            raise ForesightError("impl='triton' was requested but the Triton kernel has no logit soft-capping; "
+                                 "use impl='auto' or impl='torch'")
+        return _LinearSoftCE.apply(hidden, weight, ids.long(), weights, chunk_rows, compute_dtype, float(softcap))
     if resolve_impl(impl, hidden, weight) == "triton":
         from foresight.ops.kernels.soft_ce_triton import triton_linear_soft_cross_entropy  # imports Triton
 
@@ -128,11 +148,12 @@ def _autocast_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype |
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100,
-                         chunk_rows: int | None = None, impl: str = "auto", kernel=None) -> torch.Tensor:
-    """Per-row cross-entropy (N,) of ``h W^T`` against ``labels`` (N,); ignored rows give 0. ``impl`` and
-    ``kernel`` as above."""
+                         chunk_rows: int | None = None, impl: str = "auto", kernel=None,
+                         softcap: float | None = None) -> torch.Tensor:
+    """Per-row cross-entropy (N,) of ``h W^T`` against ``labels`` (N,); ignored rows give 0. ``impl``,
+    ``kernel`` and ``softcap`` as above."""
     valid = labels != ignore_index
     ids = torch.where(valid, labels, torch.zeros_like(labels))[:, None]
     loss = linear_soft_cross_entropy(hidden, weight, ids, valid[:, None].float(), chunk_rows=chunk_rows, impl=impl,
-                                     kernel=kernel)
+                                     kernel=kernel, softcap=softcap)
     return loss * valid

@@ -33,6 +33,7 @@ from foresight.objectives import Batch
 from foresight.tasks.recipe import Recipe, build_model_config
 from foresight.train import distributed
 from foresight.train.lm import TrainableLM
+from foresight.train.metrics import read_metrics, training_tokens_per_s
 from foresight.train.trainer import Trainer
 
 FULL_VERIFY_BYTES = 1 << 30  # "auto" hashes every shard of data up to this size (about a second per GiB)
@@ -172,6 +173,14 @@ def _describe(data: PreparedData, cfg: TextTaskConfig, vocab: int) -> str:
             f"targets {'cross' if cfg.cross_documents else 'stop at'} document boundaries")
 
 
+def _rate(run_dir: Path) -> float | None:
+    """Training tokens/s of a run from its metrics (``training_tokens_per_s``: evaluation excluded, as the
+    compare table and star-graph results report it); the wall-clock rate is ``tokens_per_s_wall``."""
+    path = run_dir / "metrics.jsonl"
+    rate = training_tokens_per_s(read_metrics(path)) if path.is_file() else None
+    return None if rate is None else round(rate, 1)
+
+
 def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume: bool = False) -> list[dict]:
     from foresight.compare import write_comparison
 
@@ -241,7 +250,8 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
         best = min(evals, key=lambda e: e["val_loss"]) if evals else {}
         result = {"run": name, "objectives": specs, "params": params, "total_params": total, "steps": trainer.step,
                   "tokens": trainer.step * train_cfg.batch_size * cfg.seq_len, "wall_clock_s": round(wall, 2),
-                  "tokens_per_s": round(tokens / max(wall, 1e-9), 1), "final": evals[-1] if evals else {},
+                  "tokens_per_s": _rate(run_dir), "tokens_per_s_wall": round(tokens / max(wall, 1e-9), 1),
+                  "final": evals[-1] if evals else {},
                   "best_val_loss": best.get("val_loss"), "best_step": best.get("step"), "seed": train_cfg.seed,
                   "skipped_steps": trainer.skipped_steps,
                   "device": str(trainer.device), "torch": torch.__version__, "data": run_config["data"]}

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from foresight.errors import ForesightError
 
+LOGGERS = ("tensorboard", "wandb")  # optional metric sinks (train.loggers)
+
 
 @dataclass
 class TrainConfig:
@@ -32,7 +34,8 @@ class TrainConfig:
     early_stop_metric: str | None = None  # eval metric watched for early stopping, e.g. exact_match
     early_stop_threshold: float = 0.995  # stop once the metric is >= this ...
     early_stop_patience: int = 2  # ... for this many consecutive evaluations
-    tensorboard: bool = True  # also write TensorBoard events (only when the tensorboard package is installed)
+    tensorboard: bool = True  # also write TensorBoard events when the tensorboard package is installed (silently)
+    loggers: list = field(default_factory=list)  # metric sinks beside metrics.jsonl: "tensorboard", "wandb" (loud)
     peak_tflops: float | None = None  # accelerator peak for MFU; None = by GPU name (H100/H200: 790, measured bf16)
     compile: str | bool = "auto"  # torch.compile every transformer block: "auto" (on CUDA with Triton), true, false
     compile_backend: str = "inductor"  # torch.compile backend; "aot_eager" checks the wiring without code generation
@@ -65,6 +68,9 @@ class TrainConfig:
             (self.early_stop_patience >= 1, "train.early_stop_patience must be >= 1"),
             (self.peak_tflops is None or self.peak_tflops > 0, "train.peak_tflops must be > 0"),
             (isinstance(self.compile, bool) or self.compile == "auto", "train.compile must be auto, true or false"),
+            (isinstance(self.loggers, list) and all(x in LOGGERS for x in self.loggers),
+             f"train.loggers must be a list of {', '.join(LOGGERS)} (metrics.jsonl is always written), "
+             f"got {self.loggers!r}"),
             (isinstance(self.compile_backend, str) and self.compile_backend != "",
              "train.compile_backend must be a torch.compile backend name, e.g. inductor"),
         ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from statistics import median
 
 from foresight.io import write_text
 
@@ -35,3 +36,12 @@ def read_metrics(path: Path) -> list[dict]:
                 except json.JSONDecodeError:
                     continue  # a line cut short by a kill: skip it
     return records
+
+
+def training_tokens_per_s(records: list[dict]) -> float | None:
+    """The tokens/s that tables and result files report (one definition everywhere): the median over the logged
+    training intervals of tokens / seconds of training, the seconds between two train lines minus evaluation and
+    checkpoint time (what each train line's ``tokens_per_s`` holds). None when nothing was logged."""
+    rates = [r["tokens_per_s"] for r in records if r.get("kind", "train") == "train"
+             and isinstance(r.get("tokens_per_s"), (int, float))]
+    return median(rates) if rates else None

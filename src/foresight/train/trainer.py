@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm import tqdm
 
 from foresight.errors import ForesightError
 from foresight.model import Block
@@ -47,8 +46,10 @@ from foresight.train.distributed import DataParallel, clip_grad_norm
 from foresight.train.flops import flops_per_token, peak_flops
 from foresight.train.lm import TrainableLM
 from foresight.train.metrics import MetricsWriter
+from foresight.train.loggers import Loggers
+from foresight.train.progress import progress
 from foresight.train.schedule import lr_at, weight_at
-from foresight.train.tensorboard import log_scalars, open_writer
+from tqdm import tqdm
 
 
 def pick_device(name: str) -> torch.device:
@@ -342,7 +343,7 @@ class Trainer:
         resumed = resume and self.resume()
         if self.main:
             metrics = MetricsWriter(self.run_dir / "metrics.jsonl", resume_step=self.step if resumed else None)
-            tb = open_writer(self.run_dir, cfg.tensorboard, purge_step=self.step if resumed else None)
+            tb = Loggers(self.run_dir, cfg, self.desc, purge_step=self.step if resumed else None)
         else:
             metrics, tb = _NoMetrics(), None
         if not resumed:
@@ -352,10 +353,10 @@ class Trainer:
                            "world_size": self.dp.world, "compiled": self.compiled, "train": asdict(cfg)})
         peak = peak_flops(self.device, cfg.peak_tflops)
         flops = None  # per token; known once the first batch gives the sequence length
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, unit="step", dynamic_ncols=True,
-                   file=sys.stderr, mininterval=0.5, leave=True, disable=not self.main)
-        say = bar.write if self.main else (lambda message: None)
-        warn = (lambda message: bar.write(message, file=sys.stderr)) if self.main else (lambda message: None)
+        bar = progress(cfg.steps, self.step, self.desc, enabled=self.main)  # plain lines when stderr is a file
+        say = bar.write
+        # Warnings go to stderr; tqdm.write keeps a live bar intact.
+        warn = (lambda message: tqdm.write(message, file=sys.stderr)) if self.main else (lambda message: None)
         tokens_since, time_since = 0, time.perf_counter()
         start = time.perf_counter()
         try:
@@ -382,14 +383,16 @@ class Trainer:
                     if self.device.type == "cuda":
                         record["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                     metrics.write({"kind": "train", "step": self.step, "elapsed_s": now - start, **record})
-                    log_scalars(tb, "train", self.step, record)
+                    if tb is not None:
+                        tb.log("train", self.step, record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{rate:,.0f}")
                 paused = time.perf_counter()  # evaluation and checkpoints do not count against tokens/s
                 at_end = self.step == cfg.steps
                 if self.eval_fn is not None and (at_end or (cfg.eval_every and self.step % cfg.eval_every == 0)):
                     result = self.evaluate()
                     metrics.write({"kind": "eval", "step": self.step, **result})
-                    log_scalars(tb, "eval", self.step, result)
+                    if tb is not None:
+                        tb.log("eval", self.step, result)
                     say(f"[{self.desc}] step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
                     if cfg.early_stop_metric and self.streak >= cfg.early_stop_patience:
                         self.stopped_early = True

@@ -1,0 +1,41 @@
+"""foresight's objectives on any transformers decoder-only causal LM.
+
+    wrapped = foresight.wrap(model, objectives=[{"name": "ntp"}, {"name": "top", "window": 1024}])
+    out = wrapped(input_ids, attention_mask=mask, labels=labels)   # out.loss, out.losses, out.logits
+    out.loss.backward()
+
+See ``foresight.wrapper.model`` for what each objective reads and how losses are normalised, and
+``ForesightModel.forward_backward`` for the memory-saving per-head backward (Meta MTP §2).
+"""
+
+from __future__ import annotations
+
+from foresight.wrapper.io import from_pretrained
+from foresight.wrapper.model import ForesightModel, ForesightOutput
+
+
+def wrap(model, objectives: list[dict], *, return_logits: bool = True) -> ForesightModel:
+    """``model`` (a transformers ``...ForCausalLM``) with the given objectives, as a ``torch.nn.Module``.
+
+    ``objectives``: recipe-style specs, each with a ``name`` (``ntp``, ``top``, ``mtp``, ``dsmtp``), optional
+    ``weight`` (a number or a schedule ``[[at, value], ...]``) and the objective's options (``window``, ``n``,
+    ``depth``, ``preset``, ...; see ``foresight.objectives``). New heads are created on the model's device and
+    in its dtype. ``return_logits=False`` skips the (B, T, V) logits (the losses never need them).
+    Unsupported models raise ``ForesightError`` with one line naming what is supported.
+    """
+    return ForesightModel(model, objectives, return_logits=return_logits)
+
+
+def __getattr__(name: str):
+    if name == "ForesightCallback":  # needs transformers' Trainer classes; imported on first use
+        from foresight.wrapper.callback import ForesightCallback
+
+        return ForesightCallback
+    if name == "ForesightTrainer":
+        from foresight.wrapper.trainer import ForesightTrainer
+
+        return ForesightTrainer
+    raise AttributeError(f"module 'foresight.wrapper' has no attribute {name!r}")
+
+
+__all__ = ["ForesightCallback", "ForesightModel", "ForesightTrainer", "ForesightOutput", "from_pretrained", "wrap"]

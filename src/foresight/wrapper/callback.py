@@ -1,0 +1,15 @@
+"""A transformers ``TrainerCallback`` that moves a wrapped model's weight schedules with the Trainer's steps."""
+
+from __future__ import annotations
+
+from transformers import TrainerCallback
+
+
+class ForesightCallback(TrainerCallback):
+    """Calls ``model.set_step(state.global_step, state.max_steps)`` before every step, so objective weights
+    given as schedules (``[[0, 0.3], [0.7, 0.1]]``) follow the run; also logs each objective's weight."""
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None and hasattr(model, "set_step"):
+            model.set_step(state.global_step, state.max_steps)
+        return control

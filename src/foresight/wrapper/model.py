@@ -1,0 +1,216 @@
+"""``ForesightModel``: a transformers causal LM plus objective heads, used like the model.
+
+``forward(input_ids, attention_mask=None, labels=None)`` runs the model once (no KV cache) and every objective
+on its hidden states; ``labels`` follow the transformers convention (same shape as ``input_ids``, -100 =
+ignored, shifted inside). The output has ``loss`` (Σ weight · objective loss), ``losses`` (objective name →
+its mean loss) and ``logits`` (the model's own, soft cap included) unless ``return_logits=False``.
+
+What each objective reads (B, T = input_ids.shape):
+- NTP: ``labels`` exactly as the model's own loss reads them, so it equals ``model(..., labels=labels).loss``.
+- TOP, MTP, DS-MTP: the stream ``labels`` with positions where ``attention_mask`` is 0 also ignored, and no
+  loss at such positions: padding is never a target and never a trained position; a position's targets stop
+  at the end of the sequence (nothing past T is ranked or predicted).
+
+Normalisation: each objective's loss sum is divided by its own count (foresight's definitions; MTP and DS-MTP
+divide by the next-token count, as in ``foresight.objectives``). When transformers' ``Trainer`` passes
+``num_items_in_batch`` (gradient accumulation), every objective divides by it instead, as the model's own loss
+does, so the accumulated gradient is that of one large batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from foresight.errors import ForesightError
+from foresight.objectives.base import IGNORE_INDEX, Batch
+from foresight.train.schedule import check_weight, weight_at
+from foresight.wrapper.objectives import WrapDSMTP, WrapMTP, WrapNTP, WrapTOP, build
+from foresight.wrapper.parts import Parts, WrapTrunkOutput
+
+_TRUNK_TENSORS = ("hidden", "final", "last_input")
+
+
+@dataclass
+class ForesightOutput(ModelOutput):
+    """``loss``: weighted sum of the objectives (None without labels); ``logits`` (B, T, V) or None;
+    ``losses``: objective name -> mean loss (scalar tensors); ``metrics``: per-head means (``mtp_head1``, ...)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    losses: dict | None = None
+    metrics: dict | None = None
+
+
+class ForesightModel(nn.Module):
+    """A transformers causal LM (``.model``) with foresight objectives (``.objectives``); see the module doc.
+
+    Built by ``foresight.wrap``; ``heads[name]`` is each objective's head module; ``save_pretrained`` /
+    ``ForesightModel.from_pretrained`` store and restore both.
+    """
+
+    # transformers' Trainer then passes num_items_in_batch and does not rescale the loss itself.
+    accepts_loss_kwargs = True
+
+    def __init__(self, model: nn.Module, objectives: list[dict], return_logits: bool = True) -> None:
+        super().__init__()
+        if not isinstance(objectives, (list, tuple)) or not objectives:
+            raise ForesightError("foresight.wrap: objectives must be a non-empty list of specs, "
+                                 "for example [{'name': 'ntp'}, {'name': 'top', 'window': 1024}]")
+        self.model = model
+        self.parts = Parts(model)
+        self.specs = [dict(s) if isinstance(s, dict) else s for s in objectives]
+        self.objectives = nn.ModuleDict()
+        self.weights: dict[str, float | list] = {}
+        for i, spec in enumerate(self.specs):
+            obj = build(spec, self.parts)
+            key = obj.name if obj.name not in self.objectives else f"{obj.name}_{i}"
+            check_weight(obj.cfg.weight, f"objectives.{key}.weight")
+            self.objectives[key] = obj
+            self.weights[key] = obj.cfg.weight
+        self.return_logits = return_logits
+        self.step, self.total_steps = 0, None  # for weight schedules; set_step() or ForesightCallback move them
+
+    # --- what users reach for ---------------------------------------------------------------------------
+
+    @property
+    def heads(self) -> dict[str, nn.Module]:
+        """Objective name -> its head: NTP the model's ``lm_head``; TOP the V×D ``nn.Linear``; MTP the
+        ``ModuleList`` of n-1 decoder layers; DS-MTP the ``ModuleList`` of D modules."""
+        out = {}
+        for key, obj in self.objectives.items():
+            if isinstance(obj, WrapNTP):
+                out[key] = self.parts.lm_head
+            elif isinstance(obj, WrapTOP):
+                out[key] = obj.head
+            elif isinstance(obj, WrapMTP):
+                out[key] = obj.heads
+            elif isinstance(obj, WrapDSMTP):
+                out[key] = obj.layers
+        return out
+
+    @property
+    def config(self):
+        """The wrapped model's config."""
+        return self.model.config
+
+    def set_step(self, step: int, total_steps: int | None = None) -> None:
+        """The optimiser step that weight schedules (``[[at, value], ...]``) are read at."""
+        self.step, self.total_steps = int(step), total_steps
+
+    def current_weights(self) -> dict[str, float]:
+        """Each objective's weight at the current step."""
+        out = {}
+        for key, w in self.weights.items():
+            if isinstance(w, list) and any(isinstance(at, float) for at, _ in w) and self.total_steps is None:
+                raise ForesightError(f"objectives.{key}.weight is a schedule in fractions of the run; call "
+                                     f"set_step(step, total_steps) (or use foresight.wrapper.ForesightCallback)")
+            out[key] = weight_at(w, self.step, self.total_steps or 0)
+        return out
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        """Passed to the wrapped model (its trunk layers); the heads run without checkpointing."""
+        self.model.gradient_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.model.gradient_checkpointing_disable()
+
+    def save_pretrained(self, directory, **kwargs) -> None:
+        """The model in its own format (``model.save_pretrained``) plus the heads in
+        ``foresight_heads.safetensors`` (see ``foresight.wrapper.io``)."""
+        from foresight.wrapper.io import save_pretrained
+
+        save_pretrained(self, directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, directory, *, return_logits: bool = True, **model_kwargs) -> "ForesightModel":
+        """Model and heads from a folder written by ``save_pretrained`` (``model_kwargs`` go to
+        ``AutoModelForCausalLM.from_pretrained``)."""
+        from foresight.wrapper.io import from_pretrained
+
+        return from_pretrained(directory, return_logits=return_logits, **model_kwargs)
+
+    # --- passes ----------------------------------------------------------------------------------------
+
+    def _batches(self, input_ids, attention_mask, labels) -> tuple[Batch, Batch]:
+        """The NTP batch (labels as given) and the batch of the other objectives (padding ignored)."""
+        if labels.shape != input_ids.shape:
+            raise ForesightError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, "
+                                 f"got {tuple(labels.shape)}")
+        t = labels.shape[1]
+        pad = labels.new_full((labels.shape[0], 1), IGNORE_INDEX)  # nothing is known past the sequence
+        ntp = Batch(torch.cat([labels, pad], dim=1), t)  # (B, T + 1)
+        if attention_mask is None:
+            return ntp, ntp
+        keep = attention_mask.bool()  # (B, T)
+        future = torch.cat([labels.masked_fill(~keep, IGNORE_INDEX), pad], dim=1)
+        return ntp, Batch(future, t, loss_mask=keep)
+
+    def _divisors(self, results_or_counts: dict[str, torch.Tensor], num_items_in_batch) -> dict[str, torch.Tensor]:
+        if num_items_in_batch is not None:
+            n = torch.as_tensor(num_items_in_batch)
+            return {k: n.to(c.device) for k, c in results_or_counts.items()}
+        return {k: c.clamp(min=1) for k, c in results_or_counts.items()}
+
+    def _metrics(self, results) -> dict[str, torch.Tensor]:
+        """Per-head means (``mtp_head1``, ``dsmtp_depth1``, ...), renamed after the key of a repeated objective."""
+        return {m.replace(self.objectives[k].name, k, 1): v for k, r in results.items() for m, v in r.metrics.items()}
+
+    def _batch_of(self, key: str, ntp: Batch, future: Batch) -> Batch:
+        return ntp if isinstance(self.objectives[key], WrapNTP) else future
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, return_logits: bool | None = None,
+                num_items_in_batch: torch.Tensor | int | None = None, **model_kwargs) -> ForesightOutput:
+        """One pass of the model and every objective. ``model_kwargs`` (e.g. ``position_ids``) go to the model."""
+        out = self.parts.trunk(input_ids, attention_mask, **model_kwargs)
+        want_logits = self.return_logits if return_logits is None else return_logits
+        logits = self.parts.logits(out.hidden) if want_logits else None
+        if labels is None:
+            return ForesightOutput(loss=None, logits=logits, losses={}, metrics={})
+        ntp, future = self._batches(input_ids, attention_mask, labels)
+        results = {k: obj(out, self._batch_of(k, ntp, future), self.parts) for k, obj in self.objectives.items()}
+        divisors = self._divisors({k: r.count for k, r in results.items()}, num_items_in_batch)
+        weights = self.current_weights()
+        losses = {k: r.loss_sum / divisors[k] for k, r in results.items()}
+        loss = sum(weights[k] * losses[k] for k in losses)
+        return ForesightOutput(loss=loss, logits=logits, losses=losses, metrics=self._metrics(results))
+
+    def forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor,
+                         attention_mask: torch.Tensor | None = None, *, scale: float = 1.0,
+                         num_items_in_batch: torch.Tensor | int | None = None,
+                         autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+                         **model_kwargs) -> ForesightOutput:
+        """Forward and backward of ``scale · loss`` with one head's activations alive at a time (Meta MTP §2).
+
+        Accumulates the same gradients as ``forward(...).loss * scale`` followed by ``.backward()``, but the
+        objectives read detached copies of the trunk's outputs and each MTP head / DS-MTP module runs its
+        forward and backward before the next starts; the trunk then gets one backward. Returns the output with
+        detached losses (no logits). Call ``optimizer.step()`` after it as after ``loss.backward()``; for
+        gradient accumulation over m micro-batches pass ``scale=1/m`` (or ``num_items_in_batch``).
+        ``autocast``: a context manager for the forward passes (e.g. ``lambda: torch.autocast("cuda", torch.bfloat16)``).
+        """
+        with autocast():
+            out = self.parts.trunk(input_ids, attention_mask, **model_kwargs)
+        leaves = WrapTrunkOutput(**{f: getattr(out, f).detach().requires_grad_() for f in _TRUNK_TENSORS},
+                                 cos=None, sin=None, layer_kwargs=out.layer_kwargs, input_ids=input_ids)
+        ntp, future = self._batches(input_ids, attention_mask, labels)
+        batches = {k: self._batch_of(k, ntp, future) for k in self.objectives}
+        divisors = self._divisors({k: obj.count(batches[k]) for k, obj in self.objectives.items()},
+                                  num_items_in_batch)
+        weights = self.current_weights()
+        results = {k: obj.forward_backward(leaves, batches[k], self.parts, scale * weights[k] / float(divisors[k]),
+                                           autocast)
+                   for k, obj in self.objectives.items()}
+        roots = [(getattr(out, f), getattr(leaves, f).grad) for f in _TRUNK_TENSORS]
+        roots = [(t, g) for t, g in roots if g is not None]  # trunk tensors no objective read
+        if roots:
+            torch.autograd.backward([t for t, _ in roots], [g for _, g in roots])
+        losses = {k: r.loss_sum / divisors[k] for k, r in results.items()}
+        loss = sum(weights[k] * losses[k] for k in losses)
+        return ForesightOutput(loss=loss, logits=None, losses=losses, metrics=self._metrics(results))
