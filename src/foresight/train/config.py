@@ -37,6 +37,7 @@ class TrainConfig:
     compile_backend: str = "inductor"  # torch.compile backend; "aot_eager" checks the wiring without code generation
     activation_checkpointing: bool = False  # recompute each trunk block's activations in the backward (less memory)
     per_head_backward: bool = True  # MTP/DS-MTP heads: forward+backward one head at a time (Meta MTP §2)
+    freeze: str = "none"  # "trunk": train only the objectives' own heads/modules; the trunk (embedding, blocks, norm, output head) stays fixed
 
     def __post_init__(self) -> None:
         if self.micro_batch_size is None:
@@ -57,6 +58,7 @@ class TrainConfig:
             (self.early_stop_patience >= 1, "train.early_stop_patience must be >= 1"),
             (self.peak_tflops is None or self.peak_tflops > 0, "train.peak_tflops must be > 0"),
             (isinstance(self.compile, bool) or self.compile == "auto", "train.compile must be auto, true or false"),
+            (self.freeze in ("none", "trunk"), f"train.freeze must be none or trunk, not {self.freeze!r}"),
             (isinstance(self.compile_backend, str) and self.compile_backend != "",
              "train.compile_backend must be a torch.compile backend name, e.g. inductor"),
         ]
