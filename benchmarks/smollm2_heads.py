@@ -16,9 +16,9 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from foresight.environment import describe
@@ -27,25 +27,84 @@ from foresight.train.lm import TrainableLM
 
 def distill(args) -> None:
     from foresight.data.shards import PreparedData
-    from foresight.generate.distill import greedy_continuations, prompt_windows, save_tokens
+    from foresight.generate.distill import greedy_continuations, prompt_windows, save_distilled
 
+    torch.set_num_threads(args.threads)
     lm, _ = TrainableLM.from_checkpoint(args.model)
     stream = PreparedData.open(args.data).split("train")
-    tokens = stream.read(0, len(stream))
-    prompts = prompt_windows(tokens, args.prompts, args.prompt_len, args.seed)
+    prompts = prompt_windows(stream.read(0, len(stream)), args.prompts, args.prompt_len, args.seed)
 
     def progress(rows, seconds):
-        save_tokens(rows, args.out)
-        made = rows.shape[0] * args.new_tokens
-        print(f"{rows.shape[0]}/{args.prompts} rows, {made} tokens in {seconds:.0f} s ({made / seconds:.1f} tok/s)",
+        made = rows * args.new_tokens
+        print(f"{rows}/{args.prompts} rows, {made} tokens in {seconds:.0f} s ({made / seconds:.1f} tok/s)",
               file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    out = greedy_continuations(lm.model, prompts, args.new_tokens, args.batch, progress)
+    tokens, final, last_input = greedy_continuations(lm.model, prompts, args.new_tokens, args.batch, progress)
     meta = {"model": str(args.model), "data": str(args.data), "prompts": args.prompts, "prompt_len": args.prompt_len,
-            "new_tokens": args.new_tokens, "batch": args.batch, "seed": args.seed, "shape": list(out.shape),
-            "seconds": time.perf_counter() - t0, "environment": describe("cpu"), "command": " ".join(sys.argv)}
-    Path(str(args.out) + ".json").write_text(json.dumps(meta, indent=2) + "\n")
+            "new_tokens": args.new_tokens, "batch": args.batch, "seed": args.seed, "threads": args.threads,
+            "seconds": round(time.perf_counter() - t0, 1), "environment": describe("cpu"),
+            "command": " ".join(sys.argv)}
+    save_distilled(args.out, tokens, final, last_input, meta)
+    print(json.dumps(meta), file=sys.stderr)
+
+
+def train(args) -> None:
+    import shutil
+
+    from foresight.generate.distill import load_distilled
+    from foresight.train.cached_heads import TrunkCache, draft_accuracy, frequent_ids, init_from_last_block, train_heads
+    from foresight.train.checkpoint import atomic_save
+
+    torch.set_num_threads(args.threads)
+    tokens, final, last_input, meta = load_distilled(args.tokens)
+    first = meta["prompt_len"]  # targets from here on are the model's own greedy tokens
+    base, _ = TrainableLM.from_checkpoint(args.model)
+    key = args.drafter
+    spec = {"name": "mtp", "n": args.k + 1} if key == "mtp" else {"name": "dsmtp", "preset": args.preset, "depth": args.k}
+    specs = [{"name": "ntp"}, spec]
+    lm = TrainableLM(base.model.cfg, specs)
+    lm.model.load_state_dict(base.model.state_dict())
+    del base
+    init_from_last_block(lm, key)
+    n = tokens.shape[0]
+    train_rows, held_rows = torch.arange(n - args.held_out), torch.arange(n - args.held_out, n)
+    vocab = frequent_ids(tokens[train_rows, first:], args.draft_vocab, lm.model.cfg.vocab_size)
+    held_targets = tokens[held_rows, first:]
+    coverage = float(torch.isin(held_targets, vocab).float().mean())
+    cache = TrunkCache(final[train_rows], last_input[train_rows])
+    held = TrunkCache(final[held_rows], last_input[held_rows])
+    acc0 = draft_accuracy(lm, key, tokens[held_rows], held, vocab, first)
+    print(f"draft vocabulary {len(vocab)}: covers {coverage:.1%} of held-out targets; accuracy before {acc0}",
+          file=sys.stderr, flush=True)
+
+    def log(rec):
+        if rec["step"] % 20 == 0 or rec["step"] == 1:
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}),
+                  file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    records = train_heads(lm, key, tokens[train_rows], cache, vocab, steps=args.steps, batch=args.batch,
+                          lr=args.lr, first_target=first, seed=args.seed, log=log)
+    seconds = time.perf_counter() - t0
+    acc1 = draft_accuracy(lm, key, tokens[held_rows], held, vocab, first)
+    print(f"accuracy after {acc1} ({seconds:.0f} s)", file=sys.stderr, flush=True)
+    info = {"model": "SmolLM2-135M-Instruct", "drafter": key, "k": args.k, "spec": spec, "draft_vocab": len(vocab),
+            "draft_vocab_coverage": coverage, "held_out_accuracy_before": acc0, "held_out_accuracy": acc1,
+            "train_sequences": len(train_rows), "held_out_sequences": len(held_rows),
+            "trained_positions_per_head": int(len(train_rows) * (tokens.shape[1] - first)), "steps": args.steps,
+            "batch": args.batch, "lr": args.lr, "seconds": round(seconds, 1), "final_losses": records[-1],
+            "distilled": meta, "environment": describe("cpu"), "command": " ".join(sys.argv)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"model": asdict(lm.model.cfg), "objectives": specs, "draft_vocab": vocab.tolist(),
+              "model_name": "SmolLM2-135M-Instruct",
+              "imported_from": {"path": str(Path(args.model).resolve()), "heads": info["spec"]}}
+    if (Path(args.model) / "tokenizer").is_dir():
+        shutil.copytree(Path(args.model) / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+        config["tokenizer"] = "tokenizer"
+    atomic_save({"lm": lm.state_dict(), "config": config, "step": 0}, out / "step_00000000.pt")
+    (out / "heads.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
 def main(argv=None) -> None:
@@ -54,13 +113,29 @@ def main(argv=None) -> None:
     d = sub.add_parser("distill", help="greedy continuations of train-split prompts")
     d.add_argument("--model", type=Path, required=True)
     d.add_argument("--data", type=Path, required=True)
-    d.add_argument("--out", type=Path, required=True, help=".npy file (N, prompt_len + new_tokens) int32")
+    d.add_argument("--out", type=Path, required=True, help="safetensors file: tokens, trunk states, metadata")
     d.add_argument("--prompts", type=int, default=256)
     d.add_argument("--prompt-len", type=int, default=32)
     d.add_argument("--new-tokens", type=int, default=96)
     d.add_argument("--batch", type=int, default=32)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=2)
     d.set_defaults(func=distill)
+    t = sub.add_parser("train", help="train drafting heads on the cached trunk states of distilled text")
+    t.add_argument("--model", type=Path, required=True, help="the imported model (foresight import)")
+    t.add_argument("--tokens", type=Path, required=True, help="distill's output")
+    t.add_argument("--drafter", choices=("mtp", "dsmtp"), default="mtp")
+    t.add_argument("--k", type=int, default=3, help="MTP heads 1..k, or DS-MTP depth k")
+    t.add_argument("--preset", default="deepseek_v3", help="DS-MTP preset (default deepseek_v3)")
+    t.add_argument("--draft-vocab", type=int, default=8192, help="most frequent ids the heads score")
+    t.add_argument("--steps", type=int, default=300)
+    t.add_argument("--batch", type=int, default=8, help="sequences per step")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--held-out", type=int, default=16, help="last sequences kept for the accuracy check")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--out", type=Path, required=True, help="output folder: step_00000000.pt, heads.json, tokenizer/")
+    t.set_defaults(func=train)
     args = ap.parse_args(argv)
     args.func(args)
 

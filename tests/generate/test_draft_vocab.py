@@ -13,7 +13,8 @@ from torch import nn
 from foresight.generate import generate, make_drafter, speculative_generate
 from foresight.model import ModelConfig, RMSNorm
 from foresight.objectives import Batch
-from foresight.train.cached_heads import (cache_trunk, draft_accuracy, frequent_ids, head_losses,
+from foresight.generate.distill import greedy_with_states
+from foresight.train.cached_heads import (TrunkCache, cache_trunk, draft_accuracy, frequent_ids, head_losses,
                                           init_from_last_block, train_heads)
 from foresight.train.lm import TrainableLM
 
@@ -101,17 +102,17 @@ def test_cached_losses_equal_the_objectives_losses(specs):
     """With the whole vocabulary and every target, the cached-state losses are the objective's own sums."""
     lm = _lm(specs, seed=5)
     key = specs[1]["name"]
-    tokens = torch.randint(0, V, (4, 12), generator=torch.Generator().manual_seed(6))
+    tokens = torch.randint(0, V, (4, 13), generator=torch.Generator().manual_seed(6))
     cache = cache_trunk(lm.model, tokens, batch=3)
     with torch.no_grad():
-        direct = lm.model.trunk(tokens)
+        direct = lm.model.trunk(tokens[:, :12])
         assert torch.equal(cache.last_input, direct.last_input) and torch.equal(cache.final, direct.final)
         cos, sin = lm.model.rotary(12, tokens.device)
         batch = Batch(tokens, 12)
-        ours = head_losses(lm, key, cache.rows(torch.arange(4), cos, sin), batch, lm.model.lm_head.weight,
+        ours = head_losses(lm, key, cache.rows(torch.arange(4), lm.model, cos, sin), batch, lm.model.lm_head.weight,
                            torch.arange(V), first_target=0)
         metrics = lm.objectives[key](direct, batch, lm.model).metrics
-    count = (torch.arange(12) + 1 < 12).sum() * 4  # next-token count: the objectives' divisor
+    count = 12 * 4  # next-token count: the objectives' divisor
     prefix = "mtp_head" if key == "mtp" else "dsmtp_depth"
     for k, s in enumerate(ours, start=1):
         torch.testing.assert_close(s / count, metrics[f"{prefix}{k}"], rtol=1e-10, atol=1e-10)
@@ -125,9 +126,13 @@ def test_cached_head_training_learns_and_leaves_the_trunk(specs):
     key = specs[1]["name"]
     init_from_last_block(lm, key)
     prompts = torch.randint(0, V, (24, 3), generator=torch.Generator().manual_seed(9))
-    tokens = generate(lm.model, prompts, 13)  # (24, 16): greedy continuations
+    tokens, final, last_input = greedy_with_states(lm.model, prompts, 13)  # (24, 16): greedy continuations
+    assert torch.equal(tokens, generate(lm.model, prompts, 13))
+    full = cache_trunk(lm.model, tokens)  # the states decoding kept equal a full forward's, up to rounding
+    torch.testing.assert_close(final, full.final, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last_input, full.last_input, rtol=1e-4, atol=1e-4)
     vocab = frequent_ids(tokens[:, 3:], 20, V)
-    cache = cache_trunk(lm.model, tokens)
+    cache = TrunkCache(final, last_input)
     trunk0 = {k: v.clone() for k, v in lm.model.state_dict().items()}
     before = draft_accuracy(lm, key, tokens, cache, vocab, first_target=3)
     log = train_heads(lm, key, tokens, cache, vocab, steps=80, batch=8, lr=3e-3, first_target=3, warmup=5)

@@ -45,28 +45,31 @@ def frequent_ids(tokens: torch.Tensor, size: int, vocab_size: int) -> torch.Tens
 
 @dataclass
 class TrunkCache:
-    """The frozen trunk's outputs over N sequences of length L, each (N, L, D) fp32, on the CPU."""
+    """The frozen trunk's outputs over N token sequences of length L, at positions 0 .. L-2 (those whose next
+    token is known): ``final`` (the last block's output) and ``last_input`` (its input), (N, L-1, D) fp32 on
+    the CPU. ``hidden`` (after the final norm) is recomputed from ``final`` when a batch is drawn."""
 
-    hidden: torch.Tensor
     final: torch.Tensor
     last_input: torch.Tensor
 
-    def rows(self, idx: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> TrunkOutput:
-        return TrunkOutput(self.hidden[idx], self.final[idx], self.last_input[idx], cos, sin)
+    def rows(self, idx: torch.Tensor, model, cos: torch.Tensor, sin: torch.Tensor) -> TrunkOutput:
+        final = self.final[idx]
+        return TrunkOutput(model.norm(final), final, self.last_input[idx], cos, sin)
 
 
 @torch.no_grad()
 def cache_trunk(model, tokens: torch.Tensor, batch: int = 16) -> TrunkCache:
-    """Run the trunk once over ``tokens`` (N, L) in batches; keep its three outputs."""
+    """Run the trunk once over ``tokens[:, :-1]`` ((N, L) ids) in batches and keep its states. (Self-distilled
+    data brings them from decoding instead: ``foresight.generate.distill.greedy_with_states``.)"""
     model.eval()
-    parts = [model.trunk(tokens[i : i + batch]) for i in range(0, tokens.shape[0], batch)]
-    return TrunkCache(*(torch.cat([getattr(p, f) for p in parts]) for f in ("hidden", "final", "last_input")))
+    parts = [model.trunk(tokens[i : i + batch, :-1]) for i in range(0, tokens.shape[0], batch)]
+    return TrunkCache(torch.cat([p.final for p in parts]), torch.cat([p.last_input for p in parts]))
 
 
 def init_from_last_block(lm, key: str) -> None:
     """Start every head / module block as a copy of the trunk's last block (the usual warm start for drafting
     heads: the block already maps the last hidden states to next-token features). A DS-MTP projection starts
-    by passing the (normalised) hidden state and adding the token embedding: [I, I] in hidden-first order."""
+    by passing the (normalised) hidden state and adding the (normalised) token embedding: [I, I]."""
     obj = lm.objectives[key]
     last = lm.model.layers[-1].state_dict()
     blocks = obj.heads if isinstance(obj, MTP) else [m.block for m in obj.layers]
@@ -77,6 +80,8 @@ def init_from_last_block(lm, key: str) -> None:
         with torch.no_grad():
             for m in obj.layers:
                 m.eh_proj.weight.copy_(torch.cat([torch.eye(d), torch.eye(d)], dim=1))
+                if m.norm is not None:  # an own final norm starts as the trunk's
+                    m.norm.weight.copy_(lm.model.norm.weight)
                 if m.eh_proj.bias is not None:
                     m.eh_proj.bias.zero_()
 
@@ -116,7 +121,8 @@ def head_losses(lm, key: str, out: TrunkOutput, batch: Batch, w_sub: torch.Tenso
 def train_heads(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab: torch.Tensor, *, steps: int,
                 batch: int, lr: float, first_target: int, seed: int = 0, warmup: int = 10,
                 log: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train ``lm.objectives[key]`` (MTP or DS-MTP) on the cached trunk states; the trunk stays frozen.
+    """Train ``lm.objectives[key]`` (MTP or DS-MTP) on the cached trunk states of ``tokens`` (N, L); the
+    trunk stays frozen.
 
     AdamW (no weight decay), linear warm-up then cosine to 10 %, gradient clipping at 1. Each step draws
     ``batch`` sequences at random (seeded). Returns the log records (per-head mean loss and top-1 accuracy
@@ -129,7 +135,7 @@ def train_heads(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab: to
     w_sub = model.lm_head.weight.detach()[vocab].contiguous()  # (V', D)
     to_sub = torch.full((model.cfg.vocab_size,), IGNORE_INDEX, dtype=torch.long)
     to_sub[vocab] = torch.arange(len(vocab))
-    n, length = tokens.shape
+    n, length = tokens.shape[0], tokens.shape[1] - 1  # positions with a known next token
     cos, sin = model.rotary(length, tokens.device)
     g = torch.Generator().manual_seed(seed)
     records, t0 = [], time.perf_counter()
@@ -142,7 +148,8 @@ def train_heads(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab: to
             group["lr"] = lr_now
         idx = torch.randperm(n, generator=g)[:batch]
         b = Batch(tokens[idx].long(), length)
-        out = cache.rows(idx, cos, sin)
+        with torch.no_grad():
+            out = cache.rows(idx, model, cos, sin)
         sums = head_losses(lm, key, out, b, w_sub, to_sub, first_target)
         counts = [(_count(b, k, to_sub, first_target)).clamp(min=1) for k in range(1, len(sums) + 1)]
         loss = sum(s / c for s, c in zip(sums, counts))
@@ -173,13 +180,13 @@ def draft_accuracy(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab:
     targets counted, so one outside the draft vocabulary counts as a miss): the teacher-forced acceptance."""
     model, obj = lm.model, lm.objectives[key]
     w_sub = model.lm_head.weight[vocab]
-    n, length = tokens.shape
+    n, length = tokens.shape[0], tokens.shape[1] - 1
     cos, sin = model.rotary(length, tokens.device)
     pos = torch.arange(length)
     hits, total = None, None
     for i in range(0, n, batch):
         idx = torch.arange(i, min(i + batch, n))
-        b, out = Batch(tokens[idx].long(), length), cache.rows(idx, cos, sin)
+        b, out = Batch(tokens[idx].long(), length), cache.rows(idx, model, cos, sin)
         if isinstance(obj, MTP):
             hs = [(head(out.last_input, out.cos, out.sin), model.norm) for head in obj.heads]
         else:
