@@ -34,18 +34,18 @@ def distill(args) -> None:
     stream = PreparedData.open(args.data).split("train")
     prompts = prompt_windows(stream.read(0, len(stream)), args.prompts, args.prompt_len, args.seed)
 
-    def progress(rows, seconds):
+    meta = {"model": str(args.model), "data": str(args.data), "prompts": args.prompts, "prompt_len": args.prompt_len,
+            "new_tokens": args.new_tokens, "batch": args.batch, "seed": args.seed, "threads": args.threads,
+            "environment": describe("cpu"), "command": "python " + " ".join(sys.argv)}
+
+    def progress(done, seconds):  # saved after every batch: a long run can be used before it ends
+        rows = done[0].shape[0]
         made = rows * args.new_tokens
+        save_distilled(args.out, *done, {**meta, "rows": rows, "seconds": round(seconds, 1)})
         print(f"{rows}/{args.prompts} rows, {made} tokens in {seconds:.0f} s ({made / seconds:.1f} tok/s)",
               file=sys.stderr, flush=True)
 
-    t0 = time.perf_counter()
     tokens, final, last_input = greedy_continuations(lm.model, prompts, args.new_tokens, args.batch, progress)
-    meta = {"model": str(args.model), "data": str(args.data), "prompts": args.prompts, "prompt_len": args.prompt_len,
-            "new_tokens": args.new_tokens, "batch": args.batch, "seed": args.seed, "threads": args.threads,
-            "seconds": round(time.perf_counter() - t0, 1), "environment": describe("cpu"),
-            "command": " ".join(sys.argv)}
-    save_distilled(args.out, tokens, final, last_input, meta)
     print(json.dumps(meta), file=sys.stderr)
 
 

@@ -49,15 +49,19 @@ def greedy_with_states(model, prompts: torch.Tensor, new_tokens: int) -> tuple[t
 
 
 def greedy_continuations(model, prompts: torch.Tensor, new_tokens: int, batch: int,
-                         on_batch: Callable[[int, float], None] | None = None):
+                         on_batch: Callable[[tuple, float], None] | None = None):
     """Prompts (N, P) -> tokens (N, P + n), final and last_input (N, P + n - 1, D) (``greedy_with_states``),
-    decoded ``batch`` rows at a time; ``on_batch(rows_so_far, seconds)`` after every batch."""
+    decoded ``batch`` rows at a time; ``on_batch(results_so_far, seconds)`` after every batch (partial saves)."""
     parts, t0 = [], time.perf_counter()
+
+    def joined():
+        return tuple(torch.cat([p[j] for p in parts]) for j in range(3))
+
     for i in range(0, prompts.shape[0], batch):
         parts.append(greedy_with_states(model, prompts[i : i + batch], new_tokens))
         if on_batch is not None:
-            on_batch(sum(p[0].shape[0] for p in parts), time.perf_counter() - t0)
-    return tuple(torch.cat([p[j] for p in parts]) for j in range(3))
+            on_batch(joined(), time.perf_counter() - t0)
+    return joined()
 
 
 def save_distilled(path: Path, tokens: torch.Tensor, final: torch.Tensor, last_input: torch.Tensor,
