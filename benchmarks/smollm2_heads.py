@@ -66,10 +66,19 @@ def train(args) -> None:
     lm = TrainableLM(base.model.cfg, specs)
     lm.model.load_state_dict(base.model.state_dict())
     del base
-    init_from_last_block(lm, key)
+    init_from_last_block(lm, key, scale=float(last_input.pow(2).mean().sqrt()))  # RMS of the last block's input
     n = tokens.shape[0]
     train_rows, held_rows = torch.arange(n - args.held_out), torch.arange(n - args.held_out, n)
-    vocab = frequent_ids(tokens[train_rows, first:], args.draft_vocab, lm.model.cfg.vocab_size)
+    if args.vocab_from is not None:  # rank by a large corpus (FR-Spec): better coverage than a few distilled rows
+        import numpy as np
+
+        from foresight.data.shards import PreparedData
+
+        stream = PreparedData.open(args.vocab_from).split("train")
+        ranked = torch.from_numpy(stream.read(0, len(stream)).astype(np.int64))
+    else:
+        ranked = tokens[train_rows, first:]
+    vocab = frequent_ids(ranked, args.draft_vocab, lm.model.cfg.vocab_size)
     held_targets = tokens[held_rows, first:]
     coverage = float(torch.isin(held_targets, vocab).float().mean())
     cache = TrunkCache(final[train_rows], last_input[train_rows])
@@ -90,6 +99,7 @@ def train(args) -> None:
     acc1 = draft_accuracy(lm, key, tokens[held_rows], held, vocab, first)
     print(f"accuracy after {acc1} ({seconds:.0f} s)", file=sys.stderr, flush=True)
     info = {"model": "SmolLM2-135M-Instruct", "drafter": key, "k": args.k, "spec": spec, "draft_vocab": len(vocab),
+            "draft_vocab_ranked_by": str(args.vocab_from or args.tokens),
             "draft_vocab_coverage": coverage, "held_out_accuracy_before": acc0, "held_out_accuracy": acc1,
             "train_sequences": len(train_rows), "held_out_sequences": len(held_rows),
             "trained_positions_per_head": int(len(train_rows) * (tokens.shape[1] - first)), "steps": args.steps,
@@ -126,8 +136,10 @@ def main(argv=None) -> None:
     t.add_argument("--tokens", type=Path, required=True, help="distill's output")
     t.add_argument("--drafter", choices=("mtp", "dsmtp"), default="mtp")
     t.add_argument("--k", type=int, default=3, help="MTP heads 1..k, or DS-MTP depth k")
-    t.add_argument("--preset", default="deepseek_v3", help="DS-MTP preset (default deepseek_v3)")
+    t.add_argument("--preset", default="top_paper", help="DS-MTP preset (default top_paper: shared final norm)")
     t.add_argument("--draft-vocab", type=int, default=8192, help="most frequent ids the heads score")
+    t.add_argument("--vocab-from", type=Path, help="prepared data whose train split ranks the draft vocabulary "
+                   "(default: the distilled tokens)")
     t.add_argument("--steps", type=int, default=300)
     t.add_argument("--batch", type=int, default=8, help="sequences per step")
     t.add_argument("--lr", type=float, default=1e-3)

@@ -49,6 +49,25 @@ class OracleDrafter(Drafter):
         return window(self.truth, n + 1, self.n_draft)  # x[N+1..N+D] per row
 
 
+class TimedDrafter(Drafter):
+    """A drafter whose ``propose`` time is added up (the drafting share of a speculative step)."""
+
+    def __init__(self, inner: Drafter) -> None:
+        self.inner, self.n_draft, self.name, self.seconds = inner, inner.n_draft, inner.name, 0.0
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def keep_rows(self, rows):
+        self.inner.keep_rows(rows)
+
+    def propose(self, out, seq, pos0, n):
+        t0 = time.perf_counter()
+        drafts = self.inner.propose(out, seq, pos0, n)
+        self.seconds += time.perf_counter() - t0
+        return drafts
+
+
 def prompts_from(data: Path, n: int, length: int, split: str = "val") -> torch.Tensor:
     """``n`` windows of ``length`` tokens spread evenly over a prepared split: (n, length) long."""
     from foresight.data.shards import PreparedData
@@ -84,15 +103,16 @@ def bench(lm, prompts: torch.Tensor, new_tokens: int, batch: int, drafter: str, 
         return make_drafter(lm, kind, n_draft, draft_vocab=draft_vocab)
 
     speculative_generate(lm, batches[0], 8, make(0))  # warm-up
-    plain_t, spec_t, identical, stats_all = [], [], True, []
+    plain_t, spec_t, identical, stats_all, draft_total = [], [], True, [], 0.0
     for _ in range(repeats):
         p_total = s_total = 0.0
         for i, ids in enumerate(batches):
             want, t = timed(lambda: generate(lm.model, ids, new_tokens))
             p_total += t
-            d = make(i)
+            d = TimedDrafter(make(i))
             (got, stats), t = timed(lambda: speculative_generate(lm, ids, new_tokens, d))
             s_total += t
+            draft_total += d.seconds
             identical &= torch.equal(got, want)
             stats_all.append(stats)
         plain_t.append(p_total)
@@ -109,6 +129,7 @@ def bench(lm, prompts: torch.Tensor, new_tokens: int, batch: int, drafter: str, 
             # Per-step cost in units of a plain decoding step: speed-up = tokens per step / this.
             "plain_ms_per_step": 1000 * plain / (new_tokens * len(batches)),
             "spec_ms_per_step": 1000 * spec / steps,
+            "draft_ms_per_step": 1000 * draft_total / repeats / steps,  # mean over rounds (not a median)
             "tau": row_tokens / row_steps,
             "tokens_per_step": row_tokens / sum(s.steps * s.batch for s in stats_all),
             "acceptance": [a / d for a, d in zip(accepted, drafted)],
@@ -144,7 +165,8 @@ def _write_result(args, row: dict, draft_vocab, state) -> None:
               "draft_vocab": None if draft_vocab is None else len(draft_vocab),
               "tokens_per_step": row["tokens_per_step"], "plain_tok_s": row["plain_tok_s"],
               "spec_tok_s": row["spec_tok_s"], "plain_ms_per_step": row["plain_ms_per_step"],
-              "spec_ms_per_step": row["spec_ms_per_step"], "steps_per_round": row["steps"],
+              "spec_ms_per_step": row["spec_ms_per_step"], "draft_ms_per_step": row["draft_ms_per_step"],
+              "steps_per_round": row["steps"],
               "prompts": row["prompts"], "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
               "repeats": args.repeats, "threads": args.threads, "cpu": cpu_name(), **describe("cpu"),
               "command": "python " + " ".join(sys.argv)}

@@ -66,10 +66,12 @@ def cache_trunk(model, tokens: torch.Tensor, batch: int = 16) -> TrunkCache:
     return TrunkCache(torch.cat([p.final for p in parts]), torch.cat([p.last_input for p in parts]))
 
 
-def init_from_last_block(lm, key: str) -> None:
+def init_from_last_block(lm, key: str, scale: float = 1.0) -> None:
     """Start every head / module block as a copy of the trunk's last block (the usual warm start for drafting
-    heads: the block already maps the last hidden states to next-token features). A DS-MTP projection starts
-    by passing the (normalised) hidden state and adding the (normalised) token embedding: [I, I]."""
+    heads: the block already maps late hidden states to next-token features). A DS-MTP projection starts by
+    passing the normalised hidden state h_{k-1} times ``scale`` (the size of the last block's input, so the
+    copied block sees inputs of the size it was trained on) and ignoring the token embedding (its weights start
+    at zero and learn)."""
     obj = lm.objectives[key]
     last = lm.model.layers[-1].state_dict()
     blocks = obj.heads if isinstance(obj, MTP) else [m.block for m in obj.layers]
@@ -79,11 +81,12 @@ def init_from_last_block(lm, key: str) -> None:
         d = lm.model.cfg.hidden_size
         with torch.no_grad():
             for m in obj.layers:
-                m.eh_proj.weight.copy_(torch.cat([torch.eye(d), torch.eye(d)], dim=1))
-                if m.norm is not None:  # an own final norm starts as the trunk's
-                    m.norm.weight.copy_(lm.model.norm.weight)
+                parts = [scale * torch.eye(d), torch.zeros(d, d)]  # (D, D) each: hidden part, embedding part
+                m.eh_proj.weight.copy_(torch.cat(parts if m.hidden_first else parts[::-1], dim=1))
                 if m.eh_proj.bias is not None:
                     m.eh_proj.bias.zero_()
+                if m.norm is not None:  # an own final norm starts as the trunk's
+                    m.norm.weight.copy_(lm.model.norm.weight)
 
 
 def _sub_loss(h: torch.Tensor, norm, w_sub: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
