@@ -45,7 +45,7 @@ def distill(args) -> None:
         print(f"{rows}/{args.prompts} rows, {made} tokens in {seconds:.0f} s ({made / seconds:.1f} tok/s)",
               file=sys.stderr, flush=True)
 
-    tokens, final, last_input = greedy_continuations(lm.model, prompts, args.new_tokens, args.batch, progress)
+    greedy_continuations(lm.model, prompts, args.new_tokens, args.batch, progress)  # saved as it goes
     print(json.dumps(meta), file=sys.stderr)
 
 

@@ -49,11 +49,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    lm, state = TrainableLM.from_checkpoint(args.checkpoint)
+    lm, _ = TrainableLM.from_checkpoint(args.checkpoint)
     model = lm.model
     ids = prompts_from(args.data, 1, args.prompt_len)
     caches = model.new_caches()
-    out = model.trunk(ids, caches)
+    model.trunk(ids, caches)  # prefill
     n = ids.shape[1]
     ks = [int(k) for k in args.ks.split(",")]
 
