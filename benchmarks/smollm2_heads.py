@@ -61,7 +61,10 @@ def train(args) -> None:
     first = meta["prompt_len"]  # targets from here on are the model's own greedy tokens
     base, _ = TrainableLM.from_checkpoint(args.model)
     key = args.drafter
-    spec = {"name": "mtp", "n": args.k + 1} if key == "mtp" else {"name": "dsmtp", "preset": args.preset, "depth": args.k}
+    if key == "mtp":
+        spec = {"name": "mtp", "n": args.k + 1}  # heads 1..k (head 0 is the trunk)
+    else:
+        spec = {"name": "dsmtp", "preset": args.preset, "depth": args.k}
     specs = [{"name": "ntp"}, spec]
     lm = TrainableLM(base.model.cfg, specs)
     lm.model.load_state_dict(base.model.state_dict())

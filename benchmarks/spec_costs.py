@@ -71,8 +71,9 @@ def main(argv=None) -> None:
               f"{1.5 * verify[k] / plain:.2f} before drafting costs (max {k + 1})" for k in ks]
     print("\n".join(lines))
     if args.out:
-        args.out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "plain_ms": plain, "verify_ms": verify, "threads": args.threads, "cpu": cpu_name(),
-                                        **describe("cpu"), "command": "python " + " ".join(sys.argv)}, indent=2) + "\n")
+        record = {"checkpoint": str(args.checkpoint), "plain_ms": plain, "verify_ms": verify,
+                  "threads": args.threads, "cpu": cpu_name(), **describe("cpu"), "command": "python " + " ".join(sys.argv)}
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,8 @@ def _import_gguf(args: argparse.Namespace, specs: list[dict] | None) -> None:
     copied = save_tokenizer(info.path, args.out / "tokenizer")
     path = save_imported(lm, specs, args.out, info.path, copied)
     cfg = lm.model.cfg
-    print(f"imported {ARCHITECTURES[info.architecture]} ({cfg.n_layers} layers, d={cfg.hidden_size}, vocab {cfg.vocab_size}, "
+    arch = ARCHITECTURES[info.architecture]
+    print(f"imported {arch} ({cfg.n_layers} layers, d={cfg.hidden_size}, vocab {cfg.vocab_size}, "
           f"{lm.model.num_parameters() / 1e6:.2f}M parameters, fp32) from {info.path} -> {path}")
     heads = ", ".join(f"{k} {v}" for k, v in report.objectives.items())
     print(f"objectives: {', '.join(s['name'] for s in specs)}" + (f" (heads: {heads})" if heads else ""))

@@ -25,7 +25,7 @@ def prompt_windows(tokens: np.ndarray, n: int, length: int, seed: int = 0) -> to
 
 
 @torch.no_grad()
-def greedy_with_states(model, prompts: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def greedy_with_states(model, prompts: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, ...]:
     """Greedy continuation of ``prompts`` (B, P) with the KV cache, keeping the trunk's states on the way.
 
     Returns tokens (B, P + n) and the trunk's ``final`` and ``last_input`` at positions 0 .. P + n - 2 (every

@@ -37,7 +37,7 @@ class TrainConfig:
     compile_backend: str = "inductor"  # torch.compile backend; "aot_eager" checks the wiring without code generation
     activation_checkpointing: bool = False  # recompute each trunk block's activations in the backward (less memory)
     per_head_backward: bool = True  # MTP/DS-MTP heads: forward+backward one head at a time (Meta MTP §2)
-    freeze: str = "none"  # "trunk": train only the objectives' own heads/modules; the trunk (embedding, blocks, norm, output head) stays fixed
+    freeze: str = "none"  # "trunk": only the objectives' own heads/modules train; embedding, blocks, norm, head stay
 
     def __post_init__(self) -> None:
         if self.micro_batch_size is None:

@@ -49,8 +49,9 @@ class TrainableLM(nn.Module):
             p.requires_grad_(False)
         left = sum(p.numel() for p in self.objectives.parameters() if p.requires_grad)
         if left == 0:
-            raise ForesightError(f"train.freeze: trunk leaves nothing to train: objectives {', '.join(self.objectives)} "
-                                 f"have no heads of their own (add mtp, dsmtp or top)")
+            names = ", ".join(self.objectives)
+            raise ForesightError(f"train.freeze: trunk leaves nothing to train: objectives {names} have no heads "
+                                 f"of their own (add mtp, dsmtp or top)")
         return left
 
     def counts(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -135,7 +135,8 @@ class Trainer:
         self.lm = lm if self.dp.enabled else lm.to(self.device)
         if cfg.freeze == "trunk":
             if self.dp.enabled:
-                raise ForesightError("train.freeze: trunk is not supported with torchrun yet; train the heads in one process")
+                raise ForesightError("train.freeze: trunk is not supported with torchrun yet; "
+                                     "train the heads in one process")
             self.lm.freeze_trunk()
         self.compiled = speed_up(self.lm, cfg, self.device)  # attributes of the blocks only: meta is fine
         self.dp.shard(self.lm)  # before the optimiser, which must hold the sharded parameters
