@@ -25,17 +25,19 @@ def register(sub) -> None:
                     help="reload with transformers and print the max logit difference against foresight's model")
     ex.set_defaults(func=_export)
 
-    im = sub.add_parser("import",
-                        help="turn a local Llama / Qwen2 / Mistral Hugging Face folder into a foresight checkpoint",
-                        description="Read a local Hugging Face Llama, Qwen2 or Mistral folder (no download) and write a "
-                        "foresight checkpoint with the same logits, with the objectives to continue training with "
-                        "(new heads are freshly initialised).")
-    im.add_argument("hf_dir", type=Path, metavar="HF_DIR", help="folder with config.json and *.safetensors")
-    im.add_argument("--out", type=Path, required=True, help="output folder (gets step_00000000.safetensors and tokenizer/)")
+    im = sub.add_parser("import", help="turn a local Llama / Qwen2 / Mistral Hugging Face folder or GGUF file into a "
+                        "foresight checkpoint", description="Read a local Hugging Face Llama, Qwen2 or Mistral folder, "
+                        "or a llama.cpp GGUF file (dequantised to fp32 by transformers; needs foresight[gguf]), with no "
+                        "download, and write a foresight checkpoint with the same logits, with the objectives to "
+                        "continue training with (new heads are freshly initialised).")
+    im.add_argument("hf_dir", type=Path, metavar="HF_DIR_OR_GGUF",
+                    help="folder with config.json and *.safetensors, or a *.gguf file (or a folder holding one)")
+    im.add_argument("--out", type=Path, required=True,
+                    help="output folder (gets step_00000000.safetensors and tokenizer/)")
     im.add_argument("--objectives", help="objectives to attach: names ('ntp,top') or a YAML list "
                     "('[{name: ntp}, {name: top, window: 1024}]'); default: what the folder carries, else ntp")
     im.add_argument("--verify", action="store_true",
-                    help="load HF_DIR with transformers too and print the max logit difference")
+                    help="load the source with transformers too and print the max logit difference")
     im.set_defaults(func=_import)
 
 
@@ -82,7 +84,11 @@ def _import(args: argparse.Namespace) -> None:
     from foresight.hf import import_hf, max_logit_difference, save_imported
     from foresight.hf.tokenizer import copy_tokenizer, tokenizer_dir
 
+    from foresight.hf.gguf import is_gguf
+
     specs = parse_objectives(args.objectives)
+    if is_gguf(args.hf_dir):
+        return _import_gguf(args, specs)
     lm, specs, report = import_hf(args.hf_dir, specs)
     copied = copy_tokenizer(args.hf_dir, args.out / "tokenizer") if tokenizer_dir(args.hf_dir) else []
     path = save_imported(lm, specs, args.out, args.hf_dir, copied)
@@ -95,3 +101,23 @@ def _import(args: argparse.Namespace) -> None:
     print(f"tokenizer: {'copied to ' + str(args.out / 'tokenizer') if copied else 'none found in ' + str(args.hf_dir)}")
     if args.verify:
         print(f"transformers: max |logits difference| = {max_logit_difference(lm, args.hf_dir):.2e} (fp32)")
+
+
+def _import_gguf(args: argparse.Namespace, specs: list[dict] | None) -> None:
+    from foresight.hf import save_imported
+    from foresight.hf.gguf import ARCHITECTURES, import_gguf, inspect_gguf, logit_difference, save_tokenizer
+
+    info = inspect_gguf(args.hf_dir)
+    print(f"reading {info.summary()}")
+    lm, specs, report, model = import_gguf(info.path, specs)
+    copied = save_tokenizer(info.path, args.out / "tokenizer")
+    path = save_imported(lm, specs, args.out, info.path, copied)
+    cfg = lm.model.cfg
+    arch = ARCHITECTURES[info.architecture]
+    print(f"imported {arch} ({cfg.n_layers} layers, d={cfg.hidden_size}, vocab {cfg.vocab_size}, "
+          f"{lm.model.num_parameters() / 1e6:.2f}M parameters, fp32) from {info.path} -> {path}")
+    heads = ", ".join(f"{k} {v}" for k, v in report.objectives.items())
+    print(f"objectives: {', '.join(s['name'] for s in specs)}" + (f" (heads: {heads})" if heads else ""))
+    print(f"tokenizer: copied to {args.out / 'tokenizer'} ({', '.join(copied)})")
+    if args.verify:
+        print(f"transformers (GGUF loader): max |logits difference| = {logit_difference(lm, model):.2e} (fp32)")

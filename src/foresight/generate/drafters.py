@@ -41,9 +41,21 @@ class Drafter:
         raise NotImplementedError
 
 
-def _greedy(model, h: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """Argmax of the shared output head on the normalised hidden state: (..., D) -> (...)."""
-    return model.lm_head(norm(h)).argmax(dim=-1)
+class DraftVocab:
+    """A reduced draft vocabulary (FR-Spec; EAGLE-3): drafts are the argmax over ``ids`` (V',) only, through the
+    matching rows of the shared output head, copied once: (V', D). Verification still scores the full
+    vocabulary, so this changes speed and acceptance, never the output. Rebuild it after changing the head."""
+
+    def __init__(self, model, ids: torch.Tensor) -> None:
+        self.ids = ids.long().to(model.lm_head.weight.device)
+        self.weight = model.lm_head.weight.detach()[self.ids].contiguous()  # (V', D)
+
+
+def _greedy(model, h: torch.Tensor, norm: nn.Module, vocab: DraftVocab | None = None) -> torch.Tensor:
+    """Argmax of the shared output head on the normalised hidden state: (..., D) -> (...) full-vocabulary ids."""
+    if vocab is None:
+        return model.lm_head(norm(h)).argmax(dim=-1)
+    return vocab.ids[(norm(h) @ vocab.weight.T).argmax(dim=-1)]  # (..., V') scores -> ids
 
 
 def _tile(i: Index, n: int) -> Index:
@@ -64,8 +76,9 @@ class MTPDrafter(Drafter):
 
     name = "mtp"
 
-    def __init__(self, model, heads: nn.ModuleList, n_draft: int | None = None, stacked: bool = True) -> None:
-        self.model, self.heads = model, list(heads)[: n_draft or len(heads)]
+    def __init__(self, model, heads: nn.ModuleList, n_draft: int | None = None, stacked: bool = True,
+                 vocab: DraftVocab | None = None) -> None:
+        self.model, self.heads, self.vocab = model, list(heads)[: n_draft or len(heads)], vocab
         self.n_draft = len(self.heads)
         # The heads all read the same input: one batched computation (generate/stacked.py) instead of n-1.
         self.stack = StackedBlocks(self.heads) if stacked else None
@@ -100,7 +113,7 @@ class MTPDrafter(Drafter):
         for cache in self.caches:
             cache.truncate(_tile(n, copies))
         # One output-head product for all heads (they share the norm and the unembedding): (B, n-1, D) -> (B, n-1).
-        return _greedy(self.model, top, self.model.norm)
+        return _greedy(self.model, top, self.model.norm, self.vocab)
 
 
 class DSMTPDrafter(Drafter):
@@ -116,8 +129,8 @@ class DSMTPDrafter(Drafter):
 
     name = "dsmtp"
 
-    def __init__(self, model, dsmtp, n_draft: int | None = None) -> None:
-        self.model, self.modules = model, list(dsmtp.layers)[: n_draft or len(dsmtp.layers)]
+    def __init__(self, model, dsmtp, n_draft: int | None = None, vocab: DraftVocab | None = None) -> None:
+        self.model, self.modules, self.vocab = model, list(dsmtp.layers)[: n_draft or len(dsmtp.layers)], vocab
         self.post_norm = dsmtp.cfg.h0 == "post_norm"
         self.n_draft = len(self.modules)
         self.caches: list[KVCache] = []
@@ -156,7 +169,7 @@ class DSMTPDrafter(Drafter):
             cos, sin = self.model.rotary(span, seq.device, s)
             h = module(h_in, self.model.embed_tokens(tokens), cos, sin, cache)  # (B, span, D)
             norm = module.norm if module.norm is not None else self.model.norm
-            d = _greedy(self.model, pick(h, n - s - 1), norm)  # drafts x[N+k] from position N-1
+            d = _greedy(self.model, pick(h, n - s - 1), norm, self.vocab)  # drafts x[N+k] from position N-1
             drafts.append(d)
             if per_row:
                 hyp.scatter_(1, (n + k)[:, None], d[:, None])

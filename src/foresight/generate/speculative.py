@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from foresight.errors import ForesightError
-from foresight.generate.drafters import Drafter, DSMTPDrafter, MTPDrafter
+from foresight.generate.drafters import Drafter, DraftVocab, DSMTPDrafter, MTPDrafter
 from foresight.generate.sampling import _validate
 from foresight.model import TrunkOutput
 
@@ -84,10 +84,13 @@ class SpecStats:
         return self.row_tokens / max(self.steps * self.batch, 1)
 
 
-def make_drafter(lm, kind: str = "auto", n_draft: int | None = None, stacked: bool = True) -> Drafter:
+def make_drafter(lm, kind: str = "auto", n_draft: int | None = None, stacked: bool = True,
+                 draft_vocab: torch.Tensor | None = None) -> Drafter:
     """A drafter from ``lm``'s own heads: 'mtp', 'dsmtp', 'top' or 'auto' (MTP, else DS-MTP, else TOP).
 
-    ``stacked``: run the MTP heads as one batched computation (same drafts, less overhead)."""
+    ``stacked``: run the MTP heads as one batched computation (same drafts, less overhead). ``draft_vocab``:
+    token ids (V',) the MTP / DS-MTP drafts are restricted to (a frequency-ranked sub-vocabulary; the output
+    is unchanged, verification is over the full vocabulary)."""
     from foresight.generate.top_draft import TOPDrafter
     from foresight.objectives import DSMTP, MTP, TOP
 
@@ -106,10 +109,11 @@ def make_drafter(lm, kind: str = "auto", n_draft: int | None = None, stacked: bo
     if n_draft is not None and n_draft < 1:
         raise ForesightError(f"the number of drafts must be >= 1, got {n_draft}")
     obj = found[kind][0]
+    vocab = None if draft_vocab is None else DraftVocab(lm.model, torch.as_tensor(draft_vocab))
     if kind == "mtp":
-        return MTPDrafter(lm.model, obj.heads, n_draft, stacked)
+        return MTPDrafter(lm.model, obj.heads, n_draft, stacked, vocab)
     if kind == "dsmtp":
-        return DSMTPDrafter(lm.model, obj, n_draft)
+        return DSMTPDrafter(lm.model, obj, n_draft, vocab)
     return TOPDrafter(lm.model, obj.head, n_draft or 3)
 
 

@@ -42,6 +42,7 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each trunk block's activations in the backward (less memory)
     per_head_backward: bool = True  # MTP/DS-MTP heads: forward+backward one head at a time (Meta MTP §2)
     max_skipped_steps: int = 10  # this many consecutive non-finite steps stop the run (exit 1); 0 = never stop
+    freeze: str = "none"  # "trunk": only the objectives' own heads/modules train; embedding, blocks, norm, head stay
 
     def __post_init__(self) -> None:
         if self.micro_batch_size is None:
@@ -71,6 +72,7 @@ class TrainConfig:
             (isinstance(self.loggers, list) and all(x in LOGGERS for x in self.loggers),
              f"train.loggers must be a list of {', '.join(LOGGERS)} (metrics.jsonl is always written), "
              f"got {self.loggers!r}"),
+            (self.freeze in ("none", "trunk"), f"train.freeze must be none or trunk, not {self.freeze!r}"),
             (isinstance(self.compile_backend, str) and self.compile_backend != "",
              "train.compile_backend must be a torch.compile backend name, e.g. inductor"),
         ]

@@ -39,6 +39,21 @@ class TrainableLM(nn.Module):
         """Tokens past seq_len that batches must carry for every objective's labels."""
         return max(obj.lookahead for obj in self.objectives.values())
 
+    def freeze_trunk(self) -> int:
+        """Head-only training (``train.freeze: trunk``): the trunk's parameters stop requiring gradients, so the
+        optimiser holds state only for the objectives' own heads / modules, and the trunk's forward builds no
+        graph (``forward_backward`` then hands the objectives plain tensors and runs no trunk backward).
+        Shared parts the heads read (embedding, final norm, output head) belong to the trunk and stay fixed.
+        Returns the number of parameters left to train."""
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        left = sum(p.numel() for p in self.objectives.parameters() if p.requires_grad)
+        if left == 0:
+            names = ", ".join(self.objectives)
+            raise ForesightError(f"train.freeze: trunk leaves nothing to train: objectives {names} have no heads "
+                                 f"of their own (add mtp, dsmtp or top)")
+        return left
+
     def counts(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {key: obj.count(batch) for key, obj in self.objectives.items()}
 
@@ -63,8 +78,10 @@ class TrainableLM(nn.Module):
         """
         with autocast():
             out = self.model.trunk(batch.input_ids)
-        leaves = TrunkOutput(**{f: getattr(out, f).detach().requires_grad_() for f in _TRUNK_TENSORS},
-                             cos=out.cos, sin=out.sin)
+        # A frozen trunk (``freeze_trunk``) built no graph: its tensors stay plain, so no objective spends a
+        # backward on them and the trunk gets none.
+        leaves = TrunkOutput(**{f: getattr(out, f).detach().requires_grad_(getattr(out, f).requires_grad)
+                                for f in _TRUNK_TENSORS}, cos=out.cos, sin=out.sin)
         with hold_shared():
             results = {key: obj.forward_backward(leaves, batch, self.model, scales[key], autocast)
                        for key, obj in self.objectives.items()}

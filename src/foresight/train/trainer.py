@@ -140,6 +140,11 @@ class Trainer:
         self.dp = DataParallel(self.device)
         # Data parallel: ranks > 0 may hold a meta model; ``shard`` puts every rank's shards on its device.
         self.lm = lm if self.dp.enabled else lm.to(self.device)
+        if cfg.freeze == "trunk":
+            if self.dp.enabled:
+                raise ForesightError("train.freeze: trunk is not supported with torchrun yet; "
+                                     "train the heads in one process")
+            self.lm.freeze_trunk()
         self.compiled = speed_up(self.lm, cfg, self.device)  # attributes of the blocks only: meta is fine
         self.dp.shard(self.lm)  # before the optimiser, which must hold the sharded parameters
         self.main = self.dp.rank == 0
@@ -349,6 +354,8 @@ class Trainer:
         if not resumed:
             metrics.write({"kind": "meta", "step": 0, "params": self.lm.model.num_parameters(),
                            "total_params": sum(p.numel() for p in {id(p): p for p in self.lm.parameters()}.values()),
+                           "trainable_params": sum(p.numel() for p in {id(p): p for p in self.lm.parameters()
+                                                                       if p.requires_grad}.values()),
                            "objectives": list(self.lm.objectives), "device": str(self.device),
                            "world_size": self.dp.world, "compiled": self.compiled, "train": asdict(cfg)})
         peak = peak_flops(self.device, cfg.peak_tflops)

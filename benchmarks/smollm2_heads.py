@@ -1,0 +1,159 @@
+"""Drafting heads for SmolLM2 on CPU: self-distil, then train MTP heads / DS-MTP modules on the frozen trunk.
+
+    python benchmarks/smollm2_heads.py distill --model runs/smollm2 --data data/smollm2-demo --out runs/distill.npy
+    python benchmarks/smollm2_heads.py train --model runs/smollm2 --tokens runs/distill.npy --drafter mtp --k 3 \
+        --out runs/smollm2-mtp3
+
+``distill``: greedy continuations of prompts from the prepared data's train split (foresight.generate.distill).
+``train``: the trunk runs once over every sequence, its outputs are cached, and only the heads train on the
+cache (foresight.train.cached_heads), over a frequency-ranked draft vocabulary; writes a checkpoint that
+``benchmarks/speculative.py`` reads (the draft vocabulary travels in its config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from foresight.environment import describe
+from foresight.train.lm import TrainableLM
+
+
+def distill(args) -> None:
+    from foresight.data.shards import PreparedData
+    from foresight.generate.distill import greedy_continuations, prompt_windows, save_distilled
+
+    torch.set_num_threads(args.threads)
+    lm, _ = TrainableLM.from_checkpoint(args.model)
+    stream = PreparedData.open(args.data).split("train")
+    prompts = prompt_windows(stream.read(0, len(stream)), args.prompts, args.prompt_len, args.seed)
+
+    meta = {"model": str(args.model), "data": str(args.data), "prompts": args.prompts, "prompt_len": args.prompt_len,
+            "new_tokens": args.new_tokens, "batch": args.batch, "seed": args.seed, "threads": args.threads,
+            "environment": describe("cpu"), "command": "python " + " ".join(sys.argv)}
+
+    def progress(done, seconds):  # saved after every batch: a long run can be used before it ends
+        rows = done[0].shape[0]
+        made = rows * args.new_tokens
+        save_distilled(args.out, *done, {**meta, "rows": rows, "seconds": round(seconds, 1)})
+        print(f"{rows}/{args.prompts} rows, {made} tokens in {seconds:.0f} s ({made / seconds:.1f} tok/s)",
+              file=sys.stderr, flush=True)
+
+    greedy_continuations(lm.model, prompts, args.new_tokens, args.batch, progress)  # saved as it goes
+    print(json.dumps(meta), file=sys.stderr)
+
+
+def train(args) -> None:
+    import shutil
+
+    from foresight.generate.distill import load_distilled
+    from foresight.train.cached_heads import TrunkCache, draft_accuracy, frequent_ids, init_from_last_block, train_heads
+    from foresight.train.checkpoint import atomic_save
+
+    torch.set_num_threads(args.threads)
+    tokens, final, last_input, meta = load_distilled(args.tokens)
+    first = meta["prompt_len"]  # targets from here on are the model's own greedy tokens
+    base, _ = TrainableLM.from_checkpoint(args.model)
+    key = args.drafter
+    if key == "mtp":
+        spec = {"name": "mtp", "n": args.k + 1}  # heads 1..k (head 0 is the trunk)
+    else:
+        spec = {"name": "dsmtp", "preset": args.preset, "depth": args.k}
+    specs = [{"name": "ntp"}, spec]
+    lm = TrainableLM(base.model.cfg, specs)
+    lm.model.load_state_dict(base.model.state_dict())
+    del base
+    init_from_last_block(lm, key, scale=float(last_input.pow(2).mean().sqrt()))  # RMS of the last block's input
+    n = tokens.shape[0]
+    train_rows, held_rows = torch.arange(n - args.held_out), torch.arange(n - args.held_out, n)
+    if args.vocab_from is not None:  # rank by a large corpus (FR-Spec): better coverage than a few distilled rows
+        import numpy as np
+
+        from foresight.data.shards import PreparedData
+
+        stream = PreparedData.open(args.vocab_from).split("train")
+        ranked = torch.from_numpy(stream.read(0, len(stream)).astype(np.int64))
+    else:
+        ranked = tokens[train_rows, first:]
+    vocab = frequent_ids(ranked, args.draft_vocab, lm.model.cfg.vocab_size)
+    held_targets = tokens[held_rows, first:]
+    coverage = float(torch.isin(held_targets, vocab).float().mean())
+    cache = TrunkCache(final[train_rows], last_input[train_rows])
+    held = TrunkCache(final[held_rows], last_input[held_rows])
+    acc0 = draft_accuracy(lm, key, tokens[held_rows], held, vocab, first)
+    print(f"draft vocabulary {len(vocab)}: covers {coverage:.1%} of held-out targets; accuracy before {acc0}",
+          file=sys.stderr, flush=True)
+
+    def log(rec):
+        if rec["step"] % 20 == 0 or rec["step"] == 1:
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}),
+                  file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    records = train_heads(lm, key, tokens[train_rows], cache, vocab, steps=args.steps, batch=args.batch,
+                          lr=args.lr, first_target=first, seed=args.seed, log=log)
+    seconds = time.perf_counter() - t0
+    acc1 = draft_accuracy(lm, key, tokens[held_rows], held, vocab, first)
+    print(f"accuracy after {acc1} ({seconds:.0f} s)", file=sys.stderr, flush=True)
+    info = {"model": "SmolLM2-135M-Instruct", "drafter": key, "k": args.k, "spec": spec, "draft_vocab": len(vocab),
+            "draft_vocab_ranked_by": str(args.vocab_from or args.tokens),
+            "draft_vocab_coverage": coverage, "held_out_accuracy_before": acc0, "held_out_accuracy": acc1,
+            "train_sequences": len(train_rows), "held_out_sequences": len(held_rows),
+            "trained_positions_per_head": int(len(train_rows) * (tokens.shape[1] - first)), "steps": args.steps,
+            "batch": args.batch, "lr": args.lr, "seconds": round(seconds, 1), "final_losses": records[-1],
+            "distilled": meta, "environment": describe("cpu"), "command": " ".join(sys.argv)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"model": asdict(lm.model.cfg), "objectives": specs, "draft_vocab": vocab.tolist(),
+              "model_name": "SmolLM2-135M-Instruct",
+              "imported_from": {"path": str(Path(args.model).resolve()), "heads": info["spec"]}}
+    if (Path(args.model) / "tokenizer").is_dir():
+        shutil.copytree(Path(args.model) / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+        config["tokenizer"] = "tokenizer"
+    atomic_save({"lm": lm.state_dict(), "config": config, "step": 0}, out / "step_00000000.pt")
+    (out / "heads.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("distill", help="greedy continuations of train-split prompts")
+    d.add_argument("--model", type=Path, required=True)
+    d.add_argument("--data", type=Path, required=True)
+    d.add_argument("--out", type=Path, required=True, help="safetensors file: tokens, trunk states, metadata")
+    d.add_argument("--prompts", type=int, default=256)
+    d.add_argument("--prompt-len", type=int, default=32)
+    d.add_argument("--new-tokens", type=int, default=96)
+    d.add_argument("--batch", type=int, default=32)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=2)
+    d.set_defaults(func=distill)
+    t = sub.add_parser("train", help="train drafting heads on the cached trunk states of distilled text")
+    t.add_argument("--model", type=Path, required=True, help="the imported model (foresight import)")
+    t.add_argument("--tokens", type=Path, required=True, help="distill's output")
+    t.add_argument("--drafter", choices=("mtp", "dsmtp"), default="mtp")
+    t.add_argument("--k", type=int, default=3, help="MTP heads 1..k, or DS-MTP depth k")
+    t.add_argument("--preset", default="top_paper", help="DS-MTP preset (default top_paper: shared final norm)")
+    t.add_argument("--draft-vocab", type=int, default=8192, help="most frequent ids the heads score")
+    t.add_argument("--vocab-from", type=Path, help="prepared data whose train split ranks the draft vocabulary "
+                   "(default: the distilled tokens)")
+    t.add_argument("--steps", type=int, default=300)
+    t.add_argument("--batch", type=int, default=8, help="sequences per step")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--held-out", type=int, default=16, help="last sequences kept for the accuracy check")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--out", type=Path, required=True, help="output folder: step_00000000.pt, heads.json, tokenizer/")
+    t.set_defaults(func=train)
+    args = ap.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Drafting heads on a frozen trunk, trained on cached trunk states over a reduced draft vocabulary.
+
+When only the heads train (``train.freeze: trunk``), the trunk's outputs for a fixed token set never change,
+so the trunk runs once over every sequence (``cache_trunk``) and the heads train on the cache for as many
+steps as wanted: each step costs the heads alone. On SmolLM2 a head block is 1/30 of the trunk's blocks,
+so this is what makes head training affordable on a CPU.
+
+Draft vocabulary (FR-Spec, Zhao et al. 2025; EAGLE-3's reduced draft head): a head's draft is an argmax, and
+drafts almost always fall among the most frequent tokens, so heads score only the ``V'`` most frequent ids
+(rows of the shared output head, (V', D) instead of (V, D): 28M -> 4.7M weights for SmolLM2 at V' = 8192).
+Verification stays exact over the full vocabulary, so the output is unchanged; a target outside the draft
+vocabulary can never be drafted and is left out of the loss. Training uses the same restricted head.
+
+Heads: MTP heads 1..k (Meta MTP §2: a block on the last block's input, predicting x[t+1+k]) or DS-MTP
+modules 1..D (DeepSeek-V3 §2.2: module k reads h_{k-1} and the embedding of x[t+k]), both through the
+objectives' own modules, so the trained heads are ordinary ``TrainableLM`` objectives that the speculative
+drafters (``foresight.generate.drafters``) use as they are. Only positions whose target lies in the
+generated part of a self-distilled sequence (index >= ``first_target``) are trained: there the target is
+exactly the trunk's greedy choice (``foresight.generate.distill``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from foresight.model import TrunkOutput
+from foresight.objectives import DSMTP, MTP, Batch
+from foresight.objectives.base import IGNORE_INDEX, shifted_labels
+
+
+def frequent_ids(tokens: torch.Tensor, size: int, vocab_size: int) -> torch.Tensor:
+    """The ``size`` most frequent ids of ``tokens`` (ties: lower id first), most frequent first: (size,) long."""
+    counts = torch.bincount(tokens.flatten().long(), minlength=vocab_size).double()
+    # Stable order: sort by count descending, ties broken by id ascending.
+    key = counts * vocab_size - torch.arange(vocab_size, dtype=torch.double)
+    return torch.argsort(key, descending=True)[: min(size, vocab_size)]
+
+
+@dataclass
+class TrunkCache:
+    """The frozen trunk's outputs over N token sequences of length L, at positions 0 .. L-2 (those whose next
+    token is known): ``final`` (the last block's output) and ``last_input`` (its input), (N, L-1, D) fp32 on
+    the CPU. ``hidden`` (after the final norm) is recomputed from ``final`` when a batch is drawn."""
+
+    final: torch.Tensor
+    last_input: torch.Tensor
+
+    def rows(self, idx: torch.Tensor, model, cos: torch.Tensor, sin: torch.Tensor) -> TrunkOutput:
+        final = self.final[idx]
+        return TrunkOutput(model.norm(final), final, self.last_input[idx], cos, sin)
+
+
+@torch.no_grad()
+def cache_trunk(model, tokens: torch.Tensor, batch: int = 16) -> TrunkCache:
+    """Run the trunk once over ``tokens[:, :-1]`` ((N, L) ids) in batches and keep its states. (Self-distilled
+    data brings them from decoding instead: ``foresight.generate.distill.greedy_with_states``.)"""
+    model.eval()
+    parts = [model.trunk(tokens[i : i + batch, :-1]) for i in range(0, tokens.shape[0], batch)]
+    return TrunkCache(torch.cat([p.final for p in parts]), torch.cat([p.last_input for p in parts]))
+
+
+def init_from_last_block(lm, key: str, scale: float = 1.0) -> None:
+    """Start every head / module block as a copy of the trunk's last block (the usual warm start for drafting
+    heads: the block already maps late hidden states to next-token features). A DS-MTP projection starts by
+    passing the normalised hidden state h_{k-1} times ``scale`` (the size of the last block's input, so the
+    copied block sees inputs of the size it was trained on) and ignoring the token embedding (its weights start
+    at zero and learn)."""
+    obj = lm.objectives[key]
+    last = lm.model.layers[-1].state_dict()
+    blocks = obj.heads if isinstance(obj, MTP) else [m.block for m in obj.layers]
+    for block in blocks:
+        block.load_state_dict(copy.deepcopy(last))
+    if isinstance(obj, DSMTP):
+        d = lm.model.cfg.hidden_size
+        with torch.no_grad():
+            for m in obj.layers:
+                parts = [scale * torch.eye(d), torch.zeros(d, d)]  # (D, D) each: hidden part, embedding part
+                m.eh_proj.weight.copy_(torch.cat(parts if m.hidden_first else parts[::-1], dim=1))
+                if m.eh_proj.bias is not None:
+                    m.eh_proj.bias.zero_()
+                if m.norm is not None:  # an own final norm starts as the trunk's
+                    m.norm.weight.copy_(lm.model.norm.weight)
+
+
+def _sub_loss(h: torch.Tensor, norm, w_sub: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of cross-entropies over the draft vocabulary: h (B, T, D), w_sub (V', D), labels (B, T) in 0..V'-1
+    or IGNORE_INDEX."""
+    logits = norm(h) @ w_sub.T  # (B, T, V')
+    wide = logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 stays
+    return F.cross_entropy(wide, labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def head_losses(lm, key: str, out: TrunkOutput, batch: Batch, w_sub: torch.Tensor, to_sub: torch.Tensor,
+                first_target: int) -> list[torch.Tensor]:
+    """Loss sums per head (MTP) or depth (DS-MTP) over the draft vocabulary, targets at index >= first_target."""
+    obj, model = lm.objectives[key], lm.model
+    t = batch.seq_len
+    pos = torch.arange(t)
+
+    def labels(k: int) -> torch.Tensor:  # (B, T) sub-vocabulary labels of x[t+1+k]
+        full = shifted_labels(batch, k)
+        sub = torch.where(full >= 0, to_sub[full.clamp(min=0)], IGNORE_INDEX)
+        return sub.masked_fill((pos + 1 + k < first_target)[None, :], IGNORE_INDEX)
+
+    sums = []
+    if isinstance(obj, MTP):
+        for k, head in enumerate(obj.heads, start=1):
+            sums.append(_sub_loss(head(out.last_input, out.cos, out.sin), model.norm, w_sub, labels(k)))
+        return sums
+    h = obj._h0(out)
+    for k, module in enumerate(obj.layers, start=1):
+        h = obj._step(k, h, out, batch, model)
+        sums.append(_sub_loss(h, module.norm if module.norm is not None else model.norm, w_sub, labels(k)))
+    return sums
+
+
+def train_heads(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab: torch.Tensor, *, steps: int,
+                batch: int, lr: float, first_target: int, seed: int = 0, warmup: int = 10,
+                log: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train ``lm.objectives[key]`` (MTP or DS-MTP) on the cached trunk states of ``tokens`` (N, L); the
+    trunk stays frozen.
+
+    AdamW (no weight decay), linear warm-up then cosine to 10 %, gradient clipping at 1. Each step draws
+    ``batch`` sequences at random (seeded). Returns the log records (per-head mean loss and top-1 accuracy
+    over the draft vocabulary).
+    """
+    model, obj = lm.model, lm.objectives[key]
+    lm.freeze_trunk()
+    params = [p for p in obj.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    w_sub = model.lm_head.weight.detach()[vocab].contiguous()  # (V', D)
+    to_sub = torch.full((model.cfg.vocab_size,), IGNORE_INDEX, dtype=torch.long)
+    to_sub[vocab] = torch.arange(len(vocab))
+    n, length = tokens.shape[0], tokens.shape[1] - 1  # positions with a known next token
+    cos, sin = model.rotary(length, tokens.device)
+    g = torch.Generator().manual_seed(seed)
+    records, t0 = [], time.perf_counter()
+    obj.train()
+    for step in range(steps):
+        lr_now = lr * min(1.0, (step + 1) / max(warmup, 1))
+        if step >= warmup:
+            lr_now = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1))))
+        for group in opt.param_groups:
+            group["lr"] = lr_now
+        idx = torch.randperm(n, generator=g)[:batch]
+        b = Batch(tokens[idx].long(), length)
+        with torch.no_grad():
+            out = cache.rows(idx, model, cos, sin)
+        sums = head_losses(lm, key, out, b, w_sub, to_sub, first_target)
+        counts = [(_count(b, k, to_sub, first_target)).clamp(min=1) for k in range(1, len(sums) + 1)]
+        loss = sum(s / c for s, c in zip(sums, counts))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        rec = {"step": step + 1, "lr": lr_now, "seconds": time.perf_counter() - t0,
+               **{f"loss{k}": float(s.detach() / c) for k, (s, c) in enumerate(zip(sums, counts), start=1)}}
+        records.append(rec)
+        if log is not None:
+            log(rec)
+    obj.eval()
+    return records
+
+
+def _count(batch: Batch, k: int, to_sub: torch.Tensor, first_target: int) -> torch.Tensor:
+    full = shifted_labels(batch, k)
+    ok = (full >= 0) & (to_sub[full.clamp(min=0)] >= 0)
+    pos = torch.arange(batch.seq_len)
+    return (ok & (pos + 1 + k >= first_target)[None, :]).sum()
+
+
+@torch.no_grad()
+def draft_accuracy(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab: torch.Tensor,
+                   first_target: int, batch: int = 16) -> list[float]:
+    """Top-1 accuracy per head / depth over held-out cached sequences (targets at index >= first_target, all
+    targets counted, so one outside the draft vocabulary counts as a miss): the teacher-forced acceptance."""
+    model, obj = lm.model, lm.objectives[key]
+    w_sub = model.lm_head.weight[vocab]
+    n, length = tokens.shape[0], tokens.shape[1] - 1
+    cos, sin = model.rotary(length, tokens.device)
+    pos = torch.arange(length)
+    hits, total = None, None
+    for i in range(0, n, batch):
+        idx = torch.arange(i, min(i + batch, n))
+        b, out = Batch(tokens[idx].long(), length), cache.rows(idx, model, cos, sin)
+        if isinstance(obj, MTP):
+            hs = [(head(out.last_input, out.cos, out.sin), model.norm) for head in obj.heads]
+        else:
+            hs, h = [], obj._h0(out)
+            for k, module in enumerate(obj.layers, start=1):
+                h = obj._step(k, h, out, b, model)
+                hs.append((h, module.norm if module.norm is not None else model.norm))
+        for k, (h, norm) in enumerate(hs, start=1):
+            guess = vocab[(norm(h) @ w_sub.T).argmax(-1)]  # (B, T) full-vocabulary ids
+            full = shifted_labels(b, k)
+            valid = (full >= 0) & (pos + 1 + k >= first_target)[None, :]
+            if hits is None:
+                hits, total = [0] * len(hs), [0] * len(hs)
+            hits[k - 1] += int(((guess == full) & valid).sum())
+            total[k - 1] += int(valid.sum())
+    return [h / max(t, 1) for h, t in zip(hits, total)]

@@ -1,0 +1,145 @@
+"""Reduced draft vocabulary: drafts are the argmax over the chosen ids only (checked against a from-scratch
+computation), the output stays identical to plain greedy decoding; head training on cached trunk states
+computes the objectives' own losses (full vocabulary) and lowers them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from foresight.generate import generate, make_drafter, speculative_generate
+from foresight.model import ModelConfig, RMSNorm
+from foresight.objectives import Batch
+from foresight.generate.distill import greedy_with_states
+from foresight.train.cached_heads import (TrunkCache, cache_trunk, draft_accuracy, frequent_ids, head_losses,
+                                          init_from_last_block, train_heads)
+from foresight.train.lm import TrainableLM
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+V = 29
+MTP3 = [{"name": "ntp"}, {"name": "mtp", "n": 4}]
+DSMTP2 = [{"name": "ntp"}, {"name": "dsmtp", "preset": "top_paper", "depth": 2}]
+DEEPSEEK = [{"name": "ntp"}, {"name": "dsmtp", "preset": "deepseek_v3", "depth": 2}]
+
+
+def _lm(specs, seed=0, dtype=torch.float64) -> TrainableLM:
+    torch.manual_seed(seed)
+    lm = TrainableLM(ModelConfig(vocab_size=V, hidden_size=24, n_layers=2, n_heads=4, n_kv_heads=2,
+                                 intermediate_size=40, max_seq_len=16), specs)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # O(1) activations: well-separated logits
+        for m in lm.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / math.sqrt(m.in_features))
+            elif isinstance(m, nn.Embedding):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g))
+            elif isinstance(m, RMSNorm):
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+    return lm.to(dtype).eval()
+
+
+SUB = torch.tensor([3, 17, 0, 8, 25, 11, 5])  # a draft vocabulary, in no particular order
+
+
+@torch.no_grad()
+def _reference(lm, kind: str, seq: torch.Tensor) -> torch.Tensor:
+    """Drafts from scratch (no caches): hidden states -> norm -> scores over SUB only -> ids. (B, D)."""
+    model, n = lm.model, seq.shape[1] - 1
+    out = model.trunk(seq[:, :n])
+    w = model.lm_head.weight[SUB]  # (V', D)
+    if kind == "mtp":
+        return torch.stack([SUB[(model.norm(h(out.last_input, out.cos, out.sin)[:, -1]) @ w.T).argmax(-1)]
+                            for h in lm.objectives["mtp"].heads], dim=1)
+    obj = lm.objectives["dsmtp"]
+    hyp, h, drafts = seq, obj._h0(out), []
+    for k, module in enumerate(obj.layers, start=1):
+        h = module(h, model.embed_tokens(hyp[:, k : n + k]), out.cos, out.sin)
+        norm = module.norm if module.norm is not None else model.norm
+        d = SUB[(norm(h[:, -1]) @ w.T).argmax(-1)]
+        drafts.append(d)
+        hyp = torch.cat([hyp, d[:, None]], dim=1)
+    return torch.stack(drafts, dim=1)
+
+
+@pytest.mark.parametrize("specs, kind", [(MTP3, "mtp"), (DSMTP2, "dsmtp"), (DEEPSEEK, "dsmtp")])
+@pytest.mark.parametrize("stacked", [True, False])
+def test_drafts_are_the_argmax_over_the_draft_vocabulary(specs, kind, stacked):
+    lm = _lm(specs)
+    seq = torch.randint(0, V, (3, 7), generator=torch.Generator().manual_seed(2))  # x[0..5] committed, x[6] pending
+    drafter = make_drafter(lm, kind, stacked=stacked, draft_vocab=SUB)
+    drafter.reset()
+    with torch.no_grad():
+        drafts = drafter.propose(lm.model.trunk(seq[:, :6]), seq, 0, 6)
+    assert torch.equal(drafts, _reference(lm, kind, seq))
+    assert bool(torch.isin(drafts, SUB).all())
+    full = make_drafter(lm, kind, stacked=stacked)
+    full.reset()
+    with torch.no_grad():
+        assert not torch.equal(full.propose(lm.model.trunk(seq[:, :6]), seq, 0, 6), drafts)  # the restriction bites
+
+
+@pytest.mark.parametrize("specs, kind", [(MTP3, "mtp"), (DSMTP2, "dsmtp")])
+@pytest.mark.parametrize("b", [1, 3])
+def test_output_identical_with_a_draft_vocabulary(specs, kind, b):
+    lm = _lm(specs, seed=3, dtype=torch.float32)
+    ids = torch.randint(0, V, (b, 4), generator=torch.Generator().manual_seed(5))
+    got, stats = speculative_generate(lm, ids, 25, make_drafter(lm, kind, draft_vocab=SUB))
+    assert torch.equal(got, generate(lm.model, ids, 25)) and stats.steps > 0
+
+
+def test_frequent_ids():
+    tokens = torch.tensor([[4, 4, 2, 9, 9, 9], [2, 4, 7, 0, 7, 1]])  # counts: 4:3, 9:3, 2:2, 7:2, 0:1, 1:1
+    assert frequent_ids(tokens, 5, 12).tolist() == [4, 9, 2, 7, 0]
+    assert frequent_ids(tokens, 50, 12).shape == (12,)
+
+
+@pytest.mark.parametrize("specs", [MTP3, DSMTP2, DEEPSEEK], ids=["mtp", "dsmtp", "deepseek"])
+def test_cached_losses_equal_the_objectives_losses(specs):
+    """With the whole vocabulary and every target, the cached-state losses are the objective's own sums."""
+    lm = _lm(specs, seed=5)
+    key = specs[1]["name"]
+    tokens = torch.randint(0, V, (4, 13), generator=torch.Generator().manual_seed(6))
+    cache = cache_trunk(lm.model, tokens, batch=3)
+    with torch.no_grad():
+        direct = lm.model.trunk(tokens[:, :12])
+        assert torch.equal(cache.last_input, direct.last_input) and torch.equal(cache.final, direct.final)
+        cos, sin = lm.model.rotary(12, tokens.device)
+        batch = Batch(tokens, 12)
+        ours = head_losses(lm, key, cache.rows(torch.arange(4), lm.model, cos, sin), batch, lm.model.lm_head.weight,
+                           torch.arange(V), first_target=0)
+        metrics = lm.objectives[key](direct, batch, lm.model).metrics
+    count = 12 * 4  # next-token count: the objectives' divisor
+    prefix = "mtp_head" if key == "mtp" else "dsmtp_depth"
+    for k, s in enumerate(ours, start=1):
+        torch.testing.assert_close(s / count, metrics[f"{prefix}{k}"], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("specs", [MTP3, DSMTP2], ids=["mtp", "dsmtp"])
+def test_cached_head_training_learns_and_leaves_the_trunk(specs):
+    """Sequences the trunk itself wrote: the heads learn them (loss falls, accuracy rises); the trunk is
+    bit-identical after training."""
+    lm = _lm(specs, seed=8, dtype=torch.float32)
+    key = specs[1]["name"]
+    init_from_last_block(lm, key)
+    prompts = torch.randint(0, V, (24, 3), generator=torch.Generator().manual_seed(9))
+    tokens, final, last_input = greedy_with_states(lm.model, prompts, 13)  # (24, 16): greedy continuations
+    assert torch.equal(tokens, generate(lm.model, prompts, 13))
+    full = cache_trunk(lm.model, tokens)  # the states decoding kept equal a full forward's, up to rounding
+    torch.testing.assert_close(final, full.final, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last_input, full.last_input, rtol=1e-4, atol=1e-4)
+    vocab = frequent_ids(tokens[:, 3:], 20, V)
+    cache = TrunkCache(final, last_input)
+    trunk0 = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    before = draft_accuracy(lm, key, tokens, cache, vocab, first_target=3)
+    log = train_heads(lm, key, tokens, cache, vocab, steps=80, batch=8, lr=3e-3, first_target=3, warmup=5)
+    after = draft_accuracy(lm, key, tokens, cache, vocab, first_target=3)
+    assert all(torch.equal(v, trunk0[k]) for k, v in lm.model.state_dict().items())
+    for k in range(1, len(before) + 1):  # batches are random: compare means over the first and last steps
+        first = sum(r[f"loss{k}"] for r in log[:5]) / 5
+        last = sum(r[f"loss{k}"] for r in log[-10:]) / 10
+        assert last < 0.8 * first, (k, first, last)
+    assert sum(after) > sum(before) + 0.2, (before, after)

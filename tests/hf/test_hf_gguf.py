@@ -1,0 +1,270 @@
+"""GGUF import: tiny GGUF files written here with the gguf package's writer (llama.cpp's tensor names and its
+q/k row permutation for Llama) become foresight models with the original model's logits; quantised files match
+transformers' own GGUF loader; bad files fail with one line. The real SmolLM2 file is checked when fetched."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from foresight.cli.main import main
+from foresight.errors import ForesightError
+from foresight.hf.gguf import gguf_file, import_gguf, inspect_gguf, is_gguf, logit_difference
+from foresight.train.lm import TrainableLM
+
+transformers = pytest.importorskip("transformers")
+TOL = 1e-4
+IDS = torch.randint(0, 259, (2, 13), generator=torch.Generator().manual_seed(3))
+MERGES = ["Ġ t", "h e", "Ġt he"]
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte -> printable character table (the symbols of a byte-level BPE vocabulary)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return [out[b] for b in range(256)]
+
+
+def _hf_model(kind: str, seed: int = 0, tie: bool = True):
+    """A random transformers model, vocabulary 260 (256 bytes + 3 merges + an end token), O(1) activations."""
+    cfg = dict(vocab_size=260, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5, initializer_range=0.25,
+               rope_theta=500.0, tie_word_embeddings=tie)
+    torch.manual_seed(seed)
+    cls = transformers.LlamaForCausalLM if kind == "llama" else transformers.Qwen2ForCausalLM
+    config = (transformers.LlamaConfig if kind == "llama" else transformers.Qwen2Config)(**cfg)
+    model = cls(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.add_(0.3 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF -> llama.cpp layout of a Llama q/k projection (rows of each head: rotate-half -> interleaved pairs)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(path, model, kind: str = "llama", quant: str = "F32", arch: str | None = None, extra=None):
+    """Write ``model`` as llama.cpp does (names, metadata, tokenizer); matrices in ``quant`` (F32 or Q8_0)."""
+    import gguf
+
+    c = model.config
+    arch = arch or kind
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name("tiny test model")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_freq_base(500.0)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_vocab_size(c.vocab_size)
+    w.add_tokenizer_model("gpt2")
+    tokens = _byte_symbols() + ["Ġt", "he", "Ġthe", "<|endoftext|>"]
+    assert len(tokens) == c.vocab_size
+    w.add_token_list(tokens)
+    w.add_token_types([1] * (len(tokens) - 1) + [3])  # 1 normal, 3 control
+    w.add_token_merges(MERGES)
+    w.add_eos_token_id(len(tokens) - 1)
+    w.add_bos_token_id(len(tokens) - 1)
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    qtype = getattr(gguf.GGMLQuantizationType, quant)
+    for key, t in model.state_dict().items():
+        a = t.detach().float().numpy().copy()
+        if key == "model.embed_tokens.weight":
+            name = "token_embd.weight"
+        elif key == "model.norm.weight":
+            name = "output_norm.weight"
+        elif key == "lm_head.weight":
+            if c.tie_word_embeddings:
+                continue
+            name = "output.weight"
+        else:
+            m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", key)
+            name = f"blk.{m[1]}.{names[m[2]]}.{m[3]}"
+            if kind == "llama" and m[2] == "self_attn.q_proj":
+                a = _permute(a, c.num_attention_heads)
+            elif kind == "llama" and m[2] == "self_attn.k_proj":
+                a = _permute(a, c.num_key_value_heads)
+        if a.ndim == 2 and quant != "F32":
+            w.add_tensor(name, gguf.quants.quantize(a, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(name, a)
+    for name, a in (extra or {}).items():
+        w.add_tensor(name, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _needs_gguf():
+    pytest.importorskip("gguf")
+
+
+def _logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("kind, tie", [("llama", True), ("llama", False), ("qwen2", True)])
+def test_f32_gguf_imports_the_original_model(tmp_path, kind, tie):
+    """Unquantised: the imported trunk computes the model the file was written from (q/k permutation undone)."""
+    model = _hf_model(kind, tie=tie)
+    path = write_gguf(tmp_path / "m.gguf", model, kind)
+    lm, specs, report, loaded = import_gguf(path)
+    assert specs == [{"name": "ntp"}] and report.trunk_tensors == len(lm.model.state_dict()) - tie
+    cfg = lm.model.cfg
+    assert (cfg.n_layers, cfg.hidden_size, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size) == (2, 64, 4, 2, 260)
+    assert cfg.tie_embeddings == tie and cfg.qkv_bias == (kind == "qwen2") and cfg.rope_theta == 500.0
+    with torch.no_grad():
+        assert (lm.model(IDS) - _logits(model)).abs().max().item() <= TOL
+    assert logit_difference(lm, loaded) <= TOL
+
+
+def test_quantised_gguf_matches_transformers_and_dequantised_weights(tmp_path):
+    """Q8_0 matrices: logits equal transformers' GGUF model; an unpermuted matrix equals gguf's dequantisation."""
+    import gguf
+
+    model = _hf_model("llama", seed=1)
+    path = write_gguf(tmp_path / "q.gguf", model, quant="Q8_0")
+    info = inspect_gguf(path)
+    assert info.architecture == "llama" and info.tensor_types == {"Q8_0": 15, "F32": 5}
+    lm, _, _, loaded = import_gguf(path)
+    with torch.no_grad():
+        assert (lm.model(IDS) - _logits(loaded)).abs().max().item() <= TOL
+        # Quantisation changed the function, a little: the test model is not the original model any more.
+        assert (lm.model(IDS) - _logits(model)).abs().max().item() > 1e-3
+    reader = gguf.GGUFReader(str(path))
+    t = next(t for t in reader.tensors if t.name == "blk.1.ffn_up.weight")
+    want = torch.from_numpy(gguf.dequantize(t.data, t.tensor_type).copy())  # (intermediate, hidden)
+    assert torch.equal(lm.model.layers[1].mlp.up_proj.weight, want)
+
+
+def test_cli_import_gguf_with_tokenizer_and_verify(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from foresight.data.tokenizer import load_tokenizer
+
+    model = _hf_model("llama", seed=2)
+    folder = tmp_path / "src"
+    folder.mkdir()
+    write_gguf(folder / "tiny.gguf", model)
+    assert is_gguf(folder) and gguf_file(folder).name == "tiny.gguf"
+    out = tmp_path / "out"
+    assert main(["import", str(folder), "--out", str(out), "--objectives", "ntp,top", "--verify"]) == 0
+    text = capsys.readouterr().out
+    assert "imported Llama (2 layers, d=64, vocab 260" in text and "heads: top fresh" in text
+    diff = float(re.search(r"max \|logits difference\| = (\S+)", text)[1])
+    assert diff <= TOL
+    lm, _ = TrainableLM.from_checkpoint(out / "step_00000000.pt")
+    with torch.no_grad():
+        assert (lm.model(IDS) - _logits(model)).abs().max().item() <= TOL
+    # The tokenizer: the same ids as transformers' GGUF tokenizer, merges applied, readable by foresight.
+    theirs = AutoTokenizer.from_pretrained(str(folder), gguf_file="tiny.gguf")
+    ours = load_tokenizer(out / "tokenizer")
+    sample = "the cat then\nthe end"
+    ids = ours.tokenizer.encode(sample).ids
+    assert ids == theirs(sample)["input_ids"]
+    assert 258 in ids and len(ids) < len(sample.encode())  # "Ġthe" merged
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("foresight: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_gguf_files_fail_with_one_line(tmp_path, capsys):
+    model = _hf_model("llama", seed=3)
+    good = write_gguf(tmp_path / "good.gguf", model, quant="Q8_0")
+    out = ["--out", str(tmp_path / "out")]
+    # unsupported architecture
+    other = write_gguf(tmp_path / "phi.gguf", model, arch="phi3")
+    assert "architecture 'phi3' is not supported" in _one_line_error(capsys, ["import", str(other), *out])
+    # a tensor type gguf-py cannot dequantise (F64)
+    f64 = write_gguf(tmp_path / "f64.gguf", model, extra={"extra.weight": np.ones((2, 32), dtype=np.float64)})
+    assert "stored as F64" in _one_line_error(capsys, ["import", str(f64), *out])
+    # truncated, at several places (header, tensor infos, data)
+    data = good.read_bytes()
+    for keep in (100, len(data) // 3, len(data) - 7):
+        cut = tmp_path / f"cut{keep}.gguf"
+        cut.write_bytes(data[:keep])
+        err = _one_line_error(capsys, ["import", str(cut), *out])
+        assert "truncated" in err, err
+    # not a GGUF file, and a folder with two
+    (tmp_path / "fake.gguf").write_bytes(b"PK\x03\x04 not gguf")
+    assert "not a GGUF file" in _one_line_error(capsys, ["import", str(tmp_path / "fake.gguf"), *out])
+    assert "*.gguf files" in _one_line_error(capsys, ["import", str(tmp_path), *out])
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_gguf_package_is_one_line(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    import foresight.hf.gguf as mod
+
+    path = write_gguf(tmp_path / "m.gguf", _hf_model("llama"))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(mod.importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    err = _one_line_error(capsys, ["import", str(path), "--out", str(tmp_path / "out")])
+    assert "pip install 'foresight[gguf]'" in err
+    with pytest.raises(ForesightError, match="gguf package"):
+        inspect_gguf(path)
+
+
+# ---- the real model (scripts/fetch_smollm2 puts it in the cache; CI fetches it first) ----
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from foresight.hf.smollm2 import gguf_path
+
+    path = gguf_path()
+    if not path.is_file():
+        if os.environ.get("FORESIGHT_REQUIRE_SMOLLM2") == "1":
+            pytest.fail(f"SmolLM2 GGUF not found at {path}; run scripts/fetch_smollm2")
+        pytest.skip(f"SmolLM2 GGUF not fetched ({path}); run scripts/fetch_smollm2")
+    return path
+
+
+@pytest.mark.smollm2
+@pytest.mark.slow
+def test_smollm2_gguf_import_is_exact(smollm2, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from foresight.data.tokenizer import load_tokenizer
+
+    out = tmp_path / "smollm2"
+    assert main(["import", str(smollm2), "--out", str(out), "--verify"]) == 0
+    text = capsys.readouterr().out
+    assert "imported Llama (30 layers, d=576, vocab 49152, 134.52M parameters" in text, text
+    assert float(re.search(r"max \|logits difference\| = (\S+)", text)[1]) <= TOL
+    lm, _ = TrainableLM.from_checkpoint(out / "step_00000000.pt")
+    cfg = lm.model.cfg
+    assert (cfg.n_heads, cfg.n_kv_heads, cfg.intermediate_size, cfg.rope_theta, cfg.tie_embeddings) == \
+        (9, 3, 1536, 100000.0, True)
+    theirs = AutoTokenizer.from_pretrained(str(smollm2.parent), gguf_file=smollm2.name)
+    sample = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
+    assert load_tokenizer(out / "tokenizer").tokenizer.encode(sample).ids == theirs(sample)["input_ids"]
