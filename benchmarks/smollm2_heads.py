@@ -54,7 +54,9 @@ def train(args) -> None:
 
     from foresight.generate.distill import load_distilled
     from foresight.train.cached_heads import TrunkCache, draft_accuracy, frequent_ids, init_from_last_block, train_heads
-    from foresight.train.checkpoint import atomic_save
+    from foresight.train.checkpoint import SUFFIX
+    from foresight.train.state_file import save_state
+    from foresight.io import write_json
 
     torch.set_num_threads(args.threads)
     tokens, final, last_input, meta = load_distilled(args.tokens)
@@ -116,8 +118,8 @@ def train(args) -> None:
     if (Path(args.model) / "tokenizer").is_dir():
         shutil.copytree(Path(args.model) / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
         config["tokenizer"] = "tokenizer"
-    atomic_save({"lm": lm.state_dict(), "config": config, "step": 0}, out / "step_00000000.pt")
-    (out / "heads.json").write_text(json.dumps(info, indent=2) + "\n")
+    save_state({"lm": lm.state_dict(), "config": config, "step": 0}, out / f"step_00000000{SUFFIX}")
+    write_json(out / "heads.json", info)
 
 
 def main(argv=None) -> None:
@@ -149,7 +151,7 @@ def main(argv=None) -> None:
     t.add_argument("--held-out", type=int, default=16, help="last sequences kept for the accuracy check")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--out", type=Path, required=True, help="output folder: step_00000000.pt, heads.json, tokenizer/")
+    t.add_argument("--out", type=Path, required=True, help="output folder: step_00000000.safetensors, heads.json, tokenizer/")
     t.set_defaults(func=train)
     args = ap.parse_args(argv)
     args.func(args)

@@ -177,7 +177,7 @@ def test_cli_import_gguf_with_tokenizer_and_verify(tmp_path, capsys):
     assert "imported Llama (2 layers, d=64, vocab 260" in text and "heads: top fresh" in text
     diff = float(re.search(r"max \|logits difference\| = (\S+)", text)[1])
     assert diff <= TOL
-    lm, _ = TrainableLM.from_checkpoint(out / "step_00000000.pt")
+    lm, _ = TrainableLM.from_checkpoint(out / "step_00000000.safetensors")
     with torch.no_grad():
         assert (lm.model(IDS) - _logits(model)).abs().max().item() <= TOL
     # The tokenizer: the same ids as transformers' GGUF tokenizer, merges applied, readable by foresight.
@@ -261,7 +261,7 @@ def test_smollm2_gguf_import_is_exact(smollm2, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "imported Llama (30 layers, d=576, vocab 49152, 134.52M parameters" in text, text
     assert float(re.search(r"max \|logits difference\| = (\S+)", text)[1]) <= TOL
-    lm, _ = TrainableLM.from_checkpoint(out / "step_00000000.pt")
+    lm, _ = TrainableLM.from_checkpoint(out / "step_00000000.safetensors")
     cfg = lm.model.cfg
     assert (cfg.n_heads, cfg.n_kv_heads, cfg.intermediate_size, cfg.rope_theta, cfg.tie_embeddings) == \
         (9, 3, 1536, 100000.0, True)
