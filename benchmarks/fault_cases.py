@@ -213,7 +213,7 @@ def main() -> None:
     from foresight.environment import describe
 
     env = describe("cpu")
-    head = [f"# Fault cases: what the user sees\n",
+    head = ["# Fault cases: what the user sees\n",
             f"{env.get('device')}, torch {env.get('torch')}, python {env.get('python')}, commit {env.get('git_commit')}, "
             f"{env.get('date')}; command: `python benchmarks/fault_cases.py" + (f" --out {args.out}`" if args.out else
                                                                                   "`") + "\n",

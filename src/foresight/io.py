@@ -1,4 +1,4 @@
-"""Atomic, durable file writes: the one way foresight writes a file or a folder.
+"""Atomic, durable file writes: the one way foresight writes a file.
 
 A file is written to a temporary name beside its final name (``.<name>.<random>.tmp``), flushed and fsync'd,
 given the permissions any file the user writes would get (``0o666 & ~umask``: ``mkstemp`` alone gives 0600,
@@ -10,17 +10,16 @@ removes any that a ``kill -9`` left behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 TMP_SUFFIX = ".tmp"
-_TMP_NAME = re.compile(r"^\..+\.tmp(-[A-Za-z0-9_]+)?$")  # what atomic_write / atomic_folder name their temporaries
+_TMP_NAME = re.compile(r"^\..+\.tmp$")  # what atomic_write (and a sharded checkpoint) name their temporaries
 
 
 def _umask() -> int:
@@ -119,30 +118,6 @@ def fsync_tree(folder: Path) -> None:
             finally:
                 os.close(fd)
         fsync_folder(Path(root))
-
-
-@contextlib.contextmanager
-def atomic_folder(path: Path, replace: Callable[[Path], None] | None = None) -> Iterator[Path]:
-    """Build a folder under a temporary name, then move it to ``path``; yields the temporary folder.
-
-    ``replace(path)``, called only when ``path`` exists and everything was written, removes what stands there
-    (the caller decides what may be removed); without it an existing ``path`` is an error left to the caller to
-    rule out first. On any failure the temporary folder is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=f"{TMP_SUFFIX}-d"))
-    try:
-        os.chmod(tmp, folder_mode())
-        yield tmp
-        fsync_tree(tmp)
-        if os.path.lexists(path) and replace is not None:
-            replace(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_folder(path.parent)
 
 
 def clean_temporaries(folder: Path) -> list[Path]:

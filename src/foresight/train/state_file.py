@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from foresight.errors import ForesightError
-from foresight.io import write_safetensors
+from foresight.io import atomic_write
 
 FORMAT = "foresight.state/1"
 _KEY = "foresight"  # the header metadata entry that holds the JSON tree
@@ -67,19 +67,37 @@ def _decode(value, tensors: dict[str, torch.Tensor]):
     return {k: _decode(v, tensors) for k, v in value.items()}
 
 
-def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CPU, contiguous, and no two sharing memory (safetensors refuses shared storage, e.g. a tied head)."""
-    out, seen = {}, set()
+_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
+
+
+def _write_streaming(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """The safetensors layout (8-byte little-endian header length, JSON header, raw little-endian tensor bytes
+    back to back), written one tensor at a time: ``safetensors.torch.save_file`` first turns every tensor into a
+    bytes object, a second copy of the whole state in memory, which a large run cannot afford. Read back with the
+    official parser (``load_state``)."""
+    import sys
+
+    if sys.byteorder != "little":
+        raise OSError("checkpoints are written little-endian; this machine is big-endian")
+    header: dict = {"__metadata__": metadata}
+    offset = 0
     for name, t in tensors.items():
-        t = t.detach().cpu().contiguous()
-        storage = t.untyped_storage()
-        key = storage.data_ptr()
-        if t.numel() and (key in seen or storage.nbytes() != t.nbytes):
-            t = t.clone()
-        if t.numel():
-            seen.add(t.untyped_storage().data_ptr())
-        out[name] = t
-    return out
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"cannot store a {t.dtype} tensor ({name}) in a checkpoint")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the tensor data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for t in tensors.values():
+            if t.numel():
+                # (n,) bytes of one tensor: a view, copied to the CPU only if it lives elsewhere.
+                f.write(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
 
 
 def save_state(state: dict, path: Path) -> Path:
@@ -87,7 +105,7 @@ def save_state(state: dict, path: Path) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state, "", tensors)
     header = {"format": FORMAT, _KEY: json.dumps(tree, allow_nan=False)}
-    return write_safetensors(path, _unshared(tensors), header)
+    return atomic_write(path, lambda tmp: _write_streaming(tmp, tensors, header))
 
 
 def load_state(path: Path, map_location="cpu") -> dict:
