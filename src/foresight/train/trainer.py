@@ -112,6 +112,8 @@ class Trainer:
     ``run_config`` is stored in every checkpoint so a model can be rebuilt from it; ``eval_fn(model)`` returns
     a dict of floats and is called every ``eval_every`` steps and at the end; ``data_state(step)`` (optional)
     returns a JSON-able description of the data position before ``step`` (see the module docstring).
+    ``should_stop()`` (optional) is asked before every step; when it says True (SIGTERM, a time limit) the run
+    ends there like a finished one, with a final evaluation and checkpoint, and ``partial`` is set.
     """
 
     def __init__(
@@ -124,8 +126,12 @@ class Trainer:
         eval_fn: Callable[[torch.nn.Module], dict] | None = None,
         desc: str = "train",
         data_state: Callable[[int], dict] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        progress: bool = True,
     ) -> None:
         self.cfg, self.run_dir, self.batch_fn, self.eval_fn, self.desc = cfg, Path(run_dir), batch_fn, eval_fn, desc
+        self.should_stop = should_stop  # checked between steps: True ends the run early, as a partial run
+        self.progress_bar = progress  # False: no progress bar (several runs printing side by side)
         self.data_state = data_state
         self.run_config = run_config
         distributed.init(cfg)  # joins the torchrun job, if any
@@ -141,6 +147,7 @@ class Trainer:
         self.streak = 0  # consecutive evaluations at or above the early-stop threshold
         self.evals: list[dict] = []
         self.stopped_early = False
+        self.partial = False  # stopped by should_stop() (a signal, a time limit) before the schedule's end
 
     # ----------------------------------------------------------------------------------------- state
     def progress(self) -> dict:
@@ -301,12 +308,15 @@ class Trainer:
         peak = peak_flops(self.device, cfg.peak_tflops)
         flops = None  # per token; known once the first batch gives the sequence length
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, unit="step", dynamic_ncols=True,
-                   file=sys.stderr, mininterval=0.5, leave=True, disable=not self.main)
+                   file=sys.stderr, mininterval=0.5, leave=True, disable=not (self.main and self.progress_bar))
         say = bar.write if self.main else (lambda message: None)
         tokens_since, time_since = 0, time.perf_counter()
         start = time.perf_counter()
         try:
             while self.step < cfg.steps and not self.stopped_early:
+                if self.should_stop is not None and self.should_stop():
+                    self.partial = True
+                    break
                 batch = self.batch_fn(self.step)
                 record = self.train_step(batch)
                 self.step += 1
@@ -345,6 +355,13 @@ class Trainer:
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or at_end or self.stopped_early:
                     self._save()
                 time_since += time.perf_counter() - paused
+            if self.partial:  # the normal end of a run, at this step: evaluate (unless just done) and save
+                say(f"[{self.desc}] stopped at step {self.step} of {cfg.steps}: final evaluation and checkpoint")
+                if self.eval_fn is not None and (not self.evals or self.evals[-1]["step"] != self.step):
+                    result = self.evaluate()
+                    metrics.write({"kind": "eval", "step": self.step, **result})
+                    say(f"[{self.desc}] step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
+                self._save()
         finally:
             bar.close()
             if tb is not None:
