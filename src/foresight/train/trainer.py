@@ -11,7 +11,7 @@ loss per objective, learning rate, gradient norm, tokens seen, tokens/s and achi
 (``foresight.train.flops``); on CUDA also MFU against the device's peak and peak memory.
 
 Speed and memory (``TrainConfig``): every transformer block (trunk, MTP heads, DS-MTP modules) is compiled
-with ``torch.compile`` on CUDA (``train.compile``); trunk blocks can recompute their activations in the
+with ``torch.compile`` on CUDA, and on the CPU for long runs (``train.compile``); trunk blocks can recompute their activations in the
 backward (``train.activation_checkpointing``); MTP and DS-MTP heads run forward and backward one at a time
 (``train.per_head_backward``, Meta MTP §2; see ``TrainableLM.forward_backward``). None changes the
 gradients beyond rounding, nor the checkpoints' keys; evaluation and generation run the blocks eagerly.
@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -62,10 +64,21 @@ def pick_device(name: str) -> torch.device:
         raise ForesightError(f"train.device: unknown device {name!r}; use auto, cpu or cuda") from None
 
 
-def use_compile(setting: str | bool, backend: str, device: torch.device) -> bool:
-    """``train.compile``: "auto" compiles on CUDA, where inductor also needs Triton; true/false force it."""
+# On a CPU, compiling pays only over a long run: inductor's C++ blocks made the star-graph demo step 1.2-1.25x
+# faster (benchmarks/cpu_step.py, issue 13) for 20-40 s of compilation in a fresh process.
+CPU_COMPILE_MIN_STEPS = 2000
+
+
+def use_compile(setting: str | bool, backend: str, device: torch.device, steps: int | None = None) -> bool:
+    """``train.compile``: "auto" compiles on CUDA, where inductor also needs Triton, and on the CPU for runs of at
+    least ``CPU_COMPILE_MIN_STEPS`` steps when a C++ compiler is installed (inductor's CPU code); true/false force
+    it."""
     if setting == "auto":
-        return device.type == "cuda" and (backend != "inductor" or importlib.util.find_spec("triton") is not None)
+        if device.type == "cuda":
+            return backend != "inductor" or importlib.util.find_spec("triton") is not None
+        if device.type == "cpu" and steps is not None and steps >= CPU_COMPILE_MIN_STEPS:
+            return backend != "inductor" or any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++"))
+        return False
     return bool(setting)
 
 
@@ -75,7 +88,7 @@ def speed_up(lm: TrainableLM, cfg: TrainConfig, device: torch.device) -> bool:
     Every block is compiled (one graph for all of them: same code, same shapes); only trunk blocks are
     checkpointed, as MTP heads and DS-MTP modules already hold one head's activations at a time.
     """
-    compiled = use_compile(cfg.compile, cfg.compile_backend, device)
+    compiled = use_compile(cfg.compile, cfg.compile_backend, device, cfg.steps)
     if compiled:
         try:
             training_forward(cfg.compile_backend, False)  # compiles lazily, but checks the backend name now
