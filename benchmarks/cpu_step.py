@@ -104,6 +104,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled variant (it compiles each round)")
     p.add_argument("--out", type=Path, help="also write the numbers as JSON")
+    p.add_argument("--quick", action="store_true", help="only old and new on one thread (checks the script)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -116,8 +117,10 @@ def main() -> None:
                 "new 2 threads": (ROOT / "src", 2, False)}
     if not args.no_compile:
         variants["new+compile"] = (ROOT / "src", 1, True)
-    compile_on = not args.no_compile
-    pairs = ["new 2 processes"] + (["new+compile 2 processes"] if compile_on else [])
+    if args.quick:  # a check that the script works: old and new, one thread each
+        variants = {k: v for k, v in variants.items() if k in ("old", "new")}
+    compile_on = not args.no_compile and not args.quick
+    pairs = [] if args.quick else ["new 2 processes"] + (["new+compile 2 processes"] if compile_on else [])
     results: dict = {(v, r): [] for v in [*variants, *pairs] for r in RUNS}
     with tempfile.TemporaryDirectory() as tmp:
         old_src = export_baseline(args.baseline, Path(tmp))
@@ -130,7 +133,7 @@ def main() -> None:
                     print(f"round {rnd + 1} {run:>3} {name:<14} {results[name, run][-1]['steps_per_s']:6.2f} steps/s",
                           flush=True)
             # NTP and TOP at once, one process per core: the main job's layout (compiled, as auto does there).
-            for name, compiled in [("new 2 processes", False), ("new+compile 2 processes", True)][: 1 + compile_on]:
+            for name, compiled in [("new 2 processes", False), ("new+compile 2 processes", True)][: len(pairs)]:
                 procs = {run: launch(ROOT / "src", {"run": run, "threads": 1, "compile": compiled, "steps": args.steps,
                                                     "warmup": args.warmup}) for run in RUNS}
                 for run, proc in procs.items():
@@ -153,6 +156,13 @@ def main() -> None:
         lines.append(f"| {name} | {med[name, 'ntp']:.2f} | {med[name, 'top']:.2f} | "
                      f"{med[name, 'ntp'] / med['old', 'ntp']:.2f}× | {med[name, 'top'] / med['old', 'top']:.2f}× | "
                      f"{max(rel[name, r] for r in RUNS):.1e} | {first:.1f} |")
+    worst = max(rel.values())
+    if worst > 1e-5:  # fp32 tolerance: the new code must train the same losses as the old
+        print("\n".join(lines))
+        raise SystemExit(f"losses differ from the old code's by up to {worst:.1e} (relative): more than fp32 rounding")
+    if args.quick:
+        print("\n".join(lines))
+        return
     # The main job's layout: old trains NTP then TOP in one process on both cores; new runs them side by side.
     old_job = 1 / med["old 2 threads", "ntp"] + 1 / med["old 2 threads", "top"]  # s per (NTP step + TOP step)
     new_job = max(1 / med[pairs[-1], "ntp"], 1 / med[pairs[-1], "top"])
