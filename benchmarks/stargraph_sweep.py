@@ -1,6 +1,6 @@
 """The CPU recipe search of issue 13: where does TOP solve a star graph that NTP cannot, on 2 CPU cores?
 
-Every configuration is ``configs/stargraph/cpu_solve.yaml`` plus ``--set`` overrides; each (configuration, run,
+Every configuration is ``configs/stargraph/cpu_sweep.yaml`` plus ``--set`` overrides; each (configuration, run,
 seed) cell is one ``foresight stargraph run`` process on one core (``OMP_NUM_THREADS=1``), ``--jobs`` of them
 side by side. A finished cell becomes one JSON row in ``results/stargraph-cpu/<stage>/`` (final exact match,
 valid-arm rate, v1 accuracy, steps, wall-clock, first evaluation step at >= 90 % / 95 % exact match, the
@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = "cpu_solve"
+RECIPE = "cpu_sweep"
 
 # name -> (overrides, what it tests). The base is the issue's setting: G(2,4), N = 10, d 64, 3 layers,
 # batch 256, lr 1e-2 -> 1e-3, warm-up 100.
@@ -194,7 +194,7 @@ def write_table(stage_dir: Path) -> Path:
     rows.sort(key=lambda r: (list(CONFIGS).index(r["config"]) if r["config"] in CONFIGS else 999, r["run"], r["seed"]))
     pct = lambda x: "—" if x is None else f"{x:.1%}"  # noqa: E731
     lines = [f"# Star-graph CPU sweep, stage `{stage_dir.name}` ({len(rows)} cells)", "",
-             "Base: `configs/stargraph/cpu_solve.yaml` (G(2,4), N = 10, d 64, 3 layers, batch 256, lr 1e-2). "
+             "Base: `configs/stargraph/cpu_sweep.yaml` (G(2,4), N = 10, d 64, 3 layers, batch 256, lr 1e-2). "
              "One process per cell on one core of a shared 2-core VM (other jobs ran beside it: compare steps, "
              "not seconds). Exact match and valid-arm rate on 500 held-out graphs, greedy decoding.", "",
              "| config | what | run | seed | params | batch | steps | exact match | valid arm | v1 | first step ≥ 90 % "
