@@ -172,12 +172,13 @@ def run_cell(name: str, run: str, seed: int, args) -> dict | None:
     row = {
         "config": name, "overrides": CONFIGS[name][0], "about": CONFIGS[name][1], "run": run,
         "objective": r["objective"], "seed": seed, "graph": r["graph"], "params": r["params"],
-        "batch_size": r["batch_size"], "steps": r["steps"], "final_exact_match": r["final_exact_match"],
+        "batch_size": r["batch_size"], "steps": r["steps"], "schedule_steps": r["schedule_steps"],
+        "partial": r.get("partial", False), "final_exact_match": r["final_exact_match"],
         "valid_arm": r["valid_arm"], "v1_acc": r["v1_acc"], "steps_to_90": first_step(r["curve"], 0.90),
         "steps_to_95": first_step(r["curve"], 0.95), "wall_clock_s": r["wall_clock_s"],
         "process_wall_s": round(time.time() - t0, 1), "tokens_per_s": r["tokens_per_s"],
         "curve": r["curve"], "valid_curve": [[e["step"], e["valid_arm"]] for e in r["evals"]],
-        "device_name": r.get("device_name"), "torch": r.get("torch"), "commit": r.get("commit"),
+        "device_name": r.get("device_name"), "torch": r.get("torch"), "commit": r.get("git_commit"),
         "date": r.get("date"), "command": shlex.join(["python", *cmd[1:]]),
     }
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -187,6 +188,13 @@ def run_cell(name: str, run: str, seed: int, args) -> dict | None:
     print(f"{name} {run} seed {seed}: exact {row['final_exact_match']:.1%} valid {row['valid_arm']:.1%} "
           f"to-95 {row['steps_to_95']} ({row['wall_clock_s']:.0f} s)", flush=True)
     return row
+
+
+def _steps(row: dict) -> str:
+    """Steps trained; a cell stopped early (SIGTERM: a partial result) shows its schedule too."""
+    if row.get("partial"):
+        return f"{row['steps']} of {row['schedule_steps']} (stopped)"
+    return str(row["steps"])
 
 
 def write_table(stage_dir: Path) -> Path:
@@ -202,7 +210,7 @@ def write_table(stage_dir: Path) -> Path:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['config']} | {r['about']} | {r['run']} | {r['seed']} | {r['params'] / 1e6:.2f}M | "
-                     f"{r['batch_size']} | {r['steps']} | {pct(r['final_exact_match'])} | {pct(r['valid_arm'])} | "
+                     f"{r['batch_size']} | {_steps(r)} | {pct(r['final_exact_match'])} | {pct(r['valid_arm'])} | "
                      f"{pct(r['v1_acc'])} | {r['steps_to_90'] or '—'} | {r['steps_to_95'] or '—'} | "
                      f"{r['wall_clock_s']:.0f} |")
     if rows:
