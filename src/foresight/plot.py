@@ -48,3 +48,46 @@ def plot_panels(panels: list[dict], path: Path, *, ylabel: str, ylim: tuple[floa
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def mean_band(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Several runs' curves -> (steps, mean, low, high) at every step any run evaluated, over the runs that did
+    (runs stopped early or partial simply end sooner)."""
+    by_step: dict[int, list[float]] = {}
+    for curve in curves:
+        for step, value in curve:
+            by_step.setdefault(int(step), []).append(float(value))
+    steps = sorted(by_step)
+    return (steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], [min(by_step[s]) for s in steps],
+            [max(by_step[s]) for s in steps])
+
+
+def plot_bands(panels: list[dict], path: Path, *, xlabel: str = "step") -> Path:
+    """Panels side by side; each is a dict with ``title``, ``ylabel``, ``series`` (name -> list of curves, one
+    per seed) and optionally ``hline`` (value, label) and ``ylim``. Each series is drawn as its mean over seeds
+    with a band from the lowest to the highest seed. Writes the PNG and returns its path."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), dpi=120, squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for i, (name, curves) in enumerate(panel["series"].items()):
+            steps, mean, low, high = mean_band(curves)
+            if not steps:
+                continue
+            color = f"C{i}"
+            label = name if len(curves) == 1 else f"{name} (mean of {len(curves)} seeds, band: min–max)"
+            ax.plot(steps, mean, color=color, marker="o", markersize=3, linewidth=1.6, label=label)
+            if len(curves) > 1:
+                ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
+        if panel.get("hline") is not None:
+            ax.axhline(panel["hline"][0], color="grey", linestyle="--", linewidth=1, label=panel["hline"][1])
+        ax.set_title(panel["title"])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(panel["ylabel"])
+        if panel.get("ylim"):
+            ax.set_ylim(*panel["ylim"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -45,3 +45,29 @@ def test_loss_layer_tiny_writes_json(tmp_path):
         set() if "liger_ce" in data["meta"]["skipped"] else {"liger_ce"})
     assert rows["top"]["loss"] == pytest.approx(rows["top_loss"]["loss"], rel=1e-5)
     assert rows["targets_torch"]["loss"] == rows["targets_dense"]["loss"]  # positions with a target, both builders
+
+
+@pytest.mark.slow
+def test_cpu_step_runs_old_and_new(tmp_path):
+    # Needs the baseline commit in the clone's history (CI clones it whole); timings are not checked.
+    path = tmp_path / "cpu_step.json"
+    run_script("cpu_step.py", "--steps", "1", "--warmup", "2", "--rounds", "1", "--quick")
+
+
+def test_stargraph_sweep_cells_and_table(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import stargraph_sweep as sweep
+    finally:
+        sys.path.pop(0)
+    assert sweep.cell_steps("base", 1000) == 1000 and sweep.cell_steps("b128", 1000) == 2000  # same examples
+    cmd = sweep.cell_command("top-w2", "top", 3, 1000, tmp_path)
+    assert cmd[cmd.index("--seeds") + 1] == "3" and "train.steps=1000" in cmd
+    assert "runs.top=[{name: ntp}, {name: top, weight: 2.0, window: 4096}]" in cmd
+    assert len(sweep.CONFIGS) >= 30
+    row = {"config": "base", "about": "x", "run": "top", "seed": 0, "params": 160000, "batch_size": 256, "steps": 10,
+           "final_exact_match": 0.5, "valid_arm": 1.0, "v1_acc": 0.5, "steps_to_90": None, "steps_to_95": None,
+           "wall_clock_s": 3.0, "device_name": "cpu", "torch": "2", "commit": "abc", "date": "today"}
+    (tmp_path / "base-top-seed0.json").write_text(json.dumps(row))
+    table = sweep.write_table(tmp_path).read_text()
+    assert "| base | x | top | 0 | 0.16M | 256 | 10 | 50.0% | 100.0% | 50.0% | — | — | 3 |" in table

@@ -115,10 +115,10 @@ def test_skip_existing_and_time_limit(tmp_path, capsys):
     code, out, err = _run(base + ["--runs", "ntp", "--skip-existing", "--out", str(tmp_path / "b")], capsys)
     assert code == 0, err
     assert "skip ntp seed 0" in out and "nothing to run" in out and not (tmp_path / "b").exists()
-    # A limit that has passed before the first step: the cell stops unrecorded and the command still succeeds.
+    # A limit that has passed before the first cell: it is not started, and the command still succeeds.
     code, out, err = _run(base + ["--runs", "top", "--time-limit", "1e-9", "--out", str(tmp_path / "c")], capsys)
     assert code == 0, err
-    assert "time limit reached in top seed 0" in out
+    assert "not run (stopped or out of time): top seed 0" in out
     assert sorted(p.name for p in (tmp_path / "res").glob("*.json")) == ["smoke-g2x3-ntp-4steps-full-seed0.json"]
 
 
@@ -165,5 +165,19 @@ def test_time_limit_does_not_start_a_cell_that_would_not_finish(tmp_path, capsys
                            "600", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "a")], capsys)
     assert code == 0, err
     assert "time limit: top seed 0 needs about 1000000000 s" in out
-    assert "not run (time limit): top seed 0, ntp seed 1, top seed 1" in out
+    assert "not run (stopped or out of time): top seed 0, ntp seed 1, top seed 1" in out
     assert [p.name for p in (tmp_path / "res").glob("*.json")] == ["smoke-g2x3-ntp-4steps-full-seed0.json"]
+
+
+def test_outcome_words_and_wilson_interval():
+    from foresight.tasks.stargraph import outcome, wilson_interval
+
+    assert outcome(0.95, 0.95, 0.95) == "solved"
+    assert outcome(0.50, 1.00, 0.50) == "chance with shortcut"
+    assert outcome(0.75, 0.98, 0.75) == "shortcut, above chance"
+    assert outcome(0.50, 0.50, 0.52) == "chance on v1, no shortcut"
+    assert outcome(0.10, 0.20, 0.50) == "no shortcut"
+    # Wilson 95 %: 250 of 500 -> 0.4563 .. 0.5437 (a literal value); the edges stay inside [0, 1].
+    lo, hi = wilson_interval(250, 500)
+    assert abs(lo - 0.4563) < 1e-4 and abs(hi - 0.5437) < 1e-4
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0

@@ -199,7 +199,7 @@ def test_checkpointing_and_compile_leave_inference_eager(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ compile
-def test_compile_setting(tmp_path):
+def test_compile_setting(tmp_path, monkeypatch):
     for bad in ("yes", 1, None):
         with pytest.raises(ForesightError, match="train.compile must be auto, true or false"):
             TrainConfig(compile=bad)
@@ -213,6 +213,13 @@ def test_compile_setting(tmp_path):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not use_compile("auto", "inductor", cpu) and use_compile("auto", "aot_eager", cuda)
     assert use_compile(True, "inductor", cpu) and not use_compile(False, "inductor", cuda)
+    # On the CPU, auto compiles only runs long enough to repay the compilation (issue 13), given a C++ compiler.
+    assert not use_compile("auto", "inductor", cpu, steps=1999) and not use_compile("auto", "inductor", cpu)
+    assert use_compile("auto", "aot_eager", cpu, steps=2000)
+    monkeypatch.setattr("foresight.train.trainer.shutil.which", lambda name: None)
+    assert not use_compile("auto", "inductor", cpu, steps=5000)
+    monkeypatch.setattr("foresight.train.trainer.shutil.which", lambda name: "/usr/bin/" + name)
+    assert use_compile("auto", "inductor", cpu, steps=5000)
 
 
 @pytest.mark.slow

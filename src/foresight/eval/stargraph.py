@@ -16,6 +16,7 @@ from torch import nn
 
 from foresight.data.stargraph import StarGraphData, StarGraphSpec
 from foresight.errors import ForesightError
+from foresight.generate.sampling import generate
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -29,9 +30,11 @@ def _device_of(model: nn.Module) -> torch.device:
 def greedy_paths(model: nn.Module, prefixes: torch.Tensor, path_len: int) -> torch.Tensor:
     """Greedy decoding: prefixes (B, P) long -> the next ``path_len`` tokens (B, path_len) long.
 
-    Each step re-runs the whole (short) sequence and takes the argmax of the last position's logits over
-    the full vocabulary (no restriction to node ids: a model that emits a symbol is simply wrong).
-    The model is in eval mode only for the duration of the call.
+    A model with a KV cache (``new_caches()``, as the trunk ``Transformer``) decodes through
+    ``foresight.generate.generate``: the prefix runs once, then one token per step against the cache.
+    Any other module re-runs the whole (short) sequence per token. Either way the argmax of the last
+    position's logits is taken over the full vocabulary (no restriction to node ids: a model that emits a symbol
+    is simply wrong). The model is in eval mode only for the duration of the call.
     """
     was_training = model.training
     model.eval()
@@ -41,6 +44,8 @@ def greedy_paths(model: nn.Module, prefixes: torch.Tensor, path_len: int) -> tor
     seq = prefixes
     try:
         with autocast:
+            if hasattr(model, "new_caches"):
+                return generate(model, prefixes, path_len)[:, prefixes.shape[1] :]
             for _ in range(path_len):
                 logits = model(seq)  # (B, T, V)
                 nxt = logits[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)

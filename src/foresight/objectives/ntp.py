@@ -30,5 +30,10 @@ class NTP(Objective):
     def forward(self, out, batch: Batch, model) -> LossOutput:
         labels = shifted_labels(batch, 0)  # (B, T)
         d = out.hidden.shape[-1]
+        if batch.loss_mask is not None:
+            # Only the trained positions (star graph: l of P + l − 1) reach the head: the other rows' losses are 0.
+            keep = labels != IGNORE_INDEX  # (B, T)
+            losses = linear_cross_entropy(out.hidden[keep], model.lm_head.weight, labels[keep])  # (n,)
+            return LossOutput(losses.sum(), keep.sum())
         losses = linear_cross_entropy(out.hidden.reshape(-1, d), model.lm_head.weight, labels.reshape(-1))
         return LossOutput(losses.sum(), (labels != IGNORE_INDEX).sum())

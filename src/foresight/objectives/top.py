@@ -80,7 +80,8 @@ def top_targets(
     fp16 rounding of the reference runs (at window 4096, d = 0 and d = 1 tie).
     ``horizon`` (B, seq_len) long, optional: slots past offset ``horizon[b, t]`` (the next end of document)
     never score, so the ranking stops at a document boundary (see ``Batch.horizon``).
-    ``impl``: ``"torch"`` is the code below, O(B · seq_len · K log K) time and O(B · seq_len · K) memory;
+    ``impl``: ``"torch"`` is the code below, O(B · L log L + B · seq_len · K) time (one sort per stream, see
+    ``previous_occurrence``) and O(B · seq_len · K) memory;
     ``"triton"`` the O(B · seq_len · K) kernel of ``ops/kernels/top_targets_triton.py`` (the same ids, the same
     weights to fp32 rounding); ``"auto"`` the kernel for CUDA tensors when Triton is installed. ``kernel``: the
     kernel's tiles (a ``top_targets_triton.TargetKernelConfig``; None: its defaults).
@@ -97,41 +98,85 @@ def top_targets(
 
         return triton_top_targets(tokens, seq_len, window, ignore_index=ignore_index, scores=scores, horizon=horizon,
                                   config=kernel)
-    k = min(window, MAX_SLOTS)
-    device = tokens.device
-    # The K slots start at the first scorable upcoming token (offset s_t), not at t + 1: then every id the
-    # dense target gives weight to sits within K = 128 offsets of the nearest one (farther ones have
-    # exp(-(d - d_min)) < exp(-128), which is 0 in fp32), so the sparse target equals the dense one even after
-    # a long run of ignored ids.
     start = _first_scorable_offset(tokens, seq_len, ignore_index)  # (B, T): offset s_t of the first scorable token
-    t_next = torch.arange(seq_len, device=device) + 1  # (T,): index of the next token
-    offsets = start[..., None] + torch.arange(k, device=device)  # (B, T, K): absolute offset d of each slot
-    index = t_next[None, :, None] + offsets  # (B, T, K): stream index of each slot
-    in_window = (offsets < window) & (index < length)
-    gathered = tokens.gather(1, index.clamp(max=length - 1).reshape(b, -1)).reshape(b, seq_len, k)
-    upcoming = torch.where(in_window, gathered, torch.full_like(gathered, -1))  # (B, T, K)
-    scorable = (upcoming >= 0) & (upcoming != ignore_index)
-    if horizon is not None:
-        scorable &= offsets <= horizon[..., None]  # (B, T, K): offsets, not slots (they differ when s_t > 0)
+    rows_b = torch.arange(b, device=tokens.device)[:, None].expand(b, seq_len)  # (B, T)
+    rows_t = torch.arange(seq_len, device=tokens.device)[None, :].expand(b, seq_len)  # (B, T)
+    return _targets_at(tokens, previous_occurrence(tokens), rows_b, rows_t, start, min(window, MAX_SLOTS), window,
+                       ignore_index=ignore_index, scores=scores, horizon=horizon)
 
-    # First occurrence within the row: a stable sort groups equal ids in offset order, so the first of each
-    # group is the earliest offset. Unscorable slots get distinct negative keys so they never group.
-    slot = torch.arange(k, device=device)
-    keys = torch.where(scorable, upcoming, -1 - slot)
-    sorted_keys, order = torch.sort(keys, dim=-1, stable=True)
-    first_sorted = torch.ones_like(sorted_keys, dtype=torch.bool)
-    first_sorted[..., 1:] = sorted_keys[..., 1:] != sorted_keys[..., :-1]
-    first = torch.empty_like(first_sorted).scatter_(-1, order, first_sorted)
-    scored = first & scorable  # (B, T, K)
+
+@torch.no_grad()
+def previous_occurrence(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, L) long: for each stream index i, the largest i' < i with ``tokens[b, i'] == tokens[b, i]``, or -1.
+
+    One stable sort per stream (O(L log L)) groups equal ids in index order, so each element's predecessor in
+    its group is its previous occurrence. Every TOP row of the stream then reads it instead of sorting its own
+    K slots: slot j is the first occurrence of its id in the row iff its previous occurrence lies before the
+    row's first slot (O(N · K) for N rows).
+    """
+    keys, order = torch.sort(tokens, dim=-1, stable=True)  # (B, L)
+    prev_sorted = torch.full_like(order, -1)
+    prev_sorted[:, 1:] = torch.where(keys[:, 1:] == keys[:, :-1], order[:, :-1], -1)
+    return torch.empty_like(order).scatter_(-1, order, prev_sorted)
+
+
+def _targets_at(tokens: torch.Tensor, prev: torch.Tensor, rows_b: torch.Tensor, rows_t: torch.Tensor,
+                start: torch.Tensor, k: int, window: int, *, ignore_index: int, scores: str,
+                horizon: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets of the positions (rows_b, rows_t) (any shape S): ``ids`` and ``weights`` of shape (*S, k).
+
+    tokens and prev (B, L); start (B, T) the offset of each position's first scorable token; horizon (B, T) or
+    None. Slot j of position t holds stream index t + 1 + s_t + j: the K slots start at the first scorable
+    upcoming token, not at t + 1, so every id the dense target weights sits within K = 128 offsets of the
+    nearest one (farther ones have exp(-(d - d_min)) < exp(-128), which is 0 in fp32) even after a long run of
+    ignored ids.
+    """
+    length = tokens.shape[1]
+    s_t = start[rows_b, rows_t]  # (*S,)
+    base = rows_t + 1 + s_t  # (*S,): stream index of slot 0
+    slot = torch.arange(k, device=tokens.device)
+    offsets = s_t[..., None] + slot  # (*S, K): offset d of each slot
+    index = base[..., None] + slot  # (*S, K): stream index of each slot
+    in_window = (offsets < window) & (index < length)
+    flat = (rows_b[..., None] * length + index.clamp(max=length - 1)).reshape(-1)  # into the (B·L,) streams
+    upcoming = tokens.reshape(-1)[flat].reshape(index.shape)  # (*S, K)
+    scorable = in_window & (upcoming >= 0) & (upcoming != ignore_index)
+    if horizon is not None:
+        scorable &= offsets <= horizon[rows_b, rows_t][..., None]  # offsets, not slots (they differ when s_t > 0)
+    # First occurrence within the row: the id's previous occurrence lies before slot 0. An earlier occurrence
+    # inside the row is scorable too (same id, smaller offset: inside the window and the horizon).
+    first = prev.reshape(-1)[flat].reshape(index.shape) < base[..., None]
+    scored = first & scorable  # (*S, K)
 
     if scores == "exact":
         score = -offsets.float()
     else:
         score = (window - offsets).to(torch.float16).float()
-    logits = score.masked_fill(~scored, float("-inf"))  # (B, T, K)
+    logits = score.masked_fill(~scored, float("-inf"))  # (*S, K)
     weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # rows with nothing scored: all 0
     ids = torch.where(scored, upcoming, torch.zeros_like(upcoming))
     return ids, weights
+
+
+@torch.no_grad()
+def top_targets_rows(tokens: torch.Tensor, rows: torch.Tensor, window: int, *, ignore_index: int = IGNORE_INDEX,
+                     scores: str = "exact", horizon: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``top_targets`` of the positions where ``rows`` (B, T) bool is true only, in row-major order.
+
+    Returns ``ids`` (n, K') and ``weights`` (n, K'), n = rows.sum(), equal to ``top_targets(...)[rows]`` in
+    their first K' slots; K' = min(window, 128, L − 1) drops slots that lie past the stream's end for every
+    position (their weight is always 0). For tasks whose loss reads a few positions (star graph: the answer
+    path, l of P + l − 1), this is the only target work done.
+    """
+    _check_modes(window, scores)
+    b, seq_len = rows.shape
+    if tokens.shape[0] != b or tokens.shape[1] < seq_len + 1:
+        raise ValueError(f"rows {tuple(rows.shape)} does not fit tokens {tuple(tokens.shape)}")
+    start = _first_scorable_offset(tokens, seq_len, ignore_index)  # (B, T)
+    rows_b, rows_t = rows.nonzero(as_tuple=True)  # (n,), (n,)
+    k = min(window, MAX_SLOTS, tokens.shape[1] - 1)
+    return _targets_at(tokens, previous_occurrence(tokens), rows_b, rows_t, start, k, window,
+                       ignore_index=ignore_index, scores=scores, horizon=horizon)
 
 
 def top_loss(
@@ -212,8 +257,18 @@ class TOP(Objective):
         return rows.sum()
 
     def forward(self, out, batch: Batch, model) -> LossOutput:
+        d = out.hidden.shape[-1]
+        if batch.loss_mask is not None:
+            # Only the trained positions (star graph: l of P + l − 1): targets and logits of those rows alone.
+            ids, w = top_targets_rows(batch.tokens, batch.loss_mask, self.cfg.window,
+                                      ignore_index=self.cfg.ignore_index, scores=self.cfg.scores,
+                                      horizon=batch.horizon)  # (n, K'), (n, K')
+            hidden = out.hidden[batch.loss_mask]  # (n, D), row-major like the targets
+            losses = linear_soft_cross_entropy(hidden, self.head.weight, ids, w)  # (n,)
+            count = (w > 0).any(-1).sum() if self.cfg.normalize == "valid" else batch.loss_mask.sum()
+            return LossOutput((losses * (w > 0).any(-1)).sum(), count)
         ids, w, rows = self._targets(batch)
         has_target = (w > 0).any(-1) & rows
-        d, k = out.hidden.shape[-1], ids.shape[-1]
+        k = ids.shape[-1]
         losses = linear_soft_cross_entropy(out.hidden.reshape(-1, d), self.head.weight, ids.reshape(-1, k), w.reshape(-1, k))
         return LossOutput((losses * has_target.reshape(-1)).sum(), rows.sum())

@@ -17,8 +17,14 @@ command that reproduces the cell. ``foresight stargraph report`` turns a folder 
 from __future__ import annotations
 
 import copy
+import math
+import multiprocessing as mp
+import os
+import signal
 import sys
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import median
@@ -32,7 +38,7 @@ from foresight.environment import describe
 from foresight.errors import ForesightError
 from foresight.eval.stargraph import evaluate
 from foresight.io import write_text
-from foresight.plot import plot_curves
+from foresight.plot import plot_bands
 from foresight.tasks.recipe import Recipe, build_model_config
 from foresight.train import distributed
 from foresight.train.config import TrainConfig
@@ -57,6 +63,7 @@ class StarGraphTaskConfig:
     train_file: str | None = None  # read training examples from a file in the original format instead
     test_file: str | None = None  # read test examples from a file in the original format instead
     eval_batch_size: int = 1000  # examples per greedy-decoding batch
+    jobs: int = 1  # cells trained side by side in processes on the CPU (0 = one per core); a GPU runs them in turn
 
     def __post_init__(self) -> None:  # checked before any data is generated or model built
         if self.eval_batch_size < 1:
@@ -144,6 +151,7 @@ def cell_record(*, recipe: Recipe, raw: dict, run: str, specs: list[dict], spec:
         "steps": trainer.step,
         "stopped_early": trainer.stopped_early,
         "skipped_steps": trainer.skipped_steps,  # non-finite steps the optimiser skipped
+        "partial": trainer.partial,  # stopped by SIGTERM / Ctrl-C / the time limit before the schedule's end
         "early_stop": early,
         "compiled": getattr(trainer, "compiled", None),  # whether the blocks ran under torch.compile
         "wall_clock_s": round(wall, 2),
@@ -178,26 +186,85 @@ def write_json(path: Path, data) -> None:
 # ------------------------------------------------------------------------------------------ tables and runs
 
 
+SOLVED = 0.90  # exact match at or above this: "solved"
+SHORTCUT = 0.90  # valid-arm rate at or above this: the edge-following shortcut is learned
+CHANCE_BAND = 0.60  # with the shortcut, exact match at or below this counts as "chance" (issue 13's bar)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (successes of n trials)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def outcome(exact: float, valid: float, v1: float | None = None) -> str:
+    """What a run did, in words.
+
+    solved: exact match >= 90 %. chance with shortcut: >= 90 % valid arms (it follows edges from the source) but
+    exact match <= 60 %. chance on v1, no shortcut: fewer valid arms, and the answers that get v1 (the one
+    token that needs planning) right are right everywhere, with v1 itself at chance — the rest of the path is
+    read back from the goal, not followed forward. no shortcut: anything else below 90 %.
+    """
+    if exact >= SOLVED:
+        return "solved"
+    if valid >= SHORTCUT:
+        return "chance with shortcut" if exact <= CHANCE_BAND else "shortcut, above chance"
+    if v1 is not None and v1 <= CHANCE_BAND and exact >= 0.9 * v1:
+        return "chance on v1, no shortcut"
+    return "no shortcut"
+
+
 def results_table(spec: StarGraphSpec, results: list[dict]) -> str:
+    """One row per (run, seed): exact match with its 95 % Wilson interval, valid-arm rate, v1, the outcome."""
     chance = 1.0 / spec.deg
+    n_test = int(results[0]["final"].get("n") or 0) if results else None
     lines = [
-        f"Star graph G({spec.deg},{spec.path}), N = {spec.nodes}: test exact match of greedy decoding "
-        f"(chance ≈ {chance:.1%})",
+        f"Star graph G({spec.deg},{spec.path}), N = {spec.nodes}: greedy exact match on {n_test or '?'} held-out "
+        f"graphs (choosing an arm at random after the shortcut gives 1/d = {chance:.0%})",
         "",
-        "| run | seed | params | steps | exact match | best | v1 acc | valid arm | wall-clock s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | objective | seed | params | steps | exact match [95 % CI] | valid arm | v1 acc | outcome | "
+        "wall-clock s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         f = r["final"]
+        n = int(f.get("n") or 0)
+        lo, hi = wilson_interval(round(f["exact_match"] * n), n)
+        steps = f"{r['steps']} of {r['schedule_steps']} (partial)" if r.get("partial") else str(r["steps"])
         lines.append(
-            f"| {r['run']} | {r['seed']} | {r['params'] / 1e6:.2f}M | {r['steps']} | {f['exact_match']:.1%} | "
-            f"{r['best_exact_match']:.1%} | {f['v1_acc']:.1%} | {f['valid_arm']:.1%} | {r['wall_clock_s']:.0f} |"
+            f"| {r['run']} | {r['objective']} | {r['seed']} | {r['params'] / 1e6:.2f}M | {steps} | "
+            f"{f['exact_match']:.1%} [{lo:.1%}, {hi:.1%}] | {f['valid_arm']:.1%} | {f['v1_acc']:.1%} | "
+            f"{outcome(f['exact_match'], f['valid_arm'], f['v1_acc'])} | {r['wall_clock_s']:.0f} |"
         )
+    lines += ["", f"Outcome: solved = exact match ≥ {SOLVED:.0%}; chance with shortcut = valid root-to-leaf arms ≥ "
+              f"{SHORTCUT:.0%} (it follows edges from the source) but exact match ≤ {CHANCE_BAND:.0%}; chance on v1, "
+              f"no shortcut = v1 (the first step, the one that needs planning) ≤ {CHANCE_BAND:.0%} and wrong in "
+              "almost every wrong answer, the rest of the path right (read back from the goal); no shortcut = "
+              "anything else. Exact match, valid arm and v1 are the last evaluation's; the interval is Wilson's."]
     return "\n".join(lines) + "\n"
 
 
-class _OutOfTime(Exception):
-    """Raised from the batch function when the invocation's time limit has passed."""
+def write_outputs(out_dir: Path, spec: StarGraphSpec, results: list[dict]) -> str:
+    """results.md (the table), results.json (one row per (run, seed)) and accuracy.png; returns the table."""
+    table = results_table(spec, results)
+    write_text(out_dir / "results.md", table)
+    write_json(out_dir / "results.json", results)
+    series_em: dict[str, list] = {}
+    series_valid: dict[str, list] = {}
+    for r in results:
+        name = f"{r['run']} ({r['objective']})"
+        series_em.setdefault(name, []).append([[e["step"], e["exact_match"]] for e in r["evals"]])
+        series_valid.setdefault(name, []).append([[e["step"], e["valid_arm"]] for e in r["evals"]])
+    graph = f"G({spec.deg},{spec.path}), N={spec.nodes}"
+    plot_bands([{"title": f"{graph}: test exact match", "ylabel": "exact match", "series": series_em,
+                 "hline": (1.0 / spec.deg, "1/d (an arm at random)"), "ylim": (-0.02, 1.02)},
+                {"title": f"{graph}: valid root-to-leaf arm", "ylabel": "valid-arm rate", "series": series_valid,
+                 "ylim": (-0.02, 1.02)}], out_dir / "accuracy.png")
+    return table
 
 
 class _Clock:
@@ -206,7 +273,8 @@ class _Clock:
     Before a cell starts, its cost is estimated from the seconds per training FLOP of the last cell run in this
     process (its compilation, evaluations and checkpoints included; the first cell pays most of the compiling),
     with a 5 % margin, at the cell's full schedule (early stopping is not counted on); a cell that would not
-    finish is not started. A cell still running when the time is up stops at its next step, unrecorded.
+    finish is not started. A cell still running when the time is up stops at its next step with a final
+    evaluation and checkpoint, and its result is marked partial.
     """
 
     def __init__(self, limit_s: float | None) -> None:
@@ -219,16 +287,124 @@ class _Clock:
         mine = float("inf") if self.limit_s is None else self.limit_s - (time.monotonic() - self.start)
         return mine if self.limit_s is None else distributed.agree(mine)
 
-    def check(self) -> None:
-        if self.left() <= 0:
-            raise _OutOfTime
-
     def estimate(self, flops: float) -> float | None:
         return None if self.s_per_flop is None else 1.05 * self.s_per_flop * flops
 
     def observe(self, seconds: float, flops: float) -> None:
         if flops > 0:
             self.s_per_flop = seconds / flops
+
+
+class _Signals:
+    """SIGTERM (``timeout``, a scheduler) and Ctrl-C set ``stop`` instead of killing the process, so the running
+    cells end at their next step with a checkpoint and a partial result; a second Ctrl-C interrupts at once."""
+
+    def __init__(self, event=None) -> None:
+        self.event = event  # a multiprocessing Event shared with worker processes, or None
+        self.stopped = False
+        self._old: dict = {}
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.stopped and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stopped = True
+        if self.event is not None:
+            self.event.set()
+        print(f"\n{signal.Signals(signum).name}: stopping every run at its next step (final evaluation and "
+              "checkpoint, result marked partial)", file=sys.stderr, flush=True)
+
+    def __call__(self) -> bool:
+        return self.stopped or (self.event is not None and self.event.is_set())
+
+
+@dataclass
+class _Cell:
+    """One (run, seed) cell: everything a process needs to train and record it (picklable)."""
+
+    name: str
+    seed: int
+    specs: list[dict]
+    run_cfg: TrainConfig
+    raw: dict
+    model_cfg: object
+    run_dir: Path
+    desc: str
+    command: str | None
+
+
+def _train_cell(cell: _Cell, *, recipe: Recipe, task: StarGraphTaskConfig, spec: StarGraphSpec,
+                train: StarGraphData, test: StarGraphData, resume: bool, results_dir: Path | None,
+                should_stop: Callable[[], bool], progress: bool = True) -> tuple[dict, float]:
+    """Train and evaluate one cell; write its result.json (and its results-folder JSON). Returns the record and
+    the training FLOPs it ran (for the time-limit estimate)."""
+    main = distributed.is_main()
+    torch.manual_seed(cell.seed)  # same trunk initialisation for every run of one seed
+    with distributed.build_on_rank0():  # torchrun: ranks > 0 get rank 0's weights from the Trainer
+        lm = TrainableLM(cell.model_cfg, cell.specs)
+    run_cfg = cell.run_cfg
+    tokens_per_step = run_cfg.batch_size * spec.seq_len
+    trainer = Trainer(
+        lm, run_cfg, cell.run_dir,
+        batch_fn=lambda step: train.batch(step, run_cfg.batch_size, run_cfg.seed),
+        eval_fn=lambda model: evaluate(model, test, spec, batch_size=task.eval_batch_size),
+        run_config={"recipe": cell.raw, "run": cell.name, "objectives": cell.specs, "model": asdict(cell.model_cfg)},
+        desc=cell.desc, should_stop=should_stop, progress=progress,
+    )
+    start_step = trainer.step
+    if trainer.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(trainer.device)  # peak memory per cell, not per process
+    t0 = time.perf_counter()
+    evals = trainer.fit(resume=resume)
+    wall = time.perf_counter() - t0
+    tokens = (trainer.step - start_step) * tokens_per_step
+    result = cell_record(recipe=recipe, raw=cell.raw, run=cell.name, specs=cell.specs, spec=spec, task=task,
+                         train_cfg=run_cfg, lm=lm, trainer=trainer, evals=evals, wall=wall, tokens=tokens,
+                         command=cell.command)
+    if main:
+        write_json(cell.run_dir / "result.json", result)
+    if results_dir is not None and main:
+        path = results_dir / cell_name(recipe.path.stem, spec, cell.name, run_cfg)
+        if result["partial"]:
+            path = path.with_name(path.stem + "-partial.json")
+        write_json(path, result)
+        print(f"wrote {path}", flush=True)
+    return result, flops_per_token(lm, spec.seq_len) * tokens
+
+
+# Worker processes (stargraph.jobs > 1): the state every cell shares, set once per process.
+_WORKER: dict = {}
+
+
+def _worker_init(state: dict, event, threads: int) -> None:
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which sets the shared event
+    signal.signal(signal.SIGTERM, lambda *_: event.set())  # a TERM sent to the whole group: the same stop
+    _WORKER.update(state, event=event)
+
+
+def _worker_cell(cell: _Cell) -> dict | None:
+    w = _WORKER
+    event, deadline = w["event"], w["deadline"]
+
+    def should_stop() -> bool:
+        return event.is_set() or (deadline is not None and time.time() >= deadline)
+
+    if should_stop():
+        return None  # stopped (or out of time) before this cell began: not run
+    result, _ = _train_cell(cell, recipe=w["recipe"], task=w["task"], spec=w["spec"], train=w["train"],
+                            test=w["test"], resume=w["resume"], results_dir=w["results_dir"],
+                            should_stop=should_stop, progress=False)
+    return result
 
 
 def run_stargraph(
@@ -250,6 +426,8 @@ def run_stargraph(
     clock = _Clock(time_limit_s)
     cfg = from_dict(StarGraphTaskConfig, recipe.section, "stargraph")
     spec = StarGraphSpec(cfg.deg, cfg.path, cfg.nodes).validate()
+    if cfg.jobs < 0:
+        raise ForesightError(f"stargraph.jobs must be >= 0 (0 = one process per CPU core), got {cfg.jobs}")
     model_cfgs = {name: build_model_config(recipe.model_fields(name), vocab_size=spec.vocab_size,
                                            max_seq_len=spec.seq_len + 1) for name in runs}
     seed_list = list(seeds) if seeds else [recipe.train.seed]
@@ -274,72 +452,78 @@ def run_stargraph(
           f"sequence length {spec.seq_len}; runs: {', '.join(runs)}"
           + (f"; seeds: {', '.join(map(str, seed_list))}" if seeds else "") + f" -> {out_dir}")
 
-    results, not_done = [], []
-    for i, (seed, name) in enumerate(cells):
-        specs, run_cfg = runs[name], cfgs[seed]
+    cell_list = []
+    for seed, name in cells:
         raw = copy.deepcopy(recipe.raw)
         raw.setdefault("train", {})["seed"] = seed
-        torch.manual_seed(seed)  # same trunk initialisation for every run of one seed
-        model_cfg = model_cfgs[name]
-        with distributed.build_on_rank0():  # torchrun: ranks > 0 get rank 0's weights from the Trainer
-            lm = TrainableLM(model_cfg, specs)
-        tokens_per_step = run_cfg.batch_size * spec.seq_len
-        step_flops = flops_per_token(lm, spec.seq_len) * tokens_per_step
-        need = distributed.agree(clock.estimate(step_flops * run_cfg.steps))
-        if need is not None and need > clock.left():
-            not_done = cells[i:]
-            print_(f"time limit: {name} seed {seed} needs about {need:.0f} s, {clock.left():.0f} s left; stopping")
-            break
-        run_dir = out_dir / (name if not seeds else f"{name}-seed{seed}")
-
-        def batch_fn(step: int, _cfg=run_cfg):
-            clock.check()
-            return train.batch(step, _cfg.batch_size, _cfg.seed)
-
-        trainer = Trainer(
-            lm, run_cfg, run_dir,
-            batch_fn=batch_fn,
-            eval_fn=lambda model: evaluate(model, test, spec, batch_size=cfg.eval_batch_size),
-            run_config={"recipe": raw, "run": name, "objectives": specs, "model": asdict(model_cfg)},
-            desc=name if not seeds else f"{name} s{seed}",
-        )
-        start_step = trainer.step
-        if trainer.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(trainer.device)  # peak memory per cell, not per process
-        t0 = time.perf_counter()
-        try:
-            evals = trainer.fit(resume=resume)
-        except _OutOfTime:
-            not_done = cells[i:]
-            print_(f"time limit reached in {name} seed {seed} at step {trainer.step}: no result for it", flush=True)
-            break
-        wall = time.perf_counter() - t0
-        tokens = (trainer.step - start_step) * tokens_per_step
-        clock.observe(wall, step_flops * (trainer.step - start_step))
-        command = cell_command(name, seed) if cell_command else None
-        result = cell_record(recipe=recipe, raw=raw, run=name, specs=specs, spec=spec, task=cfg, train_cfg=run_cfg,
-                             lm=lm, trainer=trainer, evals=evals, wall=wall, tokens=tokens, command=command)
-        if main:
-            write_json(run_dir / "result.json", result)
-        if results_dir is not None and main:
-            path = results_dir / cell_name(recipe.path.stem, spec, name, run_cfg)
-            write_json(path, result)
-            print(f"wrote {path}")
-        results.append(result)
+        cell_list.append(_Cell(name=name, seed=seed, specs=runs[name], run_cfg=cfgs[seed], raw=raw,
+                               model_cfg=model_cfgs[name],
+                               run_dir=out_dir / (name if not seeds else f"{name}-seed{seed}"),
+                               desc=name if not seeds else f"{name} s{seed}",
+                               command=cell_command(name, seed) if cell_command else None))
+    jobs = min(len(cell_list), cfg.jobs if cfg.jobs > 0 else (os.cpu_count() or 1))
+    if distributed.world_size() > 1 or recipe.train.device.startswith("cuda"):
+        jobs = 1  # processes side by side are for CPU cores; a GPU or a torchrun job runs cells in turn
+    shared = dict(recipe=recipe, task=cfg, spec=spec, train=train, test=test, resume=resume, results_dir=results_dir)
+    if jobs > 1:
+        results, not_done = _run_side_by_side(cell_list, shared, jobs, time_limit_s, print_)
+    else:
+        results, not_done = _run_in_turn(cell_list, shared, clock, print_)
 
     if not_done:
-        print_("not run (time limit): " + ", ".join(f"{n} seed {s}" for s, n in not_done))
+        print_("not run (stopped or out of time): " + ", ".join(f"{c.name} seed {c.seed}" for c in not_done))
     if not results or not main:
         return results
-    table = results_table(spec, results)
-    write_text(out_dir / "results.md", table)
-    write_json(out_dir / "results.json", results)
-    label = (lambda r: r["run"]) if not seeds else (lambda r: f"{r['run']} s{r['seed']}")
-    plot_curves({label(r): r["curve"] for r in results}, out_dir / "accuracy.png",
-                title=f"Star graph G({spec.deg},{spec.path}), N={spec.nodes}", ylabel="test exact match",
-                ylim=(-0.02, 1.02), hline=(1.0 / spec.deg, "chance (1/d)"))
+    table = write_outputs(out_dir, spec, results)
     print()
     print(table)
     print(f"wrote {out_dir / 'results.md'}, {out_dir / 'results.json'}, {out_dir / 'accuracy.png'}")
     sys.stdout.flush()
     return results
+
+
+def _run_in_turn(cells: list[_Cell], shared: dict, clock: _Clock, print_) -> tuple[list[dict], list[_Cell]]:
+    """Cells one after the other in this process (with every thread torch uses)."""
+    results: list[dict] = []
+    with _Signals() as signals:
+        def should_stop() -> bool:
+            return signals() or clock.left() <= 0
+
+        for i, cell in enumerate(cells):
+            lm_flops = None
+            if clock.s_per_flop is not None:
+                with torch.device("meta"):
+                    lm_flops = flops_per_token(TrainableLM(cell.model_cfg, cell.specs), shared["spec"].seq_len)
+            steps_flops = (lm_flops or 0) * cell.run_cfg.batch_size * shared["spec"].seq_len * cell.run_cfg.steps
+            need = distributed.agree(clock.estimate(steps_flops)) if lm_flops else None
+            if should_stop() or (need is not None and need > clock.left()):
+                if need is not None and not should_stop():
+                    print_(f"time limit: {cell.name} seed {cell.seed} needs about {need:.0f} s, "
+                           f"{clock.left():.0f} s left; stopping")
+                return results, cells[i:]
+            t0 = time.perf_counter()
+            result, flops = _train_cell(cell, should_stop=should_stop, **shared)
+            clock.observe(time.perf_counter() - t0, flops)
+            results.append(result)
+    return results, []
+
+
+def _run_side_by_side(cells: list[_Cell], shared: dict, jobs: int, time_limit_s: float | None,
+                      print_) -> tuple[list[dict], list[_Cell]]:
+    """Cells in ``jobs`` worker processes at once, each with cores / jobs torch threads (issue 13: on a small
+    CPU one objective per core beats one process using every core, whose tiny ops do not split well)."""
+    ctx = mp.get_context("spawn")
+    event = ctx.Event()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    state = {**shared, "deadline": None if time_limit_s is None else time.time() + time_limit_s}
+    print_(f"running {len(cells)} cells in {jobs} processes side by side, {threads} thread(s) each")
+    results: dict[int, dict] = {}
+    with _Signals(event), ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                                                initargs=(state, event, threads)) as pool:
+        futures = {pool.submit(_worker_cell, cell): i for i, cell in enumerate(cells)}
+        for future in as_completed(futures):
+            result = future.result()
+            if result is not None:
+                results[futures[future]] = result
+    done = [results[i] for i in sorted(results)]  # in cell order, whatever finished first
+    return done, [c for i, c in enumerate(cells) if i not in results]

@@ -37,7 +37,7 @@ class TrainConfig:
     tensorboard: bool = True  # also write TensorBoard events when the tensorboard package is installed (silently)
     loggers: list = field(default_factory=list)  # metric sinks beside metrics.jsonl: "tensorboard", "wandb" (loud)
     peak_tflops: float | None = None  # accelerator peak for MFU; None = by GPU name (H100/H200: 790, measured bf16)
-    compile: str | bool = "auto"  # torch.compile every transformer block: "auto" (on CUDA with Triton), true, false
+    compile: str | bool = "auto"  # torch.compile every block: "auto" (CUDA with Triton; CPU runs >= 2000 steps), true, false
     compile_backend: str = "inductor"  # torch.compile backend; "aot_eager" checks the wiring without code generation
     activation_checkpointing: bool = False  # recompute each trunk block's activations in the backward (less memory)
     per_head_backward: bool = True  # MTP/DS-MTP heads: forward+backward one head at a time (Meta MTP §2)

@@ -11,7 +11,7 @@ loss per objective, learning rate, gradient norm, tokens seen, tokens/s and achi
 (``foresight.train.flops``); on CUDA also MFU against the device's peak and peak memory.
 
 Speed and memory (``TrainConfig``): every transformer block (trunk, MTP heads, DS-MTP modules) is compiled
-with ``torch.compile`` on CUDA (``train.compile``); trunk blocks can recompute their activations in the
+with ``torch.compile`` on CUDA, and on the CPU for long runs (``train.compile``); trunk blocks can recompute their activations in the
 backward (``train.activation_checkpointing``); MTP and DS-MTP heads run forward and backward one at a time
 (``train.per_head_backward``, Meta MTP §2; see ``TrainableLM.forward_backward``). None changes the
 gradients beyond rounding, nor the checkpoints' keys; evaluation and generation run the blocks eagerly.
@@ -25,6 +25,8 @@ used), rank 0 alone prints and writes metrics, and checkpoints are sharded DCP f
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -63,10 +65,21 @@ def pick_device(name: str) -> torch.device:
         raise ForesightError(f"train.device: unknown device {name!r}; use auto, cpu or cuda") from None
 
 
-def use_compile(setting: str | bool, backend: str, device: torch.device) -> bool:
-    """``train.compile``: "auto" compiles on CUDA, where inductor also needs Triton; true/false force it."""
+# On a CPU, compiling pays only over a long run: inductor's C++ blocks made the star-graph demo step 1.2-1.25x
+# faster (benchmarks/cpu_step.py, issue 13) for 20-40 s of compilation in a fresh process.
+CPU_COMPILE_MIN_STEPS = 2000
+
+
+def use_compile(setting: str | bool, backend: str, device: torch.device, steps: int | None = None) -> bool:
+    """``train.compile``: "auto" compiles on CUDA, where inductor also needs Triton, and on the CPU for runs of at
+    least ``CPU_COMPILE_MIN_STEPS`` steps when a C++ compiler is installed (inductor's CPU code); true/false force
+    it."""
     if setting == "auto":
-        return device.type == "cuda" and (backend != "inductor" or importlib.util.find_spec("triton") is not None)
+        if device.type == "cuda":
+            return backend != "inductor" or importlib.util.find_spec("triton") is not None
+        if device.type == "cpu" and steps is not None and steps >= CPU_COMPILE_MIN_STEPS:
+            return backend != "inductor" or any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++"))
+        return False
     return bool(setting)
 
 
@@ -76,7 +89,7 @@ def speed_up(lm: TrainableLM, cfg: TrainConfig, device: torch.device) -> bool:
     Every block is compiled (one graph for all of them: same code, same shapes); only trunk blocks are
     checkpointed, as MTP heads and DS-MTP modules already hold one head's activations at a time.
     """
-    compiled = use_compile(cfg.compile, cfg.compile_backend, device)
+    compiled = use_compile(cfg.compile, cfg.compile_backend, device, cfg.steps)
     if compiled:
         try:
             training_forward(cfg.compile_backend, False)  # compiles lazily, but checks the backend name now
@@ -119,6 +132,8 @@ class Trainer:
     ``run_config`` is stored in every checkpoint so a model can be rebuilt from it; ``eval_fn(model)`` returns
     a dict of floats and is called every ``eval_every`` steps and at the end; ``data_state(step)`` (optional)
     returns a JSON-able description of the data position before ``step`` (see the module docstring).
+    ``should_stop()`` (optional) is asked before every step; when it says True (SIGTERM, a time limit) the run
+    ends there like a finished one, with a final evaluation and checkpoint, and ``partial`` is set.
     """
 
     def __init__(
@@ -131,8 +146,12 @@ class Trainer:
         eval_fn: Callable[[torch.nn.Module], dict] | None = None,
         desc: str = "train",
         data_state: Callable[[int], dict] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        progress: bool = True,
     ) -> None:
         self.cfg, self.run_dir, self.batch_fn, self.eval_fn, self.desc = cfg, Path(run_dir), batch_fn, eval_fn, desc
+        self.should_stop = should_stop  # checked between steps: True ends the run early, as a partial run
+        self.progress_bar = progress  # False: no progress bar (several runs printing side by side)
         self.data_state = data_state
         self.run_config = run_config
         distributed.init(cfg)  # joins the torchrun job, if any
@@ -155,6 +174,7 @@ class Trainer:
         self.stopped_early = False
         self.skipped_steps = 0  # non-finite steps skipped so far (the optimiser did not step)
         self.skip_streak = 0  # ... of which the latest ones in a row
+        self.partial = False  # stopped by should_stop() (a signal, a time limit) before the schedule's end
 
     # ----------------------------------------------------------------------------------------- state
     def progress(self) -> dict:
@@ -360,7 +380,7 @@ class Trainer:
                            "world_size": self.dp.world, "compiled": self.compiled, "train": asdict(cfg)})
         peak = peak_flops(self.device, cfg.peak_tflops)
         flops = None  # per token; known once the first batch gives the sequence length
-        bar = progress(cfg.steps, self.step, self.desc, enabled=self.main)  # plain lines when stderr is a file
+        bar = progress(cfg.steps, self.step, self.desc, enabled=self.main and self.progress_bar)  # plain lines off a tty
         say = bar.write
         # Warnings go to stderr; tqdm.write keeps a live bar intact.
         warn = (lambda message: tqdm.write(message, file=sys.stderr)) if self.main else (lambda message: None)
@@ -368,6 +388,9 @@ class Trainer:
         start = time.perf_counter()
         try:
             while self.step < cfg.steps and not self.stopped_early:
+                if self.should_stop is not None and self.should_stop():
+                    self.partial = True
+                    break
                 batch = self.batch_fn(self.step)
                 record = self.train_step(batch)
                 self.step += 1
@@ -408,6 +431,13 @@ class Trainer:
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or at_end or self.stopped_early:
                     self._save()
                 time_since += time.perf_counter() - paused
+            if self.partial:  # the normal end of a run, at this step: evaluate (unless just done) and save
+                say(f"[{self.desc}] stopped at step {self.step} of {cfg.steps}: final evaluation and checkpoint")
+                if self.eval_fn is not None and (not self.evals or self.evals[-1]["step"] != self.step):
+                    result = self.evaluate()
+                    metrics.write({"kind": "eval", "step": self.step, **result})
+                    say(f"[{self.desc}] step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
+                self._save()
         finally:
             bar.close()
             if tb is not None:
