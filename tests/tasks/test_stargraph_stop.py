@@ -51,7 +51,7 @@ def test_sigterm_keeps_checkpoint_and_partial_result(tmp_path, jobs):
     for r in rows:
         assert r["partial"] is True and 0 < r["steps"] < 100000
         assert r["final_exact_match"] is not None and r["evals"][-1]["step"] == r["steps"]
-        assert (out / r["run"] / "checkpoints" / f"step_{r['steps']:08d}.pt").is_file()
+        assert (out / r["run"] / "checkpoints" / f"step_{r['steps']:08d}.safetensors").is_file()
         assert json.loads((out / r["run"] / "result.json").read_text())["partial"] is True
     assert sorted(p.name for p in (tmp_path / "res").glob("*.json")) == sorted(
         f"smoke-g2x3-{run}-100000steps-full-seed0-partial.json" for run in ran)
