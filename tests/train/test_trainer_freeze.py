@@ -8,7 +8,7 @@ import torch
 
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig
-from foresight.model.layers import randomize_weights
+from helpers import randomize_weights
 from foresight.objectives import Batch
 from foresight.train.checkpoint import load_checkpoint
 from foresight.train.config import TrainConfig
