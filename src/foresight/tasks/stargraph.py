@@ -224,7 +224,7 @@ def results_table(spec: StarGraphSpec, results: list[dict]) -> str:
     n_test = int(results[0]["final"].get("n") or 0) if results else None
     lines = [
         f"Star graph G({spec.deg},{spec.path}), N = {spec.nodes}: greedy exact match on {n_test or '?'} held-out "
-        f"graphs (choosing an arm at random after the shortcut gives 1/d = {chance:.0%})",
+        f"graphs (choosing an arm at random gives 1/d = {chance:.0%})",
         "",
         "| run | objective | seed | params | steps | exact match [95 % CI] | valid arm | v1 acc | outcome | "
         "wall-clock s |",
