@@ -159,7 +159,7 @@ def test_gradient_checkpointing_of_the_model_keeps_every_gradient(reentrant):
     for checkpointing in (False, True):
         wrapped = wrap(tiny_model("llama").train(), [{"name": "ntp"}, {"name": "mtp", "n": 2}, {"name": "dsmtp", "depth": 1}])
         if checkpointing:
-            wrapped.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+            wrapped.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
         wrapped(ids, labels=ids).loss.backward()
         grads.append({n: p.grad for n, p in wrapped.named_parameters() if p.grad is not None})
     assert set(grads[0]) == set(grads[1])

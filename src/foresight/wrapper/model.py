@@ -120,6 +120,11 @@ class ForesightModel(nn.Module):
     def gradient_checkpointing_disable(self) -> None:
         self.model.gradient_checkpointing_disable()
 
+    def activation_checkpointing_enable(self, **kwargs) -> None:
+        """The newer transformers name of ``gradient_checkpointing_enable`` (what ``Trainer`` calls when present)."""
+        enable = getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable
+        enable(**kwargs)
+
     def save_pretrained(self, directory, **kwargs) -> None:
         """The model in its own format (``model.save_pretrained``) plus the heads in
         ``foresight_heads.safetensors`` (see ``foresight.wrapper.io``)."""
