@@ -53,10 +53,10 @@ def train(args) -> None:
     import shutil
 
     from foresight.generate.distill import load_distilled
+    from foresight.io import write_json
     from foresight.train.cached_heads import TrunkCache, draft_accuracy, frequent_ids, init_from_last_block, train_heads
     from foresight.train.checkpoint import SUFFIX
     from foresight.train.state_file import save_state
-    from foresight.io import write_json
 
     torch.set_num_threads(args.threads)
     tokens, final, last_input, meta = load_distilled(args.tokens)

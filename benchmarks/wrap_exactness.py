@@ -19,11 +19,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "wrapper"))  # the test's models, batch and TOP definition are the baseline
 
-from tiny_models import ARCHS, tiny_model  # noqa: E402
-from test_wrap_exact import _batch, _top_reference  # noqa: E402
-
 from foresight.environment import describe  # noqa: E402
 from foresight.wrapper import wrap  # noqa: E402
+
+from test_wrap_exact import _batch, _top_reference  # noqa: E402
+from tiny_models import ARCHS, tiny_model  # noqa: E402
 
 
 def main() -> None:

@@ -18,10 +18,9 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from foresight.data.stargraph import N_SPECIAL, Example, StarGraphSpec, _SYMBOLS
+from foresight.data.stargraph import _SYMBOLS, N_SPECIAL, Example, StarGraphSpec
 from foresight.errors import ForesightError
 from foresight.model.layers import RMSNorm
-
 
 # --------------------------------------------------------------------------------------------------------
 # Model weights

@@ -172,7 +172,10 @@ def _panels(runs: list[RunLog]) -> list[tuple[str, str | None]]:
 def plot(runs: list[RunLog], path: Path, *, x: str = "step", smooth: float | None = None) -> Path:
     """Write the comparison figure (PNG) to ``path``. ``smooth``: EMA weight of the training curves (0 = raw;
     None = ``auto_smoothing`` of each curve's length)."""
+    # The backend is chosen before pyplot is imported: keep this order.
     import foresight.plot  # noqa: F401  (selects the file-only matplotlib backend)
+
+    # isort: split
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 

@@ -10,8 +10,8 @@ import torch
 
 from foresight.cli.main import main
 from foresight.model import ModelConfig
-from foresight.train.state_file import save_state
 from foresight.train.lm import TrainableLM
+from foresight.train.state_file import save_state
 
 WORDS = "the cat dog sat ran on under a mat log big small red blue is what where . ?".split()
 SPECS = [{"name": "ntp"}, {"name": "mtp", "n": 3}, {"name": "top", "window": 8}]

@@ -15,11 +15,17 @@ import pytest
 import torch
 
 from foresight.errors import ForesightError
-from foresight.eval.lm_eval_runner import (PAPER_TASKS, build_model, result_rows, resolve_tasks, run_lm_eval,
-                                           write_results)
+from foresight.eval.lm_eval_runner import (
+    PAPER_TASKS,
+    build_model,
+    resolve_tasks,
+    result_rows,
+    run_lm_eval,
+    write_results,
+)
 from foresight.model import ModelConfig
-from foresight.train.state_file import save_state
 from foresight.train.lm import TrainableLM
+from foresight.train.state_file import save_state
 
 pytest.importorskip("lm_eval")
 WORDS = "the cat dog sat ran on under a mat log big small red blue is what where . ?".split()

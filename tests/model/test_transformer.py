@@ -15,6 +15,7 @@ from torch import nn
 
 from foresight.model import KVCache, ModelConfig, RMSNorm, Transformer
 from foresight.model.layers import Attention, Rotary, apply_rotary, llama3_inv_freq
+
 from helpers import randomize_weights
 
 ATOL, RTOL = 2e-5, 1e-4

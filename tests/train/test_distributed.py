@@ -330,7 +330,8 @@ def _task_worker(rank: int, world: int, port: int, record: str, command: list[st
     """Runs ``command`` through the command line (once: a process joins one job), recording whether each model
     reached the Trainer on the meta device and how often pretrained weights were read."""
     import foresight.hf
-    from foresight.tasks import stargraph as stargraph_task, text as text_task
+    from foresight.tasks import stargraph as stargraph_task
+    from foresight.tasks import text as text_task
 
     _join_env(rank, world, port)
     seen = {"meta": [], "loads": 0}

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from foresight.config import from_dict
 from foresight.tasks.recipe import build_model_config, load_recipe
 from foresight.tasks.text import TextTaskConfig
-from foresight.config import from_dict
 from foresight.train.lm import TrainableLM
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "text"

@@ -82,9 +82,8 @@ def _export(args: argparse.Namespace) -> None:
 
 def _import(args: argparse.Namespace) -> None:
     from foresight.hf import import_hf, max_logit_difference, save_imported
-    from foresight.hf.tokenizer import copy_tokenizer, tokenizer_dir
-
     from foresight.hf.gguf import is_gguf
+    from foresight.hf.tokenizer import copy_tokenizer, tokenizer_dir
 
     specs = parse_objectives(args.objectives)
     if is_gguf(args.hf_dir):

@@ -12,8 +12,8 @@ import os
 import sys
 
 from foresight import __version__
-from foresight.cli import compare, prepare, stargraph, tokenizer, train
-from foresight.cli import eval as evaluate, generate, hf
+from foresight.cli import compare, generate, hf, prepare, stargraph, tokenizer, train
+from foresight.cli import eval as evaluate
 from foresight.cli.common import Parser
 from foresight.errors import ForesightError, os_error_line
 

@@ -34,24 +34,33 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 from foresight.errors import ForesightError
 from foresight.model import Block
 from foresight.model.layers import training_forward
 from foresight.objectives import Batch
 from foresight.train import distributed
-from foresight.train.checkpoint import (UnreadableCheckpoint, is_sharded, list_checkpoints, load_sharded,
-                                        newest_readable, read_checkpoint_file, save_checkpoint, save_sharded, shapes_of,
-                                        state_mismatch)
+from foresight.train.checkpoint import (
+    UnreadableCheckpoint,
+    is_sharded,
+    list_checkpoints,
+    load_sharded,
+    newest_readable,
+    read_checkpoint_file,
+    save_checkpoint,
+    save_sharded,
+    shapes_of,
+    state_mismatch,
+)
 from foresight.train.config import TrainConfig
 from foresight.train.distributed import DataParallel, clip_grad_norm
 from foresight.train.flops import flops_per_token, peak_flops
 from foresight.train.lm import TrainableLM
-from foresight.train.metrics import MetricsWriter
 from foresight.train.loggers import Loggers
+from foresight.train.metrics import MetricsWriter
 from foresight.train.progress import progress
 from foresight.train.schedule import lr_at, weight_at
-from tqdm import tqdm
 
 
 def pick_device(name: str) -> torch.device:
