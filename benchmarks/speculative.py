@@ -111,10 +111,10 @@ def bench(lm, prompts: torch.Tensor, new_tokens: int, batch: int, drafter: str, 
     for _ in range(repeats):
         p_total = s_total = 0.0
         for i, ids in enumerate(batches):
-            want, t = timed(lambda: generate(lm.model, ids, new_tokens))
+            want, t = timed(lambda ids=ids: generate(lm.model, ids, new_tokens))
             p_total += t
             d = TimedDrafter(make(i))
-            (got, stats), t = timed(lambda: speculative_generate(lm, ids, new_tokens, d))
+            (got, stats), t = timed(lambda ids=ids, d=d: speculative_generate(lm, ids, new_tokens, d))
             s_total += t
             draft_total += d.seconds
             identical &= torch.equal(got, want)

@@ -78,7 +78,8 @@ def measure(model: str, run: str, args, device: torch.device, overrides: list[st
     tokens = zipf_tokens(args.batch, args.seq_len + lm.lookahead, model_cfg.vocab_size).to(device)
     batch = Batch(tokens, args.seq_len)
     with tempfile.TemporaryDirectory() as run_dir:  # train_step writes nothing; the Trainer wants a folder
-        trainer = Trainer(lm, cfg, Path(run_dir), batch_fn=lambda step: batch, run_config={}, desc=run)
+        # F821: ruff sees the `del batch` below; the trainer (and this closure) is deleted with it.
+        trainer = Trainer(lm, cfg, Path(run_dir), batch_fn=lambda step: batch, run_config={}, desc=run)  # noqa: F821
 
         def sync():
             if device.type == "cuda":

@@ -50,7 +50,6 @@ def test_loss_layer_tiny_writes_json(tmp_path):
 @pytest.mark.slow
 def test_cpu_step_runs_old_and_new(tmp_path):
     # Needs the baseline commit in the clone's history (CI clones it whole); timings are not checked.
-    path = tmp_path / "cpu_step.json"
     run_script("cpu_step.py", "--steps", "1", "--warmup", "2", "--rounds", "1", "--quick")
 
 

@@ -12,7 +12,10 @@ from foresight.errors import ForesightError
 from foresight.eval.lm_eval_runner import build_model, run_lm_eval
 
 pytest.importorskip("lm_eval")
-from test_lm_eval_runner import MC, setup  # noqa: E402,F401  (the module fixture: tokenizer, checkpoint, tasks)
+import test_lm_eval_runner  # noqa: E402
+
+MC = test_lm_eval_runner.MC
+setup = test_lm_eval_runner.setup  # the module fixture (tokenizer, checkpoint, tasks), requested by name below
 
 
 class _Req:

@@ -80,7 +80,7 @@ def assert_same(got: tuple[dict, dict], want: tuple[dict, dict], rtol=1e-11, ato
         assert rec[key] == pytest.approx(value, rel=rtol, abs=atol), key
     assert sorted(grads) == sorted(grads_ref)
     for name, g in grads_ref.items():
-        torch.testing.assert_close(grads[name], g, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads[name], g, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # ------------------------------------------------------------------------------------------ per-head backward

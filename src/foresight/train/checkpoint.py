@@ -336,7 +336,7 @@ def newest_readable(paths: list[Path], read) -> tuple[Path, dict]:
             continue
         from foresight.train.distributed import is_main
 
-        for bad, e in broken if is_main() else []:  # said when an older one stands in (else the error says it)
+        for _, e in broken if is_main() else []:  # said when an older one stands in (else the error says it)
             print(f"foresight: warning: skipped a broken checkpoint, using {p.name} instead: {e}", file=sys.stderr)
         return p, state
     raise broken[0][1]
