@@ -213,8 +213,8 @@ def plot(runs: list[RunLog], path: Path, *, x: str = "step", smooth: float | Non
                 val_key = title
             vals = [e for e in run.evals if val_key and val_key in e and math.isfinite(e[val_key])]
             if vals:
-                ax.plot(xs(run, vals), [e[val_key] for e in vals], color=color, linestyle="--", marker="o", markersize=3.5,
-                        linewidth=1.2)
+                ax.plot(xs(run, vals), [e[val_key] for e in vals], color=color, linestyle="--", marker="o",
+                        markersize=3.5, linewidth=1.2)
                 shown += [e[val_key] for e in vals]
         ax.set_title(title)
         ax.set_xlabel("tokens" if x == "tokens" else "step")

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"foresight: error: {os_error_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("foresight: interrupted (checkpoints written so far are complete; continue with --resume)", file=sys.stderr)
+        print("foresight: interrupted (checkpoints written so far are complete; continue with --resume)",
+              file=sys.stderr)
         return 130
     finally:
         if "torch.distributed" in sys.modules:  # leave a torchrun job cleanly (a no-op otherwise)

@@ -137,7 +137,8 @@ class _MetadataUnpickler(pickle.Unpickler):
             "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
     } | {
         ("torch.serialization", "_get_layout"),  # looks a layout up by name
-        ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"),
+        ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+        ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"),
         ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
         ("torch.distributed.checkpoint.planner", "LoadItemType"),
         ("torch.distributed.checkpoint.planner", "WriteItemType"),
@@ -304,7 +305,8 @@ def read_checkpoint_file(path: Path, map_location="cpu") -> dict:
         state = _load_legacy(path, map_location)
     else:
         state = _readable(load_state, path, map_location)
-    if not isinstance(state, dict) or not isinstance(state.get("lm"), dict) or not isinstance(state.get("config"), dict):
+    if (not isinstance(state, dict) or not isinstance(state.get("lm"), dict)
+            or not isinstance(state.get("config"), dict)):
         raise UnreadableCheckpoint(f"{path} is not a foresight checkpoint (missing model state or config)")
     return state
 
