@@ -151,7 +151,8 @@ def main(argv=None) -> None:
     t.add_argument("--held-out", type=int, default=16, help="last sequences kept for the accuracy check")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--out", type=Path, required=True, help="output folder: step_00000000.safetensors, heads.json, tokenizer/")
+    t.add_argument("--out", type=Path, required=True,
+                   help="output folder: step_00000000.safetensors, heads.json, tokenizer/")
     t.set_defaults(func=train)
     args = ap.parse_args(argv)
     args.func(args)

@@ -186,8 +186,8 @@ def main(argv=None) -> None:
     ap.add_argument("checkpoint", type=Path, help="run folder or step_*.pt of a model with MTP / DS-MTP / TOP heads")
     ap.add_argument("--data", type=Path, required=True, help="prepared data folder (prompts from its val split)")
     ap.add_argument("--drafters", default="auto", help="comma-separated: mtp, dsmtp, top, auto, or oracle-mtp etc. "
-                    "(perfect drafts at that drafter's cost: the method's ceiling here); ':k' = k drafts per step, e.g. "
-                    "mtp:1 (default auto)")
+                    "(perfect drafts at that drafter's cost: the method's ceiling here); ':k' = k drafts per step, "
+                    "e.g. mtp:1 (default auto)")
     ap.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default 1)")
     ap.add_argument("--prompts", type=int, default=8, help="number of prompts (default 8)")
     ap.add_argument("--prompt-len", type=int, default=64, help="prompt tokens (default 64)")
