@@ -24,7 +24,8 @@ def run_script(name: str, *args: str) -> None:
 @pytest.mark.slow
 def test_train_step_tiny_writes_json(tmp_path):
     path = tmp_path / "train_step.json"
-    run_script("train_step.py", "--tiny", "--models", "340m", "--runs", "ntp,top,mtp4", "--steps", "1", "--out", str(path))
+    run_script("train_step.py", "--tiny", "--models", "340m", "--runs", "ntp,top,mtp4", "--steps", "1",
+               "--out", str(path))
     data = json.loads(path.read_text())
     assert {"device", "torch", "triton", "date", "batch", "seq_len"} <= set(data["meta"])
     assert [(r["model"], r["run"]) for r in data["results"]] == [("340m", "ntp"), ("340m", "top"), ("340m", "mtp4")]

@@ -86,7 +86,8 @@ def setup(tmp_path_factory):
     lm = TrainableLM(cfg, [{"name": "ntp"}, {"name": "top", "window": 8}]).eval()
     config = {"model": cfg.__dict__, "objectives": [{"name": "ntp"}, {"name": "top", "window": 8}],
               "tokenizer": "tokenizer"}
-    save_state({"lm": lm.state_dict(), "config": config, "step": 7}, root / "run" / "checkpoints" / "step_00000007.safetensors")
+    save_state({"lm": lm.state_dict(), "config": config, "step": 7},
+               root / "run" / "checkpoints" / "step_00000007.safetensors")
     _tasks(root / "tasks")
     return root, lm
 
@@ -127,7 +128,8 @@ def test_foresight_backend_matches_direct_computation(setup, tmp_path):
             logp = torch.log_softmax(lm.model(torch.tensor([ids[:-1]]))[0], -1)
             total_ll += sum(float(logp[i, ids[i + 1]]) for i in range(len(ids) - 1))
             total_bytes += len(doc["text"].encode())
-    assert results["results"]["tiny_roll"]["bits_per_byte,none"] == pytest.approx(-total_ll / total_bytes / math.log(2), rel=1e-4)
+    bits_per_byte = -total_ll / total_bytes / math.log(2)
+    assert results["results"]["tiny_roll"]["bits_per_byte,none"] == pytest.approx(bits_per_byte, rel=1e-4)
 
     # Generation: greedy, stopped at '.', compared with the answer.
     from foresight.generate import generate

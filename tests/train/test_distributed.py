@@ -208,7 +208,8 @@ def test_only_rank_0_builds_the_model_and_every_rank_gets_its_weights(tmp_path, 
 
 def test_the_model_has_no_buffers():
     """``DataParallel.shard`` sends parameters only: a buffer would stay uninitialised on ranks > 0."""
-    objectives = [{"name": "ntp"}, {"name": "top", "window": 16}, {"name": "mtp", "n": 2}, {"name": "dsmtp", "depth": 2}]
+    objectives = [{"name": "ntp"}, {"name": "top", "window": 16}, {"name": "mtp", "n": 2},
+                  {"name": "dsmtp", "depth": 2}]
     assert not list(TrainableLM(MODEL, objectives).buffers())
 
 
