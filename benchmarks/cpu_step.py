@@ -18,8 +18,9 @@ round (a shared machine drifts; interleaving keeps the ratios fair):
 
 Steps/s is the median over rounds of (timed steps / seconds) after warm-up steps. "2 processes" is NTP and
 TOP started together, one process per core (eager, and compiled as ``train.compile: auto`` does for runs of
-2,000 steps or more): the main job's layout, compared with the old one (NTP then TOP, 2 threads). Losses: the first ``--steps`` per-step losses of each variant, from the same
-initialisation and batches, against ``old``: max |Δ| / |loss| is printed (fp32 tolerance: < 1e-5).
+2,000 steps or more): the main job's layout, compared with the old one (NTP then TOP, 2 threads). Losses: the first
+``--steps`` per-step losses of each variant, from the same initialisation and batches, against ``old``:
+max |Δ| / |loss| is printed (fp32 tolerance: < 1e-5).
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def main() -> None:
     lines = [f"CPU training step, star graph G(2,4) N=10, d 64 × 3 layers, batch 256 ({env['device']}, torch "
              f"{env['torch']}, {env['date']}; baseline {args.baseline}; median of {args.rounds} rounds × "
              f"{args.steps} steps)", "",
-             "| variant | NTP steps/s | NTP+TOP steps/s | NTP × old | NTP+TOP × old | max rel. loss diff vs old | first step s |",
+             "| variant | NTP steps/s | NTP+TOP steps/s | NTP × old | NTP+TOP × old | "
+             "max rel. loss diff vs old | first step s |",
              "|---|---|---|---|---|---|---|"]
     for name in [*variants, *pairs]:
         first = statistics.median(m["first_step_s"] for r in RUNS for m in results[name, r])

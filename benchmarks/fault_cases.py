@@ -214,7 +214,8 @@ def main() -> None:
 
     env = describe("cpu")
     head = ["# Fault cases: what the user sees\n",
-            f"{env.get('device')}, torch {env.get('torch')}, python {env.get('python')}, commit {env.get('git_commit')}, "
+            f"{env.get('device')}, torch {env.get('torch')}, python {env.get('python')}, "
+            f"commit {env.get('git_commit')}, "
             f"{env.get('date')}; command: `python benchmarks/fault_cases.py" + (f" --out {args.out}`" if args.out else
                                                                                   "`") + "\n",
             "| case | exit | what the user sees (last stderr line) | temporaries left |", "|---|---|---|---|"]

@@ -91,7 +91,8 @@ def optional_fused_ce():
 
         out["cce"] = ("cut-cross-entropy linear_cross_entropy", lambda h, w, y: cce_loss(h, w, y))
     except Exception as exc:
-        out["cce"] = ("cut-cross-entropy linear_cross_entropy", f"cut_cross_entropy unavailable ({type(exc).__name__}: {exc})")
+        out["cce"] = ("cut-cross-entropy linear_cross_entropy",
+                      f"cut_cross_entropy unavailable ({type(exc).__name__}: {exc})")
     return out
 
 
@@ -262,8 +263,8 @@ def main(argv=None) -> int:
             "kernel_knobs": knobs, "warmup": args.warmup, "repeats": args.repeats}
     if device.type == "cpu":
         meta["note"] = (f"CPU: a check that the script runs. 'ours' runs impl={args.impl} (auto = the PyTorch twin on "
-                        "the CPU; triton needs TRITON_INTERPRET=1 and is very slow); no memory statistics; the issue #4 "
-                        "targets are GPU numbers.")
+                        "the CPU; triton needs TRITON_INTERPRET=1 and is very slow); no memory statistics; the issue "
+                        "#4 targets are GPU numbers.")
     wanted = set(args.methods.split(",")) if args.methods else None
     if wanted and wanted - set(METHODS):
         ap.error(f"unknown method(s) {', '.join(sorted(wanted - set(METHODS)))}; known: {', '.join(METHODS)}")
@@ -318,14 +319,16 @@ def main(argv=None) -> int:
         print(f"\nSkipped {name}: {reason}")
     for shape, check in meta.get("targets_check", {}).items():
         print(f"\nTOP targets, Triton vs PyTorch at N,H,V = {shape}: "
-              + "; ".join(f"{mode}: ids {'equal' if c['ids_equal'] else 'DIFFER'}, max weight diff {c['max_weight_diff']:.1e}"
+              + "; ".join(f"{mode}: ids {'equal' if c['ids_equal'] else 'DIFFER'}, "
+                          f"max weight diff {c['max_weight_diff']:.1e}"
                           for mode, c in check.items()))
     target = [r for r in results if (r["N"], r["H"], r["V"]) == TARGETS["shape"] and r["method"] == "top_loss"]
     if target and "error" not in target[0] and target[0].get("peak_mib") is not None:
         r = target[0]
         ok = r["x_floor"] <= TARGETS["ratio"] and r["peak_mib"] <= TARGETS["peak_mib"]
         print(f"\nIssue #4 target at N,H,V = {TARGETS['shape']}: TOP loss ≤ {TARGETS['ratio']}× floor and ≤ "
-              f"{TARGETS['peak_mib']:.0f} MiB: {r['x_floor']:.2f}×, {r['peak_mib']:.1f} MiB -> {'MET' if ok else 'NOT MET'}")
+              f"{TARGETS['peak_mib']:.0f} MiB: {r['x_floor']:.2f}×, {r['peak_mib']:.1f} MiB -> "
+              f"{'MET' if ok else 'NOT MET'}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))

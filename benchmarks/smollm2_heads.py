@@ -53,10 +53,10 @@ def train(args) -> None:
     import shutil
 
     from foresight.generate.distill import load_distilled
+    from foresight.io import write_json
     from foresight.train.cached_heads import TrunkCache, draft_accuracy, frequent_ids, init_from_last_block, train_heads
     from foresight.train.checkpoint import SUFFIX
     from foresight.train.state_file import save_state
-    from foresight.io import write_json
 
     torch.set_num_threads(args.threads)
     tokens, final, last_input, meta = load_distilled(args.tokens)
@@ -151,7 +151,8 @@ def main(argv=None) -> None:
     t.add_argument("--held-out", type=int, default=16, help="last sequences kept for the accuracy check")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--out", type=Path, required=True, help="output folder: step_00000000.safetensors, heads.json, tokenizer/")
+    t.add_argument("--out", type=Path, required=True,
+                   help="output folder: step_00000000.safetensors, heads.json, tokenizer/")
     t.set_defaults(func=train)
     args = ap.parse_args(argv)
     args.func(args)

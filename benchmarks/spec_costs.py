@@ -72,7 +72,8 @@ def main(argv=None) -> None:
     print("\n".join(lines))
     if args.out:
         record = {"checkpoint": str(args.checkpoint), "plain_ms": plain, "verify_ms": verify,
-                  "threads": args.threads, "cpu": cpu_name(), **describe("cpu"), "command": "python " + " ".join(sys.argv)}
+                  "threads": args.threads, "cpu": cpu_name(), **describe("cpu"),
+                  "command": "python " + " ".join(sys.argv)}
         args.out.write_text(json.dumps(record, indent=2) + "\n")
 
 

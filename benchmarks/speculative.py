@@ -111,10 +111,10 @@ def bench(lm, prompts: torch.Tensor, new_tokens: int, batch: int, drafter: str, 
     for _ in range(repeats):
         p_total = s_total = 0.0
         for i, ids in enumerate(batches):
-            want, t = timed(lambda: generate(lm.model, ids, new_tokens))
+            want, t = timed(lambda ids=ids: generate(lm.model, ids, new_tokens))
             p_total += t
             d = TimedDrafter(make(i))
-            (got, stats), t = timed(lambda: speculative_generate(lm, ids, new_tokens, d))
+            (got, stats), t = timed(lambda ids=ids, d=d: speculative_generate(lm, ids, new_tokens, d))
             s_total += t
             draft_total += d.seconds
             identical &= torch.equal(got, want)
@@ -186,8 +186,8 @@ def main(argv=None) -> None:
     ap.add_argument("checkpoint", type=Path, help="run folder or step_*.pt of a model with MTP / DS-MTP / TOP heads")
     ap.add_argument("--data", type=Path, required=True, help="prepared data folder (prompts from its val split)")
     ap.add_argument("--drafters", default="auto", help="comma-separated: mtp, dsmtp, top, auto, or oracle-mtp etc. "
-                    "(perfect drafts at that drafter's cost: the method's ceiling here); ':k' = k drafts per step, e.g. "
-                    "mtp:1 (default auto)")
+                    "(perfect drafts at that drafter's cost: the method's ceiling here); ':k' = k drafts per step, "
+                    "e.g. mtp:1 (default auto)")
     ap.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default 1)")
     ap.add_argument("--prompts", type=int, default=8, help="number of prompts (default 8)")
     ap.add_argument("--prompt-len", type=int, default=64, help="prompt tokens (default 64)")

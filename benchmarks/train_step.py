@@ -78,7 +78,8 @@ def measure(model: str, run: str, args, device: torch.device, overrides: list[st
     tokens = zipf_tokens(args.batch, args.seq_len + lm.lookahead, model_cfg.vocab_size).to(device)
     batch = Batch(tokens, args.seq_len)
     with tempfile.TemporaryDirectory() as run_dir:  # train_step writes nothing; the Trainer wants a folder
-        trainer = Trainer(lm, cfg, Path(run_dir), batch_fn=lambda step: batch, run_config={}, desc=run)
+        # F821: ruff sees the `del batch` below; the trainer (and this closure) is deleted with it.
+        trainer = Trainer(lm, cfg, Path(run_dir), batch_fn=lambda step: batch, run_config={}, desc=run)  # noqa: F821
 
         def sync():
             if device.type == "cuda":
@@ -130,10 +131,12 @@ def target_lines(results: list[dict]) -> list[str]:
     ntp340, top340 = ok.get(("340m", "ntp")), ok.get(("340m", "top"))
     if ntp340:
         v = ntp340["tokens_per_s"]
-        line(f"340M NTP >= {TARGETS['ntp_tokens_per_s_340m']:,} tokens/s", f"{v:,.0f}", v >= TARGETS["ntp_tokens_per_s_340m"])
+        line(f"340M NTP >= {TARGETS['ntp_tokens_per_s_340m']:,} tokens/s", f"{v:,.0f}",
+             v >= TARGETS["ntp_tokens_per_s_340m"])
     if ntp340 and top340:
         v = top340["step_ms"] / ntp340["step_ms"]
-        line(f"340M TOP step <= {TARGETS['top_time_ratio_340m']}x NTP", f"{v:.3f}x", v <= TARGETS["top_time_ratio_340m"])
+        line(f"340M TOP step <= {TARGETS['top_time_ratio_340m']}x NTP", f"{v:.3f}x",
+             v <= TARGETS["top_time_ratio_340m"])
     ntp18 = ok.get(("1.8b", "ntp"))
     if ntp18 and ntp18["mfu"] is not None:
         v = ntp18["mfu"]
@@ -144,7 +147,8 @@ def target_lines(results: list[dict]) -> list[str]:
             r = ok.get((model, run))
             if ntp and r:
                 t = r["step_ms"] / ntp["step_ms"]
-                line(f"{model} {run} step <= {TARGETS['mtp_time_ratio']}x NTP", f"{t:.3f}x", t <= TARGETS["mtp_time_ratio"])
+                line(f"{model} {run} step <= {TARGETS['mtp_time_ratio']}x NTP", f"{t:.3f}x",
+                     t <= TARGETS["mtp_time_ratio"])
                 if r["peak_gib"] and ntp["peak_gib"]:
                     m = r["peak_gib"] / ntp["peak_gib"]
                     line(f"{model} {run} peak memory <= {TARGETS['mtp_peak_ratio']}x NTP", f"{m:.3f}x",
@@ -159,7 +163,8 @@ def fmt(x, spec: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true",
-                    help="a tiny model (d = 64, 5 layers, V = 512), T = 64, batch 2, 1 warm-up + 2 timed steps (CPU check)")
+                    help="a tiny model (d = 64, 5 layers, V = 512), T = 64, batch 2, 1 warm-up + 2 timed steps "
+                    "(CPU check)")
     ap.add_argument("--models", default=None, help=f"comma-separated, from {', '.join(MODELS)} (default: all)")
     ap.add_argument("--runs", default=None, help=f"comma-separated, from {', '.join(RUNS)} (default: all)")
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (default 4; 2 with --tiny)")
@@ -180,7 +185,8 @@ def main(argv=None) -> int:
     runs = args.runs.split(",") if args.runs else list(RUNS)
     if set(models) - set(MODELS) or set(runs) - set(RUNS):
         ap.error(f"--models from {MODELS}, --runs from {RUNS}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
     if device.type == "cpu" and not args.tiny:
         print("note: no CUDA device; the paper models on the CPU take very long (use --tiny to check the script)")
 
@@ -204,7 +210,8 @@ def main(argv=None) -> int:
                 r = {"model": model, "run": run, "error": f"out of memory: {str(exc).splitlines()[0]}"}
             except Exception as exc:  # report and go on with the next run; the exit status says it failed
                 traceback.print_exc()
-                r = {"model": model, "run": run, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+                first_line = str(exc).splitlines()[0] if str(exc) else ""
+                r = {"model": model, "run": run, "error": f"{type(exc).__name__}: {first_line}"}
             results.append(r)
             write()  # after every run: a command stopped at its time limit keeps what it measured
             if "error" not in r:

@@ -19,11 +19,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "wrapper"))  # the test's models, batch and TOP definition are the baseline
 
-from tiny_models import ARCHS, tiny_model  # noqa: E402
-from test_wrap_exact import _batch, _top_reference  # noqa: E402
-
 from foresight.environment import describe  # noqa: E402
 from foresight.wrapper import wrap  # noqa: E402
+
+from test_wrap_exact import _batch, _top_reference  # noqa: E402
+from tiny_models import ARCHS, tiny_model  # noqa: E402
 
 
 def main() -> None:
@@ -37,7 +37,8 @@ def main() -> None:
              f"commit {env['git_commit']}, {env['date']}; float32; batch B = 3, T = 11 with a left- and a "
              "right-padded row and a masked prompt.", "",
              "Command: `PYTHONPATH=src python benchmarks/wrap_exactness.py --out results/wrap/exactness.md`", "",
-             "| architecture | layer class | abs(wrap NTP − model loss) | max abs(Δ logits) | abs(wrap TOP − definition) |",
+             "| architecture | layer class | abs(wrap NTP − model loss) | max abs(Δ logits) | "
+             "abs(wrap TOP − definition) |",
              "|---|---|---|---|---|"]
     for arch in ARCHS:
         model = tiny_model(arch)
@@ -49,7 +50,8 @@ def main() -> None:
             hidden = model.base_model(ids, attention_mask=mask).last_hidden_state
         top = _top_reference(hidden, wrapped.heads["top"].weight, labels, mask, 5)
         lines.append(f"| {arch} | {type(model.base_model.layers[-1]).__name__} | "
-                     f"{abs(out.losses['ntp'] - own.loss).item():.1e} | {(out.logits - own.logits).abs().max().item():.1e} | "
+                     f"{abs(out.losses['ntp'] - own.loss).item():.1e} | "
+                     f"{(out.logits - own.logits).abs().max().item():.1e} | "
                      f"{abs(out.losses['top'].double() - top).item():.1e} |")
     text = "\n".join(lines) + "\n"
     print(text)

@@ -18,10 +18,9 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from foresight.data.stargraph import N_SPECIAL, Example, StarGraphSpec, _SYMBOLS
+from foresight.data.stargraph import _SYMBOLS, N_SPECIAL, Example, StarGraphSpec
 from foresight.errors import ForesightError
 from foresight.model.layers import RMSNorm
-
 
 # --------------------------------------------------------------------------------------------------------
 # Model weights
@@ -56,7 +55,7 @@ def check_structure(ex: Example, spec: StarGraphSpec) -> None:
 
     Slower than ``encode``'s checks (it rebuilds the arms).
     """
-    d, l, n = spec.deg, spec.path, spec.nodes
+    d, length, n = spec.deg, spec.path, spec.nodes  # d, l, N of G(d, l)
     if len(ex.edges) != spec.n_edges:
         raise ForesightError(f"expected {spec.n_edges} edges for {spec}, got {len(ex.edges)}")
     labels = [v for e in ex.edges for v in e] + [ex.source, ex.goal, *ex.path]
@@ -72,19 +71,19 @@ def check_structure(ex: Example, spec: StarGraphSpec) -> None:
     for first in children[ex.source]:
         arm = [ex.source, first]
         while arm[-1] in children:
-            if len(children[arm[-1]]) != 1 or len(arm) > l:
-                raise ForesightError(f"arm from {ex.source} through {first} is not a simple path of {l} nodes")
+            if len(children[arm[-1]]) != 1 or len(arm) > length:
+                raise ForesightError(f"arm from {ex.source} through {first} is not a simple path of {length} nodes")
             arm.append(children[arm[-1]][0])
-        if len(arm) != l or seen & set(arm[1:]) or len(set(arm[1:])) != l - 1:
-            raise ForesightError(f"arm {arm} is not a simple path of {l} fresh nodes")
+        if len(arm) != length or seen & set(arm[1:]) or len(set(arm[1:])) != length - 1:
+            raise ForesightError(f"arm {arm} is not a simple path of {length} fresh nodes")
         seen |= set(arm[1:])
         leaves.add(arm[-1])
     if len(seen) != 1 + spec.n_edges:
         raise ForesightError("edges that are not reachable from the source")
     if ex.goal not in leaves:
         raise ForesightError(f"goal {ex.goal} is not the leaf of an arm")
-    if len(ex.path) != l or ex.path[0] != ex.source or ex.path[-1] != ex.goal:
-        raise ForesightError(f"path {ex.path} must have {l} nodes from source {ex.source} to goal {ex.goal}")
+    if len(ex.path) != length or ex.path[0] != ex.source or ex.path[-1] != ex.goal:
+        raise ForesightError(f"path {ex.path} must have {length} nodes from source {ex.source} to goal {ex.goal}")
     edge_set = set(ex.edges)
     if any((a, b) not in edge_set for a, b in zip(ex.path, ex.path[1:])):
         raise ForesightError(f"path {ex.path} does not follow the edges")

@@ -172,7 +172,10 @@ def _panels(runs: list[RunLog]) -> list[tuple[str, str | None]]:
 def plot(runs: list[RunLog], path: Path, *, x: str = "step", smooth: float | None = None) -> Path:
     """Write the comparison figure (PNG) to ``path``. ``smooth``: EMA weight of the training curves (0 = raw;
     None = ``auto_smoothing`` of each curve's length)."""
+    # The backend is chosen before pyplot is imported: keep this order.
     import foresight.plot  # noqa: F401  (selects the file-only matplotlib backend)
+
+    # isort: split
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
@@ -210,8 +213,8 @@ def plot(runs: list[RunLog], path: Path, *, x: str = "step", smooth: float | Non
                 val_key = title
             vals = [e for e in run.evals if val_key and val_key in e and math.isfinite(e[val_key])]
             if vals:
-                ax.plot(xs(run, vals), [e[val_key] for e in vals], color=color, linestyle="--", marker="o", markersize=3.5,
-                        linewidth=1.2)
+                ax.plot(xs(run, vals), [e[val_key] for e in vals], color=color, linestyle="--", marker="o",
+                        markersize=3.5, linewidth=1.2)
                 shown += [e[val_key] for e in vals]
         ax.set_title(title)
         ax.set_xlabel("tokens" if x == "tokens" else "step")

@@ -32,4 +32,5 @@ def os_error_line(e: OSError) -> str:
     name = errno.errorcode.get(e.errno or 0, "")
     where = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
     advice = _ADVICE.get(name, e.strerror or str(e) or type(e).__name__)
-    return f"{where}: {advice}" + (f" ({name})" if name else "") if where else f"{advice}" + (f" ({name})" if name else "")
+    suffix = f" ({name})" if name else ""
+    return f"{where}: {advice}" + suffix if where else f"{advice}" + suffix

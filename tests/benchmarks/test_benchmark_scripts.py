@@ -24,7 +24,8 @@ def run_script(name: str, *args: str) -> None:
 @pytest.mark.slow
 def test_train_step_tiny_writes_json(tmp_path):
     path = tmp_path / "train_step.json"
-    run_script("train_step.py", "--tiny", "--models", "340m", "--runs", "ntp,top,mtp4", "--steps", "1", "--out", str(path))
+    run_script("train_step.py", "--tiny", "--models", "340m", "--runs", "ntp,top,mtp4", "--steps", "1",
+               "--out", str(path))
     data = json.loads(path.read_text())
     assert {"device", "torch", "triton", "date", "batch", "seq_len"} <= set(data["meta"])
     assert [(r["model"], r["run"]) for r in data["results"]] == [("340m", "ntp"), ("340m", "top"), ("340m", "mtp4")]
@@ -50,7 +51,6 @@ def test_loss_layer_tiny_writes_json(tmp_path):
 @pytest.mark.slow
 def test_cpu_step_runs_old_and_new(tmp_path):
     # Needs the baseline commit in the clone's history (CI clones it whole); timings are not checked.
-    path = tmp_path / "cpu_step.json"
     run_script("cpu_step.py", "--steps", "1", "--warmup", "2", "--rounds", "1", "--quick")
 
 

@@ -10,8 +10,8 @@ import torch
 
 from foresight.cli.main import main
 from foresight.model import ModelConfig
-from foresight.train.state_file import save_state
 from foresight.train.lm import TrainableLM
+from foresight.train.state_file import save_state
 
 WORDS = "the cat dog sat ran on under a mat log big small red blue is what where . ?".split()
 SPECS = [{"name": "ntp"}, {"name": "mtp", "n": 3}, {"name": "top", "window": 8}]
@@ -74,7 +74,8 @@ def test_export_then_import_round_trip(run_dir, tmp_path, capsys):
     original, _ = TrainableLM.from_checkpoint(run_dir)
     for k, v in original.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
-    assert state["config"]["tokenizer"] == "tokenizer" and (tmp_path / "back" / "tokenizer" / "tokenizer.json").is_file()
+    assert state["config"]["tokenizer"] == "tokenizer"
+    assert (tmp_path / "back" / "tokenizer" / "tokenizer.json").is_file()
 
     # New objectives for continued training: fresh heads on the imported trunk.
     code, out, err = _run(["import", tmp_path / "hf", "--out", tmp_path / "ct", "--objectives",
@@ -86,7 +87,8 @@ def test_export_then_import_round_trip(run_dir, tmp_path, capsys):
 def test_one_line_errors(run_dir, tmp_path, capsys):
     _error_line(*_run(["export", tmp_path / "missing", "--out", tmp_path / "x"], capsys)[::2], "checkpoint")
     (tmp_path / "gpt2").mkdir()
-    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    gpt2_config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps(gpt2_config))
     _error_line(*_run(["import", tmp_path / "gpt2", "--out", tmp_path / "y"], capsys)[::2], "Qwen2")
     _error_line(*_run(["import", tmp_path / "gpt2", "--out", tmp_path / "y", "--objectives", "ntp,bogus"], capsys)[::2],
                 "unknown objective 'bogus'")

@@ -28,8 +28,8 @@ def _run(args, capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.mark.parametrize("cmd", [["tokenizer", "--help"], ["tokenizer", "train", "--help"], ["tokenizer", "info", "--help"],
-                                 ["prepare", "--help"], ["compare", "--help"]])
+@pytest.mark.parametrize("cmd", [["tokenizer", "--help"], ["tokenizer", "train", "--help"],
+                                 ["tokenizer", "info", "--help"], ["prepare", "--help"], ["compare", "--help"]])
 def test_new_commands_have_help(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         main(cmd)
@@ -84,7 +84,8 @@ def test_text_workflow_end_to_end(tmp_path, capsys, monkeypatch):
 
 def test_demo_corpus_is_deterministic_and_offline(tmp_path, capsys):
     files = demo_files(max_bytes=300_000)
-    assert files == demo_files(max_bytes=300_000) and files == sorted(files, key=lambda p: p.relative_to(stdlib_root()).as_posix())
+    assert files == demo_files(max_bytes=300_000)
+    assert files == sorted(files, key=lambda p: p.relative_to(stdlib_root()).as_posix())
     assert sum(p.stat().st_size for p in files) <= 300_000
     assert not any({"test", "tests", "site-packages"} & set(p.relative_to(stdlib_root()).parts) for p in files)
     code, out, err = _run(["tokenizer", "train", "--demo", "--demo-mb", 0.3, "--vocab-size", 400,

@@ -23,6 +23,7 @@ from foresight.data.stargraph import (
     write_examples,
 )
 from foresight.errors import ForesightError
+
 from helpers import check_structure, decode_tokens, infer_spec
 
 PAPER_LINE = "32,3|16,12|3,19|32,34|34,6|6,16|19,47|47,28/32,12=32,34,6,16,12"

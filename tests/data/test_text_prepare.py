@@ -95,7 +95,8 @@ def test_large_vocabulary_uses_uint32(tmp_path):
     tok = load_tokenizer(tmp_path / "tok")  # EOS found among the usual names: </s>
     assert tok.eos_id == 70000 and tok.vocab_size == 70001
     (tmp_path / "d.txt").write_text("w1 w69999 w5")
-    meta = prepare(Documents([tmp_path / "d.txt"]), tok, tmp_path / "out", PrepareConfig(val_fraction=0.0), progress=False)
+    meta = prepare(Documents([tmp_path / "d.txt"]), tok, tmp_path / "out", PrepareConfig(val_fraction=0.0),
+                   progress=False)
     assert meta["dtype"] == "uint32"
     data = PreparedData.open(tmp_path / "out", verify="full")
     assert data.train.read(0, 4).tolist() == [1, 69999, 5, 70000]

@@ -12,7 +12,10 @@ from foresight.errors import ForesightError
 from foresight.eval.lm_eval_runner import build_model, run_lm_eval
 
 pytest.importorskip("lm_eval")
-from test_lm_eval_runner import MC, setup  # noqa: E402,F401  (the module fixture: tokenizer, checkpoint, tasks)
+import test_lm_eval_runner  # noqa: E402
+
+MC = test_lm_eval_runner.MC
+setup = test_lm_eval_runner.setup  # the module fixture (tokenizer, checkpoint, tasks), requested by name below
 
 
 class _Req:
@@ -70,7 +73,8 @@ def test_foresight_lm_eval_command_is_lm_evals_cli_with_the_foresight_model(monk
     from foresight.eval.lm_eval_model import ForesightLM
 
     seen = []
-    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: seen.append((get_model("foresight"), get_model("hf"))))
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate",
+                        lambda: seen.append((get_model("foresight"), get_model("hf"))))
     main()
     assert seen and seen[0][0] is ForesightLM and seen[0][1].__name__ == "HFLM"
 

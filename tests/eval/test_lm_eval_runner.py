@@ -15,11 +15,17 @@ import pytest
 import torch
 
 from foresight.errors import ForesightError
-from foresight.eval.lm_eval_runner import (PAPER_TASKS, build_model, result_rows, resolve_tasks, run_lm_eval,
-                                           write_results)
+from foresight.eval.lm_eval_runner import (
+    PAPER_TASKS,
+    build_model,
+    resolve_tasks,
+    result_rows,
+    run_lm_eval,
+    write_results,
+)
 from foresight.model import ModelConfig
-from foresight.train.state_file import save_state
 from foresight.train.lm import TrainableLM
+from foresight.train.state_file import save_state
 
 pytest.importorskip("lm_eval")
 WORDS = "the cat dog sat ran on under a mat log big small red blue is what where . ?".split()
@@ -80,7 +86,8 @@ def setup(tmp_path_factory):
     lm = TrainableLM(cfg, [{"name": "ntp"}, {"name": "top", "window": 8}]).eval()
     config = {"model": cfg.__dict__, "objectives": [{"name": "ntp"}, {"name": "top", "window": 8}],
               "tokenizer": "tokenizer"}
-    save_state({"lm": lm.state_dict(), "config": config, "step": 7}, root / "run" / "checkpoints" / "step_00000007.safetensors")
+    save_state({"lm": lm.state_dict(), "config": config, "step": 7},
+               root / "run" / "checkpoints" / "step_00000007.safetensors")
     _tasks(root / "tasks")
     return root, lm
 
@@ -121,7 +128,8 @@ def test_foresight_backend_matches_direct_computation(setup, tmp_path):
             logp = torch.log_softmax(lm.model(torch.tensor([ids[:-1]]))[0], -1)
             total_ll += sum(float(logp[i, ids[i + 1]]) for i in range(len(ids) - 1))
             total_bytes += len(doc["text"].encode())
-    assert results["results"]["tiny_roll"]["bits_per_byte,none"] == pytest.approx(-total_ll / total_bytes / math.log(2), rel=1e-4)
+    bits_per_byte = -total_ll / total_bytes / math.log(2)
+    assert results["results"]["tiny_roll"]["bits_per_byte,none"] == pytest.approx(bits_per_byte, rel=1e-4)
 
     # Generation: greedy, stopped at '.', compared with the answer.
     from foresight.generate import generate

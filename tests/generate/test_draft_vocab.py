@@ -11,11 +11,18 @@ import torch
 from torch import nn
 
 from foresight.generate import generate, make_drafter, speculative_generate
+from foresight.generate.distill import greedy_with_states
 from foresight.model import ModelConfig, RMSNorm
 from foresight.objectives import Batch
-from foresight.generate.distill import greedy_with_states
-from foresight.train.cached_heads import (TrunkCache, cache_trunk, draft_accuracy, frequent_ids, head_losses,
-                                          init_from_last_block, train_heads)
+from foresight.train.cached_heads import (
+    TrunkCache,
+    cache_trunk,
+    draft_accuracy,
+    frequent_ids,
+    head_losses,
+    init_from_last_block,
+    train_heads,
+)
 from foresight.train.lm import TrainableLM
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,6 +16,7 @@ from foresight.hf import export_lm, import_hf
 from foresight.hf.heads import HEADS_FILE
 from foresight.model import ModelConfig
 from foresight.train.lm import TrainableLM
+
 from helpers import randomize_weights
 
 transformers = pytest.importorskip("transformers")

@@ -119,8 +119,8 @@ def test_load_pretrained_into_a_recipe_model(tmp_path):
                       norm_eps=1e-5, rope_theta=10000.0, tie_embeddings=True, max_seq_len=128)
     # A recipe with init_from takes the model shape from the source.
     source_cfg = pretrained_model_config(tmp_path / "hf")
-    assert {f: getattr(source_cfg, f) for f in ("vocab_size", "hidden_size", "n_layers", "n_kv_heads", "tie_embeddings")} \
-        == {f: getattr(cfg, f) for f in ("vocab_size", "hidden_size", "n_layers", "n_kv_heads", "tie_embeddings")}
+    shape = ("vocab_size", "hidden_size", "n_layers", "n_kv_heads", "tie_embeddings")
+    assert {f: getattr(source_cfg, f) for f in shape} == {f: getattr(cfg, f) for f in shape}
     lm = TrainableLM(cfg, [{"name": "ntp"}, {"name": "top", "window": 8}])
     top_before = lm.objectives["top"].head.weight.clone()
     report = load_pretrained_into(lm, tmp_path / "hf")

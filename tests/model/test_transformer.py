@@ -15,6 +15,7 @@ from torch import nn
 
 from foresight.model import KVCache, ModelConfig, RMSNorm, Transformer
 from foresight.model.layers import Attention, Rotary, apply_rotary, llama3_inv_freq
+
 from helpers import randomize_weights
 
 ATOL, RTOL = 2e-5, 1e-4
@@ -456,13 +457,13 @@ def test_kv_cache_keep_rows_on_the_scalar_path():
 
 
 def _expected_params(cfg: ModelConfig, tied: bool, bias: bool) -> int:
-    v, d, i, l = cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.n_layers
+    v, d, i, n_layers = cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.n_layers
     kv = cfg.n_kv_heads * cfg.head_dim
     per_layer = d * d + 2 * d * kv + d * d  # q, k, v, o
     per_layer += (d + 2 * kv) if bias else 0
     per_layer += 3 * d * i  # gate, up, down
     per_layer += 2 * d  # two RMSNorms
-    return v * d + l * per_layer + d + (0 if tied else v * d)
+    return v * d + n_layers * per_layer + d + (0 if tied else v * d)
 
 
 @pytest.mark.parametrize("tied", [False, True])

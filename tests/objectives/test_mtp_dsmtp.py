@@ -146,7 +146,8 @@ def test_mtp_exact_length_deeper_heads_lose_labels():
     for k, head in enumerate(obj.heads, start=1):
         logits = model.lm_head(model.norm(head(last_input, cos, sin)))  # (B, T, V)
         n_valid = T - k
-        ref = ref + F.cross_entropy(logits[:, :n_valid].reshape(-1, V), batch.tokens[:, 1 + k :].reshape(-1), reduction="sum")
+        ref = ref + F.cross_entropy(logits[:, :n_valid].reshape(-1, V), batch.tokens[:, 1 + k :].reshape(-1),
+                                    reduction="sum")
     torch.testing.assert_close(res.loss_sum, ref, rtol=1e-5, atol=1e-5)
     assert int(res.count) == B * T  # normalised by the next-token count, not T - k
 

@@ -58,7 +58,8 @@ def test_auto_on_cpu_is_the_torch_twin():
     b = linear_soft_cross_entropy(hidden, weight, ids, weights, impl="torch")
     assert torch.equal(a, b)
     labels = ids[:, 0]
-    assert torch.equal(linear_cross_entropy(hidden, weight, labels), linear_cross_entropy(hidden, weight, labels, impl="torch"))
+    assert torch.equal(linear_cross_entropy(hidden, weight, labels),
+                       linear_cross_entropy(hidden, weight, labels, impl="torch"))
 
 
 def test_auto_picks_triton_only_on_cuda_with_triton(monkeypatch, triton_importable):

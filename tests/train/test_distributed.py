@@ -208,7 +208,8 @@ def test_only_rank_0_builds_the_model_and_every_rank_gets_its_weights(tmp_path, 
 
 def test_the_model_has_no_buffers():
     """``DataParallel.shard`` sends parameters only: a buffer would stay uninitialised on ranks > 0."""
-    objectives = [{"name": "ntp"}, {"name": "top", "window": 16}, {"name": "mtp", "n": 2}, {"name": "dsmtp", "depth": 2}]
+    objectives = [{"name": "ntp"}, {"name": "top", "window": 16}, {"name": "mtp", "n": 2},
+                  {"name": "dsmtp", "depth": 2}]
     assert not list(TrainableLM(MODEL, objectives).buffers())
 
 
@@ -330,7 +331,8 @@ def _task_worker(rank: int, world: int, port: int, record: str, command: list[st
     """Runs ``command`` through the command line (once: a process joins one job), recording whether each model
     reached the Trainer on the meta device and how often pretrained weights were read."""
     import foresight.hf
-    from foresight.tasks import stargraph as stargraph_task, text as text_task
+    from foresight.tasks import stargraph as stargraph_task
+    from foresight.tasks import text as text_task
 
     _join_env(rank, world, port)
     seen = {"meta": [], "loads": 0}

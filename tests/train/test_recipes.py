@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from foresight.config import from_dict
 from foresight.data.stargraph import StarGraphSpec
 from foresight.tasks.recipe import build_model_config, load_recipe
 from foresight.tasks.stargraph import StarGraphTaskConfig
-from foresight.config import from_dict
 from foresight.train.lm import TrainableLM
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

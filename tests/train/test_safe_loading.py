@@ -132,7 +132,8 @@ def test_library_loaders_refuse_a_crafted_checkpoint(kind, tmp_path):
     path = _write_evil(kind, tmp_path / "run" / "checkpoints", marker)
     cfg = ModelConfig(vocab_size=16, hidden_size=8, n_layers=1, n_heads=2, intermediate_size=16, max_seq_len=8)
     loaders = [lambda p: load_checkpoint(p), lambda p: TrainableLM.from_checkpoint(p),
-               lambda p: pretrained_model_config(p), lambda p: load_pretrained_into(TrainableLM(cfg, [{"name": "ntp"}]), p)]
+               lambda p: pretrained_model_config(p),
+               lambda p: load_pretrained_into(TrainableLM(cfg, [{"name": "ntp"}]), p)]
     for load in loaders:
         for target in (path, tmp_path / "run"):
             with pytest.raises(ForesightError):

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from foresight.config import from_dict
 from foresight.tasks.recipe import build_model_config, load_recipe
 from foresight.tasks.text import TextTaskConfig
-from foresight.config import from_dict
 from foresight.train.lm import TrainableLM
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "text"
@@ -86,14 +86,16 @@ def test_paper_models_match_the_table(name):
     projections = 3 * (2 * d * d + d + 2 * d)  # eh_proj with bias, hnorm, enorm
     assert _total(ds) == pytest.approx(ntp + projections, rel=0.01)
     cfg = models["ntp"].model.cfg
-    assert (cfg.vocab_size, cfg.init_std, cfg.norm_eps, cfg.rope_theta, cfg.tie_embeddings) == (V, 0.006, 1e-6, 1e4, False)
+    want = (V, 0.006, 1e-6, 1e4, False)
+    assert (cfg.vocab_size, cfg.init_std, cfg.norm_eps, cfg.rope_theta, cfg.tie_embeddings) == want
 
 
 @pytest.mark.parametrize("name", sorted(TABLE))
 def test_paper_training_settings(name):
     recipe = load_recipe(str(CONFIGS / f"{name}.yaml"), [])
     t = recipe.train
-    lr, warmup, steps = {"340m": (3e-4, 1000, 100_000), "1.8b": (2e-4, 2000, 200_000), "7b": (1.2e-4, 2000, 200_000)}[name]
+    settings = {"340m": (3e-4, 1000, 100_000), "1.8b": (2e-4, 2000, 200_000), "7b": (1.2e-4, 2000, 200_000)}
+    lr, warmup, steps = settings[name]
     assert (t.lr, t.warmup_steps, t.steps, t.batch_size) == (lr, warmup, steps, 128)
     assert t.min_lr == pytest.approx(0.1 * lr) and t.eps == 1e-15 and t.betas == [0.9, 0.95]
     assert t.weight_decay == 0.1 and t.decay_all and t.grad_clip == 1.0

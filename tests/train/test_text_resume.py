@@ -68,7 +68,8 @@ def _recipe(tmp_path: Path, data_dir: Path, **text) -> Path:
 
 def _losses(run_dir: Path) -> tuple[dict, dict]:
     records = read_metrics(run_dir / "metrics.jsonl")
-    train = {r["step"]: (r["loss"], r["ntp_loss"], r["top_loss"], r["grad_norm"]) for r in records if r["kind"] == "train"}
+    train = {r["step"]: (r["loss"], r["ntp_loss"], r["top_loss"], r["grad_norm"])
+             for r in records if r["kind"] == "train"}
     evals = {r["step"]: r for r in records if r["kind"] == "eval"}
     return train, evals
 
@@ -110,7 +111,8 @@ def test_validation_is_perplexity_of_the_same_windows(tmp_path, data_dir, capsys
     _, evals = _losses(tmp_path / "run" / "top")
     last = evals[6]
     assert set(last) >= {"val_loss", "val_ppl", "val_ntp_loss", "val_top_loss"}
-    assert last["val_loss"] == last["val_ntp_loss"] and last["val_ppl"] == pytest.approx(torch.tensor(last["val_loss"]).exp().item())
+    assert last["val_loss"] == last["val_ntp_loss"]
+    assert last["val_ppl"] == pytest.approx(torch.tensor(last["val_loss"]).exp().item())
     lm, state = TrainableLM.from_checkpoint(tmp_path / "run" / "top")
     assert state["config"]["seq_len"] == 32 and (tmp_path / "run" / "top" / "tokenizer" / "tokenizer.json").is_file()
     ppl = perplexity(lm.model, data_dir, seq_len=32, batch_size=4, max_batches=2)

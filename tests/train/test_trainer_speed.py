@@ -18,14 +18,15 @@ import torch
 from torch._dynamo.utils import counters
 
 import foresight.model.layers as layers
-from foresight.errors import ForesightError
 from foresight.config import from_dict
+from foresight.errors import ForesightError
 from foresight.model import ModelConfig
 from foresight.objectives import Batch
 from foresight.train.checkpoint import load_checkpoint
 from foresight.train.config import TrainConfig
 from foresight.train.lm import TrainableLM
 from foresight.train.trainer import Trainer, use_compile
+
 from helpers import randomize_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,7 +80,7 @@ def assert_same(got: tuple[dict, dict], want: tuple[dict, dict], rtol=1e-11, ato
         assert rec[key] == pytest.approx(value, rel=rtol, abs=atol), key
     assert sorted(grads) == sorted(grads_ref)
     for name, g in grads_ref.items():
-        torch.testing.assert_close(grads[name], g, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads[name], g, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # ------------------------------------------------------------------------------------------ per-head backward

@@ -72,7 +72,8 @@ def test_hf_trainer_trains_a_few_steps(tmp_path):
     from foresight.wrapper import ForesightCallback
 
     torch.manual_seed(0)
-    wrapped = wrap(tiny_model("llama"), [{"name": "ntp"}, {"name": "top", "window": 4, "weight": [[0, 1.0], [0.5, 0.0]]},
+    wrapped = wrap(tiny_model("llama"), [{"name": "ntp"},
+                                         {"name": "top", "window": 4, "weight": [[0, 1.0], [0.5, 0.0]]},
                                          {"name": "mtp", "n": 2}])
     before = {n: p.detach().clone() for n, p in wrapped.named_parameters()}
     data = [{"input_ids": x, "labels": x} for x in torch.randint(3, VOCAB, (16, 10))]
@@ -132,7 +133,8 @@ def test_foresight_trainer_checkpoints_tied_models_and_resumes_exactly(tmp_path)
                                    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
         return wrap(AutoModelForCausalLM.from_config(cfg), [{"name": "ntp"}, {"name": "top", "window": 4}])
 
-    data = [{"input_ids": x, "labels": x} for x in torch.randint(3, VOCAB, (16, 10), generator=torch.Generator().manual_seed(0))]
+    data = [{"input_ids": x, "labels": x}
+            for x in torch.randint(3, VOCAB, (16, 10), generator=torch.Generator().manual_seed(0))]
 
     def args(out):
         return TrainingArguments(str(out), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2, save_steps=2,
@@ -157,7 +159,8 @@ def test_gradient_checkpointing_of_the_model_keeps_every_gradient(reentrant):
     ids = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
     grads = []
     for checkpointing in (False, True):
-        wrapped = wrap(tiny_model("llama").train(), [{"name": "ntp"}, {"name": "mtp", "n": 2}, {"name": "dsmtp", "depth": 1}])
+        wrapped = wrap(tiny_model("llama").train(),
+                       [{"name": "ntp"}, {"name": "mtp", "n": 2}, {"name": "dsmtp", "depth": 1}])
         if checkpointing:
             wrapped.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
         wrapped(ids, labels=ids).loss.backward()

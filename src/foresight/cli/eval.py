@@ -14,8 +14,9 @@ def register(sub) -> None:
                         description="Evaluate a checkpoint with lm-evaluation-harness (tasks by name, or the preset "
                         "'paper': the TOP paper's benchmarks) and/or its perplexity on a prepared validation split; "
                         "writes results.md and results.json.")
-    ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a run folder, a checkpoint (step_*.safetensors, an older step_*.pt, or a step_* folder from torchrun), or (with "
-                    "--backend hf) a Hugging Face folder")
+    ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                    help="a run folder, a checkpoint (step_*.safetensors, an older step_*.pt, or a step_* folder from "
+                    "torchrun), or (with --backend hf) a Hugging Face folder")
     ev.add_argument("--tasks", help="comma-separated lm-eval task names and/or the preset 'paper'")
     ev.add_argument("--perplexity", type=Path, metavar="DATA_DIR", help="a folder written by foresight prepare")
     ev.add_argument("--split", default="val", help="split for --perplexity (default: val)")

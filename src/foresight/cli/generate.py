@@ -18,7 +18,9 @@ def register(sub) -> None:
                        "(default) or sampled (--temperature, --top-k, --top-p). --speculative drafts with the "
                        "model's own MTP heads, DS-MTP modules or TOP head and verifies with head 0: the output is "
                        "the greedy output, produced in fewer forward passes.")
-    g.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a run folder or a checkpoint (step_*.safetensors, an older step_*.pt, or a step_* folder from torchrun)")
+    g.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                   help="a run folder or a checkpoint (step_*.safetensors, an older step_*.pt, or a step_* folder from "
+                   "torchrun)")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (needs the run's tokenizer)")
     src.add_argument("--prompt-ids", help="prompt as token ids, e.g. '5 17 3' (any model, no tokenizer)")

@@ -13,7 +13,9 @@ def register(sub) -> None:
                         description="Write the trunk (with the next-token head) of a checkpoint as a standard Hugging "
                         "Face folder (config.json, model.safetensors, generation_config.json, tokenizer files) that "
                         "transformers.AutoModelForCausalLM.from_pretrained loads without custom code.")
-    ex.add_argument("checkpoint", type=Path, metavar="RUN_OR_CHECKPOINT", help="a run folder or a checkpoint (step_*.safetensors, an older step_*.pt, or a step_* folder from torchrun)")
+    ex.add_argument("checkpoint", type=Path, metavar="RUN_OR_CHECKPOINT",
+                    help="a run folder or a checkpoint (step_*.safetensors, an older step_*.pt, or a step_* folder "
+                    "from torchrun)")
     ex.add_argument("--out", type=Path, required=True, help="output folder")
     ex.add_argument("--with-heads", action="store_true", help="also write the TOP / MTP heads (foresight_heads."
                     "safetensors) and DS-MTP modules (DeepSeek-V3 layout: num_nextn_predict_layers)")
@@ -27,9 +29,9 @@ def register(sub) -> None:
 
     im = sub.add_parser("import", help="turn a local Llama / Qwen2 / Mistral Hugging Face folder or GGUF file into a "
                         "foresight checkpoint", description="Read a local Hugging Face Llama, Qwen2 or Mistral folder, "
-                        "or a llama.cpp GGUF file (dequantised to fp32 by transformers; needs foresight[gguf]), with no "
-                        "download, and write a foresight checkpoint with the same logits, with the objectives to "
-                        "continue training with (new heads are freshly initialised).")
+                        "or a llama.cpp GGUF file (dequantised to fp32 by transformers; needs foresight[gguf]), "
+                        "with no download, and write a foresight checkpoint with the same logits, with the objectives "
+                        "to continue training with (new heads are freshly initialised).")
     im.add_argument("hf_dir", type=Path, metavar="HF_DIR_OR_GGUF",
                     help="folder with config.json and *.safetensors, or a *.gguf file (or a folder holding one)")
     im.add_argument("--out", type=Path, required=True,
@@ -82,9 +84,8 @@ def _export(args: argparse.Namespace) -> None:
 
 def _import(args: argparse.Namespace) -> None:
     from foresight.hf import import_hf, max_logit_difference, save_imported
-    from foresight.hf.tokenizer import copy_tokenizer, tokenizer_dir
-
     from foresight.hf.gguf import is_gguf
+    from foresight.hf.tokenizer import copy_tokenizer, tokenizer_dir
 
     specs = parse_objectives(args.objectives)
     if is_gguf(args.hf_dir):

@@ -12,8 +12,8 @@ import os
 import sys
 
 from foresight import __version__
-from foresight.cli import compare, prepare, stargraph, tokenizer, train
-from foresight.cli import eval as evaluate, generate, hf
+from foresight.cli import compare, generate, hf, prepare, stargraph, tokenizer, train
+from foresight.cli import eval as evaluate
 from foresight.cli.common import Parser
 from foresight.errors import ForesightError, os_error_line
 
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"foresight: error: {os_error_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("foresight: interrupted (checkpoints written so far are complete; continue with --resume)", file=sys.stderr)
+        print("foresight: interrupted (checkpoints written so far are complete; continue with --resume)",
+              file=sys.stderr)
         return 130
     finally:
         if "torch.distributed" in sys.modules:  # leave a torchrun job cleanly (a no-op otherwise)

@@ -16,7 +16,8 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
                    "(.jsonl/.json) or Parquet files; folders are read recursively, globs expanded; .gz is unpacked")
     p.add_argument("--demo", action="store_true", help="the demo corpus: this Python's standard library sources "
                    "(about 12 MB, present on every machine)")
-    p.add_argument("--text-field", default="text", help="JSON / Parquet / dataset field holding the text (default: text)")
+    p.add_argument("--text-field", default="text",
+                   help="JSON / Parquet / dataset field holding the text (default: text)")
     p.add_argument("--text-unit", choices=("file", "line", "paragraph"), default="file",
                    help="what one document of a text file is (default: the whole file)")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) records with invalid UTF-8, invalid "

@@ -145,7 +145,8 @@ def prepare(documents: Documents, tokenizer: TextTokenizer, out: Path, cfg: Prep
         if splits["train"]["tokens"] == 0:
             raise ForesightError("every document went to validation; lower --val-fraction")
         if max_id >= tokenizer.vocab_size:  # cannot happen for a consistent tokenizer; never write such data
-            raise ForesightError(f"the tokenizer produced id {max_id}, outside its vocabulary of {tokenizer.vocab_size}")
+            raise ForesightError(f"the tokenizer produced id {max_id}, outside its vocabulary of "
+                                 f"{tokenizer.vocab_size}")
         tokenizer.save(tmp / "tokenizer")
         meta = {
             "format": FORMAT,

@@ -237,7 +237,8 @@ class Documents:
                 if value is None:
                     self.skipped["empty document"] += 1
                 elif not isinstance(value, str):
-                    self._bad(f"column {self.text_field!r} is not text", where, "choose the text column with --text-field")
+                    self._bad(f"column {self.text_field!r} is not text", where,
+                              "choose the text column with --text-field")
                 else:
                     yield from self._emit(value, source)
             self.on_bytes(size * batch.num_rows // rows)

@@ -143,22 +143,23 @@ def generate_example(spec: StarGraphSpec, rng: random.Random) -> Example:
     3. d − 1 distractor arms of l − 1 fresh labels each (never reused).
     4. Edges parent → child, list uniformly shuffled.
     """
-    d, l, n = spec.deg, spec.path, spec.nodes
+    d, length, n = spec.deg, spec.path, spec.nodes  # d, l, N of G(d, l)
     source = rng.randrange(n)
     goal = rng.randrange(n - 1)
     goal += goal >= source  # uniform over the N − 1 labels other than source
     # All remaining labels at once: an ordered uniform sample without replacement from the N − 2 labels
     # other than source and goal, which has the same law as drawing them one after another.
     lo, hi = min(source, goal), max(source, goal)
-    n_fresh = (l - 2) + (d - 1) * (l - 1)
+    n_fresh = (length - 2) + (d - 1) * (length - 1)
     fresh = []
     for i in rng.sample(range(n - 2), n_fresh):
         i += i >= lo  # map an index of {0..N−3} to the i-th label skipping lo and hi
         i += i >= hi
         fresh.append(i)
-    path = [source, *fresh[: l - 2], goal]
-    arms = [path] + [[source, *fresh[l - 2 + k * (l - 1) : l - 2 + (k + 1) * (l - 1)]] for k in range(d - 1)]
-    edges = [(arm[i], arm[i + 1]) for arm in arms for i in range(l - 1)]
+    path = [source, *fresh[: length - 2], goal]
+    arms = [path] + [[source, *fresh[length - 2 + k * (length - 1) : length - 2 + (k + 1) * (length - 1)]]
+                     for k in range(d - 1)]
+    edges = [(arm[i], arm[i + 1]) for arm in arms for i in range(length - 1)]
     rng.shuffle(edges)
     return Example(edges=edges, source=source, goal=goal, path=path)
 

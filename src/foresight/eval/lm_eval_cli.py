@@ -12,9 +12,9 @@ from __future__ import annotations
 
 def main() -> None:
     import lm_eval.models  # noqa: F401  lm-eval's own models first: it fills its registry only while empty
+    from lm_eval.__main__ import cli_evaluate
 
     import foresight.eval.lm_eval_model  # noqa: F401  registers "foresight"
-    from lm_eval.__main__ import cli_evaluate
 
     cli_evaluate()
 

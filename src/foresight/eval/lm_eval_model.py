@@ -53,8 +53,8 @@ def load_for_eval(pretrained, tokenizer=None, device: str = "cpu"):
 class ForesightLM(TemplateLM):
     """lm-eval ``TemplateLM`` over a foresight ``Transformer`` and a ``foresight.data.tokenizer.TextTokenizer``."""
 
-    def __init__(self, pretrained=None, tokenizer=None, model=None, batch_size: int | str = 8, device: str | None = "cpu",
-                 max_length: int | None = None, **_ignored) -> None:
+    def __init__(self, pretrained=None, tokenizer=None, model=None, batch_size: int | str = 8,
+                 device: str | None = "cpu", max_length: int | None = None, **_ignored) -> None:
         super().__init__()
         if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
             device = "cuda" if torch.cuda.is_available() else "cpu"  # lm_eval's CLI asks for cuda by default
@@ -117,7 +117,8 @@ class ForesightLM(TemplateLM):
                 ctx, cont = self._encode_pair(context, continuation)
             else:  # lm-eval's convention: the prefix token is the context, unless the text starts with it
                 cont = self.tok_encode(continuation)
-                ctx, cont = (cont[:1], cont[1:]) if cont[:1] == [self.prefix_token_id] else ([self.prefix_token_id], cont)
+                ctx, cont = ((cont[:1], cont[1:]) if cont[:1] == [self.prefix_token_id]
+                             else ([self.prefix_token_id], cont))
             if not cont:
                 raise ForesightError(f"lm-eval task {getattr(req, 'task_name', '?')!r}, document "
                                      f"{getattr(req, 'doc_id', '?')}: the continuation {continuation!r} after "

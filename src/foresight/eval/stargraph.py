@@ -89,12 +89,12 @@ def evaluate(
     if batch_size < 1:
         raise ForesightError(f"evaluate: batch_size must be >= 1, got {batch_size}")
     device = _device_of(model)
-    p, l = spec.prefix_len, spec.path
+    p, length = spec.prefix_len, spec.path  # P and l
     exact = v1 = valid = 0
     for start in range(0, len(data), batch_size):
         rows = data.tokens[start : start + batch_size].to(device)  # (B, P + l)
         prefixes, truth = rows[:, :p], rows[:, p:]
-        out = greedy_paths(model, prefixes, l)  # (B, l)
+        out = greedy_paths(model, prefixes, length)  # (B, l)
         exact += int((out == truth).all(dim=1).sum())
         v1 += int((out[:, 1] == truth[:, 1]).sum())
         valid += int(valid_arms(out, prefixes, spec).sum())

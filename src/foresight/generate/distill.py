@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 
-
 def prompt_windows(tokens: np.ndarray, n: int, length: int, seed: int = 0) -> torch.Tensor:
     """``n`` windows of ``length`` tokens at random (seeded) starts of a token stream: (n, length) long."""
     g = np.random.default_rng(seed)

@@ -3,9 +3,9 @@ Mistral (``MistralForCausalLM``) imports too.
 
 The trunk is the Llama architecture; Qwen2 is Llama with a bias on the q, k, v projections (``qkv_bias``);
 Mistral with ``sliding_window: null`` is Llama (export writes it as Llama).
-Everything else a config can switch on (RoPE scaling other than Llama 3.1's ``llama3``, sliding-window attention, a bias on the output
-projection or the MLP, another activation, a head dim other than hidden/heads) changes the function the
-model computes, so import refuses it with one line naming what is supported rather than loading a model
+Everything else a config can switch on (RoPE scaling other than Llama 3.1's ``llama3``, sliding-window attention, a
+bias on the output projection or the MLP, another activation, a head dim other than hidden/heads) changes the function
+the model computes, so import refuses it with one line naming what is supported rather than loading a model
 that silently computes something else.
 
 The config is written by hand (no ``transformers`` needed to export) and carries the RoPE base both the
@@ -50,7 +50,8 @@ def to_hf_config(cfg: ModelConfig, *, dtype: str = "float32", bos_id: int | None
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,  # transformers 4
         "rope_scaling": dict(cfg.rope_scaling) if cfg.rope_scaling else None,
-        "rope_parameters": {"rope_type": "default", **(cfg.rope_scaling or {}), "rope_theta": cfg.rope_theta},  # transformers 5
+        # transformers 5
+        "rope_parameters": {"rope_type": "default", **(cfg.rope_scaling or {}), "rope_theta": cfg.rope_theta},
         "tie_word_embeddings": cfg.tie_embeddings,
         "attention_dropout": 0.0,
         "use_cache": True,

@@ -39,7 +39,8 @@ class ModelConfig:
         return self.hidden_size // self.n_heads
 
     def validate(self) -> None:
-        for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size", "max_seq_len"):
+        for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
+                     "max_seq_len"):
             if int(getattr(self, name)) < 1:
                 raise ForesightError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden_size % self.n_heads:

@@ -41,7 +41,8 @@ class Rotary(nn.Module):
         self._build(max_seq_len)
 
     def _build(self, length: int, device: torch.device | None = None) -> None:
-        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim))
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
+        inv_freq = 1.0 / (self.theta ** exponents)
         if self.scaling is not None:
             inv_freq = llama3_inv_freq(inv_freq, self.scaling)
         t = torch.arange(length, dtype=torch.float32, device=device)

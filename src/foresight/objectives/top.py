@@ -202,7 +202,8 @@ def top_loss(
     b, t, d = hidden.shape
     ids, w = top_targets(tokens, t, window, ignore_index=ignore_index, scores=scores)
     has_target = (w > 0).any(-1).reshape(-1)  # (N,)
-    rows = linear_soft_cross_entropy(hidden.reshape(-1, d), weight, ids.reshape(-1, ids.shape[-1]), w.reshape(-1, w.shape[-1]))
+    rows = linear_soft_cross_entropy(hidden.reshape(-1, d), weight, ids.reshape(-1, ids.shape[-1]),
+                                     w.reshape(-1, w.shape[-1]))
     total = (rows * has_target).sum()
     count = has_target.sum() if normalize == "valid" else torch.tensor(b * t, device=hidden.device)
     return total / count.clamp(min=1)
@@ -270,5 +271,6 @@ class TOP(Objective):
         ids, w, rows = self._targets(batch)
         has_target = (w > 0).any(-1) & rows
         k = ids.shape[-1]
-        losses = linear_soft_cross_entropy(out.hidden.reshape(-1, d), self.head.weight, ids.reshape(-1, k), w.reshape(-1, k))
+        losses = linear_soft_cross_entropy(out.hidden.reshape(-1, d), self.head.weight, ids.reshape(-1, k),
+                                           w.reshape(-1, k))
         return LossOutput((losses * has_target.reshape(-1)).sum(), rows.sum())

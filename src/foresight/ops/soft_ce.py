@@ -96,7 +96,8 @@ def linear_soft_cross_entropy(
     kernel=None,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """Per-row loss (N,), fp32 (fp64 for fp64 inputs), of ``logsumexp(h W^T) - sum_k weights[:, k] * (h W^T)[ids[:, k]]``.
+    """Per-row loss (N,), fp32 (fp64 for fp64 inputs), of
+    ``logsumexp(h W^T) - sum_k weights[:, k] * (h W^T)[ids[:, k]]``.
 
     hidden (N, D), weight (V, D), ids (N, K) with every entry in [0, V) (unused slots: any valid id with
     weight 0; the Triton path skips ids outside [0, V) where the twin raises), weights (N, K).
@@ -111,7 +112,8 @@ def linear_soft_cross_entropy(
     ``impl="auto"`` then takes it and ``impl="triton"`` is an error.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"hidden (N, D) and weight (V, D) expected, got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+        raise ValueError(f"hidden (N, D) and weight (V, D) expected, got {tuple(hidden.shape)} and "
+                         f"{tuple(weight.shape)}")
     if ids.shape != weights.shape or ids.dim() != 2 or ids.shape[0] != hidden.shape[0]:
         raise ValueError(f"ids and weights must both be (N, K) with N = {hidden.shape[0]}")
     compute_dtype = _autocast_dtype(hidden, weight)

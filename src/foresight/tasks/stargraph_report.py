@@ -81,9 +81,9 @@ def group_key(cell: dict) -> tuple:
 
 
 def group_title(key: tuple) -> str:
-    recipe, d, l, n, steps, early = key
+    recipe, d, length, n, steps, early = key
     stop = "early stop on" if early else "full schedule"
-    return f"G({d},{l}), N = {n} — recipe `{recipe}`, {steps:,}-step schedule, {stop}"
+    return f"G({d},{length}), N = {n} — recipe `{recipe}`, {steps:,}-step schedule, {stop}"
 
 
 def _objective_rank(objective: str) -> tuple:

@@ -26,8 +26,8 @@ from foresight.config import from_dict
 from foresight.data.loader import PackedLoader, eval_windows, make_batch
 from foresight.data.shards import PreparedData
 from foresight.errors import ForesightError
-from foresight.io import write_json
 from foresight.eval.perplexity import nll_sum
+from foresight.io import write_json
 from foresight.model import ModelConfig
 from foresight.objectives import Batch
 from foresight.tasks.recipe import Recipe, build_model_config

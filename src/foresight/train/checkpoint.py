@@ -137,7 +137,8 @@ class _MetadataUnpickler(pickle.Unpickler):
             "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
     } | {
         ("torch.serialization", "_get_layout"),  # looks a layout up by name
-        ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"),
+        ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+        ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"),
         ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
         ("torch.distributed.checkpoint.planner", "LoadItemType"),
         ("torch.distributed.checkpoint.planner", "WriteItemType"),
@@ -304,7 +305,8 @@ def read_checkpoint_file(path: Path, map_location="cpu") -> dict:
         state = _load_legacy(path, map_location)
     else:
         state = _readable(load_state, path, map_location)
-    if not isinstance(state, dict) or not isinstance(state.get("lm"), dict) or not isinstance(state.get("config"), dict):
+    if (not isinstance(state, dict) or not isinstance(state.get("lm"), dict)
+            or not isinstance(state.get("config"), dict)):
         raise UnreadableCheckpoint(f"{path} is not a foresight checkpoint (missing model state or config)")
     return state
 
@@ -336,7 +338,7 @@ def newest_readable(paths: list[Path], read) -> tuple[Path, dict]:
             continue
         from foresight.train.distributed import is_main
 
-        for bad, e in broken if is_main() else []:  # said when an older one stands in (else the error says it)
+        for _, e in broken if is_main() else []:  # said when an older one stands in (else the error says it)
             print(f"foresight: warning: skipped a broken checkpoint, using {p.name} instead: {e}", file=sys.stderr)
         return p, state
     raise broken[0][1]

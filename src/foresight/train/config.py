@@ -37,7 +37,8 @@ class TrainConfig:
     tensorboard: bool = True  # also write TensorBoard events when the tensorboard package is installed (silently)
     loggers: list = field(default_factory=list)  # metric sinks beside metrics.jsonl: "tensorboard", "wandb" (loud)
     peak_tflops: float | None = None  # accelerator peak for MFU; None = by GPU name (H100/H200: 790, measured bf16)
-    compile: str | bool = "auto"  # torch.compile every block: "auto" (CUDA with Triton; CPU runs >= 2000 steps), true, false
+    # torch.compile every block: "auto" (CUDA with Triton; CPU runs >= 2000 steps), true, false
+    compile: str | bool = "auto"
     compile_backend: str = "inductor"  # torch.compile backend; "aot_eager" checks the wiring without code generation
     activation_checkpointing: bool = False  # recompute each trunk block's activations in the backward (less memory)
     per_head_backward: bool = True  # MTP/DS-MTP heads: forward+backward one head at a time (Meta MTP §2)
@@ -56,7 +57,8 @@ class TrainConfig:
             (self.steps >= 1, "train.steps must be >= 1"),
             (self.batch_size >= 1, "train.batch_size must be >= 1"),
             (1 <= self.micro_batch_size <= self.batch_size, "train.micro_batch_size must be in 1 .. batch_size"),
-            (self.batch_size % self.micro_batch_size == 0, "train.batch_size must be a multiple of train.micro_batch_size"),
+            (self.batch_size % self.micro_batch_size == 0,
+             "train.batch_size must be a multiple of train.micro_batch_size"),
             (0 < self.lr <= 1, "train.lr must be in (0, 1] (AdamW moves each weight by about lr per step)"),
             (self.max_skipped_steps >= 0, "train.max_skipped_steps must be >= 0 (0 = never stop)"),
             (0 <= self.min_lr <= self.lr, "train.min_lr must be in 0 .. lr"),

@@ -11,9 +11,9 @@ loss per objective, learning rate, gradient norm, tokens seen, tokens/s and achi
 (``foresight.train.flops``); on CUDA also MFU against the device's peak and peak memory.
 
 Speed and memory (``TrainConfig``): every transformer block (trunk, MTP heads, DS-MTP modules) is compiled
-with ``torch.compile`` on CUDA, and on the CPU for long runs (``train.compile``); trunk blocks can recompute their activations in the
-backward (``train.activation_checkpointing``); MTP and DS-MTP heads run forward and backward one at a time
-(``train.per_head_backward``, Meta MTP §2; see ``TrainableLM.forward_backward``). None changes the
+with ``torch.compile`` on CUDA, and on the CPU for long runs (``train.compile``); trunk blocks can recompute their
+activations in the backward (``train.activation_checkpointing``); MTP and DS-MTP heads run forward and backward one at
+a time (``train.per_head_backward``, Meta MTP §2; see ``TrainableLM.forward_backward``). None changes the
 gradients beyond rounding, nor the checkpoints' keys; evaluation and generation run the blocks eagerly.
 
 Data parallel (under ``torchrun``; ``foresight.train.distributed``): the model is sharded with FSDP2, each rank
@@ -34,24 +34,33 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 from foresight.errors import ForesightError
 from foresight.model import Block
 from foresight.model.layers import training_forward
 from foresight.objectives import Batch
 from foresight.train import distributed
-from foresight.train.checkpoint import (UnreadableCheckpoint, is_sharded, list_checkpoints, load_sharded,
-                                        newest_readable, read_checkpoint_file, save_checkpoint, save_sharded, shapes_of,
-                                        state_mismatch)
+from foresight.train.checkpoint import (
+    UnreadableCheckpoint,
+    is_sharded,
+    list_checkpoints,
+    load_sharded,
+    newest_readable,
+    read_checkpoint_file,
+    save_checkpoint,
+    save_sharded,
+    shapes_of,
+    state_mismatch,
+)
 from foresight.train.config import TrainConfig
 from foresight.train.distributed import DataParallel, clip_grad_norm
 from foresight.train.flops import flops_per_token, peak_flops
 from foresight.train.lm import TrainableLM
-from foresight.train.metrics import MetricsWriter
 from foresight.train.loggers import Loggers
+from foresight.train.metrics import MetricsWriter
 from foresight.train.progress import progress
 from foresight.train.schedule import lr_at, weight_at
-from tqdm import tqdm
 
 
 def pick_device(name: str) -> torch.device:
@@ -78,7 +87,8 @@ def use_compile(setting: str | bool, backend: str, device: torch.device, steps: 
         if device.type == "cuda":
             return backend != "inductor" or importlib.util.find_spec("triton") is not None
         if device.type == "cpu" and steps is not None and steps >= CPU_COMPILE_MIN_STEPS:
-            return backend != "inductor" or any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++"))
+            compilers = (os.environ.get("CXX", "g++"), "g++", "clang++")
+            return backend != "inductor" or any(shutil.which(c) for c in compilers)
         return False
     return bool(setting)
 
@@ -380,7 +390,8 @@ class Trainer:
                            "world_size": self.dp.world, "compiled": self.compiled, "train": asdict(cfg)})
         peak = peak_flops(self.device, cfg.peak_tflops)
         flops = None  # per token; known once the first batch gives the sequence length
-        bar = progress(cfg.steps, self.step, self.desc, enabled=self.main and self.progress_bar)  # plain lines off a tty
+        # plain lines off a tty
+        bar = progress(cfg.steps, self.step, self.desc, enabled=self.main and self.progress_bar)
         say = bar.write
         # Warnings go to stderr; tqdm.write keeps a live bar intact.
         warn = (lambda message: tqdm.write(message, file=sys.stderr)) if self.main else (lambda message: None)

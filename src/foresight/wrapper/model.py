@@ -198,7 +198,8 @@ class ForesightModel(nn.Module):
         forward and backward before the next starts; the trunk then gets one backward. Returns the output with
         detached losses (no logits). Call ``optimizer.step()`` after it as after ``loss.backward()``; for
         gradient accumulation over m micro-batches pass ``scale=1/m`` (or ``num_items_in_batch``).
-        ``autocast``: a context manager for the forward passes (e.g. ``lambda: torch.autocast("cuda", torch.bfloat16)``).
+        ``autocast``: a context manager for the forward passes
+        (e.g. ``lambda: torch.autocast("cuda", torch.bfloat16)``).
         """
         with autocast():
             out = self.parts.trunk(input_ids, attention_mask, **model_kwargs)

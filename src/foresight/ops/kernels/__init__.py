@@ -32,7 +32,8 @@ def triton_import_error() -> str | None:
         try:
             import triton  # noqa: F401
         except Exception as exc:  # ImportError, or a broken install raising anything else
-            _import_error = f"triton cannot be imported ({type(exc).__name__}: {exc}); install it with pip install 'triton>=3.0' (Linux)"
+            _import_error = (f"triton cannot be imported ({type(exc).__name__}: {exc}); "
+                             "install it with pip install 'triton>=3.0' (Linux)")
         else:
             _imported = True
     return _import_error
@@ -55,7 +56,8 @@ def _triton_unusable(tensors: tuple[torch.Tensor, ...], dtypes: tuple[torch.dtyp
             names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
             return f"its kernel supports {names} inputs, not {t.dtype}"
         if t.device.type == "cpu" and not interpreting():
-            return "the tensors are on the CPU and TRITON_INTERPRET=1 is not set (the Triton interpreter runs kernels on the CPU, slowly)"
+            return ("the tensors are on the CPU and TRITON_INTERPRET=1 is not set "
+                    "(the Triton interpreter runs kernels on the CPU, slowly)")
         if t.device.type not in ("cuda", "cpu"):
             return f"it needs CUDA tensors, not {t.device.type}"
         if t.device.type == "cuda" and cuda_capability(t.device) < (8, 0):

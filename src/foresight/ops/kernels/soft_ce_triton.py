@@ -286,7 +286,8 @@ def triton_linear_soft_cross_entropy(hidden, weight, ids, weights, *, chunk_rows
     ``config``: tiles and chunking (None: ``DEFAULT_CONFIG``).
     """
     if compute_dtype is None and hidden.dtype != weight.dtype:
-        raise ValueError(f"hidden and weight must share a dtype for impl='triton', got {hidden.dtype} and {weight.dtype}")
+        raise ValueError(f"hidden and weight must share a dtype for impl='triton', got {hidden.dtype} and "
+                         f"{weight.dtype}")
     return TritonLinearSoftCE.apply(hidden, weight, ids.long().contiguous(), weights.contiguous(), chunk_rows,
                                     compute_dtype, config or DEFAULT_CONFIG)
 
