@@ -8,12 +8,13 @@ import torch
 
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig
-from helpers import randomize_weights
 from foresight.objectives import Batch
 from foresight.train.checkpoint import load_checkpoint
 from foresight.train.config import TrainConfig
 from foresight.train.lm import TrainableLM
 from foresight.train.trainer import Trainer
+
+from helpers import randomize_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -122,7 +122,8 @@ class ForesightModel(nn.Module):
 
     def activation_checkpointing_enable(self, **kwargs) -> None:
         """The newer transformers name of ``gradient_checkpointing_enable`` (what ``Trainer`` calls when present)."""
-        enable = getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable
+        enable = (getattr(self.model, "activation_checkpointing_enable", None)
+                  or self.model.gradient_checkpointing_enable)
         enable(**kwargs)
 
     def save_pretrained(self, directory, **kwargs) -> None:
