@@ -1,7 +1,8 @@
 """Helpers for the tests only (never imported by the library): importable as ``helpers`` because pytest puts
 the folder of ``tests/conftest.py`` on ``sys.path``.
 
-- ``randomize_weights``: weights with O(1) activations for numerical comparisons.
+- ``randomize_weights``: weights with O(1) activations for numerical comparisons;
+  ``perturb_norms_and_biases``: the same idea for a transformers model.
 - star-graph checks and printing: ``check_structure``, ``infer_spec``, ``decode_tokens``.
 - Triton's interpreter: ``import_triton``, ``run_interpreted`` (kernel tests on a CPU).
 """
@@ -26,12 +27,12 @@ from foresight.model.layers import RMSNorm
 # Model weights
 
 
-def randomize_weights(module: nn.Module, seed: int) -> None:
+def randomize_weights(module: nn.Module, seed: int, norm_scale: float = 0.3) -> None:
     """Random weights with O(1) activations, for numerical comparisons.
 
     The training init (std 0.02) makes every output nearly zero, so two implementations could agree by
-    accident; these weights (Linear ~ N(0, 1/fan_in), biases 0.3·N(0, 1), embeddings N(0, 1), norms 1 + 0.3·N(0, 1))
-    make every term matter.
+    accident; these weights (Linear ~ N(0, 1/fan_in), biases 0.3·N(0, 1), embeddings N(0, 1), norms
+    1 + norm_scale·N(0, 1)) make every term matter, and keep logits well separated (argmax ties negligible).
     """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -43,7 +44,18 @@ def randomize_weights(module: nn.Module, seed: int) -> None:
             elif isinstance(m, nn.Embedding):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g))
             elif isinstance(m, RMSNorm):
-                m.weight.copy_(1.0 + 0.3 * torch.randn(m.weight.shape, generator=g))
+                m.weight.copy_(1.0 + norm_scale * torch.randn(m.weight.shape, generator=g))
+
+
+def perturb_norms_and_biases(model: nn.Module) -> None:
+    """A transformers model's norms (init 1) and biases (init 0) made random, from torch's global generator, so
+    an import that dropped or swapped one of them would show in the logits."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.add_(0.3 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.3 * torch.randn_like(p))
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -4,15 +4,12 @@ computes the objectives' own losses (full vocabulary) and lowers them."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from torch import nn
 
 from foresight.generate import generate, make_drafter, speculative_generate
 from foresight.generate.distill import greedy_with_states
-from foresight.model import ModelConfig, RMSNorm
+from foresight.model import ModelConfig
 from foresight.objectives import Batch
 from foresight.train.cached_heads import (
     TrunkCache,
@@ -24,6 +21,8 @@ from foresight.train.cached_heads import (
     train_heads,
 )
 from foresight.train.lm import TrainableLM
+
+from helpers import randomize_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,15 +36,7 @@ def _lm(specs, seed=0, dtype=torch.float64) -> TrainableLM:
     torch.manual_seed(seed)
     lm = TrainableLM(ModelConfig(vocab_size=V, hidden_size=24, n_layers=2, n_heads=4, n_kv_heads=2,
                                  intermediate_size=40, max_seq_len=16), specs)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # O(1) activations: well-separated logits
-        for m in lm.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / math.sqrt(m.in_features))
-            elif isinstance(m, nn.Embedding):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g))
-            elif isinstance(m, RMSNorm):
-                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+    randomize_weights(lm, seed + 1, norm_scale=0.2)  # O(1) activations: well-separated logits
     return lm.to(dtype).eval()
 
 

@@ -10,17 +10,16 @@ every row independently and batch rows drift apart (the per-row cache, RoPE and 
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from torch import nn
 
 from foresight.errors import ForesightError
 from foresight.generate import generate, make_drafter, speculative_generate
 from foresight.generate.drafters import Drafter
-from foresight.model import ModelConfig, RMSNorm
+from foresight.model import ModelConfig
 from foresight.train.lm import TrainableLM
+
+from helpers import randomize_weights
 
 MTP4 = [{"name": "ntp"}, {"name": "mtp", "n": 4}]
 DSMTP3 = [{"name": "ntp"}, {"name": "dsmtp", "preset": "top_paper", "depth": 3}]
@@ -34,15 +33,7 @@ def _lm(specs, seed=0, dtype=torch.float32, **kw) -> TrainableLM:
     base.update(kw)
     torch.manual_seed(seed)
     lm = TrainableLM(ModelConfig(**base), specs)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # O(1) activations: well-separated logits, so argmax ties are negligible
-        for m in lm.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / math.sqrt(m.in_features))
-            elif isinstance(m, nn.Embedding):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g))
-            elif isinstance(m, RMSNorm):
-                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+    randomize_weights(lm, seed + 1, norm_scale=0.2)  # O(1) activations: well-separated logits
     return lm.to(dtype).eval()
 
 

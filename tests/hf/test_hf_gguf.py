@@ -16,6 +16,8 @@ from foresight.errors import ForesightError
 from foresight.hf.gguf import gguf_file, import_gguf, inspect_gguf, is_gguf, logit_difference
 from foresight.train.lm import TrainableLM
 
+from helpers import perturb_norms_and_biases
+
 transformers = pytest.importorskip("transformers")
 TOL = 1e-4
 IDS = torch.randint(0, 259, (2, 13), generator=torch.Generator().manual_seed(3))
@@ -44,12 +46,7 @@ def _hf_model(kind: str, seed: int = 0, tie: bool = True):
     cls = transformers.LlamaForCausalLM if kind == "llama" else transformers.Qwen2ForCausalLM
     config = (transformers.LlamaConfig if kind == "llama" else transformers.Qwen2Config)(**cfg)
     model = cls(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.add_(0.3 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.3 * torch.randn_like(p))
+    perturb_norms_and_biases(model)
     return model.eval()
 
 

@@ -13,6 +13,8 @@ from foresight.hf import import_hf, load_pretrained_into, pretrained_model_confi
 from foresight.model import ModelConfig
 from foresight.train.lm import TrainableLM
 
+from helpers import perturb_norms_and_biases
+
 transformers = pytest.importorskip("transformers")
 TOL = 1e-4
 IDS = torch.randint(0, 61, (2, 11), generator=torch.Generator().manual_seed(7))
@@ -28,12 +30,7 @@ def _hf_model(kind: str, folder, seed: int = 0, shard: str | None = None, dtype=
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**base))
     else:
         model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**base))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.add_(0.3 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.3 * torch.randn_like(p))
+    perturb_norms_and_biases(model)
     model.eval()
     kwargs = {"max_shard_size": shard} if shard else {}
     if dtype is None:
