@@ -21,9 +21,9 @@ import hashlib
 import numpy as np
 import torch
 
+from foresight.batch import Batch
 from foresight.data.shards import TokenStream
 from foresight.errors import ForesightError
-from foresight.objectives import Batch
 from foresight.objectives.top import MAX_SLOTS
 
 RESERVE = MAX_SLOTS  # the largest look-ahead of the default objectives (TOP: min(window, 128))

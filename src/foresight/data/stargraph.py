@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
-from foresight.objectives.base import Batch
 
 # Offsets of the special tokens past the N node ids.
 PIPE, EQUALS, SLASH, DOLLAR = 0, 1, 2, 3

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from foresight.batch import Batch
 from foresight.config import from_dict
 from foresight.data.loader import PackedLoader, eval_windows, make_batch
 from foresight.data.shards import PreparedData
@@ -29,7 +30,6 @@ from foresight.errors import ForesightError
 from foresight.eval.perplexity import nll_sum
 from foresight.io import write_json
 from foresight.model import ModelConfig
-from foresight.objectives import Batch
 from foresight.tasks.recipe import Recipe, build_model_config
 from foresight.train import distributed
 from foresight.train.lm import TrainableLM

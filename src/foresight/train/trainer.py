@@ -36,10 +36,10 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
 from foresight.model import Block
 from foresight.model.layers import training_forward
-from foresight.objectives import Batch
 from foresight.train import distributed
 from foresight.train.checkpoint import (
     UnreadableCheckpoint,
