@@ -93,15 +93,19 @@ def _import(args: argparse.Namespace) -> None:
     lm, specs, report = import_hf(args.hf_dir, specs)
     copied = copy_tokenizer(args.hf_dir, args.out / "tokenizer") if tokenizer_dir(args.hf_dir) else []
     path = save_imported(lm, specs, args.out, args.hf_dir, copied)
-    cfg = lm.model.cfg
-    arch = "Qwen2" if cfg.qkv_bias else "Llama"
-    print(f"imported {arch} ({cfg.n_layers} layers, d={cfg.hidden_size}, vocab {cfg.vocab_size}, "
-          f"{lm.model.num_parameters() / 1e6:.2f}M parameters) from {args.hf_dir} -> {path}")
-    heads = ", ".join(f"{k} {v}" for k, v in report.objectives.items())
-    print(f"objectives: {', '.join(s['name'] for s in specs)}" + (f" (heads: {heads})" if heads else ""))
+    _print_imported(lm, specs, report, "Qwen2" if lm.model.cfg.qkv_bias else "Llama", args.hf_dir, path)
     print(f"tokenizer: {'copied to ' + str(args.out / 'tokenizer') if copied else 'none found in ' + str(args.hf_dir)}")
     if args.verify:
         print(f"transformers: max |logits difference| = {max_logit_difference(lm, args.hf_dir):.2e} (fp32)")
+
+
+def _print_imported(lm, specs: list[dict], report, arch: str, source, path, note: str = "") -> None:
+    """The two summary lines both import paths print: the model's shape and the objectives with their heads."""
+    cfg = lm.model.cfg
+    print(f"imported {arch} ({cfg.n_layers} layers, d={cfg.hidden_size}, vocab {cfg.vocab_size}, "
+          f"{lm.model.num_parameters() / 1e6:.2f}M parameters{note}) from {source} -> {path}")
+    heads = ", ".join(f"{k} {v}" for k, v in report.objectives.items())
+    print(f"objectives: {', '.join(s['name'] for s in specs)}" + (f" (heads: {heads})" if heads else ""))
 
 
 def _import_gguf(args: argparse.Namespace, specs: list[dict] | None) -> None:
@@ -113,12 +117,7 @@ def _import_gguf(args: argparse.Namespace, specs: list[dict] | None) -> None:
     lm, specs, report, model = import_gguf(info.path, specs)
     copied = save_tokenizer(info.path, args.out / "tokenizer")
     path = save_imported(lm, specs, args.out, info.path, copied)
-    cfg = lm.model.cfg
-    arch = ARCHITECTURES[info.architecture]
-    print(f"imported {arch} ({cfg.n_layers} layers, d={cfg.hidden_size}, vocab {cfg.vocab_size}, "
-          f"{lm.model.num_parameters() / 1e6:.2f}M parameters, fp32) from {info.path} -> {path}")
-    heads = ", ".join(f"{k} {v}" for k, v in report.objectives.items())
-    print(f"objectives: {', '.join(s['name'] for s in specs)}" + (f" (heads: {heads})" if heads else ""))
+    _print_imported(lm, specs, report, ARCHITECTURES[info.architecture], info.path, path, ", fp32")
     print(f"tokenizer: copied to {args.out / 'tokenizer'} ({', '.join(copied)})")
     if args.verify:
         print(f"transformers (GGUF loader): max |logits difference| = {logit_difference(lm, model):.2e} (fp32)")
