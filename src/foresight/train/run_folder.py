@@ -110,9 +110,20 @@ def acquire(folder: Path) -> Path:
     token = f"{os.getpid()}-{time.time_ns()}"
     record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": token,
                          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    # The record is written to a private file first and hard-linked into place: link() fails if the lock
+    # exists, and a lock that exists is always complete, so a rival never reads a half-written owner.
+    draft = folder / f".foresight.lock.{token}.tmp"
+    draft.write_text(record, encoding="utf-8")
+    try:
+        return _link_lock(folder, path, draft, token)
+    finally:
+        draft.unlink(missing_ok=True)
+
+
+def _link_lock(folder: Path, path: Path, draft: Path, token: str) -> Path:
     for attempt in range(2):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            _place(draft, path)
         except FileExistsError:
             owner = _lock_owner(path)
             if owner is None:
@@ -125,11 +136,21 @@ def acquire(folder: Path) -> Path:
             who = f"process {owner.get('pid', '?')} on {owner.get('host', '?')}" if owner else "another process"
             raise ForesightError(f"{folder} is in use by {who} (lock file {path}); wait for it to finish, or "
                                  f"choose another --out (if that process is gone, delete the lock file)") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(record)
         _held.add(token)
         return path
     raise ForesightError(f"could not lock {folder}: {path} keeps changing; is another run starting there?")
+
+
+def _place(draft: Path, path: Path) -> None:
+    """Put ``draft``'s content at ``path`` only if ``path`` does not exist (FileExistsError otherwise)."""
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: exclusive create, then write (a short window)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(draft.read_text(encoding="utf-8"))
 
 
 def release(path: Path) -> None:
