@@ -13,10 +13,21 @@ from pathlib import Path
 
 from foresight.errors import ForesightError
 from foresight.io import write_text
+from foresight.objectives import REGISTRY
 from foresight.train.metrics import read_metrics, training_tokens_per_s
 
-OBJECTIVE_ORDER = ("ntp", "top", "mtp", "dsmtp")
 TABLE, FIGURE = "compare.md", "compare.png"
+
+
+# What the logs mean comes from the registered objectives, read when a table is built (so one registered later
+# counts too): columns in registration order (ntp, top, mtp, dsmtp, ...), which objective's validation loss is
+# ``val_loss`` (Objective.next_token), and each objective's per-head metrics (Objective.head_metric).
+def _next_token() -> str:
+    return next(name for name, (_, cls) in REGISTRY.items() if cls.next_token)
+
+
+def _per_head() -> dict[str, str]:
+    return {name: cls.head_metric for name, (_, cls) in REGISTRY.items() if cls.head_metric}
 
 
 @dataclass
@@ -34,7 +45,7 @@ class RunLog:
 
     def val_key(self, objective: str) -> str | None:
         """The eval metric that is ``objective``'s validation loss."""
-        for key in (f"val_{objective}_loss", "val_loss" if objective == "ntp" else None):
+        for key in (f"val_{objective}_loss", "val_loss" if objective == _next_token() else None):
             if key and any(key in e for e in self.evals):
                 return key
         return None
@@ -42,7 +53,8 @@ class RunLog:
 
 def _objective_rank(name: str) -> tuple:
     base = name.split("_")[0]
-    return (OBJECTIVE_ORDER.index(base) if base in OBJECTIVE_ORDER else len(OBJECTIVE_ORDER), name)
+    order = list(REGISTRY)
+    return (order.index(base) if base in order else len(order), name)
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -100,7 +112,7 @@ def table(runs: list[RunLog]) -> str:
     objectives = sorted({o for r in runs for o in r.objectives}, key=_objective_rank)
     extra = sorted({k for r in runs for e in r.evals for k in e
                     if k not in ("kind", "step") and not k.startswith("val_")})
-    has_val = any(r.val_key("ntp") for r in runs)
+    has_val = any(r.val_key(_next_token()) for r in runs)
     head = ["run", "params", "steps", "tokens"] + [f"train {o}" for o in objectives]
     if has_val:
         head += ["val loss", "val ppl", "best val loss (step)"]
@@ -115,7 +127,7 @@ def table(runs: list[RunLog]) -> str:
                _count(last_train.get("tokens"))]
         row += [_fmt(_tail_mean(r.train, f"{o}_loss")) for o in objectives]
         if has_val:
-            key = r.val_key("ntp")
+            key = r.val_key(_next_token())
             vals = [e for e in r.evals if key and key in e]
             best = min(vals, key=lambda e: e[key]) if vals else None
             row += [_fmt(last_eval.get(key)) if key else "—", _fmt(last_eval.get("val_ppl")),
@@ -145,13 +157,10 @@ def auto_smoothing(points: int) -> float:
     return min(0.95, max(0.0, 1.0 - 25.0 / max(points, 1)))
 
 
-_PER_HEAD = {"mtp": "mtp_head", "dsmtp": "dsmtp_depth"}  # per-head metrics the trainer logs (mtp_head1, ...)
-
-
 def _train_value(record: dict, objective: str) -> float | None:
     """The curve of ``objective`` in a train record: for MTP / DS-MTP the mean over heads of their per-head
     losses (each nats/token; ``{objective}_loss`` is their sum), for the others ``{objective}_loss``."""
-    prefix = _PER_HEAD.get(objective)
+    prefix = _per_head().get(objective)
     heads = [v for k, v in record.items() if prefix and k.startswith(prefix) and k[len(prefix):].isdigit()]
     if heads:
         return sum(heads) / len(heads)
@@ -161,7 +170,7 @@ def _train_value(record: dict, objective: str) -> float | None:
 def _panels(runs: list[RunLog]) -> list[tuple[str, str | None]]:
     """(title, objective or None) per panel; None: an eval metric plotted on its own."""
     objectives = sorted({o for r in runs for o in r.objectives}, key=_objective_rank)
-    per_head = {o for o, prefix in _PER_HEAD.items()
+    per_head = {o for o, prefix in _per_head().items()
                 for r in runs for t in r.train[:1] if any(k.startswith(prefix) for k in t)}
     panels = [(f"{o} loss, mean per head" if o in per_head else f"{o} loss", o) for o in objectives]
     paired = {"val_loss", "val_ppl"} | {f"val_{o}_loss" for o in objectives}

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from foresight.data.loader import PackedLoader, doc_horizon, eval_windows
+from foresight.data.loader import RESERVE, PackedLoader, doc_horizon, eval_windows
 from foresight.data.shards import TokenStream
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig
 from foresight.objectives import shifted_labels
 from foresight.objectives.base import IGNORE_INDEX
-from foresight.objectives.top import top_targets
+from foresight.objectives.top import MAX_SLOTS, top_targets
 from foresight.train.lm import TrainableLM
 
 EOS = 0
@@ -43,6 +43,12 @@ def test_consecutive_samples_overlap_by_exactly_the_lookahead(tmp_path, lookahea
         assert w[37:].tolist() == nxt[:lookahead].tolist()  # the look-ahead is the next sample's first inputs
     batch = loader.batch(0)
     assert batch.tokens.shape == (3, 37 + lookahead) and batch.seq_len == 37 and batch.horizon is None
+
+
+def test_the_reserve_covers_the_largest_top_lookahead():
+    # The loader keeps RESERVE look-ahead tokens per sample without knowing the objectives; TOP's look-ahead is
+    # min(window, MAX_SLOTS), so with RESERVE >= MAX_SLOTS every TOP run samples the same windows.
+    assert RESERVE == MAX_SLOTS == 128
 
 
 def test_every_token_is_an_input_once_per_epoch(tmp_path):

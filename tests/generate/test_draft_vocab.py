@@ -53,7 +53,7 @@ def _reference(lm, kind: str, seq: torch.Tensor) -> torch.Tensor:
         return torch.stack([SUB[(model.norm(h(out.last_input, out.cos, out.sin)[:, -1]) @ w.T).argmax(-1)]
                             for h in lm.objectives["mtp"].heads], dim=1)
     obj = lm.objectives["dsmtp"]
-    hyp, h, drafts = seq, obj._h0(out), []
+    hyp, h, drafts = seq, obj.h0(out), []
     for k, module in enumerate(obj.layers, start=1):
         h = module(h, model.embed_tokens(hyp[:, k : n + k]), out.cos, out.sin)
         norm = module.norm if module.norm is not None else model.norm

@@ -32,7 +32,8 @@ def register(sub) -> None:
     g.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
     g.add_argument("--top-p", type=float, help="nucleus sampling: the smallest set with probability >= p")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    g.add_argument("--speculative", nargs="?", const="auto", choices=("auto", "mtp", "dsmtp", "top"),
+    # (no argparse choices: the objectives that can draft are the registry's, checked by make_drafter)
+    g.add_argument("--speculative", nargs="?", const="auto", metavar="{auto,mtp,dsmtp,top}",
                    help="self-speculative greedy decoding with the model's own heads (default: auto = MTP, else "
                    "DS-MTP, else TOP)")
     g.add_argument("--drafts", type=int, help="drafts per step (default: every MTP head / DS-MTP module; 3 for TOP)")

@@ -24,9 +24,11 @@ import torch
 from foresight.batch import Batch
 from foresight.data.shards import TokenStream
 from foresight.errors import ForesightError
-from foresight.objectives.top import MAX_SLOTS
 
-RESERVE = MAX_SLOTS  # the largest look-ahead of the default objectives (TOP: min(window, 128))
+# Look-ahead tokens every sample keeps past its T, whatever the run's objectives, so runs over the same data
+# with different objectives see the same samples (a run needing more keeps more). 128 covers the built-in
+# objectives (TOP: min(window, 128) slots; tests/data check it against objectives.top.MAX_SLOTS).
+RESERVE = 128
 
 
 def doc_horizon(tokens: torch.Tensor, seq_len: int, eos_id: int) -> torch.Tensor:

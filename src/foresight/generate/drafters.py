@@ -131,7 +131,7 @@ class DSMTPDrafter(Drafter):
 
     def __init__(self, model, dsmtp, n_draft: int | None = None, vocab: DraftVocab | None = None) -> None:
         self.model, self.modules, self.vocab = model, list(dsmtp.layers)[: n_draft or len(dsmtp.layers)], vocab
-        self.post_norm = dsmtp.cfg.h0 == "post_norm"
+        self.dsmtp = dsmtp  # its h0 and norm_of say what module 1 reads and which norm precedes the head
         self.n_draft = len(self.modules)
         self.caches: list[KVCache] = []
         self.carry: list[torch.Tensor | None] = []
@@ -147,7 +147,7 @@ class DSMTPDrafter(Drafter):
 
     def propose(self, out, seq: torch.Tensor, pos0: Index, n: Index) -> torch.Tensor:
         per_row = isinstance(n, torch.Tensor)
-        h_prev = out.hidden if self.post_norm else out.final  # (B, m, D): level 0 from pos0, committed below N
+        h_prev = self.dsmtp.h0(out)  # (B, m, D): level 0 from pos0, committed below N
         prev_start = pos0
         # x[0..N] then the drafts: the sequence the modules assume (a padded copy per row on the per-row path)
         hyp = seq.clone() if per_row else seq
@@ -168,8 +168,8 @@ class DSMTPDrafter(Drafter):
             tokens = window(hyp, s + k, span)  # x[j+k] for j in [s, N-1]: (B, span)
             cos, sin = self.model.rotary(span, seq.device, s)
             h = module(h_in, self.model.embed_tokens(tokens), cos, sin, cache)  # (B, span, D)
-            norm = module.norm if module.norm is not None else self.model.norm
-            d = _greedy(self.model, pick(h, n - s - 1), norm, self.vocab)  # drafts x[N+k] from position N-1
+            # drafts x[N+k] from position N-1
+            d = _greedy(self.model, pick(h, n - s - 1), self.dsmtp.norm_of(k, self.model), self.vocab)
             drafts.append(d)
             if per_row:
                 hyp.scatter_(1, (n + k)[:, None], d[:, None])

@@ -34,11 +34,9 @@ from dataclasses import dataclass, field
 import torch
 
 from foresight.errors import ForesightError
-from foresight.generate.drafters import Drafter, DraftVocab, DSMTPDrafter, MTPDrafter
+from foresight.generate.drafters import Drafter, DraftVocab
 from foresight.generate.sampling import _validate
 from foresight.model import TrunkOutput
-
-DRAFTERS = ("mtp", "dsmtp", "top")
 
 
 @dataclass
@@ -91,30 +89,25 @@ def make_drafter(lm, kind: str = "auto", n_draft: int | None = None, stacked: bo
     ``stacked``: run the MTP heads as one batched computation (same drafts, less overhead). ``draft_vocab``:
     token ids (V',) the MTP / DS-MTP drafts are restricted to (a frequency-ranked sub-vocabulary; the output
     is unchanged, verification is over the full vocabulary)."""
-    from foresight.generate.top_draft import TOPDrafter
-    from foresight.objectives import DSMTP, MTP, TOP
+    from foresight.objectives import REGISTRY, drafting_objectives
 
-    found = {"mtp": [o for o in lm.objectives.values() if isinstance(o, MTP)],
-             "dsmtp": [o for o in lm.objectives.values() if isinstance(o, DSMTP)],
-             "top": [o for o in lm.objectives.values() if isinstance(o, TOP)]}
+    drafters = drafting_objectives()  # objectives that can draft, in 'auto' order (Objective.draft_order)
+    found = {k: [o for o in lm.objectives.values() if o.name == k] for k in drafters}
     if kind == "auto":
-        kind = next((k for k in DRAFTERS if found[k]), None)
+        kind = next((k for k in drafters if found[k]), None)
         if kind is None:
-            raise ForesightError("this model has no MTP heads, DS-MTP modules or TOP head to draft with")
-    if kind not in DRAFTERS:
-        raise ForesightError(f"drafter must be one of {', '.join(DRAFTERS)} or auto, got {kind!r}")
+            heads = [REGISTRY[k][1].draft_heads or k for k in drafters]  # "MTP heads", ...
+            listed = ", ".join(heads[:-1]) + " or " + heads[-1] if len(heads) > 1 else "".join(heads)
+            raise ForesightError(f"this model has no {listed} to draft with")
+    if kind not in drafters:
+        raise ForesightError(f"drafter must be one of {', '.join(drafters)} or auto, got {kind!r}")
     if not found[kind]:
-        have = ", ".join(k for k in DRAFTERS if found[k]) or "none"
+        have = ", ".join(k for k in drafters if found[k]) or "none"
         raise ForesightError(f"this model has no {kind} heads to draft with (it has: {have})")
     if n_draft is not None and n_draft < 1:
         raise ForesightError(f"the number of drafts must be >= 1, got {n_draft}")
-    obj = found[kind][0]
     vocab = None if draft_vocab is None else DraftVocab(lm.model, torch.as_tensor(draft_vocab))
-    if kind == "mtp":
-        return MTPDrafter(lm.model, obj.heads, n_draft, stacked, vocab)
-    if kind == "dsmtp":
-        return DSMTPDrafter(lm.model, obj, n_draft, vocab)
-    return TOPDrafter(lm.model, obj.head, n_draft or 3)
+    return found[kind][0].drafter(lm.model, n_draft, stacked, vocab)
 
 
 def _slice(out: TrunkOutput, n: int) -> TrunkOutput:

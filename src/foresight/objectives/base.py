@@ -57,19 +57,57 @@ def shifted_labels(batch: Batch, offset: int, ignore_index: int = IGNORE_INDEX) 
     return labels
 
 
+@dataclass(frozen=True)
+class Compute:
+    """What an objective adds to the training FLOPs of one token (``train/flops.py``; docs/baselines.md).
+
+    ``block_params``: parameters of the blocks and projections it runs on every token; ``blocks``: how many
+    attention blocks among them (for the 6·L·T·D attention term); ``head_uses``: applications of a V×D output
+    head beyond the model's own next-token head."""
+
+    block_params: int = 0
+    blocks: int = 0
+    head_uses: int = 0
+
+
 class Objective(nn.Module):
     """Base class: ``forward(out, batch, model) -> LossOutput``.
 
     ``out`` is the trunk's ``TrunkOutput`` for ``batch.input_ids``; ``model`` is the ``Transformer`` whose
     shared parts (embedding, final norm, output head) an objective may use. ``lookahead`` is how many tokens
     past ``seq_len`` the data must supply for this objective's labels.
+
+    Everything the rest of the library asks of an objective is declared here, so a new objective is a module in
+    ``objectives/`` registered in ``objectives.REGISTRY`` (``objectives.register``) and nothing else: its
+    paper label (``paper_label``), training FLOPs (``compute``), look-ahead, whether it is the next-token loss
+    (``next_token``), its per-head metric names (``head_metric``) and, if it can draft for speculative
+    decoding, its drafter (``drafter``; ``draft_order`` ranks it for ``--speculative auto``). Export formats map
+    weights by name in ``hf/`` (a file format's layout belongs with the format).
     """
 
     name: str = "objective"
+    next_token: bool = False  # its loss is the model's next-token loss (validation perplexity reads it)
+    head_metric: str | None = None  # per-head metric prefix: metrics f"{head_metric}{k}", k = 1, 2, ...
+    draft_order: int | None = None  # rank among drafting objectives for ``--speculative auto`` (low first)
+    draft_heads: str = ""  # what drafts, for messages: "MTP heads"
+
+    @classmethod
+    def paper_label(cls, spec: dict) -> str:
+        """The TOP paper's name for this objective as ``spec`` (a recipe entry) configures it, e.g. MTP-4."""
+        return cls.name.upper()
 
     @property
     def lookahead(self) -> int:
         return 1
+
+    def compute(self) -> Compute:
+        """Blocks and head applications this objective adds per trained token (see ``Compute``)."""
+        return Compute()
+
+    def drafter(self, model, n_draft: int | None, stacked: bool, vocab):
+        """A ``generate.drafters.Drafter`` proposing tokens with this objective's heads for ``model`` (a
+        ``Transformer``), or None if it cannot draft. ``vocab``: an optional ``DraftVocab``."""
+        return None
 
     def count(self, batch: Batch) -> torch.Tensor:
         """The divisor of this objective's loss sum for ``batch`` (needs no forward pass)."""

@@ -25,7 +25,7 @@ from torch import nn
 
 from foresight.errors import ForesightError
 from foresight.model.layers import Block, RMSNorm, init_weights
-from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective, backward, shifted_labels
+from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective, backward, shifted_labels
 from foresight.ops import linear_cross_entropy
 
 PRESETS = {
@@ -98,6 +98,15 @@ class DSMTPModule(nn.Module):
 
 class DSMTP(Objective):
     name = "dsmtp"
+    head_metric = "dsmtp_depth"
+    draft_order = 1
+    draft_heads = "DS-MTP modules"
+
+    @classmethod
+    def paper_label(cls, spec: dict) -> str:
+        # DS-MTP-n in the TOP paper has D = n - 1 modules; a spec without a depth is named by its preset
+        depth = spec.get("depth")
+        return f"DS-MTP-{depth + 1}" if depth is not None else f"DS-MTP ({spec.get('preset', DSMTPConfig.preset)})"
 
     def __init__(self, cfg: DSMTPConfig, model_cfg) -> None:
         super().__init__()
@@ -108,6 +117,24 @@ class DSMTP(Objective):
     @property
     def lookahead(self) -> int:
         return self.cfg.depth + 1
+
+    def compute(self) -> Compute:
+        # D modules: a 2D -> D projection and a block each, each applying the shared output head once more
+        return Compute(sum(p.numel() for p in self.layers.parameters()), len(self.layers), len(self.layers))
+
+    def drafter(self, model, n_draft, stacked, vocab):
+        from foresight.generate.drafters import DSMTPDrafter  # (lazy: only drafting needs generate/)
+
+        return DSMTPDrafter(model, self, n_draft, vocab)
+
+    def h0(self, out) -> torch.Tensor:
+        """Module 1's input h_0 (B, T, D): the trunk's hidden after (``post_norm``) or before its final norm."""
+        return out.hidden if self.cfg.h0 == "post_norm" else out.final
+
+    def norm_of(self, k: int, model) -> nn.Module:
+        """The norm before the shared head at depth k (1 .. D): the module's own, else the model's final norm."""
+        module = self.layers[k - 1]
+        return module.norm if module.norm is not None else model.norm
 
     def count(self, batch: Batch) -> torch.Tensor:
         return (shifted_labels(batch, 0) != IGNORE_INDEX).sum()
@@ -124,26 +151,22 @@ class DSMTP(Objective):
 
     def _depth_sum(self, k: int, h: torch.Tensor, batch: Batch, model) -> torch.Tensor:
         """Loss sum of depth k: h_k (B, T, D) predicts x[t+1+k] through the (own or shared) norm and the head."""
-        module = self.layers[k - 1]
-        norm = module.norm if module.norm is not None else model.norm
+        norm = self.norm_of(k, model)
         labels = shifted_labels(batch, k)  # (B, T)
         return linear_cross_entropy(norm(h).reshape(-1, h.shape[-1]), model.lm_head.weight, labels.reshape(-1)).sum()
-
-    def _h0(self, out) -> torch.Tensor:
-        return out.hidden if self.cfg.h0 == "post_norm" else out.final
 
     def _result(self, depth_sums: list[torch.Tensor], count: torch.Tensor, like: torch.Tensor) -> LossOutput:
         total = like.new_zeros((), dtype=torch.float32)
         metrics = {}
         for k, depth_sum in enumerate(depth_sums, start=1):
             total = total + depth_sum
-            metrics[f"dsmtp_depth{k}"] = depth_sum.detach() / count.clamp(min=1)
+            metrics[f"{self.head_metric}{k}"] = depth_sum.detach() / count.clamp(min=1)
         if self.cfg.reduce == "mean":
             total = total / self.cfg.depth
         return LossOutput(total, count, metrics)
 
     def forward(self, out, batch: Batch, model) -> LossOutput:
-        h = self._h0(out)
+        h = self.h0(out)
         depth_sums = []
         for k in range(1, self.cfg.depth + 1):
             h = self._step(k, h, out, batch, model)
@@ -163,7 +186,7 @@ class DSMTP(Objective):
         """
         depth = self.cfg.depth
         scale_k = scale / depth if self.cfg.reduce == "mean" else scale
-        states = [self._h0(out)]  # h_0 .. h_{D-1}, each (B, T, D)
+        states = [self.h0(out)]  # h_0 .. h_{D-1}, each (B, T, D)
         with autocast():
             for k in range(1, depth):
                 states.append(self._step(k, states[-1], out, batch, model).detach())

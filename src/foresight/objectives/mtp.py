@@ -26,7 +26,7 @@ from torch import nn
 
 from foresight.errors import ForesightError
 from foresight.model.layers import Block, init_weights
-from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective, backward, shifted_labels
+from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective, backward, shifted_labels
 from foresight.ops import linear_cross_entropy
 
 
@@ -44,6 +44,13 @@ class MTPConfig:
 
 class MTP(Objective):
     name = "mtp"
+    head_metric = "mtp_head"
+    draft_order = 0  # first choice for --speculative auto: n-1 parallel heads draft in one step
+    draft_heads = "MTP heads"
+
+    @classmethod
+    def paper_label(cls, spec: dict) -> str:
+        return f"MTP-{spec.get('n', MTPConfig.n)}"  # n counts head 0, as the paper's MTP-n
 
     def __init__(self, cfg: MTPConfig, model_cfg) -> None:
         super().__init__()
@@ -54,6 +61,15 @@ class MTP(Objective):
     @property
     def lookahead(self) -> int:
         return self.cfg.n
+
+    def compute(self) -> Compute:
+        # heads 1..n-1: one block each, each applying the shared output head once more
+        return Compute(sum(p.numel() for p in self.heads.parameters()), len(self.heads), len(self.heads))
+
+    def drafter(self, model, n_draft, stacked, vocab):
+        from foresight.generate.drafters import MTPDrafter  # (lazy: only drafting needs generate/)
+
+        return MTPDrafter(model, self.heads, n_draft, stacked, vocab)
 
     def count(self, batch: Batch) -> torch.Tensor:
         return (shifted_labels(batch, 0) != IGNORE_INDEX).sum()
@@ -71,7 +87,7 @@ class MTP(Objective):
         for k in range(1, self.cfg.n):
             head_sum = self._head_sum(k, out, batch, model)
             total = total + head_sum
-            metrics[f"mtp_head{k}"] = head_sum.detach() / count.clamp(min=1)
+            metrics[f"{self.head_metric}{k}"] = head_sum.detach() / count.clamp(min=1)
         return LossOutput(total, count, metrics)
 
     def forward_backward(self, out, batch: Batch, model, scale: float,
@@ -86,5 +102,5 @@ class MTP(Objective):
                 head_sum = self._head_sum(k, out, batch, model)
             backward(head_sum * scale)
             total = total + head_sum.detach()
-            metrics[f"mtp_head{k}"] = head_sum.detach() / count.clamp(min=1)
+            metrics[f"{self.head_metric}{k}"] = head_sum.detach() / count.clamp(min=1)
         return LossOutput(total, count, metrics)

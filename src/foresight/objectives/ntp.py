@@ -19,6 +19,7 @@ class NTPConfig:
 
 class NTP(Objective):
     name = "ntp"
+    next_token = True
 
     def __init__(self, cfg: NTPConfig, model_cfg=None) -> None:
         super().__init__()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from foresight.errors import ForesightError
-from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective
+from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective
 from foresight.ops import linear_soft_cross_entropy
 from foresight.ops.kernels import INDEX_DTYPES, resolve_impl
 
@@ -227,6 +227,8 @@ class TOP(Objective):
     """An extra, untied unembedding ``W_top`` (V x D, no bias) on the same final hidden states as NTP."""
 
     name = "top"
+    draft_order = 2  # the TOP head ranks upcoming tokens; it drafts when a model has no MTP / DS-MTP heads
+    draft_heads = "TOP head"
 
     def __init__(self, cfg: TOPConfig, model_cfg) -> None:
         super().__init__()
@@ -237,6 +239,14 @@ class TOP(Objective):
     @property
     def lookahead(self) -> int:
         return min(self.cfg.window, MAX_SLOTS)
+
+    def compute(self) -> Compute:
+        return Compute(head_uses=1)  # W_top on the final hidden states: one more V×D head, no block
+
+    def drafter(self, model, n_draft, stacked, vocab):
+        from foresight.generate.top_draft import TOPDrafter  # (lazy: only drafting needs generate/)
+
+        return TOPDrafter(model, self.head, n_draft or 3)
 
     def _targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ids, w = top_targets(batch.tokens, batch.seq_len, self.cfg.window, ignore_index=self.cfg.ignore_index,

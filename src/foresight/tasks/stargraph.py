@@ -38,6 +38,7 @@ from foresight.environment import describe
 from foresight.errors import ForesightError
 from foresight.eval.stargraph import evaluate
 from foresight.io import write_text
+from foresight.objectives import objective_label
 from foresight.plot import plot_bands
 from foresight.tasks.recipe import Recipe, build_model_config
 from foresight.train import distributed
@@ -82,26 +83,6 @@ def load_split(cfg: StarGraphTaskConfig, spec: StarGraphSpec, which: str) -> Sta
 
 
 # ------------------------------------------------------------------------------------------ one cell's record
-
-
-def objective_label(specs: list[dict]) -> str:
-    """The TOP paper's name for an objective list: NTP, TOP, MTP-n, DS-MTP-n (n = depth + 1), joined by ' + '."""
-    parts = []
-    for spec in specs:
-        name = spec.get("name")
-        if name == "top":
-            parts.append("TOP")
-        elif name == "mtp":
-            parts.append(f"MTP-{spec.get('n', 4)}")
-        elif name == "dsmtp":
-            depth = spec.get("depth")
-            parts.append(f"DS-MTP-{depth + 1}" if depth is not None else f"DS-MTP ({spec.get('preset', 'top_paper')})")
-        elif name != "ntp":
-            parts.append(str(name).upper())
-    if not parts:
-        return "NTP"
-    label = " + ".join(parts)
-    return label if any(s.get("name") == "ntp" for s in specs) else f"{label} (no NTP)"
 
 
 def cell_name(recipe: str, spec: StarGraphSpec, run: str, train_cfg: TrainConfig) -> str:

@@ -133,7 +133,7 @@ def validate(lm: TrainableLM, batches: list[Batch]) -> dict[str, float]:
     sums = {k: 0.0 for k in lm.objectives}
     counts = {k: 0 for k in lm.objectives}
     ntp_sum, ntp_count = 0.0, 0
-    ntp_key = next((k for k, obj in lm.objectives.items() if obj.name == "ntp"), None)
+    ntp_key = next((k for k, obj in lm.objectives.items() if obj.next_token), None)
     try:
         with autocast:
             for first in range(0, len(batches), world):

@@ -114,10 +114,10 @@ def head_losses(lm, key: str, out: TrunkOutput, batch: Batch, w_sub: torch.Tenso
         for k, head in enumerate(obj.heads, start=1):
             sums.append(_sub_loss(head(out.last_input, out.cos, out.sin), model.norm, w_sub, labels(k)))
         return sums
-    h = obj._h0(out)
-    for k, module in enumerate(obj.layers, start=1):
+    h = obj.h0(out)
+    for k in range(1, len(obj.layers) + 1):
         h = obj._step(k, h, out, batch, model)
-        sums.append(_sub_loss(h, module.norm if module.norm is not None else model.norm, w_sub, labels(k)))
+        sums.append(_sub_loss(h, obj.norm_of(k, model), w_sub, labels(k)))
     return sums
 
 
@@ -193,10 +193,10 @@ def draft_accuracy(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab:
         if isinstance(obj, MTP):
             hs = [(head(out.last_input, out.cos, out.sin), model.norm) for head in obj.heads]
         else:
-            hs, h = [], obj._h0(out)
-            for k, module in enumerate(obj.layers, start=1):
+            hs, h = [], obj.h0(out)
+            for k in range(1, len(obj.layers) + 1):
                 h = obj._step(k, h, out, b, model)
-                hs.append((h, module.norm if module.norm is not None else model.norm))
+                hs.append((h, obj.norm_of(k, model)))
         for k, (h, norm) in enumerate(hs, start=1):
             guess = vocab[(norm(h) @ w_sub.T).argmax(-1)]  # (B, T) full-vocabulary ids
             full = shifted_labels(b, k)

@@ -8,7 +8,8 @@ Per trained token (forward + backward = 3 × the forward's 2 FLOPs per multiply-
   blocks and the objectives' extra blocks (MTP heads, DS-MTP modules with their 2D -> D projections).
   The input embedding is a lookup, not a matmul, and is left out.
 * P_heads: V · D for each application of an output head: the NTP head, the TOP head, and the shared head once
-  more per extra MTP head / DS-MTP module ("heads included").
+  more per extra MTP head / DS-MTP module ("heads included"). Each objective declares its share
+  (``Objective.compute``).
 * 6 · L · T · D: attention scores and weighted values (2 · 2 · T · D per layer forward, causal half, × 3 for
   the backward), L counting every block, head blocks included; T the sequence length, D the hidden size.
 
@@ -40,16 +41,10 @@ def flops_per_token(lm, seq_len: int) -> float:
     layers = len(model.layers)
     head_uses = 1  # the NTP head
     for obj in lm.objectives.values():
-        if obj.name == "top":
-            head_uses += 1
-        elif obj.name == "mtp":
-            blocks += _count(obj.heads)
-            layers += len(obj.heads)
-            head_uses += len(obj.heads)
-        elif obj.name == "dsmtp":
-            blocks += _count(obj.layers)
-            layers += len(obj.layers)
-            head_uses += len(obj.layers)
+        extra = obj.compute()  # what each objective adds (Objective.compute)
+        blocks += extra.block_params
+        layers += extra.blocks
+        head_uses += extra.head_uses
     return 6.0 * (blocks + head_uses * v * d) + 6.0 * layers * seq_len * d
 
 
