@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from foresight.data.stargraph import StarGraphData, StarGraphSpec, generate
 from foresight.errors import ForesightError
@@ -147,14 +148,42 @@ def test_lr_schedule():
 
 def test_weight_schedule():
     assert weight_at(0.5, 10, 100) == 0.5
-    schedule = [[0, 0.3], [0.5, 0.1]]  # fraction of the run
+    schedule = [[{"frac": 0}, 0.3], [{"frac": 0.5}, 0.1]]  # fraction of the run
     assert weight_at(schedule, 49, 100) == 0.3 and weight_at(schedule, 50, 100) == 0.1
-    steps = [[0, 1.0], [7, 2.0]]  # step numbers
+    steps = [[{"step": 0}, 1.0], [{"step": 7}, 2.0]]  # step numbers
     assert weight_at(steps, 6, 100) == 1.0 and weight_at(steps, 7, 100) == 2.0
     check_weight(schedule, "w")
-    for bad in ([[1, 0.3]], [], "x", [[0]]):
+    check_weight(steps, "w")
+    for bad in ([[{"step": 1}, 0.3]], [], "x", [[{"step": 0}]], [[{"frac": 0}, 1.0], [{"step": 5}, 2.0]],
+                [[{"step": 0}, 1.0], [{"step": 2.5}, 2.0]], [[{"frac": 0}, 1.0], [{"frac": 1.5}, 2.0]],
+                [[{"step": 0}, 1.0], [{"step": 9}, 2.0], [{"step": 9}, 3.0]], [[{"epoch": 0}, 1.0]],
+                [[{"step": 0, "frac": 0}, 1.0]], True):
         with pytest.raises(ForesightError):
             check_weight(bad, "w")
+
+
+@pytest.mark.parametrize("old, new", [
+    ([[0, 0.3], [0.5, 0.1]], "[[{frac: 0}, 0.3], [{frac: 0.5}, 0.1]]"),  # a float time was a fraction
+    ([[0, 1.0], [7, 2.0]], "[[{step: 0}, 1.0], [{step: 7}, 2.0]]"),  # an int time a step
+])
+def test_the_old_bare_number_schedule_is_one_line_saying_how_to_write_it(old, new):
+    with pytest.raises(ForesightError) as e:
+        check_weight(old, "runs.top.top.weight")
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("runs.top.top.weight: a schedule time must say its unit")
+    assert f"write {new} " in message
+    check_weight(yaml.safe_load(new), "w")  # what it suggests is valid, and means what the old form meant
+    assert [weight_at(yaml.safe_load(new), s, 100) for s in (0, 6, 7, 49, 50)] == \
+        [weight_at_old(old, s, 100) for s in (0, 6, 7, 49, 50)]
+
+
+def weight_at_old(weight, step: int, total_steps: int) -> float:
+    """The old reading of a bare-number schedule, written out plainly: an int time is a step, a float a fraction."""
+    value = weight[0][1]
+    for at, v in weight:
+        if step >= (at if isinstance(at, int) else at * total_steps):
+            value = v
+    return value
 
 
 @pytest.mark.parametrize("bad", [

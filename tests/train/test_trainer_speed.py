@@ -37,11 +37,13 @@ TOP = {"name": "top", "window": 8, "weight": 0.6}
 
 CASES = {
     "ntp": [{"name": "ntp", "weight": 0.8}],
-    "mtp2_top_schedule": [{"name": "ntp"}, TOP, {"name": "mtp", "n": 2, "weight": [[0, 0.5], [5, 2.0]]}],
+    "mtp2_top_schedule": [{"name": "ntp"}, TOP,
+                          {"name": "mtp", "n": 2, "weight": [[{"step": 0}, 0.5], [{"step": 5}, 2.0]]}],
     "mtp4": [{"name": "ntp", "weight": 0.8}, {"name": "mtp", "n": 4, "weight": 0.7}],
     "dsmtp_top_paper_d1": [{"name": "ntp"}, TOP, {"name": "dsmtp", "preset": "top_paper", "depth": 1, "weight": 0.4}],
     "dsmtp_top_paper_d3": [{"name": "ntp"}, TOP,
-                           {"name": "dsmtp", "preset": "top_paper", "depth": 3, "weight": [[0, 1.0], [0.5, 0.25]]}],
+                           {"name": "dsmtp", "preset": "top_paper", "depth": 3,
+                            "weight": [[{"frac": 0}, 1.0], [{"frac": 0.5}, 0.25]]}],
     "dsmtp_deepseek_v3_d1": [{"name": "ntp"}, TOP, {"name": "dsmtp", "preset": "deepseek_v3"}],  # lambda schedule
     "dsmtp_deepseek_v3_d3": [{"name": "ntp", "weight": 1.5}, {"name": "dsmtp", "preset": "deepseek_v3", "depth": 3}],
     "mtp3_and_dsmtp_d2": [{"name": "ntp"}, {"name": "mtp", "n": 3, "weight": 0.3},

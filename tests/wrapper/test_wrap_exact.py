@@ -131,7 +131,8 @@ def test_num_items_in_batch_divides_every_objective():
 
 def test_weight_schedule_follows_set_step():
     wrapped = wrap(tiny_model("llama"),
-                   [{"name": "ntp"}, {"name": "top", "window": 3, "weight": [[0, 1.0], [0.5, 0.1]]}])
+                   [{"name": "ntp"},
+                    {"name": "top", "window": 3, "weight": [[{"frac": 0}, 1.0], [{"frac": 0.5}, 0.1]]}])
     with pytest.raises(ForesightError, match="set_step"):
         wrapped.current_weights()
     wrapped.set_step(4, total_steps=10)

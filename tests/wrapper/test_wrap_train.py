@@ -73,7 +73,8 @@ def test_hf_trainer_trains_a_few_steps(tmp_path):
 
     torch.manual_seed(0)
     wrapped = wrap(tiny_model("llama"), [{"name": "ntp"},
-                                         {"name": "top", "window": 4, "weight": [[0, 1.0], [0.5, 0.0]]},
+                                         {"name": "top", "window": 4,
+                                          "weight": [[{"frac": 0}, 1.0], [{"frac": 0.5}, 0.0]]},
                                          {"name": "mtp", "n": 2}])
     before = {n: p.detach().clone() for n, p in wrapped.named_parameters()}
     data = [{"input_ids": x, "labels": x} for x in torch.randint(3, VOCAB, (16, 10))]

@@ -37,8 +37,8 @@ PRESETS = {
     # DeepSeek-V3: D = 1, lambda 0.3 for the first 10T of 14.8T tokens then 0.1, embedding first, no bias,
     # mean over depth, its own norm before the shared head (``shared_head.norm`` in the checkpoints), and the
     # main model's normalised output as h_0 (as Megatron and vLLM feed it).
-    "deepseek_v3": dict(weight=[[0.0, 0.3], [0.676, 0.1]], depth=1, concat="embed_first", h0="post_norm",
-                        proj_bias=False, reduce="mean", final_norm="own"),
+    "deepseek_v3": dict(weight=[[{"frac": 0.0}, 0.3], [{"frac": 0.676}, 0.1]], depth=1, concat="embed_first",
+                        h0="post_norm", proj_bias=False, reduce="mean", final_norm="own"),
 }
 
 _CHOICES = {
@@ -54,7 +54,7 @@ class DSMTPConfig:
     """DS-MTP. Fields left unset (None) come from ``preset``."""
 
     preset: str = "top_paper"  # "top_paper" or "deepseek_v3"
-    weight: float | list | None = None  # lambda: a number, or a schedule [[fraction_of_run, value], ...]
+    weight: float | list | None = None  # lambda: a number or a schedule [[{frac: f}, value], ...]
     depth: int | None = None  # D: number of sequential modules (DS-MTP-n in the TOP paper has D = n - 1)
     concat: str | None = None  # "hidden_first" (paper formula, MiMo) or "embed_first" (DeepSeek, Megatron)
     h0: str | None = None  # "pre_norm" or "post_norm": main hidden state fed to module 1

@@ -34,7 +34,7 @@ from foresight.ops import linear_cross_entropy
 class MTPConfig:
     """Meta MTP with n heads in total (head 0 is the model's last block)."""
 
-    weight: float | list = 1.0  # loss weight of heads 1..n-1: a number, or a schedule [[step, value], ...]
+    weight: float | list = 1.0  # loss weight of heads 1..n-1: a number or a schedule [[{step: s}, value], ...]
     n: int = 4  # tokens predicted per position, the next one included
 
     def __post_init__(self) -> None:

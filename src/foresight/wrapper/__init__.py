@@ -18,7 +18,7 @@ def wrap(model, objectives: list[dict], *, return_logits: bool = True) -> Foresi
     """``model`` (a transformers ``...ForCausalLM``) with the given objectives, as a ``torch.nn.Module``.
 
     ``objectives``: recipe-style specs, each with a ``name`` (``ntp``, ``top``, ``mtp``, ``dsmtp``), optional
-    ``weight`` (a number or a schedule ``[[at, value], ...]``) and the objective's options (``window``, ``n``,
+    ``weight`` (a number or a schedule ``[[{step: s}, value], ...]``) and the objective's options (``window``, ``n``,
     ``depth``, ``preset``, ...; see ``foresight.objectives``). New heads are created on the model's device and
     in its dtype. ``return_logits=False`` skips the (B, T, V) logits (the losses never need them).
     Unsupported models raise ``ForesightError`` with one line naming what is supported.

@@ -7,7 +7,8 @@ from transformers import TrainerCallback
 
 class ForesightCallback(TrainerCallback):
     """Calls ``model.set_step(state.global_step, state.max_steps)`` before every step, so objective weights
-    given as schedules (``[[0, 0.3], [0.7, 0.1]]``) follow the run; also logs each objective's weight."""
+    given as schedules (``[[{frac: 0}, 0.3], [{frac: 0.7}, 0.1]]``) follow the run; also logs each objective's
+    weight."""
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if model is not None and hasattr(model, "set_step"):

@@ -29,7 +29,7 @@ from transformers.utils import ModelOutput
 
 from foresight.errors import ForesightError
 from foresight.objectives.base import IGNORE_INDEX, Batch
-from foresight.train.schedule import check_weight, weight_at
+from foresight.train.schedule import check_weight, in_fractions, weight_at
 from foresight.wrapper.objectives import WrapDSMTP, WrapMTP, WrapNTP, WrapTOP, build
 from foresight.wrapper.parts import Parts, WrapTrunkOutput
 
@@ -100,14 +100,15 @@ class ForesightModel(nn.Module):
         return self.model.config
 
     def set_step(self, step: int, total_steps: int | None = None) -> None:
-        """The optimiser step that weight schedules (``[[at, value], ...]``) are read at."""
+        """The optimiser step that weight schedules (``[[{step: s}, value], ...]``) are read at; ``total_steps``
+        is what ``{frac: f}`` times are fractions of."""
         self.step, self.total_steps = int(step), total_steps
 
     def current_weights(self) -> dict[str, float]:
         """Each objective's weight at the current step."""
         out = {}
         for key, w in self.weights.items():
-            if isinstance(w, list) and any(isinstance(at, float) for at, _ in w) and self.total_steps is None:
+            if in_fractions(w) and self.total_steps is None:
                 raise ForesightError(f"objectives.{key}.weight is a schedule in fractions of the run; call "
                                      f"set_step(step, total_steps) (or use foresight.wrapper.ForesightCallback)")
             out[key] = weight_at(w, self.step, self.total_steps or 0)
