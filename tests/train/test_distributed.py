@@ -87,6 +87,7 @@ def _steps(case: str, run_dir: Path, two_ranks: bool) -> tuple[list[dict], dict,
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo")  # the entry point joins the job; the Trainer only checks that it has
     torch.set_num_threads(1)
     # Count FSDP's reduce-scatters (whichever of the two functions this torch's FSDP calls; outermost calls only).
     sizes, depth = [], [0]
@@ -220,6 +221,17 @@ def test_batch_must_split_over_the_ranks():
     with pytest.raises(ForesightError, match=r"batch_size=12 is not divisible by 4 processes x "
                                              r"train.micro_batch_size=2 = 8"):
         check_batch(cfg, 4)
+
+
+def test_the_trainer_does_not_join_the_job_itself(tmp_path, monkeypatch):
+    """The entry point joins (and leaves) the process group; a Trainer built under torchrun without it is one
+    clear error, and no process group gets created behind the caller's back."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = TrainConfig(steps=1, batch_size=BATCH, micro_batch_size=2, device="cpu", tensorboard=False)
+    with pytest.raises(ForesightError, match="has not joined the process group; call "
+                                             "foresight.train.distributed.init"):
+        Trainer(TrainableLM(MODEL, [{"name": "ntp"}]), cfg, tmp_path, batch_fn=lambda step: None, run_config={})
+    assert not dist.is_initialized()
 
 
 # ------------------------------------------------------------------------------- torchrun, command line

@@ -118,6 +118,16 @@ def init(cfg) -> None:
         dist.init_process_group("gloo")
 
 
+def check_joined(cfg) -> None:
+    """For code handed a job rather than joining one (the ``Trainer``): under torchrun the entry point must have
+    joined the process group (``init``; the CLI does, and ``run_stargraph`` / ``run_text`` for library callers),
+    and ``cfg``'s global batch must split over it."""
+    if env_world_size() > 1 and not initialized():
+        raise ForesightError(f"torchrun started {env_world_size()} processes but this one has not joined the "
+                             f"process group; call foresight.train.distributed.init(train_cfg) before the Trainer")
+    check_batch(cfg, world_size())
+
+
 def shutdown() -> None:
     if initialized():
         torch.distributed.destroy_process_group()

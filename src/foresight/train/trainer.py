@@ -164,7 +164,7 @@ class Trainer:
         self.progress_bar = progress  # False: no progress bar (several runs printing side by side)
         self.data_state = data_state
         self.run_config = run_config
-        distributed.init(cfg)  # joins the torchrun job, if any
+        distributed.check_joined(cfg)  # the entry point joins a torchrun job (and leaves it); the Trainer only uses it
         self.device = distributed.device_for(cfg.device) if distributed.world_size() > 1 else pick_device(cfg.device)
         self.dp = DataParallel(self.device)
         # Data parallel: ranks > 0 may hold a meta model; ``shard`` puts every rank's shards on its device.
