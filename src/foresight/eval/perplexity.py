@@ -19,6 +19,7 @@ from foresight.data.loader import eval_windows
 from foresight.data.shards import PreparedData, TokenStream
 from foresight.errors import ForesightError
 from foresight.model import Transformer
+from foresight.modes import eval_mode
 from foresight.ops import linear_cross_entropy
 
 
@@ -89,16 +90,11 @@ def perplexity(model: torch.nn.Module, data, seq_len: int, batch_size: int = 8, 
         raise ForesightError(f"perplexity: {len(stream):,} tokens are too few for one window of {seq_len} tokens "
                              f"(plus the 128-token reserve)")
     device = _device_of(model)
-    was_training = model.training
-    model.eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     total, count = 0.0, 0
-    try:
-        with autocast:
-            for rows in batches:
-                s, n = nll_sum(model, torch.from_numpy(rows).to(device))
-                total, count = total + s, count + n
-    finally:
-        model.train(was_training)
+    with eval_mode(model), autocast:
+        for rows in batches:
+            s, n = nll_sum(model, torch.from_numpy(rows).to(device))
+            total, count = total + s, count + n
     loss = total / count
     return {"loss": loss, "ppl": math.exp(loss), "tokens": count, "batches": len(batches)}

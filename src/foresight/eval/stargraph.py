@@ -17,6 +17,7 @@ from torch import nn
 from foresight.data.stargraph import StarGraphData, StarGraphSpec
 from foresight.errors import ForesightError
 from foresight.generate.sampling import generate
+from foresight.modes import eval_mode
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -36,22 +37,17 @@ def greedy_paths(model: nn.Module, prefixes: torch.Tensor, path_len: int) -> tor
     position's logits is taken over the full vocabulary (no restriction to node ids: a model that emits a symbol
     is simply wrong). The model is in eval mode only for the duration of the call.
     """
-    was_training = model.training
-    model.eval()
     autocast = (
         torch.autocast(device_type="cuda", dtype=torch.bfloat16) if prefixes.is_cuda else contextlib.nullcontext()
     )
     seq = prefixes
-    try:
-        with autocast:
-            if hasattr(model, "new_caches"):
-                return generate(model, prefixes, path_len)[:, prefixes.shape[1] :]
-            for _ in range(path_len):
-                logits = model(seq)  # (B, T, V)
-                nxt = logits[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
-                seq = torch.cat([seq, nxt.to(seq.dtype)], dim=1)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), autocast:
+        if hasattr(model, "new_caches"):
+            return generate(model, prefixes, path_len)[:, prefixes.shape[1] :]
+        for _ in range(path_len):
+            logits = model(seq)  # (B, T, V)
+            nxt = logits[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
+            seq = torch.cat([seq, nxt.to(seq.dtype)], dim=1)
     return seq[:, prefixes.shape[1] :]
 
 

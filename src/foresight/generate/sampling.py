@@ -13,6 +13,8 @@ from numbers import Integral, Real
 import torch
 from torch import nn
 
+from foresight.modes import eval_mode
+
 __all__ = ["generate", "sample_next_token", "top_k_filter", "top_p_filter"]
 
 
@@ -133,9 +135,7 @@ def generate(
     if max_new_tokens == 0:
         return input_ids.clone()
 
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model):
         caches = model.new_caches()
         logits = model(input_ids, caches)[:, -1, :]  # prefill: the whole prompt once
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -153,6 +153,3 @@ def generate(
                 break
             logits = model(nxt[:, None], caches)[:, -1, :]  # one new token against the cache
         return torch.cat(pieces, dim=1)
-    finally:
-        for m, mode in modes:
-            m.training = mode

@@ -37,6 +37,7 @@ from foresight.errors import ForesightError
 from foresight.generate.drafters import Drafter, DraftVocab
 from foresight.generate.sampling import _validate
 from foresight.model import TrunkOutput
+from foresight.modes import eval_mode
 
 
 @dataclass
@@ -242,9 +243,7 @@ def speculative_generate(lm, input_ids: torch.Tensor, max_new_tokens: int, draft
         drafter = make_drafter(lm, drafter, n_draft)
     b, p = ids.shape
     stats = SpecStats(drafter.n_draft, batch=b)
-    modes = [(m, m.training) for m in lm.modules()]
-    lm.eval()
-    try:
+    with eval_mode(lm):
         caches = model.new_caches()
         drafter.reset()
         out = model.trunk(ids, caches)  # prefill: positions 0..P-1
@@ -255,6 +254,3 @@ def speculative_generate(lm, input_ids: torch.Tensor, max_new_tokens: int, draft
         if eos_id is not None:
             tokens = _fill_after_eos(tokens, p, eos_id, max_new_tokens)
         return tokens, stats
-    finally:
-        for m, mode in modes:
-            m.training = mode

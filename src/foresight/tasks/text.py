@@ -30,6 +30,7 @@ from foresight.errors import ForesightError
 from foresight.eval.perplexity import nll_sum
 from foresight.io import write_json
 from foresight.model import ModelConfig
+from foresight.modes import eval_mode
 from foresight.tasks.recipe import Recipe, build_model_config
 from foresight.train import distributed
 from foresight.train.lm import TrainableLM
@@ -127,14 +128,12 @@ def validate(lm: TrainableLM, batches: list[Batch]) -> dict[str, float]:
     numbers it drops, because every rank must take part in every sharded forward pass."""
     device = next(lm.parameters()).device
     rank, world = distributed.rank(), distributed.world_size()
-    was_training = lm.training
-    lm.eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     sums = {k: 0.0 for k in lm.objectives}
     counts = {k: 0 for k in lm.objectives}
     ntp_sum, ntp_count = 0.0, 0
     ntp_key = next((k for k, obj in lm.objectives.items() if obj.next_token), None)
-    try:
+    with eval_mode(lm):
         with autocast:
             for first in range(0, len(batches), world):
                 mine = first + rank < len(batches)
@@ -148,8 +147,6 @@ def validate(lm: TrainableLM, batches: list[Batch]) -> dict[str, float]:
                     for key, out in outs.items():
                         sums[key] += float(out.loss_sum)
                         counts[key] += int(out.count)
-    finally:
-        lm.train(was_training)
     if world > 1:
         keys = list(lm.objectives)
         total = torch.tensor([*(sums[k] for k in keys), *(counts[k] for k in keys), ntp_sum, ntp_count],
