@@ -13,8 +13,6 @@ writes files.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -22,15 +20,13 @@ from pathlib import Path
 
 import torch
 
-from foresight.batch import Batch
 from foresight.config import from_dict
 from foresight.data.loader import PackedLoader, eval_windows, make_batch
 from foresight.data.shards import PreparedData
 from foresight.errors import ForesightError
-from foresight.eval.perplexity import nll_sum
+from foresight.eval.validation import validate
 from foresight.io import write_json
 from foresight.model import ModelConfig
-from foresight.modes import eval_mode
 from foresight.tasks.recipe import Recipe, build_model_config
 from foresight.train import distributed
 from foresight.train.lm import TrainableLM
@@ -117,50 +113,6 @@ def pretrained_config(path: str, data: PreparedData) -> ModelConfig:
         raise ForesightError(f"text.init_from={path}: its vocabulary ({model_cfg.vocab_size}) is smaller than the "
                              f"data's tokenizer ({data.vocab_size}); prepare the data with that model's tokenizer")
     return model_cfg
-
-
-@torch.no_grad()
-def validate(lm: TrainableLM, batches: list[Batch]) -> dict[str, float]:
-    """Mean loss per objective over fixed batches, plus the next-token ``val_loss`` and ``val_ppl``.
-
-    Data parallel, rank r scores batches r, r + N, ... and the sums are added over ranks (the same numbers as one
-    process, up to the order of the additions); a rank with no batch left in a round scores a repeat whose
-    numbers it drops, because every rank must take part in every sharded forward pass."""
-    device = next(lm.parameters()).device
-    rank, world = distributed.rank(), distributed.world_size()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    sums = {k: 0.0 for k in lm.objectives}
-    counts = {k: 0 for k in lm.objectives}
-    ntp_sum, ntp_count = 0.0, 0
-    ntp_key = next((k for k, obj in lm.objectives.items() if obj.next_token), None)
-    with eval_mode(lm):
-        with autocast:
-            for first in range(0, len(batches), world):
-                mine = first + rank < len(batches)
-                batch = batches[first + rank if mine else 0].to(device)
-                outs = lm(batch)
-                if ntp_key is None:  # a run without NTP: score the inference model directly
-                    s, n = nll_sum(lm.model, batch.tokens[:, : batch.seq_len + 1])
-                    if mine:
-                        ntp_sum, ntp_count = ntp_sum + s, ntp_count + n
-                if mine:
-                    for key, out in outs.items():
-                        sums[key] += float(out.loss_sum)
-                        counts[key] += int(out.count)
-    if world > 1:
-        keys = list(lm.objectives)
-        total = torch.tensor([*(sums[k] for k in keys), *(counts[k] for k in keys), ntp_sum, ntp_count],
-                             dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(total)
-        sums = dict(zip(keys, total[: len(keys)].tolist()))
-        counts = dict(zip(keys, total[len(keys): 2 * len(keys)].tolist()))
-        ntp_sum, ntp_count = total[-2].item(), total[-1].item()
-    if ntp_key is not None:
-        ntp_sum, ntp_count = sums[ntp_key], counts[ntp_key]
-    val_loss = ntp_sum / max(ntp_count, 1)
-    result = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
-    result.update({f"val_{k}_loss": sums[k] / max(counts[k], 1) for k in lm.objectives})
-    return result
 
 
 def _describe(data: PreparedData, cfg: TextTaskConfig, vocab: int) -> str:
