@@ -182,7 +182,7 @@ def plot(runs: list[RunLog], path: Path, *, x: str = "step", smooth: float | Non
     """Write the comparison figure (PNG) to ``path``. ``smooth``: EMA weight of the training curves (0 = raw;
     None = ``auto_smoothing`` of each curve's length)."""
     # The backend is chosen before pyplot is imported: keep this order.
-    import foresight.plot  # noqa: F401  (selects the file-only matplotlib backend)
+    from foresight.plot import figure
 
     # isort: split
     import matplotlib.pyplot as plt
@@ -193,7 +193,6 @@ def plot(runs: list[RunLog], path: Path, *, x: str = "step", smooth: float | Non
         raise ForesightError("the runs have no logged losses or evaluations to plot yet")
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.4 * cols, 3.8 * rows), dpi=120, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
     def xs(run: RunLog, records: list[dict]) -> list[float]:
@@ -203,48 +202,54 @@ def plot(runs: list[RunLog], path: Path, *, x: str = "step", smooth: float | Non
             return [rec["step"] * per_step for rec in records]
         return [rec["step"] for rec in records]
 
-    for ax, (title, objective) in zip(axes.flat, panels):
-        shown = []
-        for i, run in enumerate(runs):
-            color = colors[i % len(colors)]
-            if objective is not None:
-                recs = [t for t in run.train if _train_value(t, objective) is not None
-                        and math.isfinite(_train_value(t, objective))]
-                if recs:
-                    ys = [_train_value(t, objective) for t in recs]
-                    weight = auto_smoothing(len(ys)) if smooth is None else smooth
-                    ax.plot(xs(run, recs), ys, color=color, alpha=0.25 if weight > 0 else 1.0, linewidth=0.8)
-                    if weight > 0:
-                        ax.plot(xs(run, recs), _ema(ys, weight), color=color, linewidth=1.6)
-                    shown += ys[len(ys) // 10:]
-                val_key = run.val_key(objective)
-            else:
-                val_key = title
-            vals = [e for e in run.evals if val_key and val_key in e and math.isfinite(e[val_key])]
-            if vals:
-                ax.plot(xs(run, vals), [e[val_key] for e in vals], color=color, linestyle="--", marker="o",
-                        markersize=3.5, linewidth=1.2)
-                shown += [e[val_key] for e in vals]
-        ax.set_title(title)
-        ax.set_xlabel("tokens" if x == "tokens" else "step")
-        ax.set_ylabel("loss (nats/token)" if objective is not None else title)
-        if shown and objective is not None:  # zoom past the first steps' drop from ln V
-            lo, hi = min(shown), max(shown)
-            pad = 0.05 * (hi - lo or 1.0)
-            ax.set_ylim(lo - pad, hi + pad)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    handles = [Line2D([], [], color=colors[i % len(colors)], linewidth=2, label=r.name) for i, r in enumerate(runs)]
-    ema = "EMA" if smooth is None else f"EMA {smooth:g}" if smooth else ""
-    handles += [Line2D([], [], color="grey", linewidth=1.6, label=f"train ({ema}; thin: raw)" if ema else "train"),
-                Line2D([], [], color="grey", linestyle="--", marker="o", markersize=3.5, label="validation")]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False)
-    fig.tight_layout(rect=(0, 0.07 if rows == 1 else 0.04, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, rows, cols, (5.4, 3.8)) as (fig, axes):
+        for ax, (title, objective) in zip(axes.flat, panels):
+            _draw_panel(ax, runs, title, objective, colors, xs, smooth, x)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        handles = [Line2D([], [], color=colors[i % len(colors)], linewidth=2, label=r.name)
+                   for i, r in enumerate(runs)]
+        ema = "EMA" if smooth is None else f"EMA {smooth:g}" if smooth else ""
+        handles += [Line2D([], [], color="grey", linewidth=1.6, label=f"train ({ema}; thin: raw)" if ema else "train"),
+                    Line2D([], [], color="grey", linestyle="--", marker="o", markersize=3.5, label="validation")]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False)
+        fig.tight_layout(rect=(0, 0.07 if rows == 1 else 0.04, 1, 1))
     return path
+
+
+def _draw_panel(ax, runs: list[RunLog], title: str, objective: str | None, colors: list, xs, smooth: float | None,
+                x: str) -> None:
+    """One panel: every run's training curve of ``objective`` (raw and EMA) and its validation points, or, with
+    ``objective`` None, the eval metric ``title``."""
+    shown = []
+    for i, run in enumerate(runs):
+        color = colors[i % len(colors)]
+        if objective is not None:
+            recs = [t for t in run.train if _train_value(t, objective) is not None
+                    and math.isfinite(_train_value(t, objective))]
+            if recs:
+                ys = [_train_value(t, objective) for t in recs]
+                weight = auto_smoothing(len(ys)) if smooth is None else smooth
+                ax.plot(xs(run, recs), ys, color=color, alpha=0.25 if weight > 0 else 1.0, linewidth=0.8)
+                if weight > 0:
+                    ax.plot(xs(run, recs), _ema(ys, weight), color=color, linewidth=1.6)
+                shown += ys[len(ys) // 10:]
+            val_key = run.val_key(objective)
+        else:
+            val_key = title
+        vals = [e for e in run.evals if val_key and val_key in e and math.isfinite(e[val_key])]
+        if vals:
+            ax.plot(xs(run, vals), [e[val_key] for e in vals], color=color, linestyle="--", marker="o",
+                    markersize=3.5, linewidth=1.2)
+            shown += [e[val_key] for e in vals]
+    ax.set_title(title)
+    ax.set_xlabel("tokens" if x == "tokens" else "step")
+    ax.set_ylabel("loss (nats/token)" if objective is not None else title)
+    if shown and objective is not None:  # zoom past the first steps' drop from ln V
+        lo, hi = min(shown), max(shown)
+        pad = 0.05 * (hi - lo or 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.grid(alpha=0.3)
 
 
 def write_comparison(paths: list[Path], out_dir: Path | None = None, *, x: str = "step",
