@@ -9,6 +9,7 @@ import torch
 
 from foresight.config import from_dict
 from foresight.data.stargraph import StarGraphSpec
+from foresight.errors import ForesightError
 from foresight.tasks.recipe import build_model_config, load_recipe
 from foresight.tasks.stargraph import StarGraphTaskConfig
 from foresight.train.lm import TrainableLM
@@ -58,3 +59,13 @@ def test_paper_recipe_matches_table5_sizes():
     assert size(models["mtp4"], True) == pytest.approx(19.6, rel=0.01)
     assert 16.0 < size(models["dsmtp2"], True) < 16.7
     assert 19.6 < size(models["dsmtp4"], True) < 20.8
+
+
+def test_the_task_section_is_parsed_once_at_load():
+    recipe = load_recipe("smoke", ["stargraph.nodes=12"], "stargraph")
+    assert isinstance(recipe.task_config, StarGraphTaskConfig) and recipe.task_config.nodes == 12
+    assert recipe.task_config == from_dict(StarGraphTaskConfig, recipe.section, "stargraph")
+    with pytest.raises(ForesightError, match="stargraph.eval_batch_size must be >= 1"):
+        load_recipe("smoke", ["stargraph.eval_batch_size=0"], "stargraph")  # before any data or model
+    with pytest.raises(ForesightError, match="unknown key stargraph.nodez"):
+        load_recipe("smoke", ["stargraph.nodez=3"], "stargraph")

@@ -1,10 +1,13 @@
 """Tasks tie data, trainer and evaluation together for one kind of run.
 
-A task is a function ``run(recipe, runs, out_dir, resume)``; ``TASKS`` maps a recipe's ``task:`` to it.
+A task is a function ``run(recipe, runs, out_dir, resume)``; ``TASKS`` maps a recipe's ``task:`` to it, and
+``TASK_CONFIGS`` to the dataclass of its own recipe section (``stargraph:``, ``text:``), which the recipe loader
+parses once at load (``Recipe.task_config``).
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 
@@ -21,6 +24,14 @@ def _text(recipe, runs, out_dir: Path, resume: bool):
 
 
 TASKS = {"stargraph": _stargraph, "text": _text}
+# task -> "module:class" of its section's config (imported on use: a task module pulls in its data and models)
+TASK_CONFIGS = {"stargraph": "foresight.tasks.stargraph:StarGraphTaskConfig",
+                "text": "foresight.tasks.text:TextTaskConfig"}
+
+
+def task_config_class(task: str) -> type:
+    module, name = TASK_CONFIGS[task].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def run_task(recipe, runs: dict, out_dir: Path, resume: bool = False):

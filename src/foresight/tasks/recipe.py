@@ -16,7 +16,7 @@ from foresight.objectives import objective_config
 from foresight.train.config import TrainConfig
 from foresight.train.schedule import check_weight
 
-SECTIONS = {"task", "model", "train", "runs", "stargraph", "text"}  # tasks add their own section name here
+SECTIONS = {"task", "model", "train", "runs"}  # and each task's own section, named after the task (TASKS)
 
 
 @dataclass
@@ -27,8 +27,9 @@ class Recipe:
     model: dict  # ModelConfig fields; the task fills in what it decides (vocab_size, max_seq_len)
     train: TrainConfig
     runs: dict[str, list[dict]]  # run name -> objective specs
-    section: dict  # the task's own section
+    section: dict  # the task's own section, as written
     run_models: dict[str, dict] = field(default_factory=dict)  # run name -> its model overrides
+    task_config: object = None  # the task's section parsed into its config class (tasks.TASK_CONFIGS)
 
     def model_fields(self, run: str) -> dict:
         """The ``model`` section with ``run``'s own overrides applied."""
@@ -36,14 +37,15 @@ class Recipe:
 
 
 def load_recipe(name: str, overrides: list[str], group: str = "") -> Recipe:
+    from foresight.tasks import TASKS, task_config_class
+
     path = find_recipe(name, group)
     raw = apply_overrides(load_yaml(path), overrides)
-    unknown = sorted(set(raw) - SECTIONS)
+    sections = SECTIONS | set(TASKS)
+    unknown = sorted(set(raw) - sections)
     if unknown:
-        raise ForesightError(f"{path}: unknown section {unknown[0]!r}; known sections: {', '.join(sorted(SECTIONS))}")
+        raise ForesightError(f"{path}: unknown section {unknown[0]!r}; known sections: {', '.join(sorted(sections))}")
     task = raw.get("task")
-    from foresight.tasks import TASKS
-
     if task not in TASKS:
         raise ForesightError(f"{path}: 'task' must be one of {sorted(TASKS)}, got {task!r}")
     model = raw.get("model") or {}
@@ -71,7 +73,9 @@ def load_recipe(name: str, overrides: list[str], group: str = "") -> Recipe:
             cfg = objective_config(spec, where=f"runs.{run_name}")
             check_weight(cfg.weight, f"runs.{run_name}.{spec['name']}.weight")
         run_specs[run_name] = specs
-    return Recipe(path, raw, task, model, train, run_specs, raw.get(task) or {}, run_models)
+    section = raw.get(task) or {}
+    task_config = from_dict(task_config_class(task), section, task)  # the one parse of the task's section
+    return Recipe(path, raw, task, model, train, run_specs, section, run_models, task_config)
 
 
 def build_model_config(fields: dict, **fixed) -> ModelConfig:

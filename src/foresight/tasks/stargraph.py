@@ -32,7 +32,6 @@ from typing import Callable
 
 import torch
 
-from foresight.config import from_dict
 from foresight.data.stargraph import StarGraphData, StarGraphSpec, generate, read_examples, split_seeds
 from foresight.environment import describe
 from foresight.errors import ForesightError
@@ -405,7 +404,7 @@ def run_stargraph(
     main = distributed.is_main()  # only rank 0 prints and writes files
     print_ = print if main else (lambda *args, **kwargs: None)
     clock = _Clock(time_limit_s)
-    cfg = from_dict(StarGraphTaskConfig, recipe.section, "stargraph")
+    cfg = recipe.task_config  # a StarGraphTaskConfig, parsed at load
     spec = StarGraphSpec(cfg.deg, cfg.path, cfg.nodes).validate()
     if cfg.jobs < 0:
         raise ForesightError(f"stargraph.jobs must be >= 0 (0 = one process per CPU core), got {cfg.jobs}")

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from foresight.config import from_dict
 from foresight.data.loader import PackedLoader, eval_windows, make_batch
 from foresight.data.shards import PreparedData
 from foresight.errors import ForesightError
@@ -133,7 +132,7 @@ def _rate(run_dir: Path) -> float | None:
 def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume: bool = False) -> list[dict]:
     from foresight.compare import write_comparison
 
-    cfg = from_dict(TextTaskConfig, recipe.section, "text")
+    cfg = recipe.task_config  # a TextTaskConfig, parsed at load
     train_cfg = recipe.train
     distributed.init(train_cfg)  # under torchrun: join the job (the CLI has already)
     main = distributed.is_main()
