@@ -172,6 +172,8 @@ def test_the_old_bare_number_schedule_is_one_line_saying_how_to_write_it(old, ne
     message = str(e.value)
     assert "\n" not in message and message.startswith("runs.top.top.weight: a schedule time must say its unit")
     assert f"write {new} " in message
+    with pytest.raises(ForesightError, match="a schedule time must say its unit"):
+        weight_at(old, 0, 100)  # a schedule built in code, never checked by a recipe, says the same
     check_weight(yaml.safe_load(new), "w")  # what it suggests is valid, and means what the old form meant
     assert [weight_at(yaml.safe_load(new), s, 100) for s in (0, 6, 7, 49, 50)] == \
         [weight_at_old(old, s, 100) for s in (0, 6, 7, 49, 50)]

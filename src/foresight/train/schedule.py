@@ -68,6 +68,8 @@ def weight_at(weight, step: int, total_steps: int) -> float:
     """The value of a loss weight (number or schedule, see ``check_weight``) at ``step`` of ``total_steps``."""
     if not isinstance(weight, list):
         return float(weight)
+    if not all(isinstance(at, dict) for at, _ in weight):  # built in code, not from a recipe: the same one line
+        check_weight(weight, "weight")
     value = float(weight[0][1])
     for at, v in weight:
         at_step = at["step"] if "step" in at else at["frac"] * total_steps
