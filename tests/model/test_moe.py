@@ -73,11 +73,13 @@ def test_trunk_reports_the_mean_balance_loss_only_with_grad():
 
 
 def test_heads_stay_dense_and_old_configs_mean_dense():
-    from foresight.objectives.mtp import MTP  # noqa: F401 (heads are built by objectives with Block(cfg))
-    from foresight.model import Block
     from foresight.model.layers import SwiGLU
+    from foresight.train.lm import TrainableLM
 
-    assert isinstance(Block(_cfg()).mlp, SwiGLU)
+    lm = TrainableLM(_cfg(), [{"name": "ntp"}, {"name": "mtp", "n": 3}, {"name": "dsmtp", "depth": 1}])
+    assert all(isinstance(layer.mlp, MoE) for layer in lm.model.layers)
+    heads = [m for key in ("mtp", "dsmtp") for m in lm.objectives[key].modules() if hasattr(m, "mlp")]
+    assert len(heads) == 3 and all(isinstance(b.mlp, SwiGLU) and b.memory is None for b in heads)
     assert ModelConfig(vocab_size=19, hidden_size=14, n_heads=7).ffn == "dense"
 
 
