@@ -299,7 +299,7 @@ class Block(nn.Module):
 
     Trunk blocks (built with their ``layer`` index) follow ``cfg.ffn``: ``mlp`` is a SwiGLU, or an MoE
     (model/moe.py), or a SwiGLU with an UltraMemV2 ``memory`` beside it, ``h = norm(x); x = x + mlp(h) + mem(h)``
-    (UltraMemV2 §3.1), reading the trunk's shared value ``table``. Blocks without an index (MTP heads, DS-MTP
+    (UltraMemV2; docs/memory.md), reading the trunk's shared value ``table``. Blocks without an index (MTP heads, DS-MTP
     modules) are always dense.
 
     Training path (grad enabled, no KV cache): with ``compile_backend`` set the block runs through

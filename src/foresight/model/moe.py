@@ -1,6 +1,6 @@
 """Mixture-of-experts feed-forward layer: a softmax router, top-k SwiGLU experts, dropless, load balancing.
 
-The OLMoE-style baseline of issue 16 (UltraMemV2 compares against an 8-active-expert MoE, UltraMemV2 paper §4;
+The OLMoE-style baseline of issue 16 (UltraMemV2 compares against an 8-active-expert MoE, UltraMemV2 paper;
 docs/memory.md). Every token goes to its k best experts, with no capacity limit (dropless: nothing is dropped
 or padded); the output is ``sum_k p_k · expert_k(x)`` with the router's softmax probabilities ``p`` of the chosen
 experts (not renormalised, as OLMoE). ``moe_reference`` is the per-token loop it is tested against.
@@ -67,7 +67,7 @@ class MoE(nn.Module):
 
 
 def balance_loss(probs: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-    """Switch Transformer's load-balancing loss (Fedus et al. 2021, eq. 4; OLMoE §2 with top-k):
+    """Switch Transformer's load-balancing loss (Fedus et al. 2021, eq. 4; with top-k as in OLMoE):
     ``E · sum_e f_e · P_e``, f_e = share of the N·k assignments that went to expert e (not differentiable),
     P_e = mean router probability of e over the N tokens. 1 when perfectly balanced, E when all on one expert.
     probs (N, E), experts (N, k)."""

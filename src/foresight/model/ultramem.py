@@ -1,11 +1,11 @@
 """UltraMemV2 memory layer (Huang et al. 2025, "UltraMemV2: Memory Networks Scaling to 120B Parameters with
 Superior Long-Context Learning", arXiv 2508.18756; docs/memory.md).
 
-Placement (§3.1): a memory layer in every block, parallel to the FFN on the same normed input,
+Placement: a memory layer in every block, parallel to the FFN on the same normed input,
 ``h = norm(x); x = x + ffn(h) + mem(h)``. One value table (``MemoryTable``) is shared by all layers; layer l
 addresses its own region of ``S = (n/E)²`` rows starting at ``offsets[l]`` (``table_layout``).
 
-Retrieval, Tucker-decomposed query-key retrieval (TDQKR, UltraMem §3.2 as used by V2):
+Retrieval, Tucker-decomposed query-key retrieval (TDQKR, from UltraMem v1, as V2 uses it):
   q = LN(W_q h) split into a row half and a column half (kdim/2 each);
   keys K (2, n, r, kdim/2) through LN; per-rank scores s_row, s_col (n, r) = <q_half, K[half, i, m]>;
   the score of grid cell (i, j) is ``sum_m s_row(i)ᵀ C_m s_col(j)`` with cores C_m (r, r);
@@ -14,7 +14,7 @@ Retrieval, Tucker-decomposed query-key retrieval (TDQKR, UltraMem §3.2 as used 
   and the top knn of those are kept. The n² grid is never materialised.
 Addressing: grid cell g = i·n + j -> a fixed random permutation of the grid, modulo S (implicit value
 expansion: E² cells share one value), + the layer's offset.
-Value processing (PEER-style, V2 §3.1): p = W_pre h, g_k = <p, P[idx_k]>, out = W_o sum_k g_k · score_k · V[idx_k],
+Value processing (PEER-style): p = W_pre h, g_k = <p, P[idx_k]>, out = W_o sum_k g_k · score_k · V[idx_k],
 with the weighted sums taken EmbeddingBag-style (no (N, knn, vdim) copy is kept for the backward).
 
 Shapes: N tokens, D hidden, n keys per axis, r Tucker rank, M cores, kh = kdim/2, K = knn.
@@ -57,7 +57,7 @@ class MemoryTable(nn.Module):
         self.init_parameters()
 
     def init_parameters(self) -> None:
-        nn.init.normal_(self.values, std=0.02)  # V2 §3.3
+        nn.init.normal_(self.values, std=0.02)  # the paper code's initialisation (docs/memory.md)
         nn.init.normal_(self.pre_values, std=0.02)
 
 
@@ -85,7 +85,7 @@ class UltraMem(nn.Module):
         self.init_parameters()
 
     def init_parameters(self) -> None:
-        """V2 §3.3: LN weights 1/kdim^0.4, W_q and keys N(0, 1/√kdim), W_o N(0, 1/√vdim) (value expansion is
+        """The initialisation of the paper's code (docs/memory.md): LN weights 1/kdim^0.4, W_q and keys N(0, 1/√kdim), W_o N(0, 1/√vdim) (value expansion is
         implicit here: one projection), W_pre N(0, 1/√D), cores U(0, 1); kdim is the width one LN normalises."""
         nn.init.constant_(self.q_norm, self.kh ** -0.4)
         nn.init.constant_(self.k_norm, self.kh ** -0.4)

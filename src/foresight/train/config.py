@@ -44,7 +44,7 @@ class TrainConfig:
     per_head_backward: bool = True  # MTP/DS-MTP heads: forward+backward one head at a time (Meta MTP §2)
     max_skipped_steps: int = 10  # this many consecutive non-finite steps stop the run (exit 1); 0 = never stop
     # UltraMemV2 (model.ffn: ultramem): the shared memory values and pre-values train at this multiple of the
-    # learning rate at step 0, decaying linearly to 1x at this fraction of the run (V2 §3.3: 4x -> 1x over the run)
+    # learning rate at step 0, decaying linearly to 1x at this fraction of the run (UltraMemV2: 4x -> 1x over the run)
     memory_value_lr_mult: float = 4.0
     memory_value_lr_decay: float = 1.0
     freeze: str = "none"  # "trunk": only the objectives' own heads/modules train; embedding, blocks, norm, head stay

@@ -118,7 +118,7 @@ def make_optimizer(lm: TrainableLM, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices (dim >= 2) only, or on every parameter with ``cfg.decay_all``.
 
     UltraMemV2's shared value table (values and pre-values) is a group of its own, marked ``memory_values``: its
-    learning rate carries ``value_lr_multiplier`` (V2 §3.3), set each step with the others."""
+    learning rate carries ``value_lr_multiplier`` (UltraMemV2, docs/memory.md), set each step with the others."""
     table = lm.model.memory_table
     memory = {id(p) for p in table.parameters()} if table is not None else set()
     params = {id(p): p for p in lm.parameters() if p.requires_grad}.values()  # a tied weight once
