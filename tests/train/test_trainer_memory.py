@@ -132,3 +132,20 @@ def test_a_config_without_ffn_is_dense():
     lm = TrainableLM(ModelConfig(**old), [{"name": "ntp"}])
     assert lm.model.cfg.ffn == "dense" and lm.model.memory_table is None
     assert not any("memory" in k or "router" in k for k in lm.state_dict())
+
+
+@pytest.mark.parametrize("model_cfg", [MEM, MOE], ids=["ultramem", "moe"])
+def test_activation_checkpointing_keeps_the_gradients(model_cfg):
+    """Recomputed blocks (the balance loss hangs off a checkpointed region) give the same gradients."""
+    torch.manual_seed(0)
+    lm = TrainableLM(model_cfg, [{"name": "ntp"}, {"name": "top", "window": 16}]).double()
+    batch = DATA.batch(0, 8, 0)
+    scales = {k: 1.0 / float(c) for k, c in lm.counts(batch).items()}
+    lm.forward_backward(batch, scales, aux_scale=0.3)
+    plain = [p.grad.clone() for p in lm.parameters()]
+    lm.zero_grad()
+    for block in lm.model.layers:
+        block.checkpointing = True
+    lm.forward_backward(batch, scales, aux_scale=0.3)
+    for a, p in zip(plain, lm.parameters()):
+        torch.testing.assert_close(p.grad, a, rtol=1e-12, atol=1e-14)
