@@ -85,8 +85,9 @@ class UltraMem(nn.Module):
         self.init_parameters()
 
     def init_parameters(self) -> None:
-        """The initialisation of the paper's code (docs/memory.md): LN weights 1/kdim^0.4, W_q and keys N(0, 1/√kdim), W_o N(0, 1/√vdim) (value expansion is
-        implicit here: one projection), W_pre N(0, 1/√D), cores U(0, 1); kdim is the width one LN normalises."""
+        """The initialisation of the paper's code (docs/memory.md): LN weights 1/kdim^0.4, W_q and keys
+        N(0, 1/√kdim), W_o N(0, 1/√vdim) (one value projection), W_pre N(0, 1/√D), cores U(0, 1); kdim is the
+        width one LN normalises."""
         nn.init.constant_(self.q_norm, self.kh ** -0.4)
         nn.init.constant_(self.k_norm, self.kh ** -0.4)
         nn.init.normal_(self.q_proj.weight, std=self.kh ** -0.5)
