@@ -56,13 +56,35 @@ def _total(lm: TrainableLM) -> int:
 
 def test_every_text_recipe_parses_and_builds():
     names = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
-    assert names == ["1.8b", "340m", "7b", "tiny"]
+    assert names == ["1.8b", "340m", "7b", "memory", "tiny"]
     tiny = load_recipe(str(CONFIGS / "tiny.yaml"), [])
     assert set(tiny.runs) == {"ntp", "top"} and tiny.train.device == "cpu"
     for name in names:
         recipe = load_recipe(str(CONFIGS / f"{name}.yaml"), [])
         assert recipe.task == "text"
         from_dict(TextTaskConfig, recipe.section, "text")
+
+
+def test_memory_recipe_matches_activated_parameters_and_flops():
+    """Issue 16: dense, moe and ultramem at matched activated parameters and FLOPs per token (within 3 %), the
+    sparse ones with more parameters in all."""
+    from foresight.model import ModelConfig
+    from foresight.tasks.recipe import build_model_config
+    from foresight.train.flops import activated_parameters, flops_per_token
+
+    recipe = load_recipe(str(CONFIGS / "memory.yaml"), [])
+    assert list(recipe.runs) == ["dense", "moe", "ultramem"]
+    sizes = {}
+    for run, specs in recipe.runs.items():
+        cfg = build_model_config({**recipe.model_fields(run), "vocab_size": 4096}, max_seq_len=128)
+        assert isinstance(cfg, ModelConfig) and cfg.ffn == run
+        with torch.device("meta"):
+            lm = TrainableLM(cfg, specs)
+        sizes[run] = (lm.model.num_parameters(), activated_parameters(lm.model), flops_per_token(lm, 128))
+    _, active, flops = sizes["dense"]
+    for run in ("moe", "ultramem"):
+        assert sizes[run][0] > active * 1.3
+        assert abs(sizes[run][1] / active - 1) < 0.03 and abs(sizes[run][2] / flops - 1) < 0.03, (run, sizes)
 
 
 @pytest.mark.parametrize("name", sorted(TABLE))

@@ -49,6 +49,11 @@ def export_lm(lm, specs: list[dict], out: Path, *, with_heads: bool = False, dty
     is removed again, so no half-exported model is left to be mistaken for a whole one."""
     import shutil
 
+    ffn = lm.model.cfg.ffn
+    if ffn != "dense":  # before anything is written
+        kind = "a mixture-of-experts" if ffn == "moe" else "an UltraMemV2 memory-layer"
+        raise ForesightError(f"cannot export {kind} model (model.ffn={ffn}): Hugging Face has no standard class "
+                             f"for it; use the foresight checkpoint (foresight eval / generate read it)")
     created = not Path(out).exists()
     try:
         return _export_lm(lm, specs, out, with_heads=with_heads, dtype=dtype, tokenizer=tokenizer,

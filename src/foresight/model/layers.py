@@ -15,6 +15,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from foresight.model.config import ModelConfig
+from foresight.model.moe import MoE
+from foresight.model.ultramem import UltraMem
 
 
 class RMSNorm(nn.Module):
@@ -295,6 +297,11 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then + mlp(norm(x)).
 
+    Trunk blocks (built with their ``layer`` index) follow ``cfg.ffn``: ``mlp`` is a SwiGLU, or an MoE
+    (model/moe.py), or a SwiGLU with an UltraMemV2 ``memory`` beside it, ``h = norm(x); x = x + mlp(h) + mem(h)``
+    (UltraMemV2; docs/memory.md), reading the trunk's shared value ``table``. Blocks without an index (MTP heads, DS-MTP
+    modules) are always dense.
+
     Training path (grad enabled, no KV cache): with ``compile_backend`` set the block runs through
     ``torch.compile`` (one graph shared by every block of a shape, as torchtitan compiles per block); with
     ``checkpointing`` its activations are recomputed in the backward pass (``torch.utils.checkpoint``,
@@ -302,36 +309,42 @@ class Block(nn.Module):
     change, and evaluation and generation (no grad, or a cache) run the eager ``_forward``.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int | None = None) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg)
+        ffn = cfg.ffn if layer is not None else "dense"
+        self.mlp = MoE(cfg) if ffn == "moe" else SwiGLU(cfg)
+        self.memory = UltraMem(cfg, layer) if ffn == "ultramem" else None
         self.compile_backend: str | None = None  # torch.compile backend of the training path; None = eager
         self.checkpointing = False  # recompute this block's activations in the backward pass
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
-                step: RowStep | None = None) -> torch.Tensor:
-        """``step``: the forward's RowStep for a per-row ``cache`` (see ``KVCache.row_step``), or None."""
+                step: RowStep | None = None, table: nn.Module | None = None) -> torch.Tensor:
+        """``step``: the forward's RowStep for a per-row ``cache`` (see ``KVCache.row_step``), or None.
+        ``table``: the trunk's shared ``MemoryTable`` (UltraMemV2 blocks only)."""
         if cache is None and torch.is_grad_enabled() and (self.compile_backend or self.checkpointing):
-            return training_forward(self.compile_backend, self.checkpointing)(self, x, cos, sin)
-        return self._forward(x, cos, sin, cache, step)
+            return training_forward(self.compile_backend, self.checkpointing)(self, x, cos, sin, table)
+        return self._forward(x, cos, sin, cache, step, table)
 
     def _forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
-                 step: RowStep | None = None):
+                 step: RowStep | None = None, table: nn.Module | None = None):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, step)  # (B, T, D)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        h = self.post_attention_layernorm(x)
+        if self.memory is not None:
+            return x + self.mlp(h) + self.memory(h, table)
+        return x + self.mlp(h)
 
 
-def _eager(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return block._forward(x, cos, sin)
+def _eager(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table=None) -> torch.Tensor:
+    return block._forward(x, cos, sin, None, None, table)
 
 
-def _checkpointed(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def _checkpointed(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table=None) -> torch.Tensor:
     # Saves only the inputs; the backward re-runs the block. Inside torch.compile this becomes one
     # activation-checkpoint region that the partitioner recomputes (the torchtitan order: checkpoint, then compile).
-    return checkpoint(block._forward, x, cos, sin, use_reentrant=False)
+    return checkpoint(block._forward, x, cos, sin, None, None, table, use_reentrant=False)
 
 
 @functools.cache

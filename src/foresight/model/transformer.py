@@ -13,6 +13,8 @@ from torch import nn
 
 from foresight.model.config import ModelConfig
 from foresight.model.layers import Block, KVCache, RMSNorm, Rotary, init_weights
+from foresight.model.moe import MoE
+from foresight.model.ultramem import MemoryTable, UltraMem
 
 
 @dataclass
@@ -33,7 +35,9 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, layer=i) for i in range(cfg.n_layers))
+        # UltraMemV2: one value table shared by every layer's memory (each addresses its own region).
+        self.memory_table = MemoryTable(cfg) if cfg.ffn == "ultramem" else None
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_seq_len, cfg.rope_scaling)
@@ -41,6 +45,9 @@ class Transformer(nn.Module):
 
     def reset_parameters(self) -> None:
         init_weights(self, self.cfg.init_std)
+        for m in self.modules():  # MoE experts and memory layers have their own initialisation
+            if isinstance(m, (MoE, UltraMem, MemoryTable)):
+                m.init_parameters()
         if self.cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -63,8 +70,14 @@ class Transformer(nn.Module):
         last_input = x
         for i, layer in enumerate(self.layers):
             last_input = x
-            x = layer(x, cos, sin, caches[i] if caches else None, step)
+            x = layer(x, cos, sin, caches[i] if caches else None, step, self.memory_table)
         return TrunkOutput(hidden=self.norm(x), final=x, last_input=last_input, cos=cos, sin=sin)
+
+    def balance_loss(self) -> torch.Tensor | None:
+        """Mean over MoE layers of the load-balancing loss of the latest forward with grad (None without MoE)."""
+        losses = [layer.mlp.balance_loss for layer in self.layers
+                  if isinstance(layer.mlp, MoE) and layer.mlp.balance_loss is not None]
+        return torch.stack(losses).mean() if losses else None
 
     def forward(self, input_ids: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
         """Next-token logits (B, T, V): the inference path (MTP head 0 / DS-MTP main model only)."""

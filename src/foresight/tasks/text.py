@@ -114,6 +114,22 @@ def pretrained_config(path: str, data: PreparedData) -> ModelConfig:
     return model_cfg
 
 
+def size_table(runs: dict[str, list[dict]], model_cfgs: dict[str, ModelConfig], seq_len: int) -> str:
+    """Total and activated parameters and training FLOPs per token of every run (models built on the meta
+    device: no memory, no initialisation cost), so sparse trunks can be matched against dense ones (issue 16)."""
+    from foresight.train.flops import activated_parameters, flops_per_token
+
+    lines = ["| run | ffn | total params | activated params | FLOPs/token |", "|---|---|---:|---:|---:|"]
+    for name, specs in runs.items():
+        with torch.device("meta"):
+            lm = TrainableLM(model_cfgs[name], specs)
+        total = sum(p.numel() for p in {id(p): p for p in lm.parameters()}.values())
+        active = activated_parameters(lm.model) + total - lm.model.num_parameters()  # objective heads all count
+        lines.append(f"| {name} | {model_cfgs[name].ffn} | {total:,} | {active:,} | "
+                     f"{flops_per_token(lm, seq_len) / 1e6:,.2f}M |")
+    return "\n".join(lines)
+
+
 def _describe(data: PreparedData, cfg: TextTaskConfig, vocab: int) -> str:
     tr, va = data.meta["splits"]["train"], data.meta["splits"]["val"]
     return (f"text: {data.folder}: {tr['tokens']:,} train tokens ({tr['documents']:,} documents), {va['tokens']:,} "
@@ -150,6 +166,7 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
     first = next(iter(model_cfgs.values()))
     say(_describe(data, cfg, first.vocab_size))
     say(f"runs: {', '.join(runs)} -> {out_dir}")
+    say(size_table(runs, model_cfgs, cfg.seq_len))
 
     results = []
     for name, specs in runs.items():
@@ -196,7 +213,11 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
         wall = time.perf_counter() - t0
         tokens = (trainer.step - start_step) * train_cfg.batch_size * cfg.seq_len
         best = min(evals, key=lambda e: e["val_loss"]) if evals else {}
-        result = {"run": name, "objectives": specs, "params": params, "total_params": total, "steps": trainer.step,
+        from foresight.train.flops import activated_parameters, flops_per_token
+
+        result = {"run": name, "objectives": specs, "params": params, "total_params": total,
+                  "activated_params": activated_parameters(lm.model) + total - params, "ffn": model_cfg.ffn,
+                  "flops_per_token": flops_per_token(lm, cfg.seq_len), "steps": trainer.step,
                   "tokens": trainer.step * train_cfg.batch_size * cfg.seq_len, "wall_clock_s": round(wall, 2),
                   "tokens_per_s": _rate(run_dir), "tokens_per_s_wall": round(tokens / max(wall, 1e-9), 1),
                   "final": evals[-1] if evals else {},

@@ -43,12 +43,17 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each trunk block's activations in the backward (less memory)
     per_head_backward: bool = True  # MTP/DS-MTP heads: forward+backward one head at a time (Meta MTP §2)
     max_skipped_steps: int = 10  # this many consecutive non-finite steps stop the run (exit 1); 0 = never stop
+    # UltraMemV2 (model.ffn: ultramem): the shared memory values and pre-values train at this multiple of the
+    # learning rate at step 0, decaying linearly to 1x at this fraction of the run (UltraMemV2: 4x -> 1x over the run)
+    memory_value_lr_mult: float = 4.0
+    memory_value_lr_decay: float = 1.0
     freeze: str = "none"  # "trunk": only the objectives' own heads/modules train; embedding, blocks, norm, head stay
 
     def __post_init__(self) -> None:
         if self.micro_batch_size is None:
             self.micro_batch_size = self.batch_size
-        for name in ("lr", "min_lr", "weight_decay", "eps", "grad_clip", "early_stop_threshold", "peak_tflops", *(
+        for name in ("lr", "min_lr", "weight_decay", "eps", "grad_clip", "early_stop_threshold", "peak_tflops",
+                     "memory_value_lr_mult", "memory_value_lr_decay", *(
                      f"betas[{i}]" for i in range(len(self.betas) if isinstance(self.betas, list) else 0))):
             value = self.betas[int(name[6])] if name.startswith("betas") else getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value)):
@@ -60,6 +65,8 @@ class TrainConfig:
             (self.batch_size % self.micro_batch_size == 0,
              "train.batch_size must be a multiple of train.micro_batch_size"),
             (0 < self.lr <= 1, "train.lr must be in (0, 1] (AdamW moves each weight by about lr per step)"),
+            (self.memory_value_lr_mult > 0 and 0 < self.memory_value_lr_decay <= 1,
+             "train.memory_value_lr_mult must be > 0 and train.memory_value_lr_decay in (0, 1]"),
             (self.max_skipped_steps >= 0, "train.max_skipped_steps must be >= 0 (0 = never stop)"),
             (0 <= self.min_lr <= self.lr, "train.min_lr must be in 0 .. lr"),
             (self.warmup_steps >= 0, "train.warmup_steps must be >= 0"),

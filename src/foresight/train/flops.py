@@ -13,6 +13,11 @@ Per trained token (forward + backward = 3 × the forward's 2 FLOPs per multiply-
 * 6 · L · T · D: attention scores and weighted values (2 · 2 · T · D per layer forward, causal half, × 3 for
   the backward), L counting every block, head blocks included; T the sequence length, D the hidden size.
 
+Sparse trunks (``model.ffn``, issue 16) count what a token activates: an MoE layer its router and k of its E
+experts; an UltraMemV2 layer all of its own weights (every key is scored) plus the K retrieved rows of the shared
+value table (values and pre-values), and the K x K candidate scores (r + 1)·r·K² multiply-adds on top
+(``activated_parameters``).
+
 For NTP and TOP this is exactly the definition of docs/baselines.md ("6·(non-embedding params +
 heads) + 6·L·T·H per token against 790 TFLOP/s"). Norm weights are counted as parameters (negligible).
 """
@@ -32,12 +37,39 @@ def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _active_layers(model, candidates: bool = False) -> int:
+    """Parameters of the trunk's blocks that one token uses (module doc), the retrieved table rows included;
+    with ``candidates`` also UltraMemV2's K x K candidate-score multiply-adds (not parameters, but per token)."""
+    cfg = model.cfg
+    active = _count(model.layers)
+    if cfg.ffn == "moe":
+        per_expert = 3 * cfg.hidden_size * cfg.expert_size
+        active -= len(model.layers) * (cfg.moe_experts - cfg.moe_top_k) * per_expert
+    if cfg.ffn == "ultramem":
+        knn = cfg.mem_knn
+        rows = knn * (cfg.mem_vdim + cfg.mem_pre_vdim)  # retrieved values and pre-values
+        scores = (cfg.mem_rank + 1) * cfg.mem_rank * knn * knn if candidates else 0  # the K x K exact scores
+        active += len(model.layers) * (rows + scores)
+    return active
+
+
+def activated_parameters(model) -> int:
+    """Parameters of a ``Transformer`` one token uses: every weight of a dense model (the input embedding and a
+    tied head once); an MoE trunk less its unchosen experts; an UltraMemV2 trunk with only the retrieved rows of
+    the value table. Comparable with ``num_parameters()``."""
+    total = model.num_parameters()
+    table = model.memory_table
+    if table is not None:
+        total -= _count(table)
+    return total - _count(model.layers) + _active_layers(model)
+
+
 def flops_per_token(lm, seq_len: int) -> float:
     """Training FLOPs per token of a ``TrainableLM`` at sequence length ``seq_len`` (see the module doc)."""
     model = lm.model
     cfg = model.cfg
     v, d = cfg.vocab_size, cfg.hidden_size
-    blocks = _count(model.layers) + _count(model.norm)
+    blocks = _active_layers(model, candidates=True) + _count(model.norm)
     layers = len(model.layers)
     head_uses = 1  # the NTP head
     for obj in lm.objectives.values():

@@ -63,7 +63,8 @@ class TrainableLM(nn.Module):
 
     def forward_backward(self, batch: Batch, scales: dict[str, float],
                          autocast: Callable[[], ContextManager] = contextlib.nullcontext,
-                         hold_shared: Callable[[], ContextManager] = contextlib.nullcontext) -> dict[str, LossOutput]:
+                         hold_shared: Callable[[], ContextManager] = contextlib.nullcontext,
+                         aux_scale: float = 0.0) -> dict[str, LossOutput]:
         """Training pass: the gradients of ``sum_k scales[k] · loss_sum_k``, accumulated into ``.grad``; returns
         the ``LossOutput``s detached (same numbers as ``forward``).
 
@@ -74,7 +75,8 @@ class TrainableLM(nn.Module):
         ``forward`` + one backward of the weighted sum (the reference, kept as ``train.per_head_backward=false``).
         ``hold_shared()`` is entered around the objectives' backward passes: data parallel, it keeps the shared
         embedding, norm and heads gathered with their gradients unreduced until the trunk's backward
-        (``foresight.train.distributed``).
+        (``foresight.train.distributed``). ``aux_scale``: what the trunk's auxiliary loss (MoE load balancing,
+        ``Transformer.balance_loss``) is multiplied by in the trunk's backward; the trainer reads its value after.
         """
         with autocast():
             out = self.model.trunk(batch.input_ids)
@@ -87,6 +89,9 @@ class TrainableLM(nn.Module):
                        for key, obj in self.objectives.items()}
         roots = [(getattr(out, f), getattr(leaves, f).grad) for f in _TRUNK_TENSORS]
         roots = [(t, g) for t, g in roots if g is not None]  # tensors no objective read
+        aux = self.model.balance_loss()
+        if aux is not None and aux.requires_grad and aux_scale:
+            roots.append((aux, torch.full_like(aux, aux_scale)))
         if roots:
             torch.autograd.backward([t for t, _ in roots], [g for _, g in roots])
         return results

@@ -16,6 +16,13 @@ def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+def value_lr_multiplier(step: int, *, start: float, decay: float, total_steps: int) -> float:
+    """UltraMemV2 (docs/memory.md): the memory values' learning-rate multiplier, ``start`` at step 0 falling
+    linearly to 1 at step ``decay · total_steps`` and 1 after."""
+    end = max(1.0, decay * total_steps)
+    return 1.0 + (start - 1.0) * max(0.0, 1.0 - step / end)
+
+
 SCHEDULE_FORM = "[[{step: 0}, 1.0], [{step: 300}, 2.0]] or [[{frac: 0}, 0.3], [{frac: 0.7}, 0.1]]"
 
 

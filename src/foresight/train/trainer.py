@@ -60,7 +60,7 @@ from foresight.train.lm import TrainableLM
 from foresight.train.loggers import Loggers
 from foresight.train.metrics import MetricsWriter
 from foresight.train.progress import progress
-from foresight.train.schedule import lr_at, weight_at
+from foresight.train.schedule import lr_at, value_lr_multiplier, weight_at
 
 
 def pick_device(name: str) -> torch.device:
@@ -115,11 +115,20 @@ def speed_up(lm: TrainableLM, cfg: TrainConfig, device: torch.device) -> bool:
 
 
 def make_optimizer(lm: TrainableLM, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (dim >= 2) only, or on every parameter with ``cfg.decay_all``."""
+    """AdamW with weight decay on matrices (dim >= 2) only, or on every parameter with ``cfg.decay_all``.
+
+    UltraMemV2's shared value table (values and pre-values) is a group of its own, marked ``memory_values``: its
+    learning rate carries ``value_lr_multiplier`` (UltraMemV2, docs/memory.md), set each step with the others."""
+    table = lm.model.memory_table
+    memory = {id(p) for p in table.parameters()} if table is not None else set()
     params = {id(p): p for p in lm.parameters() if p.requires_grad}.values()  # a tied weight once
-    decay = [p for p in params if p.dim() >= 2 or cfg.decay_all]
-    no_decay = [p for p in params if p.dim() < 2 and not cfg.decay_all]
+    plain = [p for p in params if id(p) not in memory]
+    decay = [p for p in plain if p.dim() >= 2 or cfg.decay_all]
+    no_decay = [p for p in plain if p.dim() < 2 and not cfg.decay_all]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    values = [p for p in params if id(p) in memory]
+    if values:
+        groups.append({"params": values, "weight_decay": cfg.weight_decay, "memory_values": True})
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
@@ -290,14 +299,25 @@ class Trainer:
         scales = {k: weights[k] / float(counts[k]) for k in lm.objectives}  # what each loss sum is multiplied by
         sums = {k: torch.zeros((), device=self.device) for k in lm.objectives}
         extras: dict[str, torch.Tensor] = {}
+        # The MoE load-balancing loss: a mean per micro-batch, so each micro-batch's weighs 1 / (micro-batches of
+        # the step on every rank); data parallel sums gradients (and logged numbers) over ranks.
+        aux_weight = lm.model.cfg.moe_aux_weight if lm.model.cfg.ffn == "moe" else 0.0
+        aux_share = 1.0 / (len(micro) * self.dp.world)
+        aux_scale = aux_weight * aux_share
         for mb in micro:
             if cfg.per_head_backward:  # one objective, one head at a time (Meta MTP §2)
-                outs = lm.forward_backward(mb, scales, self._autocast, self.dp.hold_shared)
+                outs = lm.forward_backward(mb, scales, self._autocast, self.dp.hold_shared, aux_scale)
             else:  # the reference: one graph, one backward
                 with self._autocast():
                     outs = lm(mb)
                 total = sum(weights[k] * o.loss_sum / counts[k] for k, o in outs.items())
+                aux = lm.model.balance_loss()
+                if aux is not None and aux.requires_grad and aux_scale:
+                    total = total + aux_scale * aux
                 total.backward()
+            aux = lm.model.balance_loss()
+            if aux is not None:  # logged by name: the mean over the step's micro-batches
+                extras["moe_balance"] = extras.get("moe_balance", 0) + aux.detach().float() * aux_share
             for k, o in outs.items():
                 sums[k] += o.loss_sum.detach()
                 for name, v in o.metrics.items():
@@ -310,16 +330,19 @@ class Trainer:
             extras = dict(zip(names, flat[len(sums):]))
         grad_norm = clip_grad_norm(lm.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         lr = lr_at(self.step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
+        value_mult = value_lr_multiplier(self.step, start=cfg.memory_value_lr_mult, decay=cfg.memory_value_lr_decay,
+                                         total_steps=cfg.steps)
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * value_mult if group.get("memory_values") else lr
         # A non-finite loss or gradient norm skips the step, as the paper's runs do (one sync for both checks).
         finite = bool(torch.isfinite(torch.stack([grad_norm.float(), *(v.float() for v in sums.values())])).all())
         if finite:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         losses = {f"{k}_loss": float(sums[k] / counts[k]) for k in lm.objectives}
+        aux_total = aux_weight * float(extras.get("moe_balance", 0.0))  # what the balance loss added
         record = {
-            "loss": sum(weights[k] * losses[f"{k}_loss"] for k in lm.objectives),
+            "loss": sum(weights[k] * losses[f"{k}_loss"] for k in lm.objectives) + aux_total,
             **losses,
             **{k: float(v) for k, v in extras.items()},
             "lr": lr,
@@ -327,6 +350,8 @@ class Trainer:
             "skipped": not finite,
         }
         record.update({f"{k}_weight": w for k, w in weights.items() if isinstance(lm.weights[k], list)})
+        if lm.model.memory_table is not None:
+            record["memory_value_lr"] = lr * value_mult
         return record
 
     # ------------------------------------------------------------------------------------------- fit
