@@ -51,9 +51,9 @@ def children_of(prefixes: torch.Tensor, nodes: torch.Tensor, spec: StarGraphSpec
 
 @torch.no_grad()
 def probe(run_dir: Path) -> dict:
-    ckpts = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    ckpts = sorted(p for p in (run_dir / "checkpoints").glob("step_*") if p.suffix in (".pt", ".safetensors"))
     if not ckpts:
-        raise SystemExit(f"{run_dir}: no checkpoints/step_*.pt; give a finished stargraph cell folder")
+        raise SystemExit(f"{run_dir}: no checkpoints/step_*; give a finished stargraph cell folder")
     lm, state = TrainableLM.from_checkpoint(ckpts[-1])
     recipe = state["config"]["recipe"]
     task = StarGraphTaskConfig(**recipe["stargraph"])
@@ -108,7 +108,7 @@ def main() -> None:
         r = probe(run)
         rows.append(r)
         g, a, b = r["greedy"], r["given_wrong_v1"], r["given_wrong_v1_v2"]
-        print(f"{run}: greedy exact-ish v1 {g['per_position_acc'][1]:.1%} valid {g['valid_arm']:.1%}; "
+        print(f"{run}: greedy v1 {g['per_position_acc'][1]:.1%} valid {g['valid_arm']:.1%}; "
               f"given a wrong v1 -> its child {a['next_is_child_of_v1']:.1%} / the goal's parent "
               f"{a['next_is_goal_parent']:.1%}; then -> distractor leaf {b['next_is_distractor_leaf']:.1%} / goal "
               f"{b['next_is_goal']:.1%}; teacher-forced {r['teacher_forced_acc']}", flush=True)

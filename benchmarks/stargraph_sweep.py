@@ -169,7 +169,7 @@ def run_cell(name: str, run: str, seed: int, args) -> dict | None:
     row_path = stage_dir / f"{name}-{run}-seed{seed}.json"
     if row_path.is_file():
         return None
-    out = ROOT / "runs" / "sweep" / args.stage / name
+    out = ROOT / "runs" / "sweep" / args.stage / name / f"{run}-seed{seed}"  # one run folder per cell
     cmd = cell_command(name, run, seed, args.steps, out, args.recipe, args.eval_every, args.results)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     t0 = time.time()
@@ -215,7 +215,8 @@ def write_table(stage_dir: Path) -> Path:
     rows.sort(key=lambda r: (list(CONFIGS).index(r["config"]) if r["config"] in CONFIGS else 999, r["run"], r["seed"]))
     pct = lambda x: "—" if x is None else f"{x:.1%}"  # noqa: E731
     lines = [f"# Star-graph CPU sweep, stage `{stage_dir.name}` ({len(rows)} cells)", "",
-             "Base: `configs/stargraph/cpu_sweep.yaml` (G(2,4), N = 10, d 64, 3 layers, batch 256, lr 1e-2). "
+             f"Base: {', '.join(f'`configs/stargraph/{r}.yaml`' for r in sorted({r.get('recipe', RECIPE) for r in rows}) or [RECIPE])} "
+             "(G(2,4), N = 10, d 64, 3 layers, batch 256, lr 1e-2; each row's overrides in its JSON). "
              "One process per cell on one core of a shared 2-core VM (other jobs ran beside it: compare steps, "
              "not seconds). Exact match and valid-arm rate on 500 held-out graphs, greedy decoding.", "",
              "| config | what | run | seed | params | batch | steps | exact match | valid arm | v1 | first step ≥ 90 % "
