@@ -217,8 +217,10 @@ def write_table(stage_dir: Path) -> Path:
     rows = [json.loads(p.read_text()) for p in sorted(stage_dir.glob("*.json"))]
     rows.sort(key=lambda r: (list(CONFIGS).index(r["config"]) if r["config"] in CONFIGS else 999, r["run"], r["seed"]))
     pct = lambda x: "—" if x is None else f"{x:.1%}"  # noqa: E731
+    recipes = sorted({r.get("recipe", RECIPE) for r in rows}) or [RECIPE]  # rows before part 2 have no "recipe"
+    bases = ", ".join(f"`configs/stargraph/{name}.yaml`" for name in recipes)
     lines = [f"# Star-graph CPU sweep, stage `{stage_dir.name}` ({len(rows)} cells)", "",
-             f"Base: {', '.join(f'`configs/stargraph/{r}.yaml`' for r in sorted({r.get('recipe', RECIPE) for r in rows}) or [RECIPE])} "
+             f"Base: {bases} "
              "(G(2,4), N = 10, d 64, 3 layers, batch 256, lr 1e-2; each row's overrides in its JSON). "
              "One process per cell on one core of a shared 2-core VM (other jobs ran beside it: compare steps, "
              "not seconds). Exact match and valid-arm rate on 500 held-out graphs, greedy decoding.", "",
