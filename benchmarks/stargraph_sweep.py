@@ -117,12 +117,21 @@ CONFIGS: dict[str, tuple[list[str], str]] = {
         "fp16-rounded W - d scores (d = 0 and 1 tie)"),
     "top-late": (["runs.top=[{name: ntp}, {name: top, window: 4096, weight: [[{step: 0}, 0.0], [{step: 300}, 1.0]]}]"],
         "TOP switched on at step 300 (the shortcut first)"),
+    "top-late-w2": ([("runs.top=[{name: ntp}, {name: top, window: 4096, "
+                      "weight: [[{step: 0}, 0.0], [{step: 300}, 2.0]]}]")],
+        "TOP weight 2 switched on at step 300"),
+    "top-late500-w2": ([("runs.top=[{name: ntp}, {name: top, window: 4096, "
+                      "weight: [[{step: 0}, 0.0], [{step: 500}, 2.0]]}]")],
+        "TOP weight 2 switched on at step 500"),
     "ntp-late": (["runs.top=[{name: ntp, weight: [[{step: 0}, 0.0], [{step: 300}, 1.0]]}, {name: top, window: 4096}]"],
         "NTP switched on at step 300 (TOP first)"),
     "N20": (["stargraph.nodes=20"],
         "20 labels"),
     "g25": (["stargraph.path=5", "stargraph.nodes=12"],
         "G(2,5), 12 labels"),
+    "g25-top-w2": (["stargraph.path=5", "stargraph.nodes=12",
+                    "runs.top=[{name: ntp}, {name: top, weight: 2.0, window: 4096}]"],
+        "G(2,5), 12 labels, TOP weight 2"),
     "g34": (["stargraph.deg=3", "stargraph.nodes=13"],
         "G(3,4), 13 labels"),
     "g33": (["stargraph.deg=3", "stargraph.path=3", "stargraph.nodes=10"],
@@ -140,14 +149,19 @@ def cell_steps(name: str, steps: int) -> int:
     return steps * 256 // batch
 
 
-def cell_command(name: str, run: str, seed: int, steps: int, out: Path) -> list[str]:
+def cell_command(name: str, run: str, seed: int, steps: int, out: Path, recipe: str = RECIPE,
+                 eval_every: int | None = None, results: Path | None = None) -> list[str]:
+    """The ``foresight stargraph run`` command of one cell; ``results``: also write the cell's JSON there (the
+    layout of ``stargraph run --results``, e.g. a cpu_solve results folder)."""
     overrides, _ = CONFIGS[name]
     steps = cell_steps(name, steps)
-    cmd = [sys.executable, "-m", "foresight", "stargraph", "run", RECIPE, "--runs", run, "--seeds", str(seed),
-           "--out", str(out), "--set", f"train.steps={steps}", "--set", f"train.eval_every={max(1, steps // 8)}",
-           "--set", "train.tensorboard=false"]
+    cmd = [sys.executable, "-m", "foresight", "stargraph", "run", recipe, "--runs", run, "--seeds", str(seed),
+           "--out", str(out), "--set", f"train.steps={steps}",
+           "--set", f"train.eval_every={eval_every or max(1, steps // 8)}", "--set", "train.tensorboard=false"]
     for item in overrides:
         cmd += ["--set", item]
+    if results is not None:
+        cmd += ["--results", str(results)]
     return cmd
 
 
@@ -160,8 +174,8 @@ def run_cell(name: str, run: str, seed: int, args) -> dict | None:
     row_path = stage_dir / f"{name}-{run}-seed{seed}.json"
     if row_path.is_file():
         return None
-    out = ROOT / "runs" / "sweep" / args.stage / name
-    cmd = cell_command(name, run, seed, args.steps, out)
+    out = ROOT / "runs" / "sweep" / args.stage / name / f"{run}-seed{seed}"  # one run folder per cell
+    cmd = cell_command(name, run, seed, args.steps, out, args.recipe, args.eval_every, args.results)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     t0 = time.time()
     log = out / f"{run}-seed{seed}.log"
@@ -174,7 +188,7 @@ def run_cell(name: str, run: str, seed: int, args) -> dict | None:
         return None
     r = json.loads(result_path.read_text())
     row = {
-        "config": name, "overrides": CONFIGS[name][0], "about": CONFIGS[name][1], "run": run,
+        "config": name, "recipe": args.recipe, "overrides": CONFIGS[name][0], "about": CONFIGS[name][1], "run": run,
         "objective": r["objective"], "seed": seed, "graph": r["graph"], "params": r["params"],
         "batch_size": r["batch_size"], "steps": r["steps"], "schedule_steps": r["schedule_steps"],
         "partial": r.get("partial", False), "final_exact_match": r["final_exact_match"],
@@ -205,8 +219,11 @@ def write_table(stage_dir: Path) -> Path:
     rows = [json.loads(p.read_text()) for p in sorted(stage_dir.glob("*.json"))]
     rows.sort(key=lambda r: (list(CONFIGS).index(r["config"]) if r["config"] in CONFIGS else 999, r["run"], r["seed"]))
     pct = lambda x: "—" if x is None else f"{x:.1%}"  # noqa: E731
+    recipes = sorted({r.get("recipe", RECIPE) for r in rows}) or [RECIPE]  # rows before part 2 have no "recipe"
+    bases = ", ".join(f"`configs/stargraph/{name}.yaml`" for name in recipes)
     lines = [f"# Star-graph CPU sweep, stage `{stage_dir.name}` ({len(rows)} cells)", "",
-             "Base: `configs/stargraph/cpu_sweep.yaml` (G(2,4), N = 10, d 64, 3 layers, batch 256, lr 1e-2). "
+             f"Base: {bases} "
+             "(G(2,4), N = 10, d 64, 3 layers, batch 256, lr 1e-2; each row's overrides in its JSON). "
              "One process per cell on one core of a shared 2-core VM (other jobs ran beside it: compare steps, "
              "not seconds). Exact match and valid-arm rate on 500 held-out graphs, greedy decoding.", "",
              "| config | what | run | seed | params | batch | steps | exact match | valid arm | v1 | first step ≥ 90 % "
@@ -234,6 +251,10 @@ def main() -> None:
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--runs", default="top", help="comma-separated runs of the recipe (ntp, top, mtp2, dsmtp2)")
     p.add_argument("--only", help="comma-separated configuration names (default: all)")
+    p.add_argument("--recipe", default=RECIPE,
+                   help="base recipe of every configuration (e.g. cpu_solve: cells at the solve setting)")
+    p.add_argument("--eval-every", type=int, help="train.eval_every (default: steps // 8)")
+    p.add_argument("--results", type=Path, help="also write each cell's JSON into this stargraph results folder")
     p.add_argument("--jobs", type=int, default=2, help="cells side by side, one core each")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per cell")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "stargraph-cpu")

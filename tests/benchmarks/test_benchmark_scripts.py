@@ -71,3 +71,26 @@ def test_stargraph_sweep_cells_and_table(tmp_path):
     (tmp_path / "base-top-seed0.json").write_text(json.dumps(row))
     table = sweep.write_table(tmp_path).read_text()
     assert "| base | x | top | 0 | 0.16M | 256 | 10 | 50.0% | 100.0% | 50.0% | — | — | 3 |" in table
+    cmd = sweep.cell_command("top-late-w2", "top", 2, 2500, tmp_path, "cpu_solve", 250, tmp_path / "res")
+    assert cmd[cmd.index("run") + 1] == "cpu_solve" and "train.eval_every=250" in cmd
+    assert cmd[-2:] == ["--results", str(tmp_path / "res")]
+
+
+def test_stargraph_probe_children_match_the_edge_list():
+    # The probe's distractor arm (the source's other child, its child, its leaf) against a plain loop over edges.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import stargraph_probe as probe
+    finally:
+        sys.path.pop(0)
+    from foresight.data.stargraph import StarGraphData, StarGraphSpec, generate
+
+    spec = StarGraphSpec(2, 4, 10)
+    examples = generate(spec, 7, seed=3)
+    data = StarGraphData(examples, spec)
+    got = probe.children_of(data.prefixes, data.paths[:, 0], spec)  # (7, 2): the source's children
+    for ex, row in zip(examples, got.tolist()):
+        assert sorted(row) == sorted(b for a, b in ex.edges if a == ex.source)
+        assert ex.path[1] in row
+    leaves = probe.children_of(data.prefixes, data.paths[:, 3], spec)  # a goal has no child
+    assert (leaves == -1).all()

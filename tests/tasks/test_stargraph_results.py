@@ -175,7 +175,7 @@ def test_outcome_words_and_wilson_interval():
     assert outcome(0.95, 0.95, 0.95) == "solved"
     assert outcome(0.50, 1.00, 0.50) == "chance with shortcut"
     assert outcome(0.75, 0.98, 0.75) == "shortcut, above chance"
-    assert outcome(0.50, 0.50, 0.52) == "chance on v1, no shortcut"
+    assert outcome(0.50, 0.50, 0.52) == "chance on v1, backward shortcut"
     assert outcome(0.10, 0.20, 0.50) == "no shortcut"
     # Wilson 95 %: 250 of 500 -> 0.4563 .. 0.5437 (a literal value); the edges stay inside [0, 1].
     lo, hi = wilson_interval(250, 500)

@@ -185,16 +185,17 @@ def outcome(exact: float, valid: float, v1: float | None = None) -> str:
     """What a run did, in words.
 
     solved: exact match >= 90 %. chance with shortcut: >= 90 % valid arms (it follows edges from the source) but
-    exact match <= 60 %. chance on v1, no shortcut: fewer valid arms, and the answers that get v1 (the one
+    exact match <= 60 %. chance on v1, backward shortcut: fewer valid arms, and the answers that get v1 (the one
     token that needs planning) right are right everywhere, with v1 itself at chance — the rest of the path is
-    read back from the goal, not followed forward. no shortcut: anything else below 90 %.
+    read back from the goal (v2 = the goal's parent, a one-hop lookup that ignores v1), not followed forward;
+    ``benchmarks/stargraph_probe.py`` shows the mechanism on a checkpoint. no shortcut: anything else below 90 %.
     """
     if exact >= SOLVED:
         return "solved"
     if valid >= SHORTCUT:
         return "chance with shortcut" if exact <= CHANCE_BAND else "shortcut, above chance"
     if v1 is not None and v1 <= CHANCE_BAND and exact >= 0.9 * v1:
-        return "chance on v1, no shortcut"
+        return "chance on v1, backward shortcut"
     return "no shortcut"
 
 
@@ -222,8 +223,8 @@ def results_table(spec: StarGraphSpec, results: list[dict]) -> str:
         )
     lines += ["", f"Outcome: solved = exact match ≥ {SOLVED:.0%}; chance with shortcut = valid root-to-leaf arms ≥ "
               f"{SHORTCUT:.0%} (it follows edges from the source) but exact match ≤ {CHANCE_BAND:.0%}; chance on v1, "
-              f"no shortcut = v1 (the first step, the one that needs planning) ≤ {CHANCE_BAND:.0%} and wrong in "
-              "almost every wrong answer, the rest of the path right (read back from the goal); no shortcut = "
+              f"backward shortcut = v1 (the first step, the one that needs planning) ≤ {CHANCE_BAND:.0%} and wrong "
+              "in almost every wrong answer, the rest of the path right (read back from the goal); no shortcut = "
               "anything else. Exact match, valid arm and v1 are the last evaluation's; the interval is Wilson's."]
     return "\n".join(lines) + "\n"
 
