@@ -321,7 +321,7 @@ def _train_cell(cell: _Cell, *, recipe: Recipe, task: StarGraphTaskConfig, spec:
         cell.name, cell.specs, cell.model_cfg, run_cfg, cell.run_dir, raw=cell.raw,
         tokens_per_step=run_cfg.batch_size * spec.seq_len, resume=resume, desc=cell.desc, should_stop=should_stop,
         progress=progress,
-        # the batches carry the whole answer whatever the look-ahead, so they do not depend on the built model
+        # whole examples (prefix + path, no look-ahead beyond them): the batches do not depend on the built model
         setup=lambda _: RunHooks(batch_fn=lambda step: train.batch(step, run_cfg.batch_size, run_cfg.seed),
                                  evaluate=lambda lm: evaluate(lm.model, test, spec, batch_size=task.eval_batch_size)),
     )
