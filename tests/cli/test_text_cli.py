@@ -67,6 +67,9 @@ def test_text_workflow_end_to_end(tmp_path, capsys, monkeypatch):
     assert "| ntp |" in out and "| top |" in out and "val loss" in out
     results = json.loads((tmp_path / "runs" / "t" / "top" / "result.json").read_text())
     assert results["steps"] == 4 and set(results["final"]) >= {"val_loss", "val_ppl", "val_top_loss"}
+    # the same provenance as a star-graph cell (tasks.run.result_record): device, versions, commit, date
+    assert {"device", "device_name", "torch", "cuda", "triton", "python", "foresight", "git_commit", "date",
+            "total_params", "skipped_steps", "tokens_per_s_wall"} <= set(results) and results["date"][:2] == "20"
 
     code, out, err = _run(["compare", "runs/t/ntp", "runs/t/top", "--out", "cmp", "--x", "tokens"], capsys)
     assert code == 0, err

@@ -343,8 +343,7 @@ def _task_worker(rank: int, world: int, port: int, record: str, command: list[st
     """Runs ``command`` through the command line (once: a process joins one job), recording whether each model
     reached the Trainer on the meta device and how often pretrained weights were read."""
     import foresight.hf
-    from foresight.tasks import stargraph as stargraph_task
-    from foresight.tasks import text as text_task
+    from foresight.tasks import run as run_loop
 
     _join_env(rank, world, port)
     seen = {"meta": [], "loads": 0}
@@ -361,7 +360,7 @@ def _task_worker(rank: int, world: int, port: int, record: str, command: list[st
         return load(*args, **kwargs)
 
     foresight.hf.load_pretrained_into = counted
-    text_task.Trainer = stargraph_task.Trainer = Recording
+    run_loop.Trainer = Recording  # the one run loop every task trains through
     seen["rc"] = main(command)
     torch.save(seen, f"{record}{rank}.pt")
     _let_gloo_finish()

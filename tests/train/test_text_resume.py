@@ -154,9 +154,9 @@ def test_vocabulary_comes_from_the_tokenizer(tmp_path, data_dir, capsys):
 
 
 def test_a_sequence_longer_than_the_data_fails_before_the_model_is_built(tmp_path, data_dir, capsys, monkeypatch):
-    import foresight.tasks.text as text_task
+    import foresight.tasks.run as run_loop
 
-    monkeypatch.setattr(text_task, "TrainableLM", None)  # building a model would fail loudly (TypeError)
+    monkeypatch.setattr(run_loop, "TrainableLM", None)  # building a model would fail loudly (TypeError)
     recipe = _recipe(tmp_path, data_dir)
     code = main(["train", str(recipe), "--out", str(tmp_path / "run"), "--set", "text.seq_len=1000000000"])
     err = capsys.readouterr().err

@@ -80,8 +80,8 @@ def cell_command(args: argparse.Namespace, run: str, seed: int) -> str:
 
 
 def _run(args: argparse.Namespace) -> None:
+    from foresight.tasks import run_task
     from foresight.tasks.recipe import load_recipe, select_runs
-    from foresight.tasks.stargraph import run_stargraph
 
     if args.skip_existing and args.results is None:
         raise ForesightError("--skip-existing needs --results DIR (the folder whose cells are checked)")
@@ -94,9 +94,9 @@ def _run(args: argparse.Namespace) -> None:
                              "stargraph (use `foresight train` for other tasks)")
     runs = select_runs(recipe, args.runs)
     with claimed(run_folder(recipe, args), args) as out:
-        run_stargraph(recipe, runs, out, args.resume, seeds=args.seeds, results_dir=args.results,
-                      cell_command=lambda run, seed: cell_command(args, run, seed), skip_existing=args.skip_existing,
-                      time_limit_s=args.time_limit)
+        run_task(recipe, runs, out, args.resume, seeds=args.seeds, results_dir=args.results,
+                 cell_command=lambda run, seed: cell_command(args, run, seed), skip_existing=args.skip_existing,
+                 time_limit_s=args.time_limit)
 
 
 def _report(args: argparse.Namespace) -> None:

@@ -33,19 +33,18 @@ from typing import Callable
 import torch
 
 from foresight.data.stargraph import StarGraphData, StarGraphSpec, generate, read_examples, split_seeds
-from foresight.environment import describe
 from foresight.errors import ForesightError
 from foresight.eval.stargraph import evaluate
 from foresight.io import write_text
 from foresight.objectives import objective_label
 from foresight.plot import plot_bands
 from foresight.tasks.recipe import Recipe, build_model_config
+from foresight.tasks.run import FinishedRun, RunHooks, result_record, train_run
 from foresight.train import distributed
 from foresight.train.config import TrainConfig
 from foresight.train.flops import flops_per_token
 from foresight.train.lm import TrainableLM
 from foresight.train.metrics import read_metrics
-from foresight.train.trainer import Trainer
 
 RESULT_FORMAT = "foresight.stargraph.result/1"  # the "format" field of every per-cell JSON
 
@@ -103,41 +102,32 @@ def _train_rates(run_dir: Path) -> dict:
     return out
 
 
-def cell_record(*, recipe: Recipe, raw: dict, run: str, specs: list[dict], spec: StarGraphSpec,
-                task: StarGraphTaskConfig, train_cfg: TrainConfig, lm: TrainableLM, trainer: Trainer,
-                evals: list[dict], wall: float, tokens: int, command: str | None) -> dict:
-    """Everything one results-table cell needs (see the module docstring); JSON-able."""
+def cell_record(*, recipe: Recipe, raw: dict, run: FinishedRun, spec: StarGraphSpec, task: StarGraphTaskConfig,
+                command: str | None) -> dict:
+    """Everything one results-table cell needs (see the module docstring); JSON-able. The fields every task
+    records (parameters, steps, wall-clock, tokens, device, provenance) come from ``tasks.run.result_record``."""
+    train_cfg, trainer, evals = run.train_cfg, run.trainer, run.evals
     final = dict(evals[-1]) if evals else {}
     best = dict(max(evals, key=lambda e: e["exact_match"])) if evals else {}
     rates = _train_rates(trainer.run_dir)
     early = ({"metric": train_cfg.early_stop_metric, "threshold": train_cfg.early_stop_threshold,
               "patience": train_cfg.early_stop_patience} if train_cfg.early_stop_metric else None)
-    device = trainer.device
     return {
         "format": RESULT_FORMAT,
-        "run": run,
-        "objective": objective_label(specs),
-        "objectives": specs,
+        **result_record(run),
+        "objective": objective_label(run.specs),
         "graph": {"deg": spec.deg, "path": spec.path, "nodes": spec.nodes},
         "recipe": recipe.path.stem,
-        "seed": train_cfg.seed,
         "data_seed": task.seed,
         "train_size": task.train_size if not task.train_file else None,
         "test_size": task.test_size if not task.test_file else None,
-        "params": lm.model.num_parameters(),
-        "total_params": sum(p.numel() for p in {id(p): p for p in lm.parameters()}.values()),
         "batch_size": train_cfg.batch_size,
         "schedule_steps": train_cfg.steps,
-        "steps": trainer.step,
         "stopped_early": trainer.stopped_early,
-        "skipped_steps": trainer.skipped_steps,  # non-finite steps the optimiser skipped
         "partial": trainer.partial,  # stopped by SIGTERM / Ctrl-C / the time limit before the schedule's end
         "early_stop": early,
         "compiled": getattr(trainer, "compiled", None),  # whether the blocks ran under torch.compile
-        "wall_clock_s": round(wall, 2),
-        "tokens": tokens,
         "tokens_per_s": rates["tokens_per_s"],  # median over logged intervals: training only
-        "tokens_per_s_wall": round(tokens / max(wall, 1e-9), 1),  # compile, evaluation and checkpoints included
         "mfu": rates["mfu"],
         "peak_mem_gib": rates["peak_mem_gib"],
         "final": final,
@@ -148,8 +138,6 @@ def cell_record(*, recipe: Recipe, raw: dict, run: str, specs: list[dict], spec:
         "valid_arm": final.get("valid_arm"),
         "curve": [[e["step"], e["exact_match"]] for e in evals],
         "evals": evals,
-        "device": str(device),
-        **{("device_name" if k == "device" else k): v for k, v in describe(device).items()},
         "command": command,
         "train": asdict(train_cfg),
         "config": raw,
@@ -329,28 +317,16 @@ def _train_cell(cell: _Cell, *, recipe: Recipe, task: StarGraphTaskConfig, spec:
     """Train and evaluate one cell; write its result.json (and its results-folder JSON). Returns the record and
     the training FLOPs it ran (for the time-limit estimate)."""
     main = distributed.is_main()
-    torch.manual_seed(cell.seed)  # same trunk initialisation for every run of one seed
-    with distributed.build_on_rank0():  # torchrun: ranks > 0 get rank 0's weights from the Trainer
-        lm = TrainableLM(cell.model_cfg, cell.specs)
     run_cfg = cell.run_cfg
-    tokens_per_step = run_cfg.batch_size * spec.seq_len
-    trainer = Trainer(
-        lm, run_cfg, cell.run_dir,
-        batch_fn=lambda step: train.batch(step, run_cfg.batch_size, run_cfg.seed),
-        eval_fn=lambda model: evaluate(model, test, spec, batch_size=task.eval_batch_size),
-        run_config={"recipe": cell.raw, "run": cell.name, "objectives": cell.specs, "model": asdict(cell.model_cfg)},
-        desc=cell.desc, should_stop=should_stop, progress=progress,
+    run = train_run(
+        cell.name, cell.specs, cell.model_cfg, run_cfg, cell.run_dir, raw=cell.raw,
+        tokens_per_step=run_cfg.batch_size * spec.seq_len, resume=resume, desc=cell.desc, should_stop=should_stop,
+        progress=progress,
+        # whole examples (prefix + path, no look-ahead beyond them): the batches do not depend on the built model
+        setup=lambda _: RunHooks(batch_fn=lambda step: train.batch(step, run_cfg.batch_size, run_cfg.seed),
+                                 evaluate=lambda lm: evaluate(lm.model, test, spec, batch_size=task.eval_batch_size)),
     )
-    start_step = trainer.step
-    if trainer.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(trainer.device)  # peak memory per cell, not per process
-    t0 = time.perf_counter()
-    evals = trainer.fit(resume=resume)
-    wall = time.perf_counter() - t0
-    tokens = (trainer.step - start_step) * tokens_per_step
-    result = cell_record(recipe=recipe, raw=cell.raw, run=cell.name, specs=cell.specs, spec=spec, task=task,
-                         train_cfg=run_cfg, lm=lm, trainer=trainer, evals=evals, wall=wall, tokens=tokens,
-                         command=cell.command)
+    result = cell_record(recipe=recipe, raw=cell.raw, run=run, spec=spec, task=task, command=cell.command)
     if main:
         write_json(cell.run_dir / "result.json", result)
     if results_dir is not None and main:
@@ -359,7 +335,7 @@ def _train_cell(cell: _Cell, *, recipe: Recipe, task: StarGraphTaskConfig, spec:
             path = path.with_name(path.stem + "-partial.json")
         write_json(path, result)
         print(f"wrote {path}", flush=True)
-    return result, flops_per_token(lm, spec.seq_len) * tokens
+    return result, flops_per_token(run.lm, spec.seq_len) * run.tokens
 
 
 # Worker processes (stargraph.jobs > 1): the state every cell shares, set once per process.

@@ -14,8 +14,7 @@ writes files.
 from __future__ import annotations
 
 import shutil
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,10 +26,11 @@ from foresight.eval.validation import validate
 from foresight.io import write_json
 from foresight.model import ModelConfig
 from foresight.tasks.recipe import Recipe, build_model_config
+from foresight.tasks.run import RunHooks, result_record, total_parameters, train_run
 from foresight.train import distributed
+from foresight.train.flops import activated_parameters, flops_per_token
 from foresight.train.lm import TrainableLM
 from foresight.train.metrics import read_metrics, training_tokens_per_s
-from foresight.train.trainer import Trainer
 
 FULL_VERIFY_BYTES = 1 << 30  # "auto" hashes every shard of data up to this size (about a second per GiB)
 
@@ -117,8 +117,6 @@ def pretrained_config(path: str, data: PreparedData) -> ModelConfig:
 def size_table(runs: dict[str, list[dict]], model_cfgs: dict[str, ModelConfig], seq_len: int) -> str:
     """Total and activated parameters and training FLOPs per token of every run (models built on the meta
     device: no memory, no initialisation cost), so sparse trunks can be matched against dense ones (issue 16)."""
-    from foresight.train.flops import activated_parameters, flops_per_token
-
     lines = ["| run | ffn | total params | activated params | FLOPs/token |", "|---|---|---:|---:|---:|"]
     for name, specs in runs.items():
         with torch.device("meta"):
@@ -167,65 +165,57 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
     say(_describe(data, cfg, first.vocab_size))
     say(f"runs: {', '.join(runs)} -> {out_dir}")
     say(size_table(runs, model_cfgs, cfg.seq_len))
+    data_record = {"folder": str(data.folder), "fingerprint": data.fingerprint, "tokenizer": data.meta["tokenizer"]}
 
     results = []
     for name, specs in runs.items():
         model_cfg = model_cfgs[name]
-        torch.manual_seed(train_cfg.seed)  # the same trunk initialisation for every run
-        with distributed.build_on_rank0() as real:  # torchrun: ranks > 0 get rank 0's weights from the Trainer
-            lm = TrainableLM(model_cfg, specs)
-            if cfg.init_from and real:  # a resumed run then loads its own newer checkpoint over these weights
-                from foresight.hf import load_pretrained_into
-
-                say(f"{name}: init from {load_pretrained_into(lm, Path(cfg.init_from)).summary()}")
-        loader = PackedLoader(data.train, cfg.seq_len, lm.lookahead, train_cfg.batch_size, train_cfg.seed,
-                              eos_id=data.eos_id, cross_documents=cfg.cross_documents, shuffle=cfg.shuffle,
-                              vocab_size=model_cfg.vocab_size, fingerprint=data.fingerprint)
-        eval_fn = None
-        if cfg.val_batches:
-            windows = eval_windows(data.val, cfg.seq_len, lm.lookahead, val_bs, cfg.val_batches)
-            if not windows:
-                raise ForesightError(f"the validation split of {data.folder} holds {len(data.val):,} tokens, too few "
-                                     f"for one window of {cfg.seq_len} (+128) tokens; prepare with a larger "
-                                     f"--val-fraction, or set text.val_batches=0")
-            val = [make_batch(torch.from_numpy(w), cfg.seq_len, model_cfg.vocab_size, data.eos_id,
-                              cfg.cross_documents) for w in windows]
-            eval_fn = lambda model, lm=lm, val=val: validate(lm, val)  # noqa: E731 (binds this run's lm)
         run_dir = out_dir / name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if main:
-            shutil.copytree(data.folder / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
-        params = lm.model.num_parameters()
-        total = sum(p.numel() for p in lm.parameters())
-        steps_tokens = train_cfg.steps * train_cfg.batch_size * cfg.seq_len
-        say(f"{name}: {params / 1e6:.2f}M parameters ({total / 1e6:.2f}M with objective heads), look-ahead "
-            f"{lm.lookahead}; {train_cfg.steps} steps x {train_cfg.batch_size} x {cfg.seq_len} = "
-            f"{steps_tokens:,} tokens = {steps_tokens / loader.tokens_per_epoch:.2f} epochs")
-        run_config = {"recipe": recipe.raw, "run": name, "task": "text", "objectives": specs,
-                      "model": asdict(model_cfg), "seq_len": cfg.seq_len, "tokenizer": "tokenizer",
-                      "data": {"folder": str(data.folder), "fingerprint": data.fingerprint,
-                               "tokenizer": data.meta["tokenizer"]}}
-        trainer = Trainer(lm, train_cfg, run_dir, batch_fn=loader.batch, eval_fn=eval_fn, run_config=run_config,
-                          desc=name, data_state=loader.state)
-        start_step = trainer.step
-        t0 = time.perf_counter()
-        evals = trainer.fit(resume=resume)
-        wall = time.perf_counter() - t0
-        tokens = (trainer.step - start_step) * train_cfg.batch_size * cfg.seq_len
-        best = min(evals, key=lambda e: e["val_loss"]) if evals else {}
-        from foresight.train.flops import activated_parameters, flops_per_token
 
-        result = {"run": name, "objectives": specs, "params": params, "total_params": total,
-                  "activated_params": activated_parameters(lm.model) + total - params, "ffn": model_cfg.ffn,
-                  "flops_per_token": flops_per_token(lm, cfg.seq_len), "steps": trainer.step,
-                  "tokens": trainer.step * train_cfg.batch_size * cfg.seq_len, "wall_clock_s": round(wall, 2),
-                  "tokens_per_s": _rate(run_dir), "tokens_per_s_wall": round(tokens / max(wall, 1e-9), 1),
-                  "final": evals[-1] if evals else {},
-                  "best_val_loss": best.get("val_loss"), "best_step": best.get("step"), "seed": train_cfg.seed,
-                  "skipped_steps": trainer.skipped_steps,
-                  "device": str(trainer.device), "torch": torch.__version__, "data": run_config["data"]}
-        if trainer.dp.world > 1:
-            result["world_size"] = trainer.dp.world
+        def init(lm, name=name):  # continued training: the pretrained weights (rank 0 only)
+            from foresight.hf import load_pretrained_into
+
+            say(f"{name}: init from {load_pretrained_into(lm, Path(cfg.init_from)).summary()}")
+
+        def setup(lm, name=name, model_cfg=model_cfg, run_dir=run_dir) -> RunHooks:
+            loader = PackedLoader(data.train, cfg.seq_len, lm.lookahead, train_cfg.batch_size, train_cfg.seed,
+                                  eos_id=data.eos_id, cross_documents=cfg.cross_documents, shuffle=cfg.shuffle,
+                                  vocab_size=model_cfg.vocab_size, fingerprint=data.fingerprint)
+            evaluate = None
+            if cfg.val_batches:
+                windows = eval_windows(data.val, cfg.seq_len, lm.lookahead, val_bs, cfg.val_batches)
+                if not windows:
+                    raise ForesightError(f"the validation split of {data.folder} holds {len(data.val):,} tokens, too "
+                                         f"few for one window of {cfg.seq_len} (+128) tokens; prepare with a larger "
+                                         f"--val-fraction, or set text.val_batches=0")
+                val = [make_batch(torch.from_numpy(w), cfg.seq_len, model_cfg.vocab_size, data.eos_id,
+                                  cfg.cross_documents) for w in windows]
+
+                def evaluate(lm):
+                    return validate(lm, val)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if main:
+                shutil.copytree(data.folder / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
+            params, total = lm.model.num_parameters(), total_parameters(lm)
+            steps_tokens = train_cfg.steps * train_cfg.batch_size * cfg.seq_len
+            say(f"{name}: {params / 1e6:.2f}M parameters ({total / 1e6:.2f}M with objective heads), look-ahead "
+                f"{lm.lookahead}; {train_cfg.steps} steps x {train_cfg.batch_size} x {cfg.seq_len} = "
+                f"{steps_tokens:,} tokens = {steps_tokens / loader.tokens_per_epoch:.2f} epochs")
+            return RunHooks(batch_fn=loader.batch, evaluate=evaluate, data_state=loader.state,
+                            run_config={"task": "text", "seq_len": cfg.seq_len, "tokenizer": "tokenizer",
+                                        "data": data_record})
+
+        run = train_run(name, specs, model_cfg, train_cfg, run_dir, raw=recipe.raw,
+                        tokens_per_step=train_cfg.batch_size * cfg.seq_len, setup=setup, resume=resume,
+                        init=init if cfg.init_from else None)
+        best = min(run.evals, key=lambda e: e["val_loss"]) if run.evals else {}
+        result = {**result_record(run),
+                  "activated_params": activated_parameters(run.lm.model) + total_parameters(run.lm)
+                  - run.lm.model.num_parameters(),  # sparse trunks (issue 16): heads all count as active
+                  "ffn": model_cfg.ffn, "flops_per_token": flops_per_token(run.lm, cfg.seq_len),
+                  "tokens": run.trainer.step * train_cfg.batch_size * cfg.seq_len,  # resumed runs: every step's
+                  "tokens_per_s": _rate(run_dir), "final": run.evals[-1] if run.evals else {},
+                  "best_val_loss": best.get("val_loss"), "best_step": best.get("step"), "data": data_record}
         if main:
             write_json(run_dir / "result.json", result)
         results.append(result)
