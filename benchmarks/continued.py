@@ -34,10 +34,10 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 
 def _examples(recipe, args):
     """The held-out next-line examples (the same for every run) and the tokenizer's decode."""
+    from foresight.config import from_dict
     from foresight.data.tokenizer import load_tokenizer
     from foresight.eval.next_line import line_examples
     from foresight.tasks.text import TextTaskConfig, open_data
-    from foresight.config import from_dict
 
     cfg = from_dict(TextTaskConfig, recipe.section, "text")
     data = open_data(cfg)

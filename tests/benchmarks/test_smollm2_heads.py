@@ -21,8 +21,8 @@ from foresight.data.prepare import PrepareConfig, prepare
 from foresight.data.sources import Documents
 from foresight.data.tokenizer import train_tokenizer
 from foresight.model import ModelConfig
-from foresight.train.state_file import save_state
 from foresight.train.lm import TrainableLM
+from foresight.train.state_file import save_state
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,10 +13,10 @@ from foresight.model import ModelConfig
 from foresight.objectives import Batch
 from foresight.train.cached_heads import (
     TrunkCache,
+    _count,
     cache_trunk,
     draft_accuracy,
     frequent_ids,
-    _count,
     head_losses,
     init_from_last_block,
     train_heads,
