@@ -49,6 +49,32 @@ def distill(args) -> None:
     print(json.dumps(meta), file=sys.stderr)
 
 
+def text_cache(args, model, length: int):
+    """``--text-rows`` windows of ``length`` tokens from the train split of ``--text-from`` and the frozen trunk's
+    states over them (one forward pass, ``cache_trunk``), kept in ``--text-cache`` for the next training run.
+    Real Python beside the self-distilled rows: every position trains (targets are the text's own tokens)."""
+    from foresight.data.shards import PreparedData
+    from foresight.generate.distill import load_distilled, prompt_windows, save_distilled
+    from foresight.train.cached_heads import cache_trunk
+
+    want = {"kind": "text", "data": str(args.text_from), "rows": args.text_rows, "length": length,
+            "seed": args.text_seed}
+    if args.text_cache is not None and Path(args.text_cache).is_file():
+        tokens, final, last_input, meta = load_distilled(args.text_cache)
+        if {k: meta.get(k) for k in want} == want:
+            return tokens, final, last_input
+    stream = PreparedData.open(args.text_from).split("train")
+    tokens = prompt_windows(stream.read(0, len(stream)), args.text_rows, length, args.text_seed)
+    t0 = time.perf_counter()
+    cache = cache_trunk(model, tokens, batch=8)
+    print(f"text cache: {args.text_rows} x {length} tokens in {time.perf_counter() - t0:.0f} s", file=sys.stderr,
+          flush=True)
+    if args.text_cache is not None:
+        save_distilled(args.text_cache, tokens, cache.final, cache.last_input,
+                       {**want, "prompt_len": 0, "seconds": round(time.perf_counter() - t0, 1)})
+    return tokens, cache.final, cache.last_input
+
+
 def train(args) -> None:
     import shutil
 
@@ -86,7 +112,14 @@ def train(args) -> None:
     vocab = frequent_ids(ranked, args.draft_vocab, lm.model.cfg.vocab_size)
     held_targets = tokens[held_rows, first:]
     coverage = float(torch.isin(held_targets, vocab).float().mean())
+    train_tokens = tokens[train_rows]
     cache = TrunkCache(final[train_rows], last_input[train_rows])
+    first_target = first
+    if args.text_rows:  # real Python beside the distilled rows: every position of those rows trains
+        text_tokens, text_final, text_last = text_cache(args, lm.model, tokens.shape[1])
+        train_tokens = torch.cat([train_tokens, text_tokens])
+        cache = TrunkCache(torch.cat([cache.final, text_final]), torch.cat([cache.last_input, text_last]))
+        first_target = torch.tensor([first] * len(train_rows) + [0] * len(text_tokens))
     held = TrunkCache(final[held_rows], last_input[held_rows])
     acc0 = draft_accuracy(lm, key, tokens[held_rows], held, vocab, first)
     print(f"draft vocabulary {len(vocab)}: covers {coverage:.1%} of held-out targets; accuracy before {acc0}",
@@ -98,8 +131,8 @@ def train(args) -> None:
                   file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    records = train_heads(lm, key, tokens[train_rows], cache, vocab, steps=args.steps, batch=args.batch,
-                          lr=args.lr, first_target=first, seed=args.seed, log=log)
+    records = train_heads(lm, key, train_tokens, cache, vocab, steps=args.steps, batch=args.batch,
+                          lr=args.lr, first_target=first_target, seed=args.seed, log=log)
     seconds = time.perf_counter() - t0
     acc1 = draft_accuracy(lm, key, tokens[held_rows], held, vocab, first)
     print(f"accuracy after {acc1} ({seconds:.0f} s)", file=sys.stderr, flush=True)
@@ -107,7 +140,9 @@ def train(args) -> None:
             "draft_vocab_ranked_by": str(args.vocab_from or args.tokens),
             "draft_vocab_coverage": coverage, "held_out_accuracy_before": acc0, "held_out_accuracy": acc1,
             "train_sequences": len(train_rows), "held_out_sequences": len(held_rows),
-            "trained_positions_per_head": int(len(train_rows) * (tokens.shape[1] - first)), "steps": args.steps,
+            "trained_positions_per_head": int(len(train_rows) * (tokens.shape[1] - first)),
+            "text_rows": args.text_rows, "text_positions": int(args.text_rows * (tokens.shape[1] - 1)),
+            "text_from": str(args.text_from) if args.text_rows else None, "steps": args.steps,
             "batch": args.batch, "lr": args.lr, "seconds": round(seconds, 1), "final_losses": records[-1],
             "distilled": meta, "environment": describe("cpu"), "command": " ".join(sys.argv)}
     out = Path(args.out)
@@ -145,6 +180,12 @@ def main(argv=None) -> None:
     t.add_argument("--draft-vocab", type=int, default=8192, help="most frequent ids the heads score")
     t.add_argument("--vocab-from", type=Path, help="prepared data whose train split ranks the draft vocabulary "
                    "(default: the distilled tokens)")
+    t.add_argument("--text-rows", type=int, default=0, help="also train on this many windows of real text "
+                   "(--text-from's train split), every position, beside the distilled rows (default 0)")
+    t.add_argument("--text-from", type=Path, help="prepared data for --text-rows (default: --vocab-from)")
+    t.add_argument("--text-seed", type=int, default=1, help="seed of the --text-rows windows")
+    t.add_argument("--text-cache", type=Path, help="safetensors file keeping the trunk states of --text-rows "
+                   "(reused when it matches)")
     t.add_argument("--steps", type=int, default=300)
     t.add_argument("--batch", type=int, default=8, help="sequences per step")
     t.add_argument("--lr", type=float, default=1e-3)
@@ -155,6 +196,10 @@ def main(argv=None) -> None:
                    help="output folder: step_00000000.safetensors, heads.json, tokenizer/")
     t.set_defaults(func=train)
     args = ap.parse_args(argv)
+    if getattr(args, "text_rows", 0):
+        args.text_from = args.text_from or args.vocab_from
+        if args.text_from is None:
+            ap.error("--text-rows needs --text-from (or --vocab-from)")
     args.func(args)
 
 

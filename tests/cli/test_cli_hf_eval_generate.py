@@ -165,3 +165,28 @@ def test_eval_tasks_and_perplexity(run_dir, tmp_path, capsys):
     assert "| tiny_cli_mc | acc |" in table and "Perplexity on" in table
     result = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert result["perplexity"]["seq_len"] == 16 and result["perplexity"]["ppl"] > 1
+
+
+def test_generate_speculative_reads_the_draft_vocabulary(run_dir, tmp_path, capsys):
+    """A checkpoint whose config carries draft_vocab (benchmarks/smollm2_heads.py) drafts over those ids by
+    default: other drafts (so other acceptance) than the full vocabulary, the same output; a bad list is one line."""
+    lm, state = TrainableLM.from_checkpoint(run_dir)
+    ids = [5, 2, 9, 11, 3]  # a few ids, deliberately not the model's favourites
+    config = {**state["config"], "draft_vocab": ids}
+    save_state({"lm": lm.state_dict(), "config": config, "step": 3}, tmp_path / "dv" / "step_00000003.safetensors")
+    base = ["generate", tmp_path / "dv" / "step_00000003.safetensors", "--prompt-ids", "2 3 4", "--max-new-tokens",
+            "12", "--speculative", "mtp", "--compare"]
+    code, out_v, err_v = _run(base, capsys)
+    assert code == 0, err_v
+    assert "draft vocabulary of 5 ids" in err_v and "identical" in err_v
+    code, out_f, err_f = _run([*base, "--draft-vocab", "none"], capsys)
+    assert code == 0, err_f
+    assert out_v == out_f and "draft vocabulary" not in err_f
+    assert err_v.split("tau = ")[1].split()[0] != err_f.split("tau = ")[1].split()[0]  # other drafts
+    code, _, err = _run(["generate", run_dir, "--prompt-ids", "2 3", "--max-new-tokens", "4", "--speculative"], capsys)
+    assert code == 0 and "draft vocabulary" not in err  # no draft_vocab in the config: full vocabulary
+    for bad in ([], [1, 1], [0, 99], "5"):
+        save_state({"lm": lm.state_dict(), "config": {**config, "draft_vocab": bad}, "step": 3},
+                   tmp_path / "bad" / "step_00000003.safetensors")
+        _error_line(*_run(["generate", tmp_path / "bad" / "step_00000003.safetensors", "--prompt-ids", "2 3",
+                           "--speculative"], capsys)[::2], "draft_vocab must be a non-empty list")

@@ -13,6 +13,7 @@ from foresight.model import ModelConfig
 from foresight.objectives import Batch
 from foresight.train.cached_heads import (
     TrunkCache,
+    _count,
     cache_trunk,
     draft_accuracy,
     frequent_ids,
@@ -114,6 +115,31 @@ def test_cached_losses_equal_the_objectives_losses(specs):
     prefix = "mtp_head" if key == "mtp" else "dsmtp_depth"
     for k, s in enumerate(ours, start=1):
         torch.testing.assert_close(s / count, metrics[f"{prefix}{k}"], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("specs", [MTP3, DSMTP2], ids=["mtp", "dsmtp"])
+def test_per_row_first_target_equals_row_by_row(specs):
+    """A (B,) first_target (distilled rows beside real-text rows) scores each row as its own int would."""
+    lm = _lm(specs, seed=5)
+    key = specs[1]["name"]
+    tokens = torch.randint(0, V, (3, 13), generator=torch.Generator().manual_seed(6))
+    cache = cache_trunk(lm.model, tokens)
+    cos, sin = lm.model.rotary(12, tokens.device)
+    vocab = torch.tensor([4, 0, 7, 9, 2, 11, 5])  # a draft vocabulary: some targets fall outside it
+    to_sub = torch.full((V,), -100, dtype=torch.long)
+    to_sub[vocab] = torch.arange(len(vocab))
+    w_sub = lm.model.lm_head.weight[vocab]
+    firsts = torch.tensor([0, 5, 9])
+    with torch.no_grad():
+        both = head_losses(lm, key, cache.rows(torch.arange(3), lm.model, cos, sin), Batch(tokens, 12), w_sub,
+                           to_sub, firsts)
+        alone = [head_losses(lm, key, cache.rows(torch.tensor([r]), lm.model, cos, sin), Batch(tokens[r : r + 1], 12),
+                             w_sub, to_sub, int(firsts[r])) for r in range(3)]
+    for k, s in enumerate(both):
+        torch.testing.assert_close(s, sum(a[k] for a in alone), rtol=1e-10, atol=1e-10)
+        assert not torch.isclose(s, alone[0][k] * 3)  # the rows do differ
+    assert int(_count(Batch(tokens, 12), 1, to_sub, firsts)) == sum(
+        int(_count(Batch(tokens[r : r + 1], 12), 1, to_sub, int(firsts[r]))) for r in range(3))
 
 
 @pytest.mark.parametrize("specs", [MTP3, DSMTP2], ids=["mtp", "dsmtp"])

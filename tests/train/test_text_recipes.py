@@ -56,9 +56,16 @@ def _total(lm: TrainableLM) -> int:
 
 def test_every_text_recipe_parses_and_builds():
     names = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
-    assert names == ["1.8b", "340m", "7b", "memory", "tiny"]
+    assert names == ["1.8b", "340m", "7b", "continued_smollm2", "memory", "tiny"]
     tiny = load_recipe(str(CONFIGS / "tiny.yaml"), [])
     assert set(tiny.runs) == {"ntp", "top"} and tiny.train.device == "cpu"
+    # Continued training of SmolLM2 (issue 14): the last 2 blocks + heads, every objective of the comparison,
+    # device auto so the same file runs on a GPU.
+    cont = load_recipe(str(CONFIGS / "continued_smollm2.yaml"), [])
+    assert cont.section["init_from"] and cont.train.freeze == "trunk" and cont.train.unfreeze_blocks == 2
+    assert set(cont.runs) == {"ntp", "top", "top_w0.5", "top_w0.25", "mtp2", "dsmtp1"}
+    assert [cont.runs[r][1]["weight"] for r in ("top", "top_w0.5", "top_w0.25")] == [1.0, 0.5, 0.25]
+    assert cont.train.device == "auto"
     for name in names:
         recipe = load_recipe(str(CONFIGS / f"{name}.yaml"), [])
         assert recipe.task == "text"

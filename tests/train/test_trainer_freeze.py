@@ -106,3 +106,72 @@ def test_freeze_errors():
     lm = _lm([{"name": "ntp"}])
     with pytest.raises(ForesightError, match="leaves nothing to train"):
         lm.freeze_trunk()
+
+
+# ---- train.unfreeze_blocks: the last N blocks and the final norm train with the heads (continued training)
+DEEP = ModelConfig(vocab_size=V, hidden_size=24, n_layers=3, n_heads=4, n_kv_heads=2, intermediate_size=40)
+
+
+def _deep_lm(objectives, seed=0) -> TrainableLM:
+    torch.manual_seed(seed)
+    lm = TrainableLM(DEEP, objectives)
+    randomize_weights(lm, seed)
+    return lm
+
+
+def _unfrozen_names(lm: TrainableLM, n: int) -> set[str]:
+    """What must train: the last n blocks, the final norm, every objective's own parameter."""
+    blocks = tuple(f"model.layers.{i}." for i in range(DEEP.n_layers - n, DEEP.n_layers))
+    return {name for name, _ in lm.named_parameters()
+            if name.startswith(blocks) or name.startswith(("model.norm.", "objectives."))}
+
+
+@pytest.mark.parametrize("case", ["ntp", *CASES])
+@pytest.mark.parametrize("n", [1, 2])
+def test_unfrozen_blocks_get_full_training_gradients(case, n):
+    """Freezing the lower blocks changes nothing above them: the last n blocks', the norm's and the heads'
+    gradients equal full training's (fp64), and every frozen parameter gets none."""
+    objectives = CASES.get(case, [{"name": "ntp"}])
+    batch = _batch(0)
+    full = _deep_lm(objectives).double()
+    full.forward_backward(batch, {k: 0.1 for k in full.objectives})
+    part = _deep_lm(objectives).double()
+    left = part.freeze_trunk(unfreeze_blocks=n)
+    seen = []  # whether the first frozen block's output carries a graph
+    part.model.layers[0].register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+    part.forward_backward(batch, {k: 0.1 for k in part.objectives})
+    want = _unfrozen_names(part, n)
+    assert left == sum(p.numel() for name, p in part.named_parameters() if name in want)
+    assert seen == [False]  # the frozen blocks below built no graph
+    full_grads = dict(full.named_parameters())
+    for name, p in part.named_parameters():
+        if name in want:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+            torch.testing.assert_close(p.grad, full_grads[name].grad, rtol=1e-12, atol=1e-12)
+        else:
+            assert p.grad is None, name
+
+
+def test_unfrozen_blocks_train_and_the_rest_stays(tmp_path):
+    cfg = TrainConfig(steps=2, batch_size=B, micro_batch_size=3, lr=1e-2, warmup_steps=0, device="cpu",
+                      tensorboard=False, freeze="trunk", unfreeze_blocks=1)
+    tr = Trainer(_deep_lm(CASES["top"]), cfg, tmp_path, batch_fn=_batch, run_config={"test": 1})
+    before = {k: v.clone() for k, v in tr.lm.named_parameters()}
+    for step in range(2):
+        tr.train_step(_batch(step))
+        tr.step += 1
+    want = _unfrozen_names(tr.lm, 1)
+    for name, p in tr.lm.named_parameters():
+        assert torch.equal(p, before[name]) != (name in want), name
+    held = {id(p) for g in tr.opt.param_groups for p in g["params"]}
+    assert held == {id(p) for name, p in tr.lm.named_parameters() if name in want}
+
+
+def test_unfreeze_blocks_errors():
+    with pytest.raises(ForesightError, match="only applies with train.freeze: trunk"):
+        TrainConfig(unfreeze_blocks=1)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ForesightError, match="unfreeze_blocks must be an integer >= 0"):
+            TrainConfig(freeze="trunk", unfreeze_blocks=bad)
+    with pytest.raises(ForesightError, match="the model has only 3 blocks"):
+        _deep_lm([{"name": "ntp"}]).freeze_trunk(unfreeze_blocks=4)

@@ -37,6 +37,10 @@ def register(sub) -> None:
                    help="self-speculative greedy decoding with the model's own heads (default: auto = MTP, else "
                    "DS-MTP, else TOP)")
     g.add_argument("--drafts", type=int, help="drafts per step (default: every MTP head / DS-MTP module; 3 for TOP)")
+    g.add_argument("--draft-vocab", choices=("auto", "none"), default="auto",
+                   help="with --speculative: MTP / DS-MTP drafts over the checkpoint's reduced draft vocabulary "
+                   "(its config's draft_vocab, as benchmarks/smollm2_heads.py writes it) when it has one (auto, "
+                   "default), or over the full vocabulary (none); the output is the same either way")
     g.add_argument("--compare", action="store_true",
                    help="with --speculative: also decode plainly, check the outputs agree, report the speed-up")
     g.add_argument("--tokenizer", type=Path, help="tokenizer folder or tokenizer.json (default: the run's own)")
@@ -91,6 +95,21 @@ def _check_options(args) -> None:
         raise ForesightError(f"--drafts must be >= 1, got {args.drafts}")
 
 
+def _draft_vocab(state: dict, vocab_size: int, checkpoint):
+    """The checkpoint's reduced draft vocabulary (config ``draft_vocab``: distinct ids, FR-Spec) or None."""
+    import torch
+
+    ids = state.get("config", {}).get("draft_vocab")
+    if ids is None:
+        return None
+    ok = (isinstance(ids, list) and ids and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+          and len(set(ids)) == len(ids) and 0 <= min(ids) and max(ids) < vocab_size)
+    if not ok:
+        raise ForesightError(f"{checkpoint}: config draft_vocab must be a non-empty list of distinct token ids in "
+                             f"0..{vocab_size - 1}; fix the checkpoint or pass --draft-vocab none")
+    return torch.tensor(ids)
+
+
 class _Stream:
     """Prints each new token as it comes (text: the growing decoded suffix; ids: one number at a time)."""
 
@@ -121,6 +140,7 @@ def _generate(args: argparse.Namespace) -> None:
     import torch
 
     from foresight.generate import generate, speculative_generate
+    from foresight.generate.speculative import make_drafter
     from foresight.train.lm import TrainableLM
 
     _check_options(args)
@@ -131,6 +151,9 @@ def _generate(args: argparse.Namespace) -> None:
         raise ForesightError("--compare needs --speculative")
     lm, state = TrainableLM.from_checkpoint(args.checkpoint)
     lm = lm.to(args.device)
+    draft_vocab = None
+    if args.speculative and args.draft_vocab == "auto":
+        draft_vocab = _draft_vocab(state, lm.model.cfg.vocab_size, args.checkpoint)
     ids, tok = _prompt(args, state)
     ids = ids.to(args.device)
     if ids.max() >= lm.model.cfg.vocab_size or ids.min() < 0:
@@ -147,8 +170,8 @@ def _generate(args: argparse.Namespace) -> None:
     try:
         t0 = time.perf_counter()
         if args.speculative:
-            out, stats = speculative_generate(lm, ids, args.max_new_tokens, args.speculative, n_draft=args.drafts,
-                                              eos_id=eos)
+            drafter = make_drafter(lm, args.speculative, args.drafts, draft_vocab=draft_vocab)
+            out, stats = speculative_generate(lm, ids, args.max_new_tokens, drafter, eos_id=eos)
         else:
             out = generate(lm.model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, generator=gen, eos_id=eos, on_token=stream)
@@ -165,7 +188,9 @@ def _generate(args: argparse.Namespace) -> None:
     print(f"[{n} tokens in {wall:.2f}s, {n / max(wall, 1e-9):.1f} tokens/s]", file=sys.stderr)
     if args.speculative:
         acc = ", ".join(f"{a:.1%}" for a in stats.acceptance)
-        print(f"[speculative: tau = {stats.tau:.2f} tokens per forward, acceptance per draft position: {acc}]",
+        used = getattr(drafter, "vocab", None)  # TOP drafts ignore a draft vocabulary
+        vocab = "" if used is None else f", drafts over the checkpoint's draft vocabulary of {len(used.ids):,} ids"
+        print(f"[speculative: tau = {stats.tau:.2f} tokens per forward, acceptance per draft position: {acc}{vocab}]",
               file=sys.stderr)
         if args.compare:
             t0 = time.perf_counter()

@@ -89,6 +89,16 @@ def init_from_last_block(lm, key: str, scale: float = 1.0) -> None:
                     m.norm.weight.copy_(lm.model.norm.weight)
 
 
+def _target_mask(first_target: int | torch.Tensor, t: int, k: int) -> torch.Tensor:
+    """(1 or B, T) bool: positions whose depth-k target x[t+1+k] has index >= first_target, one int for every
+    row or a (B,) long tensor, one per row: self-distilled rows train on their generated part only, rows of
+    real text on every position."""
+    pos = torch.arange(t)
+    if isinstance(first_target, torch.Tensor):
+        return (pos[None, :] + 1 + k) >= first_target[:, None]
+    return (pos + 1 + k >= first_target)[None, :]
+
+
 def _sub_loss(h: torch.Tensor, norm, w_sub: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum of cross-entropies over the draft vocabulary: h (B, T, D), w_sub (V', D), labels (B, T) in 0..V'-1
     or IGNORE_INDEX."""
@@ -98,16 +108,16 @@ def _sub_loss(h: torch.Tensor, norm, w_sub: torch.Tensor, labels: torch.Tensor) 
 
 
 def head_losses(lm, key: str, out: TrunkOutput, batch: Batch, w_sub: torch.Tensor, to_sub: torch.Tensor,
-                first_target: int) -> list[torch.Tensor]:
-    """Loss sums per head (MTP) or depth (DS-MTP) over the draft vocabulary, targets at index >= first_target."""
+                first_target: int | torch.Tensor) -> list[torch.Tensor]:
+    """Loss sums per head (MTP) or depth (DS-MTP) over the draft vocabulary, targets at index >= first_target
+    (an int, or a (B,) tensor: one per row of the batch)."""
     obj, model = lm.objectives[key], lm.model
     t = batch.seq_len
-    pos = torch.arange(t)
 
     def labels(k: int) -> torch.Tensor:  # (B, T) sub-vocabulary labels of x[t+1+k]
         full = shifted_labels(batch, k)
         sub = torch.where(full >= 0, to_sub[full.clamp(min=0)], IGNORE_INDEX)
-        return sub.masked_fill((pos + 1 + k < first_target)[None, :], IGNORE_INDEX)
+        return sub.masked_fill(~_target_mask(first_target, t, k), IGNORE_INDEX)
 
     sums = []
     if isinstance(obj, MTP):
@@ -122,13 +132,14 @@ def head_losses(lm, key: str, out: TrunkOutput, batch: Batch, w_sub: torch.Tenso
 
 
 def train_heads(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab: torch.Tensor, *, steps: int,
-                batch: int, lr: float, first_target: int, seed: int = 0, warmup: int = 10,
+                batch: int, lr: float, first_target: int | torch.Tensor, seed: int = 0, warmup: int = 10,
                 log: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``lm.objectives[key]`` (MTP or DS-MTP) on the cached trunk states of ``tokens`` (N, L); the
     trunk stays frozen.
 
     AdamW (no weight decay), linear warm-up then cosine to 10 %, gradient clipping at 1. Each step draws
-    ``batch`` sequences at random (seeded). Returns the log records (per-head mean loss and top-1 accuracy
+    ``batch`` sequences at random (seeded); ``first_target`` is one int or a (N,) tensor, one per sequence
+    (``_target_mask``). Returns the log records (per-head mean loss and top-1 accuracy
     over the draft vocabulary).
     """
     model, obj = lm.model, lm.objectives[key]
@@ -153,8 +164,9 @@ def train_heads(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab: to
         b = Batch(tokens[idx].long(), length)
         with torch.no_grad():
             out = cache.rows(idx, model, cos, sin)
-        sums = head_losses(lm, key, out, b, w_sub, to_sub, first_target)
-        counts = [(_count(b, k, to_sub, first_target)).clamp(min=1) for k in range(1, len(sums) + 1)]
+        ft = first_target[idx] if isinstance(first_target, torch.Tensor) else first_target
+        sums = head_losses(lm, key, out, b, w_sub, to_sub, ft)
+        counts = [(_count(b, k, to_sub, ft)).clamp(min=1) for k in range(1, len(sums) + 1)]
         loss = sum(s / c for s, c in zip(sums, counts))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -169,11 +181,10 @@ def train_heads(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab: to
     return records
 
 
-def _count(batch: Batch, k: int, to_sub: torch.Tensor, first_target: int) -> torch.Tensor:
+def _count(batch: Batch, k: int, to_sub: torch.Tensor, first_target: int | torch.Tensor) -> torch.Tensor:
     full = shifted_labels(batch, k)
     ok = (full >= 0) & (to_sub[full.clamp(min=0)] >= 0)
-    pos = torch.arange(batch.seq_len)
-    return (ok & (pos + 1 + k >= first_target)[None, :]).sum()
+    return (ok & _target_mask(first_target, batch.seq_len, k)).sum()
 
 
 @torch.no_grad()

@@ -48,6 +48,8 @@ class TrainConfig:
     memory_value_lr_mult: float = 4.0
     memory_value_lr_decay: float = 1.0
     freeze: str = "none"  # "trunk": only the objectives' own heads/modules train; embedding, blocks, norm, head stay
+    # with freeze: trunk, the last N transformer blocks and the final norm train too (continued training on a budget)
+    unfreeze_blocks: int = 0
 
     def __post_init__(self) -> None:
         if self.micro_batch_size is None:
@@ -82,6 +84,10 @@ class TrainConfig:
              f"train.loggers must be a list of {', '.join(LOGGERS)} (metrics.jsonl is always written), "
              f"got {self.loggers!r}"),
             (self.freeze in ("none", "trunk"), f"train.freeze must be none or trunk, not {self.freeze!r}"),
+            (isinstance(self.unfreeze_blocks, int) and not isinstance(self.unfreeze_blocks, bool)
+             and self.unfreeze_blocks >= 0, "train.unfreeze_blocks must be an integer >= 0"),
+            (self.unfreeze_blocks == 0 or self.freeze == "trunk",
+             "train.unfreeze_blocks only applies with train.freeze: trunk (set both, or neither)"),
             (isinstance(self.compile_backend, str) and self.compile_backend != "",
              "train.compile_backend must be a torch.compile backend name, e.g. inductor"),
         ]

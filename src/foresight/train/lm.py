@@ -39,15 +39,25 @@ class TrainableLM(nn.Module):
         """Tokens past seq_len that batches must carry for every objective's labels."""
         return max(obj.lookahead for obj in self.objectives.values())
 
-    def freeze_trunk(self) -> int:
+    def freeze_trunk(self, unfreeze_blocks: int = 0) -> int:
         """Head-only training (``train.freeze: trunk``): the trunk's parameters stop requiring gradients, so the
         optimiser holds state only for the objectives' own heads / modules, and the trunk's forward builds no
         graph (``forward_backward`` then hands the objectives plain tensors and runs no trunk backward).
         Shared parts the heads read (embedding, final norm, output head) belong to the trunk and stay fixed.
-        Returns the number of parameters left to train."""
+
+        ``unfreeze_blocks = N > 0`` (``train.unfreeze_blocks``) keeps the last N transformer blocks and the final
+        norm training: continued training of a pretrained model on a budget. The frozen blocks below them build
+        no graph, so the backward pass stops at block L - N. Returns the number of parameters left to train."""
+        n_layers = len(self.model.layers)
+        if unfreeze_blocks > n_layers:
+            raise ForesightError(f"train.unfreeze_blocks={unfreeze_blocks}: the model has only {n_layers} blocks")
         for p in self.model.parameters():
             p.requires_grad_(False)
-        left = sum(p.numel() for p in self.objectives.parameters() if p.requires_grad)
+        if unfreeze_blocks:
+            for module in [*self.model.layers[n_layers - unfreeze_blocks:], self.model.norm]:
+                for p in module.parameters():
+                    p.requires_grad_(True)
+        left = sum(p.numel() for p in self.parameters() if p.requires_grad)
         if left == 0:
             names = ", ".join(self.objectives)
             raise ForesightError(f"train.freeze: trunk leaves nothing to train: objectives {names} have no heads "

@@ -182,7 +182,7 @@ class Trainer:
             if self.dp.enabled:
                 raise ForesightError("train.freeze: trunk is not supported with torchrun yet; "
                                      "train the heads in one process")
-            self.lm.freeze_trunk()
+            self.lm.freeze_trunk(cfg.unfreeze_blocks)
         self.compiled = speed_up(self.lm, cfg, self.device)  # attributes of the blocks only: meta is fine
         self.dp.shard(self.lm)  # before the optimiser, which must hold the sharded parameters
         self.main = self.dp.rank == 0
