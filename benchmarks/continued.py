@@ -28,6 +28,7 @@ import torch
 
 from foresight.environment import describe
 from foresight.io import write_json, write_text
+from foresight.objectives import as_written
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 
@@ -118,7 +119,7 @@ def sweep(args) -> None:
             (result,) = run_task(recipe, {name: specs}, out)
             train_s = time.perf_counter() - t0
             lm, _ = TrainableLM.from_checkpoint(out / name)
-            row = {**common, "objective": name, "objectives": specs, "seed": seed,
+            row = {**common, "objective": name, "objectives": as_written(specs), "seed": seed,
                    "val_loss": result["final"]["val_loss"], "tokens": result["tokens"], "steps": result["steps"],
                    "train_wall_clock_s": round(train_s, 1), "tokens_per_s": result["tokens_per_s"],
                    "final": result["final"], **_score(lm.model, ex, decode, args),

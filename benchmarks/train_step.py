@@ -32,7 +32,7 @@ import torch
 
 from foresight.environment import describe
 from foresight.errors import ForesightError
-from foresight.objectives import Batch
+from foresight.objectives import Batch, as_written
 from foresight.tasks.recipe import build_model_config, load_recipe
 from foresight.train.flops import flops_per_token, peak_flops
 from foresight.train.lm import TrainableLM
@@ -105,7 +105,7 @@ def measure(model: str, run: str, args, device: torch.device, overrides: list[st
     flops = flops_per_token(lm, args.seq_len)
     peak = peak_flops(device, cfg.peak_tflops)
     result = {
-        "model": model, "run": run, "objectives": recipe.runs[run], "params": lm.model.num_parameters(),
+        "model": model, "run": run, "objectives": as_written(recipe.runs[run]), "params": lm.model.num_parameters(),
         "total_params": sum(p.numel() for p in {id(p): p for p in lm.parameters()}.values()),
         "n_layers": model_cfg.n_layers, "compiled": compiled,
         "step_ms": step_s * 1e3, "step_ms_all": [t * 1e3 for t in times], "warmup_s": warmup_s,

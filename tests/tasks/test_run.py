@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from foresight.cli.main import main
 from foresight.data.stargraph import StarGraphData, StarGraphSpec, generate
 from foresight.environment import describe
+from foresight.hf import export_checkpoint, import_hf
 from foresight.model import ModelConfig
+from foresight.objectives import MTPConfig, ObjectiveSpec, parse_objectives
 from foresight.tasks import TASKS
 from foresight.tasks.run import RunHooks, result_record, train_run
 from foresight.train.config import TrainConfig
@@ -75,6 +79,41 @@ def test_train_run_is_the_plain_seed_build_fit_loop(tmp_path):
     assert record["tokens"] == run.tokens and record["device"] == "cpu"
     provenance = {("device_name" if k == "device" else k) for k in describe("cpu")}
     assert provenance <= set(record) and record["torch"] == torch.__version__
+
+
+def test_a_parsed_run_trains_and_its_checkpoint_stores_the_objectives_as_written(tmp_path):
+    # A recipe hands the run loop its parsed objectives; checkpoints, exports and result records keep storing the
+    # plain JSON form, which older versions wrote too and this version parses again when loading.
+    data, model_cfg, train_cfg = _setup()
+    parsed = parse_objectives(SPECS)
+    assert [type(s) for s in parsed] == [ObjectiveSpec, ObjectiveSpec]
+    assert parsed[1].config == MTPConfig(n=2) and parsed[1].written == {"name": "mtp", "n": 2}
+    assert parse_objectives(parsed) == parsed  # parsed entries pass through, never parsed twice
+    torch.manual_seed(1)
+    from_parsed = TrainableLM(model_cfg, parsed)
+    torch.manual_seed(1)
+    from_dicts = TrainableLM(model_cfg, SPECS)  # library callers and checkpoints: plain dicts, the same parse
+    for (name, a), (_, b) in zip(from_parsed.state_dict().items(), from_dicts.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert [o.cfg for o in from_parsed.objectives.values()] == [o.cfg for o in from_dicts.objectives.values()]
+
+    setup = lambda lm: RunHooks(batch_fn=lambda step: data.batch(step, 4, 5))  # noqa: E731
+    run = train_run("r", parsed, model_cfg, train_cfg, tmp_path / "run", raw={"task": "x"},
+                    tokens_per_step=4 * SPEC.seq_len, setup=setup)
+    record = result_record(run)
+    assert record["objectives"] == SPECS and json.loads(json.dumps(record["objectives"])) == SPECS
+
+    back, state = TrainableLM.from_checkpoint(tmp_path / "run")
+    stored = state["config"]["objectives"]
+    assert stored == SPECS and all(type(s) is dict for s in stored)
+    for (name, a), (_, b) in zip(back.state_dict().items(), run.lm.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+    export_checkpoint(tmp_path / "run", tmp_path / "hf", with_heads=True)
+    imported, imported_specs, _ = import_hf(tmp_path / "hf")
+    assert imported_specs == SPECS
+    for (name, a), (_, b) in zip(imported.state_dict().items(), run.lm.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_the_stargraph_command_goes_through_the_task_registry(tmp_path, monkeypatch, capsys):

@@ -10,6 +10,7 @@ import torch
 from foresight.config import from_dict
 from foresight.data.stargraph import StarGraphSpec
 from foresight.errors import ForesightError
+from foresight.objectives import REGISTRY, ObjectiveSpec, as_written
 from foresight.tasks.recipe import build_model_config, load_recipe
 from foresight.tasks.stargraph import StarGraphTaskConfig
 from foresight.train.lm import TrainableLM
@@ -69,3 +70,30 @@ def test_the_task_section_is_parsed_once_at_load():
         load_recipe("smoke", ["stargraph.eval_batch_size=0"], "stargraph")  # before any data or model
     with pytest.raises(ForesightError, match="unknown key stargraph.nodez"):
         load_recipe("smoke", ["stargraph.nodez=3"], "stargraph")
+
+
+def test_objective_specs_are_parsed_once_at_load(monkeypatch):
+    import foresight.objectives as objectives
+
+    calls = []
+    entry_parse = objectives.objective_config
+    monkeypatch.setattr(objectives, "objective_config", lambda spec, where="objectives": (
+        calls.append(spec["name"]), entry_parse(spec, where))[1])
+    recipe = load_recipe("smoke", [], "stargraph")
+    written = recipe.raw["runs"]
+    assert calls == [s["name"] for run in written.values() for s in run]  # each entry once, at load
+    for run, specs in recipe.runs.items():
+        assert all(isinstance(s, ObjectiveSpec) and isinstance(s.config, REGISTRY[s.name][0]) for s in specs)
+        assert as_written(specs) == written[run]  # the JSON form: the entries as the recipe wrote them
+    assert recipe.runs["top"][1].config.window == 4096 and recipe.runs["mtp3"][1].config.n == 3
+
+    task = from_dict(StarGraphTaskConfig, recipe.section, "stargraph")
+    spec = StarGraphSpec(task.deg, task.path, task.nodes).validate()
+    cfg = build_model_config(recipe.model, vocab_size=spec.vocab_size, max_seq_len=spec.seq_len + 1)
+    calls.clear()
+    with torch.device("meta"):
+        lm = TrainableLM(cfg, recipe.runs["dsmtp3"])
+        assert calls == []  # the model takes the parsed configs as they are
+        assert [o.cfg for o in lm.objectives.values()] == [s.config for s in recipe.runs["dsmtp3"]]
+        TrainableLM(cfg, written["dsmtp3"])  # plain dicts (library callers, checkpoints): the same one parse
+    assert calls == ["ntp", "dsmtp"]

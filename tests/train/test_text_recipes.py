@@ -64,7 +64,7 @@ def test_every_text_recipe_parses_and_builds():
     cont = load_recipe(str(CONFIGS / "continued_smollm2.yaml"), [])
     assert cont.section["init_from"] and cont.train.freeze == "trunk" and cont.train.unfreeze_blocks == 2
     assert set(cont.runs) == {"ntp", "top", "top_w0.5", "top_w0.25", "mtp2", "dsmtp1"}
-    assert [cont.runs[r][1]["weight"] for r in ("top", "top_w0.5", "top_w0.25")] == [1.0, 0.5, 0.25]
+    assert [cont.runs[r][1].written["weight"] for r in ("top", "top_w0.5", "top_w0.25")] == [1.0, 0.5, 0.25]
     assert cont.train.device == "auto"
     for name in names:
         recipe = load_recipe(str(CONFIGS / f"{name}.yaml"), [])
@@ -129,5 +129,5 @@ def test_paper_training_settings(name):
     assert t.min_lr == pytest.approx(0.1 * lr) and t.eps == 1e-15 and t.betas == [0.9, 0.95]
     assert t.weight_decay == 0.1 and t.decay_all and t.grad_clip == 1.0
     assert recipe.section["seq_len"] == 4096
-    assert recipe.runs["top"][1] == {"name": "top", "window": 4096}
+    assert recipe.runs["top"][1].written == {"name": "top", "window": 4096}
     assert steps * 128 * 4096 == pytest.approx({"340m": 52.4e9, "1.8b": 104.9e9, "7b": 104.9e9}[name], rel=0.01)

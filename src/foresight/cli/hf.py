@@ -47,7 +47,7 @@ def parse_objectives(text: str | None) -> list[dict] | None:
     """``ntp,top`` or a YAML list of objective specs -> validated specs."""
     import yaml
 
-    from foresight.objectives import objective_config
+    from foresight.objectives import parse_objectives as check
 
     if text is None:
         return None
@@ -61,8 +61,7 @@ def parse_objectives(text: str | None) -> list[dict] | None:
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
         raise ForesightError("--objectives must be names (ntp,top) or a YAML list of {name: ..., ...} mappings")
-    for spec in value:
-        objective_config(spec, where="--objectives")
+    check(value, where="--objectives")  # the recipes' one parse (keys, weight); the checkpoint stores the dicts
     return value
 
 

@@ -6,7 +6,7 @@ objective is a module here plus its tests."""
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 from foresight.errors import ForesightError
 from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective, shifted_labels
@@ -38,11 +38,11 @@ def drafting_objectives() -> list[str]:
     return [name for _, name in sorted(found)]
 
 
-def objective_label(specs: list[dict]) -> str:
+def objective_label(specs: list) -> str:
     """The TOP paper's name for an objective list: each objective's ``paper_label`` joined by ' + ', the
     next-token loss left implicit (NTP + TOP is "TOP"); "(no NTP)" marks a list without it."""
     parts, next_token = [], False
-    for spec in specs:
+    for spec in as_written(specs):
         entry = REGISTRY.get(spec.get("name"))
         if entry is None:  # (recipes are checked at load; a foreign name still gets a readable label)
             parts.append(str(spec.get("name")).upper())
@@ -74,13 +74,48 @@ def objective_config(spec: dict, where: str = "objectives"):
         raise ForesightError(f"{where}.{name}: {e}") from None
 
 
-def build_objective(spec: dict, model_cfg) -> Objective:
-    cfg = objective_config(spec)
-    return REGISTRY[spec["name"]][1](cfg, model_cfg)
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """One objective of a run, parsed: ``name`` (its ``REGISTRY`` key), ``config`` (its config dataclass) and
+    ``written`` (the entry as the recipe wrote it: the JSON form that checkpoints and results store, so old
+    checkpoints, exports and reports read the same thing)."""
+
+    name: str
+    config: object
+    written: dict
+
+
+def parse_objectives(specs: list, where: str = "objectives") -> list[ObjectiveSpec]:
+    """The one parse of an objective list (recipes at load, ``TrainableLM`` for library callers and checkpoints):
+    ``[{"name": "top", "window": 16}, ...]`` -> ``ObjectiveSpec``s, every entry's keys and weight schedule
+    checked, one clear error if wrong. Entries already parsed are kept as they are (never parsed twice)."""
+    from foresight.train.schedule import check_weight
+
+    if not isinstance(specs, (list, tuple)) or not specs:
+        raise ForesightError(f"{where}: at least one objective is needed (for example [{{name: ntp}}])")
+    parsed = []
+    for spec in specs:
+        if not isinstance(spec, ObjectiveSpec):
+            cfg = objective_config(spec, where)
+            check_weight(cfg.weight, f"{where}.{spec['name']}.weight")
+            spec = ObjectiveSpec(spec["name"], cfg, dict(spec))
+        parsed.append(spec)
+    return parsed
+
+
+def as_written(specs: list) -> list[dict]:
+    """The JSON form of an objective list (what checkpoints and results store): each entry as written."""
+    return [dict(s.written) if isinstance(s, ObjectiveSpec) else dict(s) for s in specs]
+
+
+def build_objective(spec: ObjectiveSpec | dict, model_cfg) -> Objective:
+    (spec,) = parse_objectives([spec])
+    return REGISTRY[spec.name][1](spec.config, model_cfg)
 
 
 __all__ = [
     "Batch", "Compute", "DSMTP", "DSMTPConfig", "IGNORE_INDEX", "LossOutput", "MTP", "MTPConfig", "NTP", "NTPConfig",
-    "Objective", "REGISTRY", "TOP", "TOPConfig", "build_objective", "drafting_objectives", "objective_config",
-    "objective_label", "register", "shifted_labels", "top_loss", "top_targets",
+    "Objective", "ObjectiveSpec", "REGISTRY", "TOP", "TOPConfig", "as_written", "build_objective",
+    "drafting_objectives", "objective_config", "objective_label", "parse_objectives", "register", "shifted_labels",
+    "top_loss", "top_targets",
 ]

@@ -12,9 +12,8 @@ from pathlib import Path
 from foresight.config import apply_overrides, find_recipe, from_dict, load_yaml
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig
-from foresight.objectives import objective_config
+from foresight.objectives import ObjectiveSpec, parse_objectives
 from foresight.train.config import TrainConfig
-from foresight.train.schedule import check_weight
 
 SECTIONS = {"task", "model", "train", "runs"}  # and each task's own section, named after the task (TASKS)
 
@@ -26,7 +25,7 @@ class Recipe:
     task: str
     model: dict  # ModelConfig fields; the task fills in what it decides (vocab_size, max_seq_len)
     train: TrainConfig
-    runs: dict[str, list[dict]]  # run name -> objective specs
+    runs: dict[str, list[ObjectiveSpec]]  # run name -> its objectives, parsed once (``.written``: the JSON form)
     section: dict  # the task's own section, as written
     run_models: dict[str, dict] = field(default_factory=dict)  # run name -> its model overrides
     task_config: object = None  # the task's section parsed into its config class (tasks.TASK_CONFIGS)
@@ -69,10 +68,7 @@ def load_recipe(name: str, overrides: list[str], group: str = "") -> Recipe:
             run_models[run_name] = entry.get("model") or {}
         if not isinstance(specs, list) or not specs:
             raise ForesightError(f"runs.{run_name} must be a non-empty list of objectives")
-        for spec in specs:
-            cfg = objective_config(spec, where=f"runs.{run_name}")
-            check_weight(cfg.weight, f"runs.{run_name}.{spec['name']}.weight")
-        run_specs[run_name] = specs
+        run_specs[run_name] = parse_objectives(specs, where=f"runs.{run_name}")  # the one parse of the run
     section = raw.get(task) or {}
     task_config = from_dict(task_config_class(task), section, task)  # the one parse of the task's section
     return Recipe(path, raw, task, model, train, run_specs, section, run_models, task_config)
@@ -89,7 +85,7 @@ def build_model_config(fields: dict, **fixed) -> ModelConfig:
     return from_dict(ModelConfig, merged, "model")
 
 
-def select_runs(recipe: Recipe, names: str | None) -> dict[str, list[dict]]:
+def select_runs(recipe: Recipe, names: str | None) -> dict[str, list[ObjectiveSpec]]:
     """``"ntp,top"`` -> those runs of the recipe, in that order; None -> all."""
     if not names:
         return recipe.runs

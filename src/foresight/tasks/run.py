@@ -17,6 +17,7 @@ import torch
 
 from foresight.environment import describe
 from foresight.model import ModelConfig
+from foresight.objectives import ObjectiveSpec, as_written
 from foresight.train import distributed
 from foresight.train.config import TrainConfig
 from foresight.train.lm import TrainableLM
@@ -38,7 +39,7 @@ class FinishedRun:
     """One fitted run, handed back to its task for its own record."""
 
     name: str
-    specs: list[dict]
+    specs: list[ObjectiveSpec]  # the run's objectives as the recipe parsed them (or plain dicts)
     train_cfg: TrainConfig
     lm: TrainableLM
     trainer: Trainer
@@ -47,7 +48,7 @@ class FinishedRun:
     tokens: int  # training tokens of this invocation (a resumed run counts only its new steps)
 
 
-def train_run(name: str, specs: list[dict], model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, *,
+def train_run(name: str, specs: list[ObjectiveSpec], model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, *,
               raw: dict, tokens_per_step: int, setup: Callable[[TrainableLM], RunHooks], resume: bool = False,
               init: Callable[[TrainableLM], None] | None = None, desc: str | None = None,
               should_stop: Callable[[], bool] | None = None, progress: bool = True) -> FinishedRun:
@@ -63,7 +64,8 @@ def train_run(name: str, specs: list[dict], model_cfg: ModelConfig, train_cfg: T
             init(lm)
     hooks = setup(lm)
     evaluate = hooks.evaluate
-    run_config = {"recipe": raw, "run": name, "objectives": specs, "model": asdict(model_cfg),
+    # checkpoints store the objectives' JSON form (as written), which every version can parse again
+    run_config = {"recipe": raw, "run": name, "objectives": as_written(specs), "model": asdict(model_cfg),
                   **(hooks.run_config or {})}
     trainer = Trainer(
         lm, train_cfg, run_dir, batch_fn=hooks.batch_fn,
@@ -92,7 +94,7 @@ def result_record(run: FinishedRun) -> dict:
     trainer = run.trainer
     record = {
         "run": run.name,
-        "objectives": run.specs,
+        "objectives": as_written(run.specs),
         "params": run.lm.model.num_parameters(),
         "total_params": total_parameters(run.lm),
         "seed": run.train_cfg.seed,

@@ -36,7 +36,7 @@ from foresight.data.stargraph import StarGraphData, StarGraphSpec, generate, rea
 from foresight.errors import ForesightError
 from foresight.eval.stargraph import evaluate
 from foresight.io import write_text
-from foresight.objectives import objective_label
+from foresight.objectives import ObjectiveSpec, objective_label
 from foresight.plot import plot_bands
 from foresight.tasks.recipe import Recipe, build_model_config
 from foresight.tasks.run import FinishedRun, RunHooks, result_record, train_run
@@ -302,7 +302,7 @@ class _Cell:
 
     name: str
     seed: int
-    specs: list[dict]
+    specs: list[ObjectiveSpec]  # the run's objectives, parsed once by the recipe
     run_cfg: TrainConfig
     raw: dict
     model_cfg: object

@@ -10,7 +10,7 @@ from torch import nn
 
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig, Transformer, TrunkOutput
-from foresight.objectives import Batch, LossOutput, build_objective
+from foresight.objectives import Batch, LossOutput, ObjectiveSpec, build_objective, parse_objectives
 
 _TRUNK_TENSORS = ("hidden", "final", "last_input")  # the TrunkOutput fields objectives may read
 
@@ -21,14 +21,14 @@ class TrainableLM(nn.Module):
     Checkpoints hold the whole module, so TOP / MTP / DS-MTP heads survive a save and a load.
     """
 
-    def __init__(self, model_cfg: ModelConfig, objective_specs: list[dict]) -> None:
+    def __init__(self, model_cfg: ModelConfig, objective_specs: list[ObjectiveSpec | dict]) -> None:
+        """``objective_specs``: a recipe's parsed run (``Recipe.runs[name]``), or plain dicts as checkpoints store
+        them and library callers write them (parsed here by the same ``parse_objectives``)."""
         super().__init__()
-        if not objective_specs:
-            raise ForesightError("objectives: at least one objective is needed (for example [{name: ntp}])")
         self.model = Transformer(model_cfg)
         self.objectives = nn.ModuleDict()
         self.weights: dict[str, float | list] = {}
-        for spec in objective_specs:
+        for spec in parse_objectives(objective_specs):
             obj = build_objective(spec, model_cfg)
             key = obj.name if obj.name not in self.objectives else f"{obj.name}_{len(self.objectives)}"
             self.objectives[key] = obj
