@@ -338,9 +338,14 @@ class Block(nn.Module):
         self.checkpointing = False  # recompute this block's activations in the backward pass
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
-                step: RowStep | None = None, table: nn.Module | None = None) -> torch.Tensor:
+                step: RowStep | None = None, table: nn.Module | None = None,
+                cols: torch.Tensor | None = None) -> torch.Tensor:
         """``step``: the forward's RowStep for a per-row ``cache`` (see ``KVCache.row_step``), or None.
-        ``table``: the trunk's shared ``MemoryTable`` (UltraMemV2 blocks only)."""
+        ``table``: the trunk's shared ``MemoryTable`` (UltraMemV2 blocks only). ``cols`` (n,): the output at
+        these positions only, (B, n, D) (``forward_rows``; through ``__call__`` so that module hooks, e.g.
+        FSDP's gathering of the parameters, run)."""
+        if cols is not None:
+            return self.forward_rows(x, cos, sin, cols)
         if cache is None and torch.is_grad_enabled() and (self.compile_backend or self.checkpointing):
             return training_forward(self.compile_backend, self.checkpointing)(self, x, cos, sin, table)
         return self._forward(x, cos, sin, cache, step, table)

@@ -92,7 +92,7 @@ class Transformer(nn.Module):
         for layer in self.layers[:-1]:
             x = layer(x, cos, sin)
         cols = rows.any(0).nonzero().squeeze(1)  # (n,) ascending: positions some row needs
-        final = self.layers[-1].forward_rows(x, cos, sin, cols)[rows[:, cols]]  # (B, n, D) -> (m, D), row-major
+        final = self.layers[-1](x, cos, sin, cols=cols)[rows[:, cols]]  # (B, n, D) -> (m, D), row-major
         return TrunkOutput(hidden=self.norm(final), final=final, last_input=x, cos=cos, sin=sin, rows=rows)
 
     def balance_loss(self) -> torch.Tensor | None:
