@@ -16,11 +16,12 @@ round (a shared machine drifts; interleaving keeps the ratios fair):
 - ``old 2 threads`` / ``new 2 threads``: eager with 2 intra-op threads (one process using both cores; the old
   main job's layout, training one objective after the other).
 
-Steps/s is the median over rounds of (timed steps / seconds) after warm-up steps. "2 processes" is NTP and
-TOP started together, one process per core (eager, and compiled as ``train.compile: auto`` does for runs of
-2,000 steps or more): the main job's layout, compared with the old one (NTP then TOP, 2 threads). Losses: the first
-``--steps`` per-step losses of each variant, from the same initialisation and batches, against ``old``:
-max |Δ| / |loss| is printed (fp32 tolerance: < 1e-5).
+Steps/s is the median over rounds of (timed steps / seconds) after warm-up steps; "× old" the median over
+rounds of the ratio to ``old`` in the same round (``--only`` picks variants, for more rounds on a busy
+machine). "2 processes" is NTP and TOP started together, one process per core (eager, and compiled as
+``train.compile: auto`` does for runs of 2,000 steps or more): the main job's layout, compared with the old
+one (NTP then TOP, 2 threads). Losses: the first ``--steps`` per-step losses of each variant, from the same
+initialisation and batches, against ``old``: max |Δ| / |loss| is printed (fp32 tolerance: < 1e-5).
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true", help="skip the compiled variant (it compiles each round)")
     p.add_argument("--out", type=Path, help="also write the numbers as JSON")
     p.add_argument("--quick", action="store_true", help="only old and new on one thread (checks the script)")
+    p.add_argument("--only", help="comma-separated variants to run (e.g. old,new,new+compile: more rounds for the "
+                   "same CPU on a shared machine); default: all")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -122,6 +125,14 @@ def main() -> None:
         variants = {k: v for k, v in variants.items() if k in ("old", "new")}
     compile_on = not args.no_compile and not args.quick
     pairs = [] if args.quick else ["new 2 processes"] + (["new+compile 2 processes"] if compile_on else [])
+    if args.only:
+        keep = args.only.split(",")
+        unknown = sorted(set(keep) - {*variants, *pairs})
+        if unknown or "old" not in keep:
+            raise SystemExit(f"--only: unknown variants {unknown} (known: {', '.join([*variants, *pairs])}); "
+                             f"'old' is needed as the reference")
+        variants = {k: v for k, v in variants.items() if k in keep}
+        pairs = [k for k in pairs if k in keep]
     results: dict = {(v, r): [] for v in [*variants, *pairs] for r in RUNS}
     with tempfile.TemporaryDirectory() as tmp:
         old_src = export_baseline(args.baseline, Path(tmp))
@@ -134,13 +145,18 @@ def main() -> None:
                     print(f"round {rnd + 1} {run:>3} {name:<14} {results[name, run][-1]['steps_per_s']:6.2f} steps/s",
                           flush=True)
             # NTP and TOP at once, one process per core: the main job's layout (compiled, as auto does there).
-            for name, compiled in [("new 2 processes", False), ("new+compile 2 processes", True)][: len(pairs)]:
+            for name, compiled in [(k, k.startswith("new+compile")) for k in pairs]:
                 procs = {run: launch(ROOT / "src", {"run": run, "threads": 1, "compile": compiled, "steps": args.steps,
                                                     "warmup": args.warmup}) for run in RUNS}
                 for run, proc in procs.items():
                     results[name, run].append(collect(proc))
 
     med = {k: statistics.median(m["steps_per_s"] for m in v) for k, v in results.items()}
+    # × old: the median over rounds of the ratio to old's steps/s in the same round (the load drifts between
+    # rounds, far more than within one on a shared machine).
+    ratio = {(name, run): statistics.median(m["steps_per_s"] / o["steps_per_s"]
+                                            for m, o in zip(ms, results["old", run]))
+             for (name, run), ms in results.items()}
     rel = {}
     for (name, run), ms in results.items():
         ref = results["old", run][0]["losses"]
@@ -149,30 +165,29 @@ def main() -> None:
     env = describe("cpu")
     lines = [f"CPU training step, star graph G(2,4) N=10, d 64 × 3 layers, batch 256 ({env['device']}, torch "
              f"{env['torch']}, {env['date']}; baseline {args.baseline}; median of {args.rounds} rounds × "
-             f"{args.steps} steps)", "",
+             f"{args.steps} steps; × old: median over rounds of the ratio to old in the same round)", "",
              "| variant | NTP steps/s | NTP+TOP steps/s | NTP × old | NTP+TOP × old | "
              "max rel. loss diff vs old | first step s |",
              "|---|---|---|---|---|---|---|"]
     for name in [*variants, *pairs]:
         first = statistics.median(m["first_step_s"] for r in RUNS for m in results[name, r])
         lines.append(f"| {name} | {med[name, 'ntp']:.2f} | {med[name, 'top']:.2f} | "
-                     f"{med[name, 'ntp'] / med['old', 'ntp']:.2f}× | {med[name, 'top'] / med['old', 'top']:.2f}× | "
+                     f"{ratio[name, 'ntp']:.2f}× | {ratio[name, 'top']:.2f}× | "
                      f"{max(rel[name, r] for r in RUNS):.1e} | {first:.1f} |")
     worst = max(rel.values())
     if worst > 1e-5:  # fp32 tolerance: the new code must train the same losses as the old
         print("\n".join(lines))
         raise SystemExit(f"losses differ from the old code's by up to {worst:.1e} (relative): more than fp32 rounding")
-    if args.quick:
-        print("\n".join(lines))
-        return
-    # The main job's layout: old trains NTP then TOP in one process on both cores; new runs them side by side.
-    old_job = 1 / med["old 2 threads", "ntp"] + 1 / med["old 2 threads", "top"]  # s per (NTP step + TOP step)
-    new_job = max(1 / med[pairs[-1], "ntp"], 1 / med[pairs[-1], "top"])
-    lines += ["", "2 processes: NTP and TOP at once, one process per core (the main job's layout); each column is "
-              "that process's own steps/s. Seconds per NTP step + TOP step for the main job: old (one after the "
-              f"other, 2 threads) {old_job:.3f} s, new ({pairs[-1]}) {new_job:.3f} s: "
-              f"{old_job / new_job:.2f}× faster."]
-    med_job = {"old_s_per_ntp_and_top_step": old_job, "new_s_per_ntp_and_top_step": new_job}
+    med_job = {}
+    if pairs and "old 2 threads" in variants:
+        # The main job's layout: old trains NTP then TOP in one process on both cores; new runs them side by side.
+        old_job = 1 / med["old 2 threads", "ntp"] + 1 / med["old 2 threads", "top"]  # s per (NTP step + TOP step)
+        new_job = max(1 / med[pairs[-1], "ntp"], 1 / med[pairs[-1], "top"])
+        lines += ["", "2 processes: NTP and TOP at once, one process per core (the main job's layout); each column "
+                  "is that process's own steps/s. Seconds per NTP step + TOP step for the main job: old (one after "
+                  f"the other, 2 threads) {old_job:.3f} s, new ({pairs[-1]}) {new_job:.3f} s: "
+                  f"{old_job / new_job:.2f}× faster."]
+        med_job = {"old_s_per_ntp_and_top_step": old_job, "new_s_per_ntp_and_top_step": new_job}
     table = "\n".join(lines)
     print()
     print(table)
@@ -180,6 +195,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         data = {"environment": env, "baseline": args.baseline, "args": vars(args) | {"out": str(args.out)},
                 "median_steps_per_s": {f"{k[0]}/{k[1]}": v for k, v in med.items()}, "main_job": med_job,
+                "median_ratio_to_old": {f"{k[0]}/{k[1]}": v for k, v in ratio.items()},
                 "max_rel_loss_diff": {f"{k[0]}/{k[1]}": v for k, v in rel.items()},
                 "raw": {f"{k[0]}/{k[1]}": [{**m, "losses": m["losses"]} for m in v] for k, v in results.items()},
                 "table": table}

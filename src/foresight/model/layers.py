@@ -124,6 +124,23 @@ class Attention(nn.Module):
         mask = None if step is None else step.mask
         return self.o_proj(causal_attention(q, k, v, past, mask).transpose(1, 2).reshape(b, t, -1))
 
+    def forward_rows(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """The outputs (B, n, D) at positions ``cols`` (n,) ascending only: their queries over the keys and values
+        of all T positions (training, no cache; cos/sin (T, Dh)). Row i equals ``forward(x, cos, sin)[:, cols[i]]``
+        (the rows a loss reads, when only some are trained)."""
+        b, t, _ = x.shape
+        n = cols.shape[0]
+        q = self.q_proj(x[:, cols]).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, n, Dh)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, G, T, Dh)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos[cols], sin[cols]), apply_rotary(k, cos, sin)
+        if self.n_kv_heads != self.n_heads:
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        mask = torch.arange(t, device=x.device) <= cols[:, None]  # (n, T): query at cols[i] sees keys 0..cols[i]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, n, Dh)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+
 
 @dataclass(frozen=True)
 class RowStep:
@@ -321,9 +338,14 @@ class Block(nn.Module):
         self.checkpointing = False  # recompute this block's activations in the backward pass
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
-                step: RowStep | None = None, table: nn.Module | None = None) -> torch.Tensor:
+                step: RowStep | None = None, table: nn.Module | None = None,
+                cols: torch.Tensor | None = None) -> torch.Tensor:
         """``step``: the forward's RowStep for a per-row ``cache`` (see ``KVCache.row_step``), or None.
-        ``table``: the trunk's shared ``MemoryTable`` (UltraMemV2 blocks only)."""
+        ``table``: the trunk's shared ``MemoryTable`` (UltraMemV2 blocks only). ``cols`` (n,): the output at
+        these positions only, (B, n, D) (``forward_rows``; through ``__call__`` so that module hooks, e.g.
+        FSDP's gathering of the parameters, run)."""
+        if cols is not None:
+            return self.forward_rows(x, cos, sin, cols)
         if cache is None and torch.is_grad_enabled() and (self.compile_backend or self.checkpointing):
             return training_forward(self.compile_backend, self.checkpointing)(self, x, cos, sin, table)
         return self._forward(x, cos, sin, cache, step, table)
@@ -336,6 +358,18 @@ class Block(nn.Module):
             return x + self.mlp(h) + self.memory(h, table)
         return x + self.mlp(h)
 
+    def forward_rows(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D) -> the block's output (B, n, D) at positions ``cols`` (n,) only: attention queries, MLP and
+        residual of those rows, keys and values from all T (``Attention.forward_rows``). Dense blocks only (an
+        MoE's balance loss would see other tokens). Same training path as ``forward`` (compiled, checkpointed)."""
+        if torch.is_grad_enabled() and (self.compile_backend or self.checkpointing):
+            return training_forward_rows(self.compile_backend, self.checkpointing)(self, x, cos, sin, cols)
+        return self._forward_rows(x, cos, sin, cols)
+
+    def _forward_rows(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cols: torch.Tensor):
+        x_rows = x[:, cols] + self.self_attn.forward_rows(self.input_layernorm(x), cos, sin, cols)  # (B, n, D)
+        return x_rows + self.mlp(self.post_attention_layernorm(x_rows))
+
 
 def _eager(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table=None) -> torch.Tensor:
     return block._forward(x, cos, sin, None, None, table)
@@ -345,6 +379,21 @@ def _checkpointed(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.T
     # Saves only the inputs; the backward re-runs the block. Inside torch.compile this becomes one
     # activation-checkpoint region that the partitioner recomputes (the torchtitan order: checkpoint, then compile).
     return checkpoint(block._forward, x, cos, sin, None, None, table, use_reentrant=False)
+
+
+def _eager_rows(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cols: torch.Tensor):
+    return block._forward_rows(x, cos, sin, cols)
+
+
+def _checkpointed_rows(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cols: torch.Tensor):
+    return checkpoint(block._forward_rows, x, cos, sin, cols, use_reentrant=False)
+
+
+@functools.cache
+def training_forward_rows(backend: str | None, checkpointing: bool):
+    """``fn(block, x, cos, sin, cols)``: ``training_forward`` for ``Block.forward_rows``."""
+    fn = _checkpointed_rows if checkpointing else _eager_rows
+    return fn if backend is None else torch.compile(fn, backend=backend)
 
 
 @functools.cache

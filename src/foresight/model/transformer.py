@@ -26,6 +26,10 @@ class TrunkOutput:
     last_input: torch.Tensor  # input of the last block (MTP's parallel heads branch here, Meta MTP §2)
     cos: torch.Tensor  # RoPE tables (T, Dh) for these positions, for head blocks; (B, 1, T, Dh) per row
     sin: torch.Tensor
+    # None: hidden and final hold every position (B, T, D). A (B, T) bool mask: the trunk ran its last block
+    # only where it is true (``Transformer.trunk(rows=...)``), and hidden / final are (n, D), those positions in
+    # row-major order (``hidden[i]`` is position ``rows.nonzero()[i]``); last_input stays (B, T, D).
+    rows: torch.Tensor | None = None
 
 
 class Transformer(nn.Module):
@@ -59,9 +63,18 @@ class Transformer(nn.Module):
             total -= self.embed_tokens.weight.numel()
         return total
 
-    def trunk(self, input_ids: torch.Tensor, caches: list[KVCache] | None = None) -> TrunkOutput:
+    def trunk(self, input_ids: torch.Tensor, caches: list[KVCache] | None = None,
+              rows: torch.Tensor | None = None) -> TrunkOutput:
         """input_ids (B, T) -> TrunkOutput. With ``caches`` (one per layer) positions continue after the cache:
-        per row when the caches are on their per-row path (then ``cos``/``sin`` are (B, 1, T, Dh))."""
+        per row when the caches are on their per-row path (then ``cos``/``sin`` are (B, 1, T, Dh)).
+
+        ``rows`` (B, T) bool: the positions whose outputs the caller reads (a loss mask). Then the last block
+        runs its queries, MLP and residual, and the final norm, only at the positions any row needs (its keys
+        and values still come from every position): the same numbers at those rows, for a fraction of the last
+        block's cost (star graph: 4 answer positions of 24). ``TrunkOutput.rows`` says whether it was used: only
+        without caches and when the last block is dense (an MoE's balance loss reads every token)."""
+        if rows is not None and caches is None and self.cfg.ffn == "dense":
+            return self._trunk_rows(input_ids, rows)
         offset = caches[0].offset if caches else 0
         cos, sin = self.rotary(input_ids.shape[1], input_ids.device, offset)
         # Per-row caches: one mask and write index for all layers (their caches hold the same lengths).
@@ -72,6 +85,15 @@ class Transformer(nn.Module):
             last_input = x
             x = layer(x, cos, sin, caches[i] if caches else None, step, self.memory_table)
         return TrunkOutput(hidden=self.norm(x), final=x, last_input=last_input, cos=cos, sin=sin)
+
+    def _trunk_rows(self, input_ids: torch.Tensor, rows: torch.Tensor) -> TrunkOutput:
+        cos, sin = self.rotary(input_ids.shape[1], input_ids.device, 0)
+        x = self.embed_tokens(input_ids)  # (B, T, D)
+        for layer in self.layers[:-1]:
+            x = layer(x, cos, sin)
+        cols = rows.any(0).nonzero().squeeze(1)  # (n,) ascending: positions some row needs
+        final = self.layers[-1](x, cos, sin, cols=cols)[rows[:, cols]]  # (B, n, D) -> (m, D), row-major
+        return TrunkOutput(hidden=self.norm(final), final=final, last_input=x, cos=cos, sin=sin, rows=rows)
 
     def balance_loss(self) -> torch.Tensor | None:
         """Mean over MoE layers of the load-balancing loss of the latest forward with grad (None without MoE)."""

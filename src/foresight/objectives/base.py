@@ -109,6 +109,13 @@ class Objective(nn.Module):
         ``Transformer``), or None if it cannot draft. ``vocab``: an optional ``DraftVocab``."""
         return None
 
+    def rows_needed(self, batch: Batch) -> torch.Tensor | None:
+        """The positions (B, T) bool whose ``out.hidden`` this objective reads for ``batch``, if it reads nothing
+        else of the trunk's output (no ``final``, no ``last_input``); None (the default): everything. When every
+        objective of a model answers a mask, the training pass runs the trunk's last block only on those rows
+        (``Transformer.trunk(rows=...)``), and ``out.hidden`` holds just them: read it with ``hidden_rows``."""
+        return None
+
     def count(self, batch: Batch) -> torch.Tensor:
         """The divisor of this objective's loss sum for ``batch`` (needs no forward pass)."""
         raise NotImplementedError
@@ -126,6 +133,13 @@ class Objective(nn.Module):
             result = self(out, batch, model)
         backward(result.loss_sum * scale)
         return result.detached()
+
+
+def hidden_rows(out, mask: torch.Tensor) -> torch.Tensor:
+    """(n, D): ``out.hidden`` at the positions of ``mask`` (B, T) bool, row-major, whether the trunk ran every
+    position (``out.rows`` None) or only ``out.rows`` (then ``mask`` must lie inside it: the objective asked
+    for these rows through ``rows_needed``)."""
+    return out.hidden[mask] if out.rows is None else out.hidden[mask[out.rows]]
 
 
 def backward(loss: torch.Tensor, *pairs: tuple[torch.Tensor, torch.Tensor | None]) -> None:

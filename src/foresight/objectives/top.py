@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from foresight.errors import ForesightError
-from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective
+from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective, hidden_rows
 from foresight.ops import linear_soft_cross_entropy
 from foresight.ops.kernels import INDEX_DTYPES, resolve_impl
 
@@ -267,6 +267,9 @@ class TOP(Objective):
             rows = rows & batch.loss_mask
         return rows.sum()
 
+    def rows_needed(self, batch: Batch) -> torch.Tensor | None:
+        return batch.loss_mask  # with a loss mask, targets and logits of its rows only (forward)
+
     def forward(self, out, batch: Batch, model) -> LossOutput:
         d = out.hidden.shape[-1]
         if batch.loss_mask is not None:
@@ -274,7 +277,7 @@ class TOP(Objective):
             ids, w = top_targets_rows(batch.tokens, batch.loss_mask, self.cfg.window,
                                       ignore_index=self.cfg.ignore_index, scores=self.cfg.scores,
                                       horizon=batch.horizon)  # (n, K'), (n, K')
-            hidden = out.hidden[batch.loss_mask]  # (n, D), row-major like the targets
+            hidden = hidden_rows(out, batch.loss_mask)  # (n, D), row-major like the targets
             losses = linear_soft_cross_entropy(hidden, self.head.weight, ids, w)  # (n,)
             count = (w > 0).any(-1).sum() if self.cfg.normalize == "valid" else batch.loss_mask.sum()
             return LossOutput((losses * (w > 0).any(-1)).sum(), count)

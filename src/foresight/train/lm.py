@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable, ContextManager
 
 import torch
@@ -67,6 +68,14 @@ class TrainableLM(nn.Module):
     def counts(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {key: obj.count(batch) for key, obj in self.objectives.items()}
 
+    def rows_needed(self, batch: Batch) -> torch.Tensor | None:
+        """(B, T) bool: the only positions whose final hidden states the objectives read (the union of their
+        ``rows_needed``), or None when any of them reads more (all positions, or other trunk outputs)."""
+        masks = [obj.rows_needed(batch) for obj in self.objectives.values()]
+        if any(m is None for m in masks):
+            return None
+        return functools.reduce(torch.logical_or, masks)
+
     def forward(self, batch: Batch) -> dict[str, LossOutput]:
         out = self.model.trunk(batch.input_ids)
         return {key: obj(out, batch, self.model) for key, obj in self.objectives.items()}
@@ -89,11 +98,11 @@ class TrainableLM(nn.Module):
         ``Transformer.balance_loss``) is multiplied by in the trunk's backward; the trainer reads its value after.
         """
         with autocast():
-            out = self.model.trunk(batch.input_ids)
+            out = self.model.trunk(batch.input_ids, rows=self.rows_needed(batch))
         # A frozen trunk (``freeze_trunk``) built no graph: its tensors stay plain, so no objective spends a
         # backward on them and the trunk gets none.
         leaves = TrunkOutput(**{f: getattr(out, f).detach().requires_grad_(getattr(out, f).requires_grad)
-                                for f in _TRUNK_TENSORS}, cos=out.cos, sin=out.sin)
+                                for f in _TRUNK_TENSORS}, cos=out.cos, sin=out.sin, rows=out.rows)
         with hold_shared():
             results = {key: obj.forward_backward(leaves, batch, self.model, scales[key], autocast)
                        for key, obj in self.objectives.items()}
