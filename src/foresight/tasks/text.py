@@ -120,12 +120,19 @@ def size_table(runs: dict[str, list[dict]], model_cfgs: dict[str, ModelConfig], 
     lines = ["| run | ffn | total params | activated params | FLOPs/token |", "|---|---|---:|---:|---:|"]
     for name, specs in runs.items():
         with torch.device("meta"):
-            lm = TrainableLM(model_cfgs[name], specs)
-        total = sum(p.numel() for p in {id(p): p for p in lm.parameters()}.values())
-        active = activated_parameters(lm.model) + total - lm.model.num_parameters()  # objective heads all count
-        lines.append(f"| {name} | {model_cfgs[name].ffn} | {total:,} | {active:,} | "
-                     f"{flops_per_token(lm, seq_len) / 1e6:,.2f}M |")
+            size = size_fields(TrainableLM(model_cfgs[name], specs), seq_len)
+        lines.append(f"| {name} | {size['ffn']} | {size['total_params']:,} | {size['activated_params']:,} | "
+                     f"{size['flops_per_token'] / 1e6:,.2f}M |")
     return "\n".join(lines)
+
+
+def size_fields(lm: TrainableLM, seq_len: int) -> dict:
+    """Total and activated parameters (objective heads all count as active) and training FLOPs per token: the
+    size table's columns and the same fields of ``result.json``."""
+    total = total_parameters(lm)
+    return {"ffn": lm.model.cfg.ffn, "total_params": total,
+            "activated_params": activated_parameters(lm.model) + total - lm.model.num_parameters(),
+            "flops_per_token": flops_per_token(lm, seq_len)}
 
 
 def _describe(data: PreparedData, cfg: TextTaskConfig, vocab: int) -> str:
@@ -209,10 +216,7 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
                         tokens_per_step=train_cfg.batch_size * cfg.seq_len, setup=setup, resume=resume,
                         init=init if cfg.init_from else None)
         best = min(run.evals, key=lambda e: e["val_loss"]) if run.evals else {}
-        result = {**result_record(run),
-                  "activated_params": activated_parameters(run.lm.model) + total_parameters(run.lm)
-                  - run.lm.model.num_parameters(),  # sparse trunks (issue 16): heads all count as active
-                  "ffn": model_cfg.ffn, "flops_per_token": flops_per_token(run.lm, cfg.seq_len),
+        result = {**result_record(run), **size_fields(run.lm, cfg.seq_len),  # sparse trunks: activated params
                   "tokens": run.trainer.step * train_cfg.batch_size * cfg.seq_len,  # resumed runs: every step's
                   "tokens_per_s": _rate(run_dir), "final": run.evals[-1] if run.evals else {},
                   "best_val_loss": best.get("val_loss"), "best_step": best.get("step"), "data": data_record}
