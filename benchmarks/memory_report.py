@@ -64,7 +64,13 @@ def main() -> None:
                         "--set train.seed={S}  (OMP_NUM_THREADS=1, one run at a time)")
     args = parser.parse_args()
     env = describe("cpu")
-    rows = [{**r, **env} for folder in args.folders for r in rows_of(folder, args.command)]
+    rows = []
+    for folder in args.folders:
+        found = rows_of(folder, args.command)
+        if not found:  # checked before anything under --out is replaced
+            parser.error(f"{folder}: no {'/'.join(RUNS)}/result.json there; give the --out folders of "
+                         f"`foresight train text/memory`")
+        rows += [{**r, **env} for r in found]
     args.out.mkdir(parents=True, exist_ok=True)
     write_text(args.out / "rows.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     text = table(rows)

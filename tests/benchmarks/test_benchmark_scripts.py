@@ -94,3 +94,13 @@ def test_stargraph_probe_children_match_the_edge_list():
         assert ex.path[1] in row
     leaves = probe.children_of(data.prefixes, data.paths[:, 3], spec)  # a goal has no child
     assert (leaves == -1).all()
+
+
+def test_memory_report_refuses_a_folder_without_runs(tmp_path):
+    """A wrong folder is one line and nothing under --out is written (it may hold committed results)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory_report.py"), str(tmp_path / "nope"),
+                          "--out", str(tmp_path / "report")], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and "no dense/moe/ultramem/result.json" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "report").exists()
