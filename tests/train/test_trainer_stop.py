@@ -18,10 +18,10 @@ DATA = StarGraphData(generate(SPEC, 64, seed=1), SPEC)
 MODEL = ModelConfig(vocab_size=SPEC.vocab_size, hidden_size=24, n_layers=2, n_heads=2, intermediate_size=40)
 
 
-def _trainer(run_dir, should_stop=None) -> Trainer:
+def _trainer(run_dir, should_stop=None, stop_after=None) -> Trainer:
     torch.manual_seed(0)
     cfg = TrainConfig(steps=9, batch_size=16, lr=1e-2, min_lr=1e-3, warmup_steps=2, device="cpu", log_every=1,
-                      eval_every=4, tensorboard=False)
+                      eval_every=4, tensorboard=False, stop_after=stop_after)
     lm = TrainableLM(MODEL, [{"name": "ntp"}, {"name": "top", "window": 64}])
     return Trainer(lm, cfg, run_dir, batch_fn=lambda s: DATA.batch(s, 16, 0), run_config={"test": 1},
                    eval_fn=lambda model: {"score": float(len(list(model.parameters())))}, should_stop=should_stop)
@@ -56,3 +56,26 @@ def test_stop_at_a_scheduled_evaluation_does_not_evaluate_twice(tmp_path):
     holder["t"] = cut
     assert [e["step"] for e in cut.fit()] == [4]
     assert cut.partial
+
+
+def test_stop_after_ends_the_run_early_on_the_full_schedule(tmp_path):
+    full = _trainer(tmp_path / "full")
+    full.fit()
+    cut = _trainer(tmp_path / "cut", stop_after=5)
+    evals = cut.fit()
+    assert cut.partial and cut.step == 5
+    assert [e["step"] for e in evals] == [4, 5]
+    # the first 5 steps are those of the 9-step schedule (same lr), not of a 5-step one
+    assert _losses(tmp_path / "cut") == {s: v for s, v in _losses(tmp_path / "full").items() if s <= 5}
+    lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if r["kind"] == "train"}
+    cut_lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl") if r["kind"] == "train"}
+    assert cut_lrs == {s: v for s, v in lrs.items() if s <= 5}
+
+
+def test_stop_after_out_of_range_is_one_line():
+    import pytest
+
+    from foresight.errors import ForesightError
+
+    with pytest.raises(ForesightError, match="train.stop_after must be null or an integer in 1 .. train.steps"):
+        TrainConfig(steps=9, stop_after=10)

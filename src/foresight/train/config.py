@@ -15,6 +15,9 @@ class TrainConfig:
     """Optimisation, logging and checkpointing of one run."""
 
     steps: int = 1000  # optimiser steps
+    # end the run after this many steps while the lr schedule still spans ``steps`` (a partial result, as a
+    # SIGTERM would leave; e.g. which shortcut a star-graph model has formed by step 500 of a 2,500-step run)
+    stop_after: int | None = None
     batch_size: int = 64  # sequences per optimiser step
     micro_batch_size: int | None = None  # sequences per forward/backward (gradient accumulation); None = batch_size
     lr: float = 3e-4  # peak learning rate
@@ -62,6 +65,8 @@ class TrainConfig:
                 raise ForesightError(f"train.{name} must be a finite number, got {value!r}")
         checks = [
             (self.steps >= 1, "train.steps must be >= 1"),
+            (self.stop_after is None or (isinstance(self.stop_after, int) and 1 <= self.stop_after <= self.steps),
+             "train.stop_after must be null or an integer in 1 .. train.steps"),
             (self.batch_size >= 1, "train.batch_size must be >= 1"),
             (1 <= self.micro_batch_size <= self.batch_size, "train.micro_batch_size must be in 1 .. batch_size"),
             (self.batch_size % self.micro_batch_size == 0,

@@ -424,7 +424,7 @@ class Trainer:
         start = time.perf_counter()
         try:
             while self.step < cfg.steps and not self.stopped_early:
-                if self.should_stop is not None and self.should_stop():
+                if (self.should_stop is not None and self.should_stop()) or self.step == cfg.stop_after:
                     self.partial = True
                     break
                 batch = self.batch_fn(self.step)
