@@ -48,15 +48,15 @@ def worker(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     from foresight.data.stargraph import StarGraphData, StarGraphSpec, generate
-    from foresight.tasks.recipe import build_model_config
+    from foresight.model import ModelConfig
     from foresight.train.config import TrainConfig
     from foresight.train.lm import TrainableLM
     from foresight.train.trainer import Trainer
 
     graph = StarGraphSpec(2, 4, 10).validate()
     data = StarGraphData(generate(graph, 4096, 0), graph)
-    model_cfg = build_model_config({"hidden_size": 64, "n_layers": 3, "n_heads": 4, "intermediate_size": 192},
-                                   vocab_size=graph.vocab_size, max_seq_len=graph.seq_len + 1)
+    model_cfg = ModelConfig(hidden_size=64, n_layers=3, n_heads=4, intermediate_size=192,
+                            vocab_size=graph.vocab_size, max_seq_len=graph.seq_len + 1)
     torch.manual_seed(0)
     lm = TrainableLM(model_cfg, RUNS[spec["run"]])
     cfg = TrainConfig(steps=1000, batch_size=256, lr=1e-2, min_lr=1e-3, warmup_steps=5, weight_decay=0.01,

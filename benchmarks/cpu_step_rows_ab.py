@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from foresight.data.stargraph import StarGraphData, StarGraphSpec, generate
-from foresight.tasks.recipe import build_model_config
+from foresight.model import ModelConfig
 from foresight.train.config import TrainConfig
 from foresight.train.lm import TrainableLM
 from foresight.train.trainer import Trainer
@@ -45,8 +45,8 @@ def main() -> None:
     torch.set_num_threads(1)
     graph = StarGraphSpec(2, 4, 10).validate()
     data = StarGraphData(generate(graph, 4096, 0), graph)
-    model_cfg = build_model_config({"hidden_size": 64, "n_layers": 3, "n_heads": 4, "intermediate_size": 192},
-                                   vocab_size=graph.vocab_size, max_seq_len=graph.seq_len + 1)
+    model_cfg = ModelConfig(hidden_size=64, n_layers=3, n_heads=4, intermediate_size=192,
+                            vocab_size=graph.vocab_size, max_seq_len=graph.seq_len + 1)
     for run in RUNS:
         with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
             trainers = {"rows": trainer(model_cfg, run, True, data, a), "full": trainer(model_cfg, run, False, data, b)}

@@ -33,7 +33,7 @@ import torch
 from foresight.environment import describe
 from foresight.errors import ForesightError
 from foresight.objectives import Batch, as_written
-from foresight.tasks.recipe import build_model_config, load_recipe
+from foresight.tasks.recipe import complete_model, load_recipe, parse_model
 from foresight.train.flops import flops_per_token, peak_flops
 from foresight.train.lm import TrainableLM
 from foresight.train.trainer import Trainer
@@ -56,20 +56,20 @@ def zipf_tokens(b: int, length: int, v: int, seed: int = 0) -> torch.Tensor:
     return torch.randperm(v, generator=g)[ranks].view(b, length)
 
 
-def run_fields(recipe, run: str, tiny: bool) -> dict:
-    """ModelConfig fields of ``run``; with ``tiny`` the tiny model, keeping the run's depth change (MTP: L − 3)."""
-    fields = recipe.model_fields(run)
+def run_model(recipe, run: str, tiny: bool):
+    """The parsed model of ``run``; with ``tiny`` the tiny model, keeping the run's depth change (MTP: L − 3)."""
+    model = recipe.run_models[run]
     if not tiny:
-        return fields
-    depth_change = fields.get("n_layers", 0) - recipe.model.get("n_layers", 0)
-    return {**TINY_MODEL, "n_layers": TINY_MODEL["n_layers"] + depth_change}
+        return model
+    depth_change = model.written.get("n_layers", 0) - recipe.model.written.get("n_layers", 0)
+    return parse_model({**TINY_MODEL, "n_layers": TINY_MODEL["n_layers"] + depth_change})
 
 
 def measure(model: str, run: str, args, device: torch.device, overrides: list[str]) -> dict:
     recipe = load_recipe(f"text/{model}", overrides)
     if run not in recipe.runs:
         raise ForesightError(f"configs/text/{model}.yaml has no run {run!r}; it has {', '.join(recipe.runs)}")
-    model_cfg = build_model_config(run_fields(recipe, run, args.tiny), max_seq_len=args.seq_len)
+    model_cfg = complete_model(run_model(recipe, run, args.tiny), max_seq_len=args.seq_len)
     cfg = dataclasses.replace(recipe.train, batch_size=args.batch, micro_batch_size=args.micro_batch or args.batch,
                               device=str(device), tensorboard=False)
     torch.manual_seed(cfg.seed)

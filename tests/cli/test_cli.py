@@ -101,6 +101,37 @@ def test_bad_input_is_one_clear_line(args, needle, capsys, tmp_path, monkeypatch
     assert needle in lines[0]
 
 
+@pytest.mark.parametrize("args, line", [
+    (["stargraph", "run", "smoke", "--set", "model.n_layerz=3"], "unknown key model.n_layerz; known keys: "),
+    (["stargraph", "run", "smoke", "--set", "model.hidden_size=wide"], "model.hidden_size must be int, got 'wide'"),
+    # a run not selected is parsed too: the whole file is checked before anything runs
+    (["stargraph", "run", "smoke", "--runs", "ntp", "--set",
+      "runs.top={objectives: [{name: top}], model: {n_heads: 5}}"],
+     "runs.top: model.hidden_size (32) must be divisible by model.n_heads (5)"),
+    # the text task: the model error comes before its data folder is even looked at
+    (["train", "text/tiny", "--set", "text.data=/no/such/folder", "--set", "model.n_kv_heads=3"],
+     "model.n_heads (4) must be divisible by model.n_kv_heads (3)"),
+])
+def test_a_bad_model_field_is_one_line_at_load_before_any_data(args, line, capsys, tmp_path, monkeypatch):
+    import foresight.tasks as tasks
+
+    monkeypatch.chdir(tmp_path)
+    for task in tasks.TASKS:  # reaching a task (data generation, loading, models) would fail the test
+        monkeypatch.setitem(tasks.TASKS, task, lambda *a, **k: pytest.fail("the task started"))
+    code, _, err = _run(args + ["--out", str(tmp_path / "out")], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("foresight: error:"), err
+    assert line in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_value_the_task_decides_is_refused_when_it_differs(capsys, tmp_path):
+    code, _, err = _run(SMOKE + ["--set", "model.vocab_size=99", "--out", str(tmp_path / "out")], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].endswith("model.vocab_size=99 does not match the task, which needs 14; remove it")
+
+
 def test_invalid_yaml_and_wrong_task(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: [unclosed\n")

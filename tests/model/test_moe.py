@@ -23,7 +23,7 @@ def test_moe_equals_the_per_token_reference_with_gradients(top_k):
     for p in moe.parameters():  # O(1) weights, so differences are not hidden by small outputs
         torch.nn.init.normal_(p, std=0.5)
     x = torch.randn(3, 7, 14, dtype=torch.double, requires_grad=True)
-    got = moe(x)
+    got, _ = moe(x)
     want = moe_reference(moe, x)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(got)
@@ -46,7 +46,7 @@ def test_dropless_when_every_token_picks_the_same_experts():
         moe.router.weight[1] = 2.0
     probs, _, experts = moe.route(x)
     assert (experts[:, 0] == 3).all() and (experts[:, 1] == 1).all()
-    torch.testing.assert_close(moe(x), moe_reference(moe, x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(moe(x)[0], moe_reference(moe, x), rtol=1e-12, atol=1e-12)
 
 
 def test_balance_loss_is_the_switch_formula():
@@ -60,16 +60,47 @@ def test_balance_loss_is_the_switch_formula():
     assert float(balance_loss(uniform, torch.tensor([[0], [1], [2], [0], [1], [2]]))) == pytest.approx(1.0)
 
 
+def _layer_losses(model: Transformer, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Each block's balance loss, the blocks run one by one as the trunk runs them."""
+    cos, sin = model.rotary(ids.shape[1], ids.device, 0)
+    x, losses = model.embed_tokens(ids), []
+    for layer in model.layers:
+        x, aux = layer(x, cos, sin, with_aux=True)
+        losses.append(aux)
+    return losses
+
+
 def test_trunk_reports_the_mean_balance_loss_only_with_grad():
     torch.manual_seed(2)
     model = Transformer(_cfg(n_layers=3))
     ids = torch.randint(0, 19, (2, 5))
-    model(ids)
-    layers = [float(layer.mlp.balance_loss.detach()) for layer in model.layers]
-    assert float(model.balance_loss().detach()) == pytest.approx(sum(layers) / 3, rel=1e-6)
+    out = model.trunk(ids)
+    layers = [float(aux.detach()) for aux in _layer_losses(model, ids)]
+    assert float(out.aux_loss.detach()) == pytest.approx(sum(layers) / 3, rel=1e-6)
     with torch.no_grad():
-        model(ids)
-    assert model.balance_loss() is None
+        assert model.trunk(ids).aux_loss is None
+    assert not any(hasattr(layer.mlp, "balance_loss") for layer in model.layers)  # nothing kept on the modules
+    dense = Transformer(_cfg(ffn="dense"))
+    assert dense.trunk(ids).aux_loss is None
+
+
+def test_each_forward_carries_its_own_balance_loss():
+    """Two forwards before either loss is read (the failure mode of a loss kept on the module): each output
+    holds its own forward's loss, and its gradient is that forward's alone."""
+    torch.manual_seed(3)
+    model = Transformer(_cfg(n_layers=2)).double()
+    first, second = torch.randint(0, 19, (2, 6)), torch.randint(0, 19, (3, 4))
+    out1, out2 = model.trunk(first), model.trunk(second)
+    want1 = torch.stack(_layer_losses(model, first)).mean()
+    want2 = torch.stack(_layer_losses(model, second)).mean()
+    assert float(want1.detach()) != pytest.approx(float(want2.detach()))
+    torch.testing.assert_close(out1.aux_loss, want1, rtol=0, atol=0)
+    torch.testing.assert_close(out2.aux_loss, want2, rtol=0, atol=0)
+    routers = [layer.mlp.router.weight for layer in model.layers]
+    got = torch.autograd.grad(out1.aux_loss, routers)
+    ref = torch.autograd.grad(want1, routers)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_heads_stay_dense_and_old_configs_mean_dense():

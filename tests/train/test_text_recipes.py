@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from foresight.config import from_dict
-from foresight.tasks.recipe import build_model_config, load_recipe
+from foresight.tasks.recipe import complete_model, load_recipe
 from foresight.tasks.text import TextTaskConfig
 from foresight.train.lm import TrainableLM
 
@@ -44,7 +44,7 @@ def _models(name: str) -> dict[str, TrainableLM]:
     text = from_dict(TextTaskConfig, recipe.section, "text")
     models = {}
     for run, specs in recipe.runs.items():
-        cfg = build_model_config(recipe.model_fields(run), max_seq_len=text.seq_len)
+        cfg = complete_model(recipe.run_models[run], max_seq_len=text.seq_len)
         with torch.device("meta"):
             models[run] = TrainableLM(cfg, specs)
     return models
@@ -76,14 +76,13 @@ def test_memory_recipe_matches_activated_parameters_and_flops():
     """Issue 16: dense, moe and ultramem at matched activated parameters and FLOPs per token (within 3 %), the
     sparse ones with more parameters in all."""
     from foresight.model import ModelConfig
-    from foresight.tasks.recipe import build_model_config
     from foresight.train.flops import activated_parameters, flops_per_token
 
     recipe = load_recipe(str(CONFIGS / "memory.yaml"), [])
     assert list(recipe.runs) == ["dense", "moe", "ultramem"]
     sizes = {}
     for run, specs in recipe.runs.items():
-        cfg = build_model_config({**recipe.model_fields(run), "vocab_size": 4096}, max_seq_len=128)
+        cfg = complete_model(recipe.run_models[run], vocab_size=4096, max_seq_len=128)
         assert isinstance(cfg, ModelConfig) and cfg.ffn == run
         with torch.device("meta"):
             lm = TrainableLM(cfg, specs)

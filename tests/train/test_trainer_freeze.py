@@ -138,7 +138,7 @@ def test_unfrozen_blocks_get_full_training_gradients(case, n):
     part = _deep_lm(objectives).double()
     left = part.freeze_trunk(unfreeze_blocks=n)
     seen = []  # whether the first frozen block's output carries a graph
-    part.model.layers[0].register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+    part.model.layers[0].register_forward_hook(lambda m, i, o: seen.append(o[0].requires_grad))  # (x, aux)
     part.forward_backward(batch, {k: 0.1 for k in part.objectives})
     want = _unfrozen_names(part, n)
     assert left == sum(p.numel() for name, p in part.named_parameters() if name in want)

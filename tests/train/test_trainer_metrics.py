@@ -138,10 +138,10 @@ def test_mfu_reproduces_the_anchor_table(size, run, tokens_per_s, mfu_percent):
     """docs/baselines.md: measured tokens/s of the paper's models -> the MFU it lists, at 790 TFLOP/s."""
     from pathlib import Path
 
-    from foresight.tasks.recipe import build_model_config, load_recipe
+    from foresight.tasks.recipe import complete_model, load_recipe
 
     recipe = load_recipe(str(Path(__file__).resolve().parents[2] / "configs" / "text" / f"{size}.yaml"), [])
     with torch.device("meta"):
-        lm = TrainableLM(build_model_config(recipe.model_fields(run), max_seq_len=4096), recipe.runs[run])
+        lm = TrainableLM(complete_model(recipe.run_models[run], max_seq_len=4096), recipe.runs[run])
     mfu = tokens_per_s * flops_per_token(lm, 4096) / 790e12
     assert abs(100 * mfu - mfu_percent) <= 0.5

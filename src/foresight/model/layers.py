@@ -339,24 +339,32 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
                 step: RowStep | None = None, table: nn.Module | None = None,
-                cols: torch.Tensor | None = None) -> torch.Tensor:
+                cols: torch.Tensor | None = None, with_aux: bool = False):
         """``step``: the forward's RowStep for a per-row ``cache`` (see ``KVCache.row_step``), or None.
         ``table``: the trunk's shared ``MemoryTable`` (UltraMemV2 blocks only). ``cols`` (n,): the output at
         these positions only, (B, n, D) (``forward_rows``; through ``__call__`` so that module hooks, e.g.
-        FSDP's gathering of the parameters, run)."""
+        FSDP's gathering of the parameters, run). ``with_aux``: return ``(x, aux)``, ``aux`` this forward's
+        auxiliary loss (an MoE block's load-balancing loss, a scalar; None for other blocks and without grad),
+        so the caller owns it (the trunk); otherwise the output x (B, T, D) alone."""
         if cols is not None:
             return self.forward_rows(x, cos, sin, cols)
         if cache is None and torch.is_grad_enabled() and (self.compile_backend or self.checkpointing):
-            return training_forward(self.compile_backend, self.checkpointing)(self, x, cos, sin, table)
-        return self._forward(x, cos, sin, cache, step, table)
+            x, aux = training_forward(self.compile_backend, self.checkpointing)(self, x, cos, sin, table)
+        else:
+            x, aux = self._forward(x, cos, sin, cache, step, table)
+        return (x, aux) if with_aux else x
 
     def _forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
                  step: RowStep | None = None, table: nn.Module | None = None):
+        """-> (output (B, T, D), auxiliary loss or None)."""
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, step)  # (B, T, D)
         h = self.post_attention_layernorm(x)
+        if isinstance(self.mlp, MoE):
+            y, aux = self.mlp(h)
+            return x + y, aux
         if self.memory is not None:
-            return x + self.mlp(h) + self.memory(h, table)
-        return x + self.mlp(h)
+            return x + self.mlp(h) + self.memory(h, table), None
+        return x + self.mlp(h), None
 
     def forward_rows(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """x (B, T, D) -> the block's output (B, n, D) at positions ``cols`` (n,) only: attention queries, MLP and
@@ -371,11 +379,11 @@ class Block(nn.Module):
         return x_rows + self.mlp(self.post_attention_layernorm(x_rows))
 
 
-def _eager(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table=None) -> torch.Tensor:
+def _eager(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table=None):
     return block._forward(x, cos, sin, None, None, table)
 
 
-def _checkpointed(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table=None) -> torch.Tensor:
+def _checkpointed(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table=None):
     # Saves only the inputs; the backward re-runs the block. Inside torch.compile this becomes one
     # activation-checkpoint region that the partitioner recomputes (the torchtitan order: checkpoint, then compile).
     return checkpoint(block._forward, x, cos, sin, None, None, table, use_reentrant=False)
@@ -398,9 +406,10 @@ def training_forward_rows(backend: str | None, checkpointing: bool):
 
 @functools.cache
 def training_forward(backend: str | None, checkpointing: bool):
-    """``fn(block, x, cos, sin)`` for the training path. A module-level function, compiled once per backend:
-    blocks are arguments, not closures, so every block of one shape reuses one compiled graph (no recompile per
-    layer), and a copied block never holds a function bound to its original."""
+    """``fn(block, x, cos, sin, table) -> (x, aux)`` for the training path (aux: as ``Block._forward``). A
+    module-level function, compiled once per backend: blocks are arguments, not closures, so every block of one
+    shape reuses one compiled graph (no recompile per layer), and a copied block never holds a function bound to
+    its original."""
     fn = _checkpointed if checkpointing else _eager
     return fn if backend is None else torch.compile(fn, backend=backend)
 

@@ -3,7 +3,9 @@
 The OLMoE-style baseline of issue 16 (UltraMemV2 compares against an 8-active-expert MoE, UltraMemV2 paper;
 docs/memory.md). Every token goes to its k best experts, with no capacity limit (dropless: nothing is dropped
 or padded); the output is ``sum_k p_k · expert_k(x)`` with the router's softmax probabilities ``p`` of the chosen
-experts (not renormalised, as OLMoE). ``moe_reference`` is the per-token loop it is tested against.
+experts (not renormalised, as OLMoE). ``moe_reference`` is the per-token loop it is tested against. The
+load-balancing loss is returned with the output, never kept on the module: a forward recomputed by activation
+checkpointing, or two forwards before the loss is read, cannot leave a stale or foreign value behind.
 
 Shapes: N tokens (B·T flattened), D hidden, E experts, k chosen per token, F expert width.
 """
@@ -18,8 +20,8 @@ from foresight.model.config import ModelConfig
 
 
 class MoE(nn.Module):
-    """Top-k routed SwiGLU experts. After a forward, ``balance_loss`` holds that forward's load-balancing loss
-    (a differentiable scalar, or None without grad) for the trainer to add to the loss right away."""
+    """Top-k routed SwiGLU experts. ``forward(x)`` returns the output and that forward's load-balancing loss (a
+    differentiable scalar, or None without grad: nothing trains on it then)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -30,7 +32,6 @@ class MoE(nn.Module):
         self.gate_proj = nn.Parameter(torch.empty(e, f, d))  # (E, F, D), as nn.Linear stores (out, in)
         self.up_proj = nn.Parameter(torch.empty(e, f, d))
         self.down_proj = nn.Parameter(torch.empty(e, d, f))  # (E, D, F)
-        self.balance_loss: torch.Tensor | None = None
         self.init_parameters()
 
     def init_parameters(self) -> None:
@@ -43,7 +44,8 @@ class MoE(nn.Module):
         weights, experts = probs.topk(self.top_k, dim=-1)
         return probs, weights, experts
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (..., D) -> (output (..., D), load-balancing loss () or None without grad)."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (N, D)
         probs, weights, experts = self.route(x)
@@ -62,8 +64,8 @@ class MoE(nn.Module):
             y = F.linear(F.silu(F.linear(h, self.gate_proj[e])) * F.linear(h, self.up_proj[e]), self.down_proj[e])
             out.index_add_(0, rows, y * weight_of[start : start + n, None])
             start += n
-        self.balance_loss = balance_loss(probs, experts) if torch.is_grad_enabled() else None
-        return out.reshape(shape)
+        aux = balance_loss(probs, experts) if torch.is_grad_enabled() else None
+        return out.reshape(shape), aux
 
 
 def balance_loss(probs: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:

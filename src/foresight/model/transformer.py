@@ -30,6 +30,10 @@ class TrunkOutput:
     # only where it is true (``Transformer.trunk(rows=...)``), and hidden / final are (n, D), those positions in
     # row-major order (``hidden[i]`` is position ``rows.nonzero()[i]``); last_input stays (B, T, D).
     rows: torch.Tensor | None = None
+    # The trunk's auxiliary training loss of this forward, a scalar: an MoE trunk's load-balancing loss, the mean
+    # over its MoE layers (model/moe.py); None for a dense or memory trunk, and without grad. Carried here, not
+    # on the modules, so each forward's loss belongs to that forward (activation checkpointing recomputes blocks).
+    aux_loss: torch.Tensor | None = None
 
 
 class Transformer(nn.Module):
@@ -72,7 +76,8 @@ class Transformer(nn.Module):
         runs its queries, MLP and residual, and the final norm, only at the positions any row needs (its keys
         and values still come from every position): the same numbers at those rows, for a fraction of the last
         block's cost (star graph: 4 answer positions of 24). ``TrunkOutput.rows`` says whether it was used: only
-        without caches and when the last block is dense (an MoE's balance loss reads every token)."""
+        without caches and when the last block is dense (an MoE's balance loss reads every token).
+        ``TrunkOutput.aux_loss``: the MoE layers' mean load-balancing loss of this forward (None without MoE)."""
         if rows is not None and caches is None and self.cfg.ffn == "dense":
             return self._trunk_rows(input_ids, rows)
         offset = caches[0].offset if caches else 0
@@ -81,10 +86,14 @@ class Transformer(nn.Module):
         step = caches[0].row_step(input_ids.shape[1]) if caches else None
         x = self.embed_tokens(input_ids)  # (B, T, D)
         last_input = x
+        aux = []  # each MoE layer's load-balancing loss, a scalar
         for i, layer in enumerate(self.layers):
             last_input = x
-            x = layer(x, cos, sin, caches[i] if caches else None, step, self.memory_table)
-        return TrunkOutput(hidden=self.norm(x), final=x, last_input=last_input, cos=cos, sin=sin)
+            x, layer_aux = layer(x, cos, sin, caches[i] if caches else None, step, self.memory_table, with_aux=True)
+            if layer_aux is not None:
+                aux.append(layer_aux)
+        return TrunkOutput(hidden=self.norm(x), final=x, last_input=last_input, cos=cos, sin=sin,
+                           aux_loss=torch.stack(aux).mean() if aux else None)
 
     def _trunk_rows(self, input_ids: torch.Tensor, rows: torch.Tensor) -> TrunkOutput:
         cos, sin = self.rotary(input_ids.shape[1], input_ids.device, 0)
@@ -94,12 +103,6 @@ class Transformer(nn.Module):
         cols = rows.any(0).nonzero().squeeze(1)  # (n,) ascending: positions some row needs
         final = self.layers[-1](x, cos, sin, cols=cols)[rows[:, cols]]  # (B, n, D) -> (m, D), row-major
         return TrunkOutput(hidden=self.norm(final), final=final, last_input=x, cos=cos, sin=sin, rows=rows)
-
-    def balance_loss(self) -> torch.Tensor | None:
-        """Mean over MoE layers of the load-balancing loss of the latest forward with grad (None without MoE)."""
-        losses = [layer.mlp.balance_loss for layer in self.layers
-                  if isinstance(layer.mlp, MoE) and layer.mlp.balance_loss is not None]
-        return torch.stack(losses).mean() if losses else None
 
     def forward(self, input_ids: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
         """Next-token logits (B, T, V): the inference path (MTP head 0 / DS-MTP main model only)."""

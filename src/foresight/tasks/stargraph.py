@@ -38,7 +38,7 @@ from foresight.eval.stargraph import evaluate
 from foresight.io import write_text
 from foresight.objectives import ObjectiveSpec, objective_label
 from foresight.plot import plot_bands
-from foresight.tasks.recipe import Recipe, build_model_config
+from foresight.tasks.recipe import Recipe, complete_model
 from foresight.tasks.run import FinishedRun, RunHooks, result_record, train_run
 from foresight.train import distributed
 from foresight.train.config import TrainConfig
@@ -385,8 +385,8 @@ def run_stargraph(
     spec = StarGraphSpec(cfg.deg, cfg.path, cfg.nodes).validate()
     if cfg.jobs < 0:
         raise ForesightError(f"stargraph.jobs must be >= 0 (0 = one process per CPU core), got {cfg.jobs}")
-    model_cfgs = {name: build_model_config(recipe.model_fields(name), vocab_size=spec.vocab_size,
-                                           max_seq_len=spec.seq_len + 1) for name in runs}
+    model_cfgs = {name: complete_model(recipe.run_models[name], vocab_size=spec.vocab_size,
+                                       max_seq_len=spec.seq_len + 1) for name in runs}
     seed_list = list(seeds) if seeds else [recipe.train.seed]
     cells = [(seed, name) for seed in seed_list for name in runs]
     cfgs = {seed: replace(recipe.train, seed=seed) for seed in seed_list}

@@ -25,7 +25,7 @@ from foresight.errors import ForesightError
 from foresight.eval.validation import validate
 from foresight.io import write_json
 from foresight.model import ModelConfig
-from foresight.tasks.recipe import Recipe, build_model_config
+from foresight.tasks.recipe import Recipe, RunModel, complete_model
 from foresight.tasks.run import RunHooks, result_record, total_parameters, train_run
 from foresight.train import distributed
 from foresight.train.flops import activated_parameters, flops_per_token
@@ -86,18 +86,17 @@ def check_data_fits(data: PreparedData, cfg: TextTaskConfig, train_cfg) -> None:
                                  f"look-ahead tokens; {fix}")
 
 
-def model_config(fields: dict, data: PreparedData, cfg: TextTaskConfig) -> ModelConfig:
+def model_config(model: RunModel, data: PreparedData, cfg: TextTaskConfig) -> ModelConfig:
     """The run's ModelConfig: ``vocab_size`` from the tokenizer (rounded up to ``vocab_multiple``) unless the
     recipe sets one, which must then hold every id of the data."""
-    fields = dict(fields)
     need = data.vocab_size
-    if "vocab_size" in fields:
-        if not isinstance(fields["vocab_size"], int) or fields["vocab_size"] < need:
-            raise ForesightError(f"model.vocab_size={fields['vocab_size']} is smaller than the data's tokenizer "
+    if "vocab_size" in model.written:
+        if model.config.vocab_size < need:
+            raise ForesightError(f"model.vocab_size={model.config.vocab_size} is smaller than the data's tokenizer "
                                  f"vocabulary ({need}); remove it to use the tokenizer's")
-    else:
-        fields["vocab_size"] = -(-need // cfg.vocab_multiple) * cfg.vocab_multiple
-    return build_model_config(fields, max_seq_len=cfg.seq_len)
+        return complete_model(model, max_seq_len=cfg.seq_len)
+    return complete_model(model, vocab_size=-(-need // cfg.vocab_multiple) * cfg.vocab_multiple,
+                          max_seq_len=cfg.seq_len)
 
 
 @torch.no_grad()
@@ -163,7 +162,7 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
     if cfg.init_from:
         model_cfgs = {name: pretrained_config(cfg.init_from, data) for name in runs}
     else:
-        model_cfgs = {name: model_config(recipe.model_fields(name), data, cfg) for name in runs}
+        model_cfgs = {name: model_config(recipe.run_models[name], data, cfg) for name in runs}
     val_bs = cfg.val_batch_size or train_cfg.micro_batch_size
     out_dir.mkdir(parents=True, exist_ok=True)
     if main:

@@ -76,14 +76,18 @@ class TrainableLM(nn.Module):
             return None
         return functools.reduce(torch.logical_or, masks)
 
-    def forward(self, batch: Batch) -> dict[str, LossOutput]:
+    def forward(self, batch: Batch, with_aux: bool = False) -> dict[str, LossOutput] | tuple[dict, torch.Tensor | None]:
+        """Each objective's ``LossOutput`` (keyed as ``objectives``); with ``with_aux`` also the trunk's auxiliary
+        loss of this forward (``TrunkOutput.aux_loss``: MoE load balancing, or None), as ``(losses, aux)``."""
         out = self.model.trunk(batch.input_ids)
-        return {key: obj(out, batch, self.model) for key, obj in self.objectives.items()}
+        losses = {key: obj(out, batch, self.model) for key, obj in self.objectives.items()}
+        return (losses, out.aux_loss) if with_aux else losses
 
     def forward_backward(self, batch: Batch, scales: dict[str, float],
                          autocast: Callable[[], ContextManager] = contextlib.nullcontext,
                          hold_shared: Callable[[], ContextManager] = contextlib.nullcontext,
-                         aux_scale: float = 0.0) -> dict[str, LossOutput]:
+                         aux_scale: float = 0.0, with_aux: bool = False,
+                         ) -> dict[str, LossOutput] | tuple[dict, torch.Tensor | None]:
         """Training pass: the gradients of ``sum_k scales[k] · loss_sum_k``, accumulated into ``.grad``; returns
         the ``LossOutput``s detached (same numbers as ``forward``).
 
@@ -95,7 +99,8 @@ class TrainableLM(nn.Module):
         ``hold_shared()`` is entered around the objectives' backward passes: data parallel, it keeps the shared
         embedding, norm and heads gathered with their gradients unreduced until the trunk's backward
         (``foresight.train.distributed``). ``aux_scale``: what the trunk's auxiliary loss (MoE load balancing,
-        ``Transformer.balance_loss``) is multiplied by in the trunk's backward; the trainer reads its value after.
+        ``TrunkOutput.aux_loss``) is multiplied by in the trunk's backward; ``with_aux``: also return its value
+        (detached, or None), as ``(losses, aux)``, for the trainer's log.
         """
         with autocast():
             out = self.model.trunk(batch.input_ids, rows=self.rows_needed(batch))
@@ -108,11 +113,13 @@ class TrainableLM(nn.Module):
                        for key, obj in self.objectives.items()}
         roots = [(getattr(out, f), getattr(leaves, f).grad) for f in _TRUNK_TENSORS]
         roots = [(t, g) for t, g in roots if g is not None]  # tensors no objective read
-        aux = self.model.balance_loss()
+        aux = out.aux_loss
         if aux is not None and aux.requires_grad and aux_scale:
             roots.append((aux, torch.full_like(aux, aux_scale)))
         if roots:
             torch.autograd.backward([t for t, _ in roots], [g for _, g in roots])
+        if with_aux:
+            return results, None if aux is None else aux.detach()
         return results
 
     @classmethod

@@ -305,17 +305,17 @@ class Trainer:
         aux_share = 1.0 / (len(micro) * self.dp.world)
         aux_scale = aux_weight * aux_share
         for mb in micro:
+            # aux: this micro-batch's MoE load-balancing loss (the trunk's output, None without MoE)
             if cfg.per_head_backward:  # one objective, one head at a time (Meta MTP §2)
-                outs = lm.forward_backward(mb, scales, self._autocast, self.dp.hold_shared, aux_scale)
+                outs, aux = lm.forward_backward(mb, scales, self._autocast, self.dp.hold_shared, aux_scale,
+                                                with_aux=True)
             else:  # the reference: one graph, one backward
                 with self._autocast():
-                    outs = lm(mb)
+                    outs, aux = lm(mb, with_aux=True)
                 total = sum(weights[k] * o.loss_sum / counts[k] for k, o in outs.items())
-                aux = lm.model.balance_loss()
                 if aux is not None and aux.requires_grad and aux_scale:
                     total = total + aux_scale * aux
                 total.backward()
-            aux = lm.model.balance_loss()
             if aux is not None:  # logged by name: the mean over the step's micro-batches
                 extras["moe_balance"] = extras.get("moe_balance", 0) + aux.detach().float() * aux_share
             for k, o in outs.items():
