@@ -20,7 +20,7 @@ Steps/s is the median over rounds of (timed steps / seconds) after warm-up steps
 rounds of the ratio to ``old`` in the same round (``--only`` picks variants, for more rounds on a busy
 machine). "2 processes" is NTP and TOP started together, one process per core (eager, and compiled as
 ``train.compile: auto`` does for runs of 2,000 steps or more): the main job's layout, compared with the old
-one (NTP then TOP, 2 threads). Losses: the first ``--steps`` per-step losses of each variant, from the same
+one (NTP then TOP, 2 threads) and with the old code started by hand the same way ("old 2 processes"). Losses: the first ``--steps`` per-step losses of each variant, from the same
 initialisation and batches, against ``old``: max |Δ| / |loss| is printed (fp32 tolerance: < 1e-5).
 """
 
@@ -124,7 +124,8 @@ def main() -> None:
     if args.quick:  # a check that the script works: old and new, one thread each
         variants = {k: v for k, v in variants.items() if k in ("old", "new")}
     compile_on = not args.no_compile and not args.quick
-    pairs = [] if args.quick else ["new 2 processes"] + (["new+compile 2 processes"] if compile_on else [])
+    pairs = [] if args.quick else (["old 2 processes", "new 2 processes"]
+                                   + (["new+compile 2 processes"] if compile_on else []))
     if args.only:
         keep = args.only.split(",")
         unknown = sorted(set(keep) - {*variants, *pairs})
@@ -145,9 +146,10 @@ def main() -> None:
                     print(f"round {rnd + 1} {run:>3} {name:<14} {results[name, run][-1]['steps_per_s']:6.2f} steps/s",
                           flush=True)
             # NTP and TOP at once, one process per core: the main job's layout (compiled, as auto does there).
-            for name, compiled in [(k, k.startswith("new+compile")) for k in pairs]:
-                procs = {run: launch(ROOT / "src", {"run": run, "threads": 1, "compile": compiled, "steps": args.steps,
-                                                    "warmup": args.warmup}) for run in RUNS}
+            for name in pairs:
+                src = old_src if name.startswith("old") else ROOT / "src"
+                procs = {run: launch(src, {"run": run, "threads": 1, "compile": name.startswith("new+compile"),
+                                           "steps": args.steps, "warmup": args.warmup}) for run in RUNS}
                 for run, proc in procs.items():
                     results[name, run].append(collect(proc))
 
@@ -188,6 +190,11 @@ def main() -> None:
                   f"the other, 2 threads) {old_job:.3f} s, new ({pairs[-1]}) {new_job:.3f} s: "
                   f"{old_job / new_job:.2f}× faster."]
         med_job = {"old_s_per_ntp_and_top_step": old_job, "new_s_per_ntp_and_top_step": new_job}
+        if "old 2 processes" in pairs:  # the old code laid out by hand as the new main job runs
+            old_pair = max(1 / med["old 2 processes", "ntp"], 1 / med["old 2 processes", "top"])
+            lines.append(f"Old code started by hand as two processes, one per core: {old_pair:.3f} s per NTP step + "
+                         f"TOP step; new ({pairs[-1]}) is {old_pair / new_job:.2f}× faster than that.")
+            med_job["old_2_processes_s_per_ntp_and_top_step"] = old_pair
     table = "\n".join(lines)
     print()
     print(table)
