@@ -113,9 +113,16 @@ def build_objective(spec: ObjectiveSpec | dict, model_cfg) -> Objective:
     return REGISTRY[spec.name][1](spec.config, model_cfg)
 
 
+def build_on_parts(spec: dict, parts) -> Objective:
+    """An objective from a recipe-style spec (``{"name": "top", "window": 1024}``), its heads built on a
+    transformers model's ``parts`` (``foresight.wrap``): ``Objective.on_parts``, one line if it has none."""
+    cfg = objective_config(spec)
+    return REGISTRY[spec["name"]][1].on_parts(cfg, parts)
+
+
 __all__ = [
     "Batch", "Compute", "DSMTP", "DSMTPConfig", "IGNORE_INDEX", "LossOutput", "MTP", "MTPConfig", "NTP", "NTPConfig",
-    "Objective", "ObjectiveSpec", "REGISTRY", "TOP", "TOPConfig", "as_written", "build_objective",
+    "Objective", "ObjectiveSpec", "REGISTRY", "TOP", "TOPConfig", "as_written", "build_objective", "build_on_parts",
     "drafting_objectives", "objective_config", "objective_label", "parse_objectives", "register", "shifted_labels",
     "top_loss", "top_targets",
 ]
