@@ -261,7 +261,8 @@ def _switches(source: str) -> list[str]:
 
     classes = [REGISTRY[n] for n in BUILT_IN]
     names = {c.__name__ for pair in classes for c in pair}
-    names |= {n for n, c in vars(wrapped).items() if isinstance(c, type) and c.__module__ == wrapped.__name__}
+    names |= {n for n, c in vars(wrapped).items()  # WrapNTP, ..., WrapDSMTPModule (not the OnParts protocol)
+              if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == wrapped.__name__}
     modules = {cls.__module__ for _, cls in classes} | {wrapped.__name__}
     found = []
     for node in ast.walk(ast.parse(source)):

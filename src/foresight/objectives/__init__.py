@@ -2,7 +2,8 @@
 
 ``REGISTRY`` maps a recipe name to (config class, objective class); ``register`` adds one. The rest of the
 library reaches objectives only through this registry and the ``Objective`` protocol (``base.py``), so a new
-objective is a module here plus its tests."""
+objective is a module here plus its tests. ``wrapped.py`` holds the objectives on a transformers model
+(``foresight.wrap``; ``Objective.on_parts``)."""
 
 from __future__ import annotations
 
