@@ -167,3 +167,82 @@ def test_cached_head_training_learns_and_leaves_the_trunk(specs):
         last = sum(r[f"loss{k}"] for r in log[-10:]) / 10
         assert last < 0.8 * first, (k, first, last)
     assert sum(after) > sum(before) + 0.2, (before, after)
+
+
+def _reference_states(lm, key: str, out, batch: Batch) -> list[tuple[torch.Tensor, torch.nn.Module]]:
+    """Each head's / depth's hidden state (B, T, D) and the norm before the shared head, written out per objective
+    (Meta MTP §2: heads read the last block's input; DeepSeek-V3 §2.2: module k reads h_{k-1} and Emb(x[t+k]))."""
+    obj, model, t = lm.objectives[key], lm.model, batch.seq_len
+    if key == "mtp":
+        return [(head(out.last_input, out.cos, out.sin), model.norm) for head in obj.heads]
+    h = out.hidden if obj.cfg.h0 == "post_norm" else out.final
+    states = []
+    for k, module in enumerate(obj.layers, start=1):
+        ids = torch.zeros_like(batch.tokens[:, :t])  # x[t+k], id 0 past the stream
+        avail = max(0, min(t, batch.tokens.shape[1] - k))
+        ids[:, :avail] = batch.tokens[:, k : k + avail]
+        h = module(h, model.embed_tokens(ids), out.cos, out.sin)
+        states.append((h, module.norm if module.norm is not None else model.norm))
+    return states
+
+
+@pytest.mark.parametrize("specs", [MTP3, DSMTP2, DEEPSEEK], ids=["mtp", "dsmtp", "deepseek"])
+def test_cached_losses_and_accuracy_equal_a_written_out_reference_bit_for_bit(specs):
+    """Sub-vocabulary loss sums, per-row first targets and teacher-forced accuracy, against the per-objective
+    computation written out here: equal exactly, not just closely."""
+    lm = _lm(specs, seed=11)
+    key = specs[1]["name"]
+    tokens = torch.randint(0, V, (3, 11), generator=torch.Generator().manual_seed(12))
+    cache = cache_trunk(lm.model, tokens)
+    cos, sin = lm.model.rotary(10, tokens.device)
+    vocab = torch.tensor([4, 0, 7, 9, 2, 11, 5, 20])
+    to_sub = torch.full((V,), -100, dtype=torch.long)
+    to_sub[vocab] = torch.arange(len(vocab))
+    w_sub = lm.model.lm_head.weight.detach()[vocab]
+    firsts = torch.tensor([0, 4, 7])
+    batch = Batch(tokens, 10)
+    with torch.no_grad():
+        out = cache.rows(torch.arange(3), lm.model, cos, sin)
+        got = head_losses(lm, key, out, batch, w_sub, to_sub, firsts)
+        want = []
+        for k, (h, norm) in enumerate(_reference_states(lm, key, out, batch), start=1):
+            full = torch.full((3, 10), -100, dtype=torch.long)
+            full[:, : 10 - k] = tokens[:, 1 + k :]  # x[t+1+k]
+            sub = torch.where(full >= 0, to_sub[full.clamp(min=0)], -100)
+            sub = sub.masked_fill(torch.arange(10)[None, :] + 1 + k < firsts[:, None], -100)
+            logits = (norm(h) @ w_sub.T).flatten(0, 1)
+            want.append(torch.nn.functional.cross_entropy(logits, sub.flatten(), ignore_index=-100, reduction="sum"))
+        accuracy = draft_accuracy(lm, key, tokens, cache, vocab, first_target=3, batch=2)
+        hits = []
+        for k, (h, norm) in enumerate(_reference_states(lm, key, out, batch), start=1):
+            guess = vocab[(norm(h) @ w_sub.T).argmax(-1)]  # (B, T)
+            agree = guess[:, : 10 - k] == tokens[:, 1 + k :]  # (B, 10 - k): positions whose target exists
+            valid = torch.arange(10 - k) + 1 + k >= 3  # target index >= first_target
+            hits.append(int((agree & valid).sum()) / (3 * int(valid.sum())))
+    assert len(got) == len(want) == len(accuracy) > 0
+    for g, w in zip(got, want):
+        assert torch.equal(g, w), (g, w)
+    assert accuracy == hits and 0 < sum(hits), hits
+
+
+@pytest.mark.parametrize("specs", [MTP3, DSMTP2, DEEPSEEK], ids=["mtp", "dsmtp", "deepseek"])
+def test_warm_start_copies_the_last_block_and_passes_the_hidden_state(specs):
+    """``init_from_last_block``: every head block is the trunk's last block; a DS-MTP projection is [s·I, 0] in its
+    concatenation order (hidden part scaled by s, embedding part zero), its bias zero, an own norm the trunk's."""
+    lm = _lm(specs, seed=13)
+    key = specs[1]["name"]
+    init_from_last_block(lm, key, scale=0.75)
+    obj, last, d = lm.objectives[key], lm.model.layers[-1].state_dict(), 24
+    blocks = list(obj.heads) if key == "mtp" else [m.block for m in obj.layers]
+    assert len(blocks) == (3 if key == "mtp" else 2)
+    for block in blocks:
+        state = block.state_dict()
+        assert state.keys() == last.keys() and all(torch.equal(state[n], last[n]) for n in last)
+    for m in ([] if key == "mtp" else obj.layers):
+        hidden_part = m.eh_proj.weight[:, :d] if m.hidden_first else m.eh_proj.weight[:, d:]
+        embed_part = m.eh_proj.weight[:, d:] if m.hidden_first else m.eh_proj.weight[:, :d]
+        assert torch.equal(hidden_part, 0.75 * torch.eye(d, dtype=hidden_part.dtype))
+        assert not embed_part.any()
+        assert m.eh_proj.bias is None or not m.eh_proj.bias.any()
+        assert m.norm is None or torch.equal(m.norm.weight, lm.model.norm.weight)
+    assert specs is not DEEPSEEK or (obj.layers[0].norm is not None and not obj.layers[0].hidden_first)

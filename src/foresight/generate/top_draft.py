@@ -87,17 +87,16 @@ def top_draft_acceptance(lm, prompts: torch.Tensor, steps: int, k: int = 4,
     """Greedy-decode ``steps + k`` tokens from each prompt (B, P); at each of the first ``steps`` generated
     positions (the prompt's last position included) draft top-k with the TOP head and compare.
 
-    Uses ``lm.model`` for NTP and the ``top`` objective's head; one extra forward over the whole trajectory
-    gives every hidden state (the trunk is causal, so they equal the ones seen while decoding).
+    Uses ``lm.model`` for NTP and the first objective with a ``future_head`` (TOP's ``W_top``); one extra
+    forward over the whole trajectory gives every hidden state (the trunk is causal, so they equal the ones seen
+    while decoding).
     """
-    from foresight.objectives import TOP
-
-    tops = [o for o in lm.objectives.values() if isinstance(o, TOP)]
-    if not tops:
+    heads = [h for h in (o.future_head() for o in lm.objectives.values()) if h is not None]
+    if not heads:
         from foresight.errors import ForesightError
 
         raise ForesightError("this model has no TOP head (train with objective 'top' to draft with it)")
-    head = tops[0].head
+    head = heads[0]  # (..., D) -> (..., V): the objective's ranking of upcoming tokens (Objective.future_head)
     model = lm.model.eval()
     p = prompts.shape[1]
     traj = generate(model, prompts, steps + k, eos_id=eos_id)  # (B, P + n)

@@ -2,7 +2,8 @@
 
 ``REGISTRY`` maps a recipe name to (config class, objective class); ``register`` adds one. The rest of the
 library reaches objectives only through this registry and the ``Objective`` protocol (``base.py``), so a new
-objective is a module here plus its tests."""
+objective is a module here plus its tests. ``wrapped.py`` holds the objectives on a transformers model
+(``foresight.wrap``; ``Objective.on_parts``)."""
 
 from __future__ import annotations
 
@@ -113,9 +114,16 @@ def build_objective(spec: ObjectiveSpec | dict, model_cfg) -> Objective:
     return REGISTRY[spec.name][1](spec.config, model_cfg)
 
 
+def build_on_parts(spec: dict, parts) -> Objective:
+    """An objective from a recipe-style spec (``{"name": "top", "window": 1024}``), its heads built on a
+    transformers model's ``parts`` (``foresight.wrap``): ``Objective.on_parts``, one line if it has none."""
+    cfg = objective_config(spec)
+    return REGISTRY[spec["name"]][1].on_parts(cfg, parts)
+
+
 __all__ = [
     "Batch", "Compute", "DSMTP", "DSMTPConfig", "IGNORE_INDEX", "LossOutput", "MTP", "MTPConfig", "NTP", "NTPConfig",
-    "Objective", "ObjectiveSpec", "REGISTRY", "TOP", "TOPConfig", "as_written", "build_objective",
+    "Objective", "ObjectiveSpec", "REGISTRY", "TOP", "TOPConfig", "as_written", "build_objective", "build_on_parts",
     "drafting_objectives", "objective_config", "objective_label", "parse_objectives", "register", "shifted_labels",
     "top_loss", "top_targets",
 ]

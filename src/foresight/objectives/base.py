@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Iterator
 
 import torch
 from torch import nn
 
 from foresight.batch import Batch  # re-exported: objectives and their callers also name it here
+from foresight.errors import ForesightError
 
 IGNORE_INDEX = -100
 
@@ -81,8 +82,12 @@ class Objective(nn.Module):
     ``objectives/`` registered in ``objectives.REGISTRY`` (``objectives.register``) and nothing else: its
     paper label (``paper_label``), training FLOPs (``compute``), look-ahead, whether it is the next-token loss
     (``next_token``), its per-head metric names (``head_metric``) and, if it can draft for speculative
-    decoding, its drafter (``drafter``; ``draft_order`` ranks it for ``--speculative auto``). Export formats map
-    weights by name in ``hf/`` (a file format's layout belongs with the format).
+    decoding, its drafter (``drafter``; ``draft_order`` ranks it for ``--speculative auto``). Optional
+    capabilities, each refused in one line by default: heads trained on a frozen trunk's cached states
+    (``cached_heads``: ``warm_start``, ``head_states``; ``train/cached_heads.py``), a head ranking upcoming
+    tokens (``future_head``; ``generate/top_draft.py``) and the objective on a transformers model (``on_parts``;
+    ``foresight.wrap``). Export formats map weights by name in ``hf/`` (a file format's layout belongs with the
+    format).
     """
 
     name: str = "objective"
@@ -90,6 +95,7 @@ class Objective(nn.Module):
     head_metric: str | None = None  # per-head metric prefix: metrics f"{head_metric}{k}", k = 1, 2, ...
     draft_order: int | None = None  # rank among drafting objectives for ``--speculative auto`` (low first)
     draft_heads: str = ""  # what drafts, for messages: "MTP heads"
+    cached_heads: bool = False  # its heads train on cached trunk states: it implements warm_start and head_states
 
     @classmethod
     def paper_label(cls, spec: dict) -> str:
@@ -108,6 +114,28 @@ class Objective(nn.Module):
         """A ``generate.drafters.Drafter`` proposing tokens with this objective's heads for ``model`` (a
         ``Transformer``), or None if it cannot draft. ``vocab``: an optional ``DraftVocab``."""
         return None
+
+    def warm_start(self, model, scale: float = 1.0) -> None:
+        """Start its head blocks as copies of ``model``'s last trunk block (``train/cached_heads.py``); ``scale``:
+        the size of that block's input, for heads that feed a block a projection of the hidden state."""
+        raise unsupported(self.name, CACHED_HEADS)
+
+    def head_states(self, out, batch: Batch, model) -> Iterator[tuple[torch.Tensor, nn.Module]]:
+        """For each extra head / depth k = 1, 2, ...: the state h (B, T, D) that predicts x[t+1+k] from the trunk
+        outputs ``out`` and the norm applied before the shared output head, one at a time (the caller scores h
+        through ``norm`` and any output rows it likes, e.g. a reduced draft vocabulary)."""
+        raise unsupported(self.name, CACHED_HEADS)
+
+    def future_head(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """A map from hidden states (..., D) to scores (..., V) that rank every vocabulary item by how soon it
+        follows (TOP paper §3; ``generate/top_draft.py`` drafts with it), or None (the default): it has none."""
+        return None
+
+    @classmethod
+    def on_parts(cls, cfg, parts) -> "Objective":
+        """This objective, configured by ``cfg``, with its heads built on a transformers model's ``parts``
+        (``foresight.wrap``; ``wrapper/parts.py``): an ``objectives.wrapped.OnParts``. Default: refused."""
+        raise unsupported(cls.name, "foresight.wrap")
 
     def rows_needed(self, batch: Batch) -> torch.Tensor | None:
         """The positions (B, T) bool whose ``out.hidden`` this objective reads for ``batch``, if it reads nothing
@@ -133,6 +161,14 @@ class Objective(nn.Module):
             result = self(out, batch, model)
         backward(result.loss_sum * scale)
         return result.detached()
+
+
+CACHED_HEADS = "training heads on cached trunk states"
+
+
+def unsupported(name: str, what: str) -> ForesightError:
+    """The one line refusing a capability objective ``name`` does not declare."""
+    return ForesightError(f"objective {name!r} does not support {what}")
 
 
 def hidden_rows(out, mask: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ modules are detached, and their gradients are carried backward from module D to 
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, fields
 from typing import Callable, ContextManager
 
@@ -101,6 +102,7 @@ class DSMTP(Objective):
     head_metric = "dsmtp_depth"
     draft_order = 1
     draft_heads = "DS-MTP modules"
+    cached_heads = True
 
     @classmethod
     def paper_label(cls, spec: dict) -> str:
@@ -126,6 +128,36 @@ class DSMTP(Objective):
         from foresight.generate.drafters import DSMTPDrafter  # (lazy: only drafting needs generate/)
 
         return DSMTPDrafter(model, self, n_draft, vocab)
+
+    @classmethod
+    def on_parts(cls, cfg: DSMTPConfig, parts) -> "DSMTP":
+        from foresight.objectives.wrapped import WrapDSMTP  # (lazy: only foresight.wrap needs it)
+
+        return WrapDSMTP(cfg, parts)
+
+    def warm_start(self, model, scale: float = 1.0) -> None:
+        """Each module's block starts as a copy of ``model``'s last block; its projection starts by passing the
+        normalised h_{k-1} times ``scale`` and ignoring the token embedding (those weights start at zero and
+        learn), so the copied block first sees inputs of the size it was trained on; an own final norm starts
+        as the trunk's."""
+        last = model.layers[-1].state_dict()
+        for m in self.layers:
+            m.block.load_state_dict(copy.deepcopy(last))
+        d = model.cfg.hidden_size
+        with torch.no_grad():
+            for m in self.layers:
+                parts = [scale * torch.eye(d), torch.zeros(d, d)]  # (D, D) each: hidden part, embedding part
+                m.eh_proj.weight.copy_(torch.cat(parts if m.hidden_first else parts[::-1], dim=1))
+                if m.eh_proj.bias is not None:
+                    m.eh_proj.bias.zero_()
+                if m.norm is not None:
+                    m.norm.weight.copy_(model.norm.weight)
+
+    def head_states(self, out, batch: Batch, model):
+        h = self.h0(out)
+        for k in range(1, len(self.layers) + 1):  # module k: h_{k-1} and Emb(x[t+k]) -> h_k (B, T, D)
+            h = self._step(k, h, out, batch, model)
+            yield h, self.norm_of(k, model)
 
     def h0(self, out) -> torch.Tensor:
         """Module 1's input h_0 (B, T, D): the trunk's hidden after (``post_norm``) or before its final norm."""

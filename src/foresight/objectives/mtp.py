@@ -18,6 +18,7 @@ backward.
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Callable, ContextManager
 
@@ -47,6 +48,7 @@ class MTP(Objective):
     head_metric = "mtp_head"
     draft_order = 0  # first choice for --speculative auto: n-1 parallel heads draft in one step
     draft_heads = "MTP heads"
+    cached_heads = True
 
     @classmethod
     def paper_label(cls, spec: dict) -> str:
@@ -70,6 +72,22 @@ class MTP(Objective):
         from foresight.generate.drafters import MTPDrafter  # (lazy: only drafting needs generate/)
 
         return MTPDrafter(model, self.heads, n_draft, stacked, vocab)
+
+    @classmethod
+    def on_parts(cls, cfg: MTPConfig, parts) -> "MTP":
+        from foresight.objectives.wrapped import WrapMTP  # (lazy: only foresight.wrap needs it)
+
+        return WrapMTP(cfg, parts)
+
+    def warm_start(self, model, scale: float = 1.0) -> None:
+        # Every head is a block reading the last block's input, so a copy of the last block is a working head.
+        last = model.layers[-1].state_dict()
+        for head in self.heads:
+            head.load_state_dict(copy.deepcopy(last))
+
+    def head_states(self, out, batch: Batch, model):
+        for head in self.heads:  # head k reads the last block's input (B, T, D), through the shared final norm
+            yield head(out.last_input, out.cos, out.sin), model.norm
 
     def count(self, batch: Batch) -> torch.Tensor:
         return (shifted_labels(batch, 0) != IGNORE_INDEX).sum()

@@ -25,6 +25,12 @@ class NTP(Objective):
         super().__init__()
         self.cfg = cfg
 
+    @classmethod
+    def on_parts(cls, cfg: NTPConfig, parts) -> "NTP":
+        from foresight.objectives.wrapped import WrapNTP  # (lazy: only foresight.wrap needs it)
+
+        return WrapNTP(cfg, parts)
+
     def count(self, batch: Batch) -> torch.Tensor:
         return (shifted_labels(batch, 0) != IGNORE_INDEX).sum()
 

@@ -248,6 +248,15 @@ class TOP(Objective):
 
         return TOPDrafter(model, self.head, n_draft or 3)
 
+    def future_head(self) -> nn.Linear:
+        return self.head  # W_top: scores (..., V) ranking the vocabulary by how soon each token follows
+
+    @classmethod
+    def on_parts(cls, cfg: TOPConfig, parts) -> "TOP":
+        from foresight.objectives.wrapped import WrapTOP  # (lazy: only foresight.wrap needs it)
+
+        return WrapTOP(cfg, parts)
+
     def _targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ids, w = top_targets(batch.tokens, batch.seq_len, self.cfg.window, ignore_index=self.cfg.ignore_index,
                              scores=self.cfg.scores, horizon=batch.horizon)

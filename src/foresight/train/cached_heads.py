@@ -11,17 +11,17 @@ drafts almost always fall among the most frequent tokens, so heads score only th
 Verification stays exact over the full vocabulary, so the output is unchanged; a target outside the draft
 vocabulary can never be drafted and is left out of the loss. Training uses the same restricted head.
 
-Heads: MTP heads 1..k (Meta MTP §2: a block on the last block's input, predicting x[t+1+k]) or DS-MTP
-modules 1..D (DeepSeek-V3 §2.2: module k reads h_{k-1} and the embedding of x[t+k]), both through the
-objectives' own modules, so the trained heads are ordinary ``TrainableLM`` objectives that the speculative
-drafters (``foresight.generate.drafters``) use as they are. Only positions whose target lies in the
+Heads: those of any objective declaring ``cached_heads`` (``Objective.warm_start`` and ``head_states``): MTP
+heads 1..k (Meta MTP §2: a block on the last block's input, predicting x[t+1+k]) or DS-MTP modules 1..D
+(DeepSeek-V3 §2.2: module k reads h_{k-1} and the embedding of x[t+k]). The objective runs its own modules, so
+the trained heads are ordinary ``TrainableLM`` objectives that the speculative drafters
+(``foresight.generate.drafters``) use as they are. Only positions whose target lies in the
 generated part of a self-distilled sequence (index >= ``first_target``) are trained: there the target is
 exactly the trunk's greedy choice (``foresight.generate.distill``).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -30,9 +30,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from foresight.errors import ForesightError
 from foresight.model import TrunkOutput
-from foresight.objectives import DSMTP, MTP, Batch
-from foresight.objectives.base import IGNORE_INDEX, shifted_labels
+from foresight.objectives import Batch
+from foresight.objectives.base import CACHED_HEADS, IGNORE_INDEX, Objective, shifted_labels, unsupported
 
 
 def frequent_ids(tokens: torch.Tensor, size: int, vocab_size: int) -> torch.Tensor:
@@ -66,27 +67,23 @@ def cache_trunk(model, tokens: torch.Tensor, batch: int = 16) -> TrunkCache:
     return TrunkCache(torch.cat([p.final for p in parts]), torch.cat([p.last_input for p in parts]))
 
 
+def heads_of(lm, key: str) -> Objective:
+    """``lm.objectives[key]`` if its heads can train on cached trunk states, else one line saying why not."""
+    if key not in lm.objectives:
+        raise ForesightError(f"the model has no objective {key!r} (it has {sorted(lm.objectives)})")
+    obj = lm.objectives[key]
+    if not obj.cached_heads:
+        raise unsupported(obj.name, CACHED_HEADS)
+    return obj
+
+
 def init_from_last_block(lm, key: str, scale: float = 1.0) -> None:
     """Start every head / module block as a copy of the trunk's last block (the usual warm start for drafting
     heads: the block already maps late hidden states to next-token features). A DS-MTP projection starts by
     passing the normalised hidden state h_{k-1} times ``scale`` (the size of the last block's input, so the
     copied block sees inputs of the size it was trained on) and ignoring the token embedding (its weights start
-    at zero and learn)."""
-    obj = lm.objectives[key]
-    last = lm.model.layers[-1].state_dict()
-    blocks = obj.heads if isinstance(obj, MTP) else [m.block for m in obj.layers]
-    for block in blocks:
-        block.load_state_dict(copy.deepcopy(last))
-    if isinstance(obj, DSMTP):
-        d = lm.model.cfg.hidden_size
-        with torch.no_grad():
-            for m in obj.layers:
-                parts = [scale * torch.eye(d), torch.zeros(d, d)]  # (D, D) each: hidden part, embedding part
-                m.eh_proj.weight.copy_(torch.cat(parts if m.hidden_first else parts[::-1], dim=1))
-                if m.eh_proj.bias is not None:
-                    m.eh_proj.bias.zero_()
-                if m.norm is not None:  # an own final norm starts as the trunk's
-                    m.norm.weight.copy_(lm.model.norm.weight)
+    at zero and learn): the objective's ``warm_start``."""
+    heads_of(lm, key).warm_start(lm.model, scale)
 
 
 def _target_mask(first_target: int | torch.Tensor, t: int, k: int) -> torch.Tensor:
@@ -111,7 +108,7 @@ def head_losses(lm, key: str, out: TrunkOutput, batch: Batch, w_sub: torch.Tenso
                 first_target: int | torch.Tensor) -> list[torch.Tensor]:
     """Loss sums per head (MTP) or depth (DS-MTP) over the draft vocabulary, targets at index >= first_target
     (an int, or a (B,) tensor: one per row of the batch)."""
-    obj, model = lm.objectives[key], lm.model
+    obj, model = heads_of(lm, key), lm.model
     t = batch.seq_len
 
     def labels(k: int) -> torch.Tensor:  # (B, T) sub-vocabulary labels of x[t+1+k]
@@ -119,30 +116,23 @@ def head_losses(lm, key: str, out: TrunkOutput, batch: Batch, w_sub: torch.Tenso
         sub = torch.where(full >= 0, to_sub[full.clamp(min=0)], IGNORE_INDEX)
         return sub.masked_fill(~_target_mask(first_target, t, k), IGNORE_INDEX)
 
-    sums = []
-    if isinstance(obj, MTP):
-        for k, head in enumerate(obj.heads, start=1):
-            sums.append(_sub_loss(head(out.last_input, out.cos, out.sin), model.norm, w_sub, labels(k)))
-        return sums
-    h = obj.h0(out)
-    for k in range(1, len(obj.layers) + 1):
-        h = obj._step(k, h, out, batch, model)
-        sums.append(_sub_loss(h, obj.norm_of(k, model), w_sub, labels(k)))
-    return sums
+    # one head / depth at a time: its state h (B, T, D) and the norm before the shared head
+    return [_sub_loss(h, norm, w_sub, labels(k))
+            for k, (h, norm) in enumerate(obj.head_states(out, batch, model), start=1)]
 
 
 def train_heads(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab: torch.Tensor, *, steps: int,
                 batch: int, lr: float, first_target: int | torch.Tensor, seed: int = 0, warmup: int = 10,
                 log: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train ``lm.objectives[key]`` (MTP or DS-MTP) on the cached trunk states of ``tokens`` (N, L); the
-    trunk stays frozen.
+    """Train ``lm.objectives[key]`` (MTP, DS-MTP: an objective with ``cached_heads``) on the cached trunk states
+    of ``tokens`` (N, L); the trunk stays frozen.
 
     AdamW (no weight decay), linear warm-up then cosine to 10 %, gradient clipping at 1. Each step draws
     ``batch`` sequences at random (seeded); ``first_target`` is one int or a (N,) tensor, one per sequence
     (``_target_mask``). Returns the log records (per-head mean loss and top-1 accuracy
     over the draft vocabulary).
     """
-    model, obj = lm.model, lm.objectives[key]
+    model, obj = lm.model, heads_of(lm, key)
     lm.freeze_trunk()
     params = [p for p in obj.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -192,7 +182,7 @@ def draft_accuracy(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab:
                    first_target: int, batch: int = 16) -> list[float]:
     """Top-1 accuracy per head / depth over held-out cached sequences (targets at index >= first_target, all
     targets counted, so one outside the draft vocabulary counts as a miss): the teacher-forced acceptance."""
-    model, obj = lm.model, lm.objectives[key]
+    model, obj = lm.model, heads_of(lm, key)
     w_sub = model.lm_head.weight[vocab]
     n, length = tokens.shape[0], tokens.shape[1] - 1
     cos, sin = model.rotary(length, tokens.device)
@@ -201,13 +191,7 @@ def draft_accuracy(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab:
     for i in range(0, n, batch):
         idx = torch.arange(i, min(i + batch, n))
         b, out = Batch(tokens[idx].long(), length), cache.rows(idx, model, cos, sin)
-        if isinstance(obj, MTP):
-            hs = [(head(out.last_input, out.cos, out.sin), model.norm) for head in obj.heads]
-        else:
-            hs, h = [], obj.h0(out)
-            for k in range(1, len(obj.layers) + 1):
-                h = obj._step(k, h, out, b, model)
-                hs.append((h, obj.norm_of(k, model)))
+        hs = list(obj.head_states(out, b, model))  # per head / depth: (h (B, T, D), its norm)
         for k, (h, norm) in enumerate(hs, start=1):
             guess = vocab[(norm(h) @ w_sub.T).argmax(-1)]  # (B, T) full-vocabulary ids
             full = shifted_labels(b, k)

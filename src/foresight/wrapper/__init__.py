@@ -21,7 +21,8 @@ def wrap(model, objectives: list[dict], *, return_logits: bool = True) -> Foresi
     ``weight`` (a number or a schedule ``[[{step: s}, value], ...]``) and the objective's options (``window``, ``n``,
     ``depth``, ``preset``, ...; see ``foresight.objectives``). New heads are created on the model's device and
     in its dtype. ``return_logits=False`` skips the (B, T, V) logits (the losses never need them).
-    Unsupported models raise ``ForesightError`` with one line naming what is supported.
+    Unsupported models raise ``ForesightError`` with one line naming what is supported; so does an objective
+    that does not declare ``Objective.on_parts`` (``objective 'x' does not support foresight.wrap``).
     """
     return ForesightModel(model, objectives, return_logits=return_logits)
 

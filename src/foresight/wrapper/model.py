@@ -28,9 +28,9 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from foresight.errors import ForesightError
+from foresight.objectives import build_on_parts
 from foresight.objectives.base import IGNORE_INDEX, Batch
 from foresight.train.schedule import check_weight, in_fractions, weight_at
-from foresight.wrapper.objectives import WrapDSMTP, WrapMTP, WrapNTP, WrapTOP, build
 from foresight.wrapper.parts import Parts, WrapTrunkOutput
 
 _TRUNK_TENSORS = ("hidden", "final", "last_input")
@@ -68,7 +68,7 @@ class ForesightModel(nn.Module):
         self.objectives = nn.ModuleDict()
         self.weights: dict[str, float | list] = {}
         for i, spec in enumerate(self.specs):
-            obj = build(spec, self.parts)
+            obj = build_on_parts(spec, self.parts)  # one line for an objective without on_parts
             key = obj.name if obj.name not in self.objectives else f"{obj.name}_{i}"
             check_weight(obj.cfg.weight, f"objectives.{key}.weight")
             self.objectives[key] = obj
@@ -82,17 +82,7 @@ class ForesightModel(nn.Module):
     def heads(self) -> dict[str, nn.Module]:
         """Objective name -> its head: NTP the model's ``lm_head``; TOP the V×D ``nn.Linear``; MTP the
         ``ModuleList`` of n-1 decoder layers; DS-MTP the ``ModuleList`` of D modules."""
-        out = {}
-        for key, obj in self.objectives.items():
-            if isinstance(obj, WrapNTP):
-                out[key] = self.parts.lm_head
-            elif isinstance(obj, WrapTOP):
-                out[key] = obj.head
-            elif isinstance(obj, WrapMTP):
-                out[key] = obj.heads
-            elif isinstance(obj, WrapDSMTP):
-                out[key] = obj.layers
-        return out
+        return {key: obj.head_module(self.parts) for key, obj in self.objectives.items()}
 
     @property
     def config(self):
@@ -169,7 +159,9 @@ class ForesightModel(nn.Module):
         return {m.replace(self.objectives[k].name, k, 1): v for k, r in results.items() for m, v in r.metrics.items()}
 
     def _batch_of(self, key: str, ntp: Batch, future: Batch) -> Batch:
-        return ntp if isinstance(self.objectives[key], WrapNTP) else future
+        # the next-token loss reads the labels as given (so it equals the model's own loss); the others also
+        # ignore padding
+        return ntp if self.objectives[key].next_token else future
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, return_logits: bool | None = None,

@@ -1,10 +1,11 @@
-"""foresight's objectives on a transformers model: the same classes, with the heads built from the model's
-own parts (``Parts``) instead of foresight's trunk.
+"""foresight's objectives on a transformers model (``foresight.wrap``): the same classes, with the heads built
+from the model's own parts (``foresight.wrapper.parts.Parts``) instead of foresight's trunk.
 
-Each class subclasses the foresight objective and overrides only what touches the model: building the heads
-and running them. Targets, counts, loss sums, the per-head ``forward_backward`` (Meta MTP §2) and DS-MTP's
-exact module-by-module backward are inherited unchanged, so the loss math lives in one place
-(``foresight.objectives``, ``foresight.ops``).
+An objective that supports ``foresight.wrap`` says so with ``Objective.on_parts``, which builds its class here.
+Each class subclasses the foresight objective and ``OnParts`` and overrides only what touches the model:
+building the heads, running them, and the module ``ForesightModel.heads`` shows. Targets, counts, loss sums,
+the per-head ``forward_backward`` (Meta MTP §2) and DS-MTP's exact module-by-module backward are inherited
+unchanged, so the loss math lives in one place (``foresight.objectives``, ``foresight.ops``).
 
 - NTP: cross-entropy of the model's own output head (soft cap included) against ``labels`` shifted by one.
 - TOP (TOP paper §3): the inherited ``TOP``; its V×D head reads the final normed hidden state.
@@ -17,16 +18,33 @@ exact module-by-module backward are inherited unchanged, so the loss math lives 
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from foresight.objectives import DSMTP, MTP, NTP, TOP, objective_config
 from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective, shifted_labels
-from foresight.objectives.dsmtp import DSMTPConfig
-from foresight.objectives.mtp import MTPConfig
+from foresight.objectives.dsmtp import DSMTP, DSMTPConfig
+from foresight.objectives.mtp import MTP, MTPConfig
+from foresight.objectives.ntp import NTP
+from foresight.objectives.top import TOP
 from foresight.ops import linear_cross_entropy
-from foresight.wrapper.parts import Parts, WrapTrunkOutput
+
+if TYPE_CHECKING:  # (annotations only: objectives/ does not import the wrapper package)
+    from foresight.wrapper.parts import Parts, WrapTrunkOutput
+
+
+class OnParts:
+    """What ``foresight.wrap`` asks of an objective built by ``Objective.on_parts``, besides the objective's own
+    protocol: ``forward(out, batch, parts)`` / ``forward_backward(..., parts, ...)`` read a ``WrapTrunkOutput``
+    and the model's ``Parts`` where foresight's objectives read a ``TrunkOutput`` and the ``Transformer``, and
+    ``head_module(parts)`` is what users reach as ``ForesightModel.heads[key]``. (Heads on transformers models do
+    not train on foresight's cached trunk states.)"""
+
+    cached_heads = False
+
+    def head_module(self, parts: Parts) -> nn.Module:
+        raise NotImplementedError
 
 
 def head_loss_sum(parts: Parts, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -46,15 +64,19 @@ def _fresh_norm(parts: Parts) -> nn.Module:
     return norm
 
 
-class WrapNTP(NTP):
-    """Next-token cross-entropy with the model's own head: equals the model's ``loss`` for the same labels."""
+class WrapNTP(OnParts, NTP):
+    """Next-token cross-entropy with the model's own head: equals the model's ``loss`` for the same labels (it
+    reads the labels as given: ``next_token``)."""
+
+    def head_module(self, parts: Parts) -> nn.Module:
+        return parts.lm_head
 
     def forward(self, out: WrapTrunkOutput, batch: Batch, parts: Parts) -> LossOutput:
         labels = shifted_labels(batch, 0)  # (B, T)
         return LossOutput(head_loss_sum(parts, out.hidden, labels), (labels != IGNORE_INDEX).sum())
 
 
-class WrapMTP(MTP):
+class WrapMTP(OnParts, MTP):
     """Meta MTP-n: ``heads[k - 1]`` (k = 1..n-1) is a decoder layer of the model's class reading the input of
     the model's last layer; its output goes through the model's final norm and output head to predict x[t+1+k]."""
 
@@ -62,6 +84,9 @@ class WrapMTP(MTP):
         Objective.__init__(self)
         self.cfg = cfg
         self.heads = nn.ModuleList(parts.new_layer() for _ in range(cfg.n - 1))
+
+    def head_module(self, parts: Parts) -> nn.Module:
+        return self.heads  # n - 1 decoder layers
 
     def _head_sum(self, k: int, out: WrapTrunkOutput, batch: Batch, parts: Parts) -> torch.Tensor:
         h = parts.norm(parts.run_layer(self.heads[k - 1], out.last_input, out.layer_kwargs))  # (B, T, D)
@@ -91,13 +116,16 @@ class WrapDSMTPModule(nn.Module):
         return parts.run_layer(self.layer, self.eh_proj(joined), layer_kwargs)
 
 
-class WrapDSMTP(DSMTP):
+class WrapDSMTP(OnParts, DSMTP):
     """DeepSeek-V3 §2.2 on the model: module k reads h_{k-1} and the model's embedding of input x[t+k]."""
 
     def __init__(self, cfg: DSMTPConfig, parts: Parts) -> None:
         Objective.__init__(self)
         self.cfg = cfg
         self.layers = nn.ModuleList(WrapDSMTPModule(cfg, parts) for _ in range(cfg.depth))
+
+    def head_module(self, parts: Parts) -> nn.Module:
+        return self.layers  # D modules
 
     def _step(self, k: int, h: torch.Tensor, out: WrapTrunkOutput, batch: Batch, parts: Parts) -> torch.Tensor:
         # The embedding of the *input* token x[t+k] (known even where labels are -100, e.g. a masked prompt);
@@ -113,7 +141,7 @@ class WrapDSMTP(DSMTP):
         return head_loss_sum(parts, norm(h), shifted_labels(batch, k))
 
 
-class WrapTOP(TOP):
+class WrapTOP(OnParts, TOP):
     """TOP paper §3: the inherited objective; its head ``W_top`` (V×D, untied, no soft cap) is initialised
     with the model's ``initializer_range``."""
 
@@ -124,11 +152,5 @@ class WrapTOP(TOP):
         self.head = nn.Linear(parts.hidden_size, parts.vocab_size, bias=False, device=ref.device, dtype=ref.dtype)
         nn.init.normal_(self.head.weight, std=getattr(parts.config, "initializer_range", 0.02))
 
-
-_CLASSES = {"ntp": WrapNTP, "top": WrapTOP, "mtp": WrapMTP, "dsmtp": WrapDSMTP}
-
-
-def build(spec: dict, parts: Parts) -> Objective:
-    """An objective from a recipe-style spec (``{"name": "top", "window": 1024}``), heads built on ``parts``."""
-    cfg = objective_config(spec)
-    return _CLASSES[spec["name"]](cfg, parts)
+    def head_module(self, parts: Parts) -> nn.Module:
+        return self.head  # W_top (V×D)
