@@ -20,8 +20,9 @@ Steps/s is the median over rounds of (timed steps / seconds) after warm-up steps
 rounds of the ratio to ``old`` in the same round (``--only`` picks variants, for more rounds on a busy
 machine). "2 processes" is NTP and TOP started together, one process per core (eager, and compiled as
 ``train.compile: auto`` does for runs of 2,000 steps or more): the main job's layout, compared with the old
-one (NTP then TOP, 2 threads) and with the old code started by hand the same way ("old 2 processes"). Losses: the first ``--steps`` per-step losses of each variant, from the same
-initialisation and batches, against ``old``: max |Δ| / |loss| is printed (fp32 tolerance: < 1e-5).
+one (NTP then TOP, 2 threads) and with the old code started by hand the same way ("old 2 processes").
+Losses: the first ``--steps`` per-step losses of each variant, from the same initialisation and batches,
+against ``old``: max |Δ| / |loss| is printed (fp32 tolerance: < 1e-5).
 """
 
 from __future__ import annotations
