@@ -79,3 +79,13 @@ def test_stop_after_out_of_range_is_one_line():
 
     with pytest.raises(ForesightError, match="train.stop_after must be null or an integer in 1 .. train.steps"):
         TrainConfig(steps=9, stop_after=10)
+    with pytest.raises(ForesightError, match="train.stop_after must be null or an integer"):
+        TrainConfig(steps=9, stop_after=True)
+
+
+def test_stop_after_below_a_resumed_step_stops_at_once(tmp_path):
+    cut = _trainer(tmp_path, stop_after=6)
+    cut.fit()
+    resumed = _trainer(tmp_path, stop_after=4)  # resumed at step 6, past the new stop
+    resumed.fit(resume=True)
+    assert resumed.partial and resumed.step == 6

@@ -65,7 +65,8 @@ class TrainConfig:
                 raise ForesightError(f"train.{name} must be a finite number, got {value!r}")
         checks = [
             (self.steps >= 1, "train.steps must be >= 1"),
-            (self.stop_after is None or (isinstance(self.stop_after, int) and 1 <= self.stop_after <= self.steps),
+            (self.stop_after is None or (isinstance(self.stop_after, int) and not isinstance(self.stop_after, bool)
+                                         and 1 <= self.stop_after <= self.steps),
              "train.stop_after must be null or an integer in 1 .. train.steps"),
             (self.batch_size >= 1, "train.batch_size must be >= 1"),
             (1 <= self.micro_batch_size <= self.batch_size, "train.micro_batch_size must be in 1 .. batch_size"),

@@ -424,7 +424,8 @@ class Trainer:
         start = time.perf_counter()
         try:
             while self.step < cfg.steps and not self.stopped_early:
-                if (self.should_stop is not None and self.should_stop()) or self.step == cfg.stop_after:
+                stop_here = cfg.stop_after is not None and self.step >= cfg.stop_after  # also when resumed past it
+                if stop_here or (self.should_stop is not None and self.should_stop()):
                     self.partial = True
                     break
                 batch = self.batch_fn(self.step)
