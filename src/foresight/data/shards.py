@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from foresight.errors import ForesightError
+from foresight.paths import inside
 
 FORMAT, VERSION = "foresight-tokens", 1
 META = "meta.json"
@@ -170,7 +171,7 @@ class PreparedData:
             raise ForesightError(f"{folder} is not prepared data{hint}: no {META}; create it with foresight prepare "
                                  f"--input FILES --tokenizer T --out {folder}")
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            meta = json.loads(inside(folder, META).read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             _fail(folder, f"{META} is not valid JSON")
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
@@ -181,7 +182,7 @@ class PreparedData:
             _fail(folder, f"{META} lacks a valid dtype or tokenizer vocab_size / eos_id")
         if tok["vocab_size"] > np.iinfo(DTYPES[dtype]).max + 1:
             _fail(folder, f"dtype {dtype} cannot hold a vocabulary of {tok['vocab_size']}")
-        tok_file = folder / "tokenizer" / "tokenizer.json"
+        tok_file = inside(folder, "tokenizer/tokenizer.json")
         if not tok_file.is_file():
             _fail(folder, "the tokenizer copy (tokenizer/tokenizer.json) is missing")
         if hashlib.sha256(tok_file.read_bytes()).hexdigest() != tok.get("sha256"):
@@ -194,7 +195,9 @@ class PreparedData:
                 _fail(folder, f"{META} has no '{split}' split")
             paths, counts = [], []
             for shard in info["shards"]:
-                path = folder / shard["file"]
+                if not isinstance(shard, dict):
+                    _fail(folder, f"{META} lists a {split} shard that is not an object with 'file' and 'tokens'")
+                path = inside(folder, shard.get("file"), "shard")  # not ../x, not /abs, not a link elsewhere
                 if not path.is_file():
                     _fail(folder, f"shard {shard['file']} is missing")
                 size = path.stat().st_size

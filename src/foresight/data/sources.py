@@ -268,7 +268,8 @@ class Documents:
         try:
             import datasets
 
-            ds = datasets.load_dataset(name, config, split=split, streaming=True)
+            # never a loading script's code (datasets 4 and later run none and ignore a False here)
+            ds = datasets.load_dataset(name, config, split=split, streaming=True, trust_remote_code=False)
             records = iter(ds)
         except Exception as e:  # network, unknown name, bad split: one line is what the user needs
             raise ForesightError(f"cannot load dataset {name!r} (split {split!r}): {str(e).splitlines()[0]}") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from foresight.errors import ForesightError
+from foresight.paths import NO_REMOTE_CODE, confine_folder, inside, refuse_remote_code
 
 DEFAULT_EOS = "<|endoftext|>"
 # Tried in order when neither --eos nor tokenizer_config.json names the end-of-document token.
@@ -115,7 +116,7 @@ def _from_json_file(path: Path, eos: str | None, source: str) -> TextTokenizer:
     files = {"tokenizer.json": data}
     for name in TOKENIZER_FILES[1:]:
         if path.name == "tokenizer.json" and (folder / name).is_file():
-            files[name] = (folder / name).read_bytes()
+            files[name] = inside(folder, name).read_bytes()  # copied on with prepared data: never a file elsewhere
     config = {}
     if "tokenizer_config.json" in files:
         try:
@@ -132,11 +133,13 @@ def _from_transformers(folder: Path, eos: str | None) -> TextTokenizer:
     """A folder without tokenizer.json (e.g. SentencePiece): let transformers convert it to a fast one."""
     from tokenizers import Tokenizer
 
+    confine_folder(folder)  # transformers opens whatever tokenizer files it finds there
     try:
         from transformers import AutoTokenizer
 
-        hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **NO_REMOTE_CODE)
     except Exception as e:
+        refuse_remote_code(folder, "save the tokenizer as a tokenizer.json (a fast tokenizer) and give that")
         raise ForesightError(f"{folder}: no tokenizer.json and transformers cannot load it "
                              f"({str(e).splitlines()[0]})") from None
     backend = getattr(hf, "backend_tokenizer", None)
@@ -148,7 +151,7 @@ def _from_transformers(folder: Path, eos: str | None) -> TextTokenizer:
     files = {"tokenizer.json": data}
     for name in TOKENIZER_FILES[1:]:
         if (folder / name).is_file():
-            files[name] = (folder / name).read_bytes()
+            files[name] = inside(folder, name).read_bytes()
     eos_id, eos_token = _pick_eos(tok, {"eos_token": hf.eos_token}, eos, str(folder))
     files.setdefault("tokenizer_config.json", _hf_config(eos_token))
     return TextTokenizer(tok, eos_id, eos_token, files, str(folder))
@@ -161,9 +164,9 @@ def load_tokenizer(spec: str | Path, eos: str | None = None) -> TextTokenizer:
         return _from_json_file(path, eos, str(path))
     if path.is_dir():
         if (path / "tokenizer.json").is_file():
-            return _from_json_file(path / "tokenizer.json", eos, str(path))
+            return _from_json_file(inside(path, "tokenizer.json"), eos, str(path))
         if (path / "tokenizer" / "tokenizer.json").is_file():  # prepared data or a run folder
-            return _from_json_file(path / "tokenizer" / "tokenizer.json", eos, str(path / "tokenizer"))
+            return _from_json_file(inside(path, "tokenizer/tokenizer.json"), eos, str(path / "tokenizer"))
         if any((path / name).is_file() for name in TOKENIZER_FILES):
             return _from_transformers(path, eos)
         raise ForesightError(f"{path} holds no tokenizer (tokenizer.json, tokenizer.model, ...)")

@@ -100,7 +100,10 @@ def build_model(checkpoint: Path, backend: str, *, tokenizer=None, device: str =
         export_checkpoint(checkpoint, folder, tokenizer=tokenizer, force=True)
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
         raise ForesightError(f"{folder} has no tokenizer files; pass --tokenizer PATH")
-    return HFLM(pretrained=str(folder), device=device, batch_size=batch_size, dtype="float32")
+    from foresight.paths import NO_REMOTE_CODE, confine_folder
+
+    confine_folder(folder)  # HFLM reads whatever model and tokenizer files it finds there
+    return HFLM(pretrained=str(folder), device=device, batch_size=batch_size, dtype="float32", **NO_REMOTE_CODE)
 
 
 def _data_error(e: Exception) -> bool:

@@ -142,7 +142,7 @@ def max_logit_difference(lm, folder: Path, length: int = 11, seed: int = 0) -> f
     """Max |logits(foresight) - logits(transformers)| on random ids, both in fp32 (the export's check)."""
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(str(folder)).float().eval()
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=False).float().eval()
     ids = torch.randint(0, lm.model.cfg.vocab_size, (2, length), generator=torch.Generator().manual_seed(seed))
     ours = lm.model.float().eval()(ids)
     theirs = hf(input_ids=ids).logits

@@ -129,7 +129,8 @@ def load_transformers(path: Path):
 
     path = gguf_file(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                     trust_remote_code=False)
     except Exception as e:  # what the header checks did not catch (e.g. a tensor transformers cannot map)
         raise ForesightError(f"transformers cannot load {path} ({type(e).__name__}: "
                              f"{(str(e).splitlines() or [''])[0][:160]})") from None
@@ -142,7 +143,7 @@ def save_tokenizer(path: Path, dst: Path) -> list[str]:
 
     path = gguf_file(path)
     try:
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
     except Exception as e:
         raise ForesightError(f"cannot read the tokenizer of {path} ({type(e).__name__}: "
                              f"{(str(e).splitlines() or [''])[0][:160]})") from None

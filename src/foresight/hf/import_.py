@@ -22,6 +22,7 @@ from foresight.errors import ForesightError
 from foresight.hf.config import from_hf_config
 from foresight.hf.heads import HEADS_FILE, dsmtp_from_deepseek, dsmtp_spec_from_hf, specs_from_metadata
 from foresight.hf.weights import hf_key_to_trunk, read_hf_weights
+from foresight.paths import inside
 
 # ModelConfig fields that change the function or the parameter shapes (init_std and max_seq_len do not).
 _ARCH_FIELDS = ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
@@ -49,7 +50,7 @@ def read_hf_config(folder: Path) -> dict:
     if not path.is_file():
         raise ForesightError(f"{folder} has no config.json; give a Hugging Face model folder (config.json + weights)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(inside(folder, "config.json").read_text(encoding="utf-8"))
     except ValueError as e:
         raise ForesightError(f"{path} is not valid JSON ({e})") from None
 
@@ -59,6 +60,8 @@ def _heads_file(folder: Path) -> tuple[dict[str, torch.Tensor], list[dict] | Non
     if not path.is_file():
         return {}, None
     from safetensors import safe_open
+
+    inside(folder, HEADS_FILE)
 
     try:
         with safe_open(str(path), framework="pt") as f:

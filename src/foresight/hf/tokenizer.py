@@ -9,11 +9,11 @@ needs one also takes ``--tokenizer PATH`` (a folder or a ``tokenizer.json``). Lo
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from foresight.errors import ForesightError
 from foresight.io import write_json
+from foresight.paths import copy_inside, inside
 
 # Files a Hugging Face tokenizer may consist of; whichever exist are copied.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -75,7 +75,7 @@ def special_tokens(folder: Path) -> dict[str, tuple[str, int]]:
     added: dict[str, int] = {}
     tok_json = folder / "tokenizer.json"
     if tok_json.is_file():
-        data = json.loads(tok_json.read_text(encoding="utf-8"))
+        data = json.loads(inside(folder, "tokenizer.json").read_text(encoding="utf-8"))
         added = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
         vocab = (data.get("model") or {}).get("vocab")
         if isinstance(vocab, dict):
@@ -83,7 +83,7 @@ def special_tokens(folder: Path) -> dict[str, tuple[str, int]]:
     declared = {}
     cfg_file = folder / "tokenizer_config.json"
     if cfg_file.is_file():
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        cfg = json.loads(inside(folder, "tokenizer_config.json").read_text(encoding="utf-8"))
         for role in ("eos", "bos", "pad"):
             tok = cfg.get(f"{role}_token")
             tok = tok.get("content") if isinstance(tok, dict) else tok
@@ -101,6 +101,8 @@ def special_tokens(folder: Path) -> dict[str, tuple[str, int]]:
 def copy_tokenizer(src: Path, dst: Path) -> list[str]:
     """Copy the tokenizer files of ``src`` into ``dst``; write a ``tokenizer_config.json`` if there is none.
 
+    Each file must be inside the tokenizer folder once links are followed (a ``tokenizer.model`` linked to a
+    private file elsewhere is refused, not published), and each copy gets a new file's permissions.
     The written config names ``PreTrainedTokenizerFast`` (the class that reads a bare ``tokenizer.json``) and the
     special tokens found, so ``AutoTokenizer.from_pretrained(dst)`` works without custom code.
     """
@@ -108,12 +110,14 @@ def copy_tokenizer(src: Path, dst: Path) -> list[str]:
     if folder is None:
         raise ForesightError(f"no tokenizer files (tokenizer.json, tokenizer.model, vocab.json) in {src}")
     src = folder
+    names = [name for name in TOKENIZER_FILES if (src / name).is_file()]
+    for name in names:
+        inside(src, name)  # every file checked before any is copied: a link elsewhere copies nothing
     dst.mkdir(parents=True, exist_ok=True)
     copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
-            copied.append(name)
+    for name in names:
+        copy_inside(src, name, dst / name)  # the permissions a new file gets, never the source's
+        copied.append(name)
     if "tokenizer_config.json" not in copied and "tokenizer.json" in copied:
         cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
         for role, (text, _) in special_tokens(dst).items():

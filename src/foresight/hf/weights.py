@@ -8,13 +8,13 @@ the rotate-half layout HF uses).
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
 import torch
 
 from foresight.errors import ForesightError
+from foresight.paths import index_shards, inside
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -49,36 +49,21 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
         raise ForesightError(f"cannot read weights from {path} ({type(e).__name__}: {detail})") from None
 
 
-def _inside(folder: Path, name) -> bool:
-    """A shard name from an index: a relative path that stays inside ``folder`` (symlinks resolved)."""
-    if not isinstance(name, str) or not name or "\0" in name or Path(name).is_absolute():
-        return False
-    root = folder.resolve()
-    return (root / name).resolve().is_relative_to(root)
-
-
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a Hugging Face model folder: one file or shards listed in an index."""
     folder = Path(folder)
     for index_name in (SAFETENSORS_INDEX, TORCH_BIN_INDEX):
         index = folder / index_name
         if index.is_file():
-            try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (ValueError, KeyError):
-                raise ForesightError(f"{index} is not a valid weight index (no 'weight_map')") from None
             state: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                if not _inside(folder, shard):
-                    raise ForesightError(f"{index} lists the shard {shard!r}, which is not a file inside {folder}; "
-                                         f"shard names must be plain file names in the model folder")
+            for shard in index_shards(index, folder):  # each one inside the folder, links followed
                 if not (folder / shard).is_file():
                     raise ForesightError(f"{index} lists {shard}, which is missing from {folder}")
                 state.update(_load_file(folder / shard))
             return state
     for name in (SAFETENSORS, TORCH_BIN):
         if (folder / name).is_file():
-            return _load_file(folder / name)
+            return _load_file(inside(folder, name))
     raise ForesightError(f"no weights in {folder}: expected {SAFETENSORS}, {SAFETENSORS_INDEX} or {TORCH_BIN}")
 
 

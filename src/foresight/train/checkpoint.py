@@ -36,6 +36,7 @@ import torch
 
 from foresight.errors import ForesightError
 from foresight.io import fsync_folder
+from foresight.paths import inside
 from foresight.train.state_file import load_state, save_state
 
 SUFFIX = ".safetensors"
@@ -164,7 +165,7 @@ def _safe_reader_class():
         name inside the checkpoint folder."""
 
         def read_metadata(self, *args, **kwargs):
-            path = Path(self.path) / ".metadata"
+            path = inside(self.path, ".metadata")
             with open(path, "rb") as f:
                 metadata = _MetadataUnpickler(io.BytesIO(f.read())).load()
             if not isinstance(metadata, dcp.Metadata):
@@ -173,6 +174,7 @@ def _safe_reader_class():
                 name = str(getattr(info, "relative_path", ""))
                 if not name or "/" in name or "\\" in name or name in (".", "..") or os.path.isabs(name):
                     raise pickle.UnpicklingError(f".metadata names a shard file outside its folder: {name!r}")
+                inside(self.path, name, "shard")  # a shard file linked to one elsewhere is not read either
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
@@ -203,6 +205,10 @@ def read_dcp_metadata(path: Path):
     """The DCP index of a sharded checkpoint, read safely; ``UnreadableCheckpoint`` if it is not one."""
     try:
         return _safe_reader_class()(str(path)).read_metadata()
+    except UnreadableCheckpoint:
+        raise
+    except ForesightError:  # a file outside the folder: refused, not "broken" (resume must not fall back past it)
+        raise
     except Exception as e:
         raise UnreadableCheckpoint(f"{path}/.metadata is not a safe, readable checkpoint index "
                                    f"({type(e).__name__}: {str(e)[:160]})") from None
@@ -235,8 +241,8 @@ def load_sharded(path: Path, lm, optimizer) -> dict:
 def _load_meta(path: Path) -> dict:
     path = Path(path)
     if (path / META).is_file():
-        return _readable(load_state, path / META)
-    return _load_legacy(path / LEGACY_META, "cpu")
+        return _readable(load_state, inside(path, META))
+    return _load_legacy(inside(path, LEGACY_META), "cpu")
 
 
 def _readable(load, path: Path, *args):
@@ -317,11 +323,19 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     path = Path(path)
     if path.is_dir() and not is_sharded(path):
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        found = list_checkpoints(folder)
+        found = confined(list_checkpoints(folder), path)
         if not found:
             raise ForesightError(f"no checkpoint (checkpoints/step_*{SUFFIX} or step_*/) in {path}")
         return newest_readable([p for _, p in found], lambda p: read_checkpoint_file(p, map_location))[1]
     return read_checkpoint_file(path, map_location)
+
+
+def confined(found: list[tuple[int, Path]], folder: Path) -> list[tuple[int, Path]]:
+    """``found`` (from ``list_checkpoints``), each checked to resolve inside ``folder``, the folder the user named:
+    a checkpoint linked to a file elsewhere is refused in one line, not read."""
+    for _, p in found:
+        inside(folder, os.path.relpath(p, folder), "checkpoint")
+    return found
 
 
 def newest_readable(paths: list[Path], read) -> tuple[Path, dict]:

@@ -43,6 +43,7 @@ from foresight.model.layers import training_forward
 from foresight.train import distributed
 from foresight.train.checkpoint import (
     UnreadableCheckpoint,
+    confined,
     is_sharded,
     list_checkpoints,
     load_sharded,
@@ -233,7 +234,7 @@ class Trainer:
     def resume(self) -> bool:
         """Load the newest readable checkpoint of this run folder (a broken newer one is named on stderr and
         skipped); False if there is none."""
-        found = list_checkpoints(self.run_dir / "checkpoints")
+        found = confined(list_checkpoints(self.run_dir / "checkpoints"), self.run_dir)  # none linked elsewhere
         if not found:
             return False
         # Data parallel: a checkpoint is found unreadable (meta or index) before any collective, from the same

@@ -7,7 +7,8 @@ still loads ``DIR`` as before, heads ignored) and writes every objective's param
 its metadata (the format of ``foresight.hf.heads``: ``{"format": "foresight-heads", "objectives": ...}``).
 Parameters shared with the model (NTP's output head) are not stored twice. The file is written to a
 temporary name and renamed, so a crash never leaves half a file. Loading reads safetensors only: no pickle,
-no code from the folder (``trust_remote_code`` stays off unless the caller passes it).
+no code from the folder (``trust_remote_code=False`` always: a folder with ``auto_map`` is refused in one line),
+and no file outside it (every file and every index shard must resolve inside the folder).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from foresight.errors import ForesightError
 from foresight.hf.heads import HEADS_FILE, heads_metadata, specs_from_metadata
+from foresight.paths import NO_REMOTE_CODE, confine_folder, index_shards, refuse_remote_code
 
 
 def _head_tensors(wrapped) -> dict[str, torch.Tensor]:
@@ -58,10 +60,14 @@ def from_pretrained(directory, *, return_logits: bool = True, **model_kwargs):
     from foresight.wrapper.model import ForesightModel
 
     directory = Path(directory)
+    if model_kwargs.get("trust_remote_code"):
+        raise ForesightError("ForesightModel.from_pretrained never runs code from a folder (trust_remote_code); "
+                             "load the model yourself and wrap it: foresight.wrap(model, objectives)")
     heads_path = directory / HEADS_FILE
     if not heads_path.is_file():
         raise ForesightError(f"{directory}: no {HEADS_FILE}; is this a folder written by "
                              f"ForesightModel.save_pretrained? (a plain model folder loads with wrap(model, ...))")
+    _check_folder(directory)
     try:
         with safe_open(str(heads_path), framework="pt") as f:
             specs = specs_from_metadata(f.metadata(), str(heads_path))
@@ -70,10 +76,23 @@ def from_pretrained(directory, *, return_logits: bool = True, **model_kwargs):
         raise ForesightError(f"{heads_path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     if specs is None:
         raise ForesightError(f"{heads_path}: metadata lacks the foresight objective specs")
-    model = AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, **{**model_kwargs, **NO_REMOTE_CODE})
+    except Exception:  # transformers' refusal of auto_map code, said as what to do instead
+        refuse_remote_code(directory, "load the model yourself and wrap it: foresight.wrap(model, objectives)")
+        raise
     wrapped = ForesightModel(model, specs, return_logits=return_logits)
     _copy_heads(wrapped, tensors, heads_path)
     return wrapped
+
+
+def _check_folder(directory: Path) -> None:
+    """Every file transformers or we may read from ``directory`` stays inside it (links followed), and so does
+    every shard its weight index lists."""
+    confine_folder(directory)
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (directory / index).is_file():
+            index_shards(directory / index, directory)
 
 
 def _copy_heads(wrapped, tensors: dict[str, torch.Tensor], heads_path: Path) -> None:
@@ -99,13 +118,9 @@ def load_into(wrapped, directory) -> None:
     from safetensors.torch import load_file
 
     directory = Path(directory)
+    _check_folder(directory)
     index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        import json
-
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
+    files = index_shards(index, directory) if index.is_file() else ["model.safetensors"]
     state: dict[str, torch.Tensor] = {}
     for name in files:
         if not (directory / name).is_file():
