@@ -100,10 +100,14 @@ def build_model(checkpoint: Path, backend: str, *, tokenizer=None, device: str =
         export_checkpoint(checkpoint, folder, tokenizer=tokenizer, force=True)
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
         raise ForesightError(f"{folder} has no tokenizer files; pass --tokenizer PATH")
-    from foresight.paths import NO_REMOTE_CODE, confine_folder
+    from foresight.paths import NO_REMOTE_CODE, confine_folder, refuse_remote_code
 
     confine_folder(folder)  # HFLM reads whatever model and tokenizer files it finds there
-    return HFLM(pretrained=str(folder), device=device, batch_size=batch_size, dtype="float32", **NO_REMOTE_CODE)
+    try:
+        return HFLM(pretrained=str(folder), device=device, batch_size=batch_size, dtype="float32", **NO_REMOTE_CODE)
+    except Exception:  # transformers' refusal of auto_map code, said as what to do instead
+        refuse_remote_code(folder, "export the model with foresight export (plain Llama / Qwen2) and evaluate that")
+        raise
 
 
 def _data_error(e: Exception) -> bool:
