@@ -21,7 +21,6 @@ from foresight.cli.main import main
 from foresight.errors import ForesightError
 from foresight.io import file_mode
 from foresight.model import ModelConfig
-from foresight.paths import confine_folder, copy_inside, inside
 from foresight.train.checkpoint import load_checkpoint
 from foresight.train.lm import TrainableLM
 from foresight.train.state_file import save_state
@@ -54,6 +53,8 @@ def _move_out(path: Path, outside: Path) -> Path:
 
 
 def test_inside_refuses_names_and_links_that_leave_the_folder(tmp_path):
+    from foresight.paths import confine_folder, inside
+
     folder, secret = tmp_path / "f", tmp_path / "secret"
     (folder / "sub").mkdir(parents=True)
     secret.write_text("private")
@@ -80,6 +81,8 @@ def test_inside_refuses_names_and_links_that_leave_the_folder(tmp_path):
 
 
 def test_a_hugging_face_cache_snapshot_may_link_into_its_own_blobs(tmp_path):
+    from foresight.paths import inside
+
     repo = tmp_path / "hub" / "models--org--tiny"
     (repo / "blobs").mkdir(parents=True)
     (repo / "snapshots" / "abc").mkdir(parents=True)
@@ -93,6 +96,8 @@ def test_a_hugging_face_cache_snapshot_may_link_into_its_own_blobs(tmp_path):
 
 
 def test_copy_inside_gives_a_new_file_s_permissions(tmp_path):
+    from foresight.paths import copy_inside
+
     (tmp_path / "f").mkdir()
     src = tmp_path / "f" / "tokenizer.model"
     src.write_bytes(b"spm")
