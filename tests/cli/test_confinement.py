@@ -153,6 +153,20 @@ def test_a_run_folder_s_checkpoint_linked_elsewhere_is_refused(tmp_path, capsys)
     assert load_checkpoint(tmp_path / "elsewhere.safetensors")["step"] == 2
 
 
+def test_resume_refuses_a_checkpoint_linked_elsewhere(tmp_path, capsys):
+    """``--resume`` neither reads it nor falls back to an older one (which would then be trained over)."""
+    out = tmp_path / "out"
+    tiny = ["--set", "train.steps=2", "--set", "train.eval_every=0", "--runs", "ntp"]
+    assert main(["stargraph", "run", "smoke", *tiny, "--out", str(out)]) == 0
+    capsys.readouterr()
+    ckpt = out / "ntp" / "checkpoints" / "step_00000002.safetensors"
+    _move_out(ckpt, tmp_path / "elsewhere.safetensors")
+    code, err = _run(["stargraph", "run", "smoke", *tiny, "--set", "train.steps=3", "--out", out, "--resume"],
+                     capsys)
+    _refused(code, err, "step_00000002.safetensors", "not a file inside")
+    assert ckpt.is_symlink() and not (out / "ntp" / "checkpoints" / "step_00000003.safetensors").exists()
+
+
 # ------------------------------------------------------------------------------------------- Hugging Face folders
 
 
@@ -217,6 +231,16 @@ def test_export_copies_no_tokenizer_file_from_elsewhere(hf_folder, tmp_path, cap
     _move_out(run / "tokenizer" / "tokenizer.json", tmp_path / "elsewhere" / "tokenizer.json")
     code, err = _run(["export", run, "--out", tmp_path / "hf2"], capsys)
     _refused(code, err, "tokenizer.json", "not a file inside")
+
+
+@pytest.mark.slow
+def test_eval_hf_backend_refuses_a_folder_with_a_link_out(hf_folder, tmp_path, capsys):
+    """lm-eval's HFLM reads whatever it finds in the folder: it is checked before HFLM sees it."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")
+    _move_out(hf_folder / "model.safetensors", tmp_path / "elsewhere" / "model.safetensors")
+    code, err = _run(["eval", hf_folder, "--backend", "hf", "--tasks", "arc_easy", "--offline"], capsys)
+    _refused(code, err, "model.safetensors", "not a file inside")
 
 
 def test_index_shards_outside_the_folder(hf_folder, tmp_path):
