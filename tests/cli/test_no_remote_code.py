@@ -212,3 +212,22 @@ def test_lm_eval_hf_backend(tmp_path, yes):
     with pytest.raises(ForesightError, match="auto_map"):
         build_model(folder, "hf")
     assert not marker.exists()
+
+
+def test_prepare_from_a_dataset_folder_with_a_loading_script(tmp_path, capsys, yes, monkeypatch):
+    """``prepare --dataset FOLDER``: a loading script in the folder is never run (datasets gets
+    trust_remote_code=False; datasets 4 and later refuse scripts outright)."""
+    from tokenizers import Tokenizer, models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    marker = tmp_path / "ran"
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "ds.py").write_text(EVIL.format(marker=str(marker)))
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="a")).save(str(tok / "tokenizer.json"))
+    code = main(["prepare", "--dataset", str(folder), "--tokenizer", str(tok), "--out", str(tmp_path / "data")])
+    _one_line_or_ok(code, capsys.readouterr().err, marker)
+    assert code == 2 and not (tmp_path / "data").exists()
