@@ -62,13 +62,20 @@ def inside(folder, name, what: str = "file") -> Path:
 
 
 def confine_folder(folder) -> None:
-    """Every file and folder under ``folder`` resolves inside it: what to check before handing the folder to a
-    library (transformers) that opens whatever files it finds there. Folder links are not descended into
-    (each is checked itself)."""
+    """What to check before handing ``folder`` to a library (transformers, lm-eval) that opens whatever files it
+    finds there: every entry of the folder and of its sub-folders one level down (where such libraries look:
+    ``additional_chat_templates/``, ...) resolves inside it, and so does every shard a weight index
+    (``*.index.json``) lists. Links to folders are checked, not descended into; deeper levels are not walked,
+    so a large folder costs no more than its listing."""
     folder = Path(folder)
     for top, dirs, files in os.walk(folder):
+        depth = 0 if top == str(folder) else os.path.relpath(top, folder).count(os.sep) + 1
         for name in (*dirs, *files):
             inside(folder, os.path.relpath(os.path.join(top, name), folder))
+        if depth >= 1:
+            dirs.clear()
+    for index in folder.glob("*.index.json"):
+        index_shards(index, folder)
 
 
 def index_shards(index: Path, folder: Path) -> list[str]:

@@ -78,6 +78,13 @@ def test_inside_refuses_names_and_links_that_leave_the_folder(tmp_path):
     (folder / "dir_out").unlink()
     (folder / "out").unlink()
     confine_folder(folder)
+    (folder / "sub" / "c").symlink_to(secret)  # one level down is where transformers still looks
+    with pytest.raises(ForesightError, match="sub/c is not a file inside"):
+        confine_folder(folder)
+    (folder / "sub" / "c").unlink()
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../secret"}}))
+    with pytest.raises(ForesightError, match="not a file inside"):
+        confine_folder(folder)  # and so are the shards an index lists
 
 
 def test_a_hugging_face_cache_snapshot_may_link_into_its_own_blobs(tmp_path):

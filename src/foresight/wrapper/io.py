@@ -67,7 +67,7 @@ def from_pretrained(directory, *, return_logits: bool = True, **model_kwargs):
     if not heads_path.is_file():
         raise ForesightError(f"{directory}: no {HEADS_FILE}; is this a folder written by "
                              f"ForesightModel.save_pretrained? (a plain model folder loads with wrap(model, ...))")
-    _check_folder(directory)
+    confine_folder(directory)  # every file and index shard transformers or we may read stays inside
     try:
         with safe_open(str(heads_path), framework="pt") as f:
             specs = specs_from_metadata(f.metadata(), str(heads_path))
@@ -84,15 +84,6 @@ def from_pretrained(directory, *, return_logits: bool = True, **model_kwargs):
     wrapped = ForesightModel(model, specs, return_logits=return_logits)
     _copy_heads(wrapped, tensors, heads_path)
     return wrapped
-
-
-def _check_folder(directory: Path) -> None:
-    """Every file transformers or we may read from ``directory`` stays inside it (links followed), and so does
-    every shard its weight index lists."""
-    confine_folder(directory)
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (directory / index).is_file():
-            index_shards(directory / index, directory)
 
 
 def _copy_heads(wrapped, tensors: dict[str, torch.Tensor], heads_path: Path) -> None:
@@ -118,7 +109,7 @@ def load_into(wrapped, directory) -> None:
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    _check_folder(directory)
+    confine_folder(directory)  # every file and index shard transformers or we may read stays inside
     index = directory / "model.safetensors.index.json"
     files = index_shards(index, directory) if index.is_file() else ["model.safetensors"]
     state: dict[str, torch.Tensor] = {}
