@@ -114,6 +114,16 @@ def refuse_remote_code(folder, what: str) -> None:
                              f"runs code from a folder; {what}")
 
 
+def note_ignored_code(folder) -> None:
+    """Say on stderr that ``folder`` asks for code of its own which was not run (the load used the library's own
+    classes), so a model that needs its code is not mistaken for one that does not."""
+    import sys
+
+    for name in remote_code_files(folder):
+        print(f"foresight: note: {Path(folder) / name} asks for code from the folder (auto_map); ignored, "
+              f"foresight never runs code from a folder", file=sys.stderr)
+
+
 def copy_inside(folder, name, dst) -> Path:
     """Copy ``folder / name`` (checked to be inside ``folder``) to ``dst`` atomically, with the permissions a
     new file gets (``foresight.io.file_mode``), never the source's."""

@@ -151,11 +151,13 @@ def test_import_ignores_the_code_of_a_model_folder(tmp_path, capsys, yes):
     folder = code_model(tmp_path / "hf", marker, model_type="llama", heads=False)
     code_tokenizer(folder, marker)  # its tokenizer files are copied, never loaded through transformers
     code = main(["import", str(folder), "--out", str(tmp_path / "imported")])
-    _one_line_or_ok(code, capsys.readouterr().err, marker)
+    err = capsys.readouterr().err
+    _one_line_or_ok(code, err, marker)
     assert code == 0 and (tmp_path / "imported" / "tokenizer" / "tokenizer_config.json").is_file()
+    assert "config.json asks for code from the folder (auto_map); ignored" in err  # said, not silent
 
 
-def test_foresight_model_from_pretrained(tmp_path, yes):
+def test_foresight_model_from_pretrained(tmp_path, yes, capsys):
     marker = tmp_path / "ran"
     folder = code_model(tmp_path / "m", marker)
     with pytest.raises(ForesightError, match="auto_map"):
@@ -165,8 +167,10 @@ def test_foresight_model_from_pretrained(tmp_path, yes):
     assert not marker.exists()
     # A known model type: transformers' own class is used and the auto_map ignored.
     code_model(tmp_path / "m2", marker, model_type="llama")
+    capsys.readouterr()
     wrapped = foresight.ForesightModel.from_pretrained(tmp_path / "m2")
     assert "top" in wrapped.objectives and not marker.exists()
+    assert "auto_map); ignored" in capsys.readouterr().err
 
 
 def test_wrapper_load_into_reads_no_code(tmp_path, yes):
@@ -231,3 +235,15 @@ def test_prepare_from_a_dataset_folder_with_a_loading_script(tmp_path, capsys, y
     code = main(["prepare", "--dataset", str(folder), "--tokenizer", str(tok), "--out", str(tmp_path / "data")])
     _one_line_or_ok(code, capsys.readouterr().err, marker)
     assert code == 2 and not (tmp_path / "data").exists()
+
+
+def test_a_tokenizer_transformers_knows_loads_with_the_code_ignored(tmp_path, capsys, yes):
+    """``tokenizer_class`` names transformers' own class: it loads, the auto_map is ignored and said so."""
+    marker = tmp_path / "ran"
+    tok = code_tokenizer(tmp_path / "tok", marker)
+    config = json.loads((tok / "tokenizer_config.json").read_text())
+    (tok / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GPT2TokenizerFast"}))
+    code = main(["tokenizer", "info", str(tok)])
+    err = capsys.readouterr().err
+    _one_line_or_ok(code, err, marker)
+    assert code == 0 and "tokenizer_config.json asks for code from the folder (auto_map); ignored" in err

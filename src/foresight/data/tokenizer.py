@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from foresight.errors import ForesightError
-from foresight.paths import NO_REMOTE_CODE, confine_folder, inside, refuse_remote_code
+from foresight.paths import NO_REMOTE_CODE, confine_folder, inside, note_ignored_code, refuse_remote_code
 
 DEFAULT_EOS = "<|endoftext|>"
 # Tried in order when neither --eos nor tokenizer_config.json names the end-of-document token.
@@ -142,6 +142,7 @@ def _from_transformers(folder: Path, eos: str | None) -> TextTokenizer:
         refuse_remote_code(folder, "save the tokenizer as a tokenizer.json (a fast tokenizer) and give that")
         raise ForesightError(f"{folder}: no tokenizer.json and transformers cannot load it "
                              f"({str(e).splitlines()[0]})") from None
+    note_ignored_code(folder)  # loaded with transformers' own class
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:
         raise ForesightError(f"{folder}: transformers loads only a slow tokenizer; save it as a fast one "

@@ -22,7 +22,7 @@ from foresight.errors import ForesightError
 from foresight.hf.config import from_hf_config
 from foresight.hf.heads import HEADS_FILE, dsmtp_from_deepseek, dsmtp_spec_from_hf, specs_from_metadata
 from foresight.hf.weights import hf_key_to_trunk, read_hf_weights
-from foresight.paths import inside
+from foresight.paths import inside, note_ignored_code
 
 # ModelConfig fields that change the function or the parameter shapes (init_std and max_seq_len do not).
 _ARCH_FIELDS = ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
@@ -193,6 +193,7 @@ def import_hf(folder: Path, objectives: list[dict] | None = None):
 
     folder = Path(folder)
     hf_config = read_hf_config(folder)
+    note_ignored_code(folder)  # read as data here: an auto_map's code is never imported
     cfg = from_hf_config(hf_config, str(folder / "config.json"))
     weights = read_hf_weights(folder)
     specs = objectives if objectives is not None else objectives_of_folder(folder, hf_config, weights, cfg.n_layers)

@@ -21,7 +21,7 @@ import torch
 
 from foresight.errors import ForesightError
 from foresight.hf.heads import HEADS_FILE, heads_metadata, specs_from_metadata
-from foresight.paths import NO_REMOTE_CODE, confine_folder, index_shards, refuse_remote_code
+from foresight.paths import NO_REMOTE_CODE, confine_folder, index_shards, note_ignored_code, refuse_remote_code
 
 
 def _head_tensors(wrapped) -> dict[str, torch.Tensor]:
@@ -81,6 +81,7 @@ def from_pretrained(directory, *, return_logits: bool = True, **model_kwargs):
     except Exception:  # transformers' refusal of auto_map code, said as what to do instead
         refuse_remote_code(directory, "load the model yourself and wrap it: foresight.wrap(model, objectives)")
         raise
+    note_ignored_code(directory)  # loaded with transformers' own class
     wrapped = ForesightModel(model, specs, return_logits=return_logits)
     _copy_heads(wrapped, tensors, heads_path)
     return wrapped
