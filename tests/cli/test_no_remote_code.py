@@ -128,7 +128,7 @@ def test_the_command_line_with_y_piped_runs_no_code(tmp_path):
     assert "auto_map" in done.stderr and "Do you wish" not in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("command", ["tokenizer info", "prepare", "generate", "eval"])
+@pytest.mark.parametrize("command", ["tokenizer info", "prepare", "generate", "eval", "export"])
 def test_commands_that_read_a_tokenizer_folder(command, tmp_path, capsys, yes):
     marker = tmp_path / "ran"
     tok = code_tokenizer(tmp_path / "tok", marker)
@@ -138,11 +138,15 @@ def test_commands_that_read_a_tokenizer_folder(command, tmp_path, capsys, yes):
     args = {"tokenizer info": ["tokenizer", "info", tok],
             "prepare": ["prepare", "--input", tmp_path / "docs.txt", "--tokenizer", tok, "--out", tmp_path / "data"],
             "generate": ["generate", run, "--tokenizer", tok, "--prompt", "a b", "--max-new-tokens", "2"],
-            "eval": ["eval", run, "--tokenizer", tok, "--tasks", "arc_easy", "--limit", "1", "--offline"]}[command]
+            "eval": ["eval", run, "--tokenizer", tok, "--tasks", "arc_easy", "--limit", "1", "--offline"],
+            "export": ["export", run, "--tokenizer", tok, "--out", tmp_path / "hf"]}[command]
     code = main([str(a) for a in args])
     err = capsys.readouterr().err
     _one_line_or_ok(code, err, marker)
-    assert code == 2 and "auto_map" in err and "never runs code" in err
+    if command == "export":  # copies the tokenizer files (never evil.py) and loads only the model it wrote
+        assert code == 0 and not (tmp_path / "hf" / "evil.py").exists()
+    else:
+        assert code == 2 and "auto_map" in err and "never runs code" in err
 
 
 def test_import_ignores_the_code_of_a_model_folder(tmp_path, capsys, yes):
