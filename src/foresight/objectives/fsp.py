@@ -20,13 +20,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from foresight.errors import ForesightError
 from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective, hidden_rows, shifted_labels
+from foresight.ops.row_chunks import ROW_CHUNK, map_row_chunks
 
 MAX_WINDOW = 127  # the loader keeps 128 look-ahead tokens (data/loader.py RESERVE); FSP reads window + 1
-ROW_CHUNK = 1024  # rows of logits (chunk x V) alive at once; each chunk is recomputed in the backward
 
 
 @dataclass
@@ -86,15 +85,7 @@ def fsp_bce_rows(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, 
     Rows go through in chunks whose (chunk, V) logits are recomputed in the backward (activation checkpointing),
     so memory stays O(chunk · V) however many rows there are.
     """
-    parts = []
-    for start in range(0, hidden.shape[0], chunk):
-        rows = slice(start, start + chunk)
-        args = (hidden[rows], weight, ids[rows], keep[rows])
-        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-            parts.append(checkpoint(_bce_rows, *args, use_reentrant=False))
-        else:
-            parts.append(_bce_rows(*args))
-    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+    return map_row_chunks(lambda h, i, k, w: _bce_rows(h, w, i, k), (hidden, ids, keep), (weight,), chunk)
 
 
 class FSP(Objective):
