@@ -33,10 +33,12 @@ def register(sub) -> None:
     g.add_argument("--top-p", type=float, help="nucleus sampling: the smallest set with probability >= p")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     # (no argparse choices: the objectives that can draft are the registry's, checked by make_drafter)
-    g.add_argument("--speculative", nargs="?", const="auto", metavar="{auto,mtp,dsmtp,top}",
+    g.add_argument("--speculative", nargs="?", const="auto", metavar="{auto,mtp,dsmtp,top,ngram,ngram+KIND}",
                    help="self-speculative greedy decoding with the model's own heads (default: auto = MTP, else "
-                   "DS-MTP, else TOP)")
-    g.add_argument("--drafts", type=int, help="drafts per step (default: every MTP head / DS-MTP module; 3 for TOP)")
+                   "DS-MTP, else TOP); ngram: drafts copied from earlier in the text (prompt lookup, no heads); "
+                   "ngram+mtp (or +dsmtp, +top): prompt lookup where an n-gram matches, else the heads")
+    g.add_argument("--drafts", type=int,
+                   help="drafts per step (default: every MTP head / DS-MTP module; 3 for TOP; 4 for ngram)")
     g.add_argument("--draft-vocab", choices=("auto", "none"), default="auto",
                    help="with --speculative: MTP / DS-MTP drafts over the checkpoint's reduced draft vocabulary "
                    "(its config's draft_vocab, as benchmarks/smollm2_heads.py writes it) when it has one (auto, "

@@ -85,12 +85,23 @@ class SpecStats:
 
 def make_drafter(lm, kind: str = "auto", n_draft: int | None = None, stacked: bool = True,
                  draft_vocab: torch.Tensor | None = None) -> Drafter:
-    """A drafter from ``lm``'s own heads: 'mtp', 'dsmtp', 'top' or 'auto' (MTP, else DS-MTP, else TOP).
+    """A drafter from ``lm``'s own heads: 'mtp', 'dsmtp', 'top' or 'auto' (MTP, else DS-MTP, else TOP); or
+    'ngram' (prompt lookup, no heads: ``generate/ngram.py``), or 'ngram+KIND' (prompt lookup where an n-gram
+    matches, else KIND's heads).
 
     ``stacked``: run the MTP heads as one batched computation (same drafts, less overhead). ``draft_vocab``:
     token ids (V',) the MTP / DS-MTP drafts are restricted to (a frequency-ranked sub-vocabulary; the output
     is unchanged, verification is over the full vocabulary)."""
     from foresight.objectives import REGISTRY, drafting_objectives
+
+    if kind == "ngram" or kind.startswith("ngram+"):
+        from foresight.generate.ngram import NgramDrafter
+
+        if n_draft is not None and n_draft < 1:
+            raise ForesightError(f"the number of drafts must be >= 1, got {n_draft}")
+        if kind == "ngram":
+            return NgramDrafter(n_draft)
+        return NgramDrafter(fallback=make_drafter(lm, kind[len("ngram+"):], n_draft, stacked, draft_vocab))
 
     drafters = drafting_objectives()  # objectives that can draft, in 'auto' order (Objective.draft_order)
     found = {k: [o for o in lm.objectives.values() if o.name == k] for k in drafters}
@@ -101,7 +112,7 @@ def make_drafter(lm, kind: str = "auto", n_draft: int | None = None, stacked: bo
             listed = ", ".join(heads[:-1]) + " or " + heads[-1] if len(heads) > 1 else "".join(heads)
             raise ForesightError(f"this model has no {listed} to draft with")
     if kind not in drafters:
-        raise ForesightError(f"drafter must be one of {', '.join(drafters)} or auto, got {kind!r}")
+        raise ForesightError(f"drafter must be one of {', '.join(drafters)}, auto, ngram or ngram+KIND, got {kind!r}")
     if not found[kind]:
         have = ", ".join(k for k in drafters if found[k]) or "none"
         raise ForesightError(f"this model has no {kind} heads to draft with (it has: {have})")

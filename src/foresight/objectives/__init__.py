@@ -1,4 +1,4 @@
-"""Training objectives: NTP, TOP, MTP, DS-MTP. Each maps trunk outputs + tokens to (loss sum, count).
+"""Training objectives: NTP, TOP, MTP, DS-MTP, FSP, NextLat. Each maps trunk outputs + tokens to (loss sum, count).
 
 ``REGISTRY`` maps a recipe name to (config class, objective class); ``register`` adds one. The rest of the
 library reaches objectives only through this registry and the ``Objective`` protocol (``base.py``), so a new
@@ -12,7 +12,9 @@ from dataclasses import dataclass, fields
 from foresight.errors import ForesightError
 from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective, shifted_labels
 from foresight.objectives.dsmtp import DSMTP, DSMTPConfig
+from foresight.objectives.fsp import FSP, FSPConfig
 from foresight.objectives.mtp import MTP, MTPConfig
+from foresight.objectives.nextlat import NextLat, NextLatConfig
 from foresight.objectives.ntp import NTP, NTPConfig
 from foresight.objectives.top import TOP, TOPConfig, top_loss, top_targets
 
@@ -21,6 +23,8 @@ REGISTRY: dict[str, tuple[type, type[Objective]]] = {
     "top": (TOPConfig, TOP),
     "mtp": (MTPConfig, MTP),
     "dsmtp": (DSMTPConfig, DSMTP),
+    "fsp": (FSPConfig, FSP),
+    "nextlat": (NextLatConfig, NextLat),
 }
 
 
@@ -122,7 +126,8 @@ def build_on_parts(spec: dict, parts) -> Objective:
 
 
 __all__ = [
-    "Batch", "Compute", "DSMTP", "DSMTPConfig", "IGNORE_INDEX", "LossOutput", "MTP", "MTPConfig", "NTP", "NTPConfig",
+    "Batch", "Compute", "DSMTP", "DSMTPConfig", "FSP", "FSPConfig", "IGNORE_INDEX", "LossOutput", "MTP", "MTPConfig",
+    "NTP", "NTPConfig", "NextLat", "NextLatConfig",
     "Objective", "ObjectiveSpec", "REGISTRY", "TOP", "TOPConfig", "as_written", "build_objective", "build_on_parts",
     "drafting_objectives", "objective_config", "objective_label", "parse_objectives", "register", "shifted_labels",
     "top_loss", "top_targets",

@@ -13,6 +13,8 @@ unchanged, so the loss math lives in one place (``foresight.objectives``, ``fore
   last layer, sharing final norm and output head.
 - DS-MTP (DeepSeek-V3 §2.2): D modules, each two norms of the model's norm class, a 2D→D projection and a
   decoder layer of the model's own class.
+- FSP-BCE (Mahajan et al. 2025 §3): the inherited ``FSP``; its V×D head reads the final normed hidden state.
+- NextLat (Teoh et al. 2025 §3): the inherited ``NextLat``; ψ reads the last layer's output and the embedding.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from torch import nn
 
 from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective, shifted_labels
 from foresight.objectives.dsmtp import DSMTP, DSMTPConfig
+from foresight.objectives.fsp import FSP
 from foresight.objectives.mtp import MTP, MTPConfig
+from foresight.objectives.nextlat import LatentDynamics, NextLat
 from foresight.objectives.ntp import NTP
 from foresight.objectives.top import TOP
 from foresight.ops import linear_cross_entropy
@@ -154,3 +158,34 @@ class WrapTOP(OnParts, TOP):
 
     def head_module(self, parts: Parts) -> nn.Module:
         return self.head  # W_top (V×D)
+
+
+class WrapFSP(OnParts, FSP):
+    """FSP-BCE (Mahajan et al. 2025 §3): the inherited objective; its head ``W_fsp`` (V×D, untied, no soft cap)
+    reads the final normed hidden state and is initialised with the model's ``initializer_range``."""
+
+    def __init__(self, cfg, parts: Parts) -> None:
+        Objective.__init__(self)
+        self.cfg = cfg
+        ref = parts.lm_head.weight
+        self.head = nn.Linear(parts.hidden_size, parts.vocab_size, bias=False, device=ref.device, dtype=ref.dtype)
+        nn.init.normal_(self.head.weight, std=getattr(parts.config, "initializer_range", 0.02))
+
+    def head_module(self, parts: Parts) -> nn.Module:
+        return self.head  # W_fsp (V×D)
+
+
+class WrapNextLat(OnParts, NextLat):
+    """NextLat (Teoh et al. 2025 §3): the inherited objective on the model's last-layer outputs, embedding, final
+    norm, output head and soft cap; ψ is created in the model's dtype on its device."""
+
+    def __init__(self, cfg, parts: Parts) -> None:
+        Objective.__init__(self)
+        self.cfg = cfg
+        ref = parts.lm_head.weight
+        eps = getattr(parts.norm, "variance_epsilon", getattr(parts.norm, "eps", 1e-6))
+        self.dynamics = LatentDynamics(parts.hidden_size, cfg.hidden_mult, eps).to(device=ref.device, dtype=ref.dtype)
+        nn.init.normal_(self.dynamics.up.weight, std=getattr(parts.config, "initializer_range", 0.02))
+
+    def head_module(self, parts: Parts) -> nn.Module:
+        return self.dynamics  # ψ
