@@ -68,10 +68,13 @@ def config_name(entry) -> str | None:
 def written_form(entry):
     """An objective entry as checkpoints store it: a config object becomes its JSON form, ``{"name": "top",
     **every field}`` (every field, presets resolved, so a later change of a default does not change what a stored
-    run means); a mapping is copied; anything else is returned as it is (the parse names what is wrong with it)."""
+    run means); a parsed ``ObjectiveSpec`` gives its entry as written; a mapping is copied; anything else is
+    returned as it is (the parse names what is wrong with it)."""
     name = config_name(entry)
     if name is not None:
         return {"name": name, **asdict(entry)}
+    if isinstance(entry, ObjectiveSpec):
+        return dict(entry.written)
     return dict(entry) if isinstance(entry, dict) else entry
 
 
@@ -128,7 +131,7 @@ def parse_objectives(specs: list, where: str = "objectives") -> list[ObjectiveSp
 
 def as_written(specs: list) -> list[dict]:
     """The JSON form of an objective list (what checkpoints and results store): each entry as written."""
-    return [dict(s.written) if isinstance(s, ObjectiveSpec) else written_form(s) for s in specs]
+    return [written_form(s) for s in specs]
 
 
 def build_objective(spec: ObjectiveSpec | dict, model_cfg) -> Objective:
