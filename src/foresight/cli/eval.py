@@ -16,7 +16,8 @@ def register(sub) -> None:
                         "writes results.md and results.json.")
     ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
                     help="a run folder, a checkpoint (step_*.safetensors, an older step_*.pt, or a step_* folder from "
-                    "torchrun), or (with --backend hf) a Hugging Face folder")
+                    "torchrun), or a Hugging Face model folder (save_pretrained, foresight export: evaluated with "
+                    "--backend hf)")
     ev.add_argument("--tasks", help="comma-separated lm-eval task names and/or the preset 'paper'")
     ev.add_argument("--perplexity", type=Path, metavar="DATA_DIR", help="a folder written by foresight prepare")
     ev.add_argument("--split", default="val", help="split for --perplexity (default: val)")
@@ -25,7 +26,8 @@ def register(sub) -> None:
     ev.add_argument("--backend", default="foresight", choices=("foresight", "hf"),
                     help="foresight: score the checkpoint directly (default); hf: export it and use lm-eval's "
                     "Hugging Face model (needs accelerate)")
-    ev.add_argument("--tokenizer", type=Path, help="tokenizer folder or tokenizer.json (default: the run's own)")
+    ev.add_argument("--tokenizer", type=Path, help="tokenizer folder or tokenizer.json (default: the run's own, or "
+                    "the Hugging Face folder's)")
     ev.add_argument("--include-path", type=Path, help="folder of extra task YAMLs (local tasks)")
     ev.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's own)")
     ev.add_argument("--limit", type=float, help="examples per task (a fraction if < 1), for quick looks")
@@ -73,6 +75,7 @@ def _eval(args: argparse.Namespace) -> None:
         raise ForesightError(f"--limit must be > 0 (a fraction of each task if < 1, else a count), got {args.limit}")
     if not args.checkpoint.exists():
         raise ForesightError(f"checkpoint not found: {args.checkpoint}")
+    _hf_folder_backend(args)
     extra, rows = {}, []
     if args.perplexity:
         extra["perplexity"] = _perplexity(args)
@@ -94,6 +97,24 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"foresight: task {task} failed: {reason}", file=sys.stderr)
     if failed:
         raise ForesightError(f"{len(failed)} of {len(tasks)} tasks failed (reasons above); the others are in {md}")
+
+
+def _hf_folder_backend(args) -> None:
+    """A Hugging Face model folder (``save_pretrained``, ``foresight export``) is scored by lm-eval's ``hf`` model
+    as it is: switch to ``--backend hf`` (saying so), and refuse ``--perplexity``, which reads foresight checkpoints,
+    in one line that says what to run instead."""
+    from foresight.eval.lm_eval_runner import hf_model_folder
+
+    if not hf_model_folder(args.checkpoint):
+        return
+    if args.perplexity:
+        raise ForesightError(f"--perplexity reads foresight checkpoints and {args.checkpoint} is a Hugging Face model "
+                             f"folder; make it one first (foresight import {args.checkpoint} --out RUN, then "
+                             f"foresight eval RUN --perplexity {args.perplexity}), or evaluate it with --tasks")
+    if args.backend != "hf":
+        print(f"foresight: {args.checkpoint} is a Hugging Face model folder: evaluating it with --backend hf",
+              file=sys.stderr)
+        args.backend = "hf"
 
 
 def _run_tasks(args, tasks: list[str]) -> list[dict]:

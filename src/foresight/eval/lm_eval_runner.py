@@ -74,9 +74,42 @@ def task_manager(tasks: list[str], include_path: str | Path | None):
     return manager
 
 
+def hf_model_folder(path: Path) -> bool:
+    """Whether ``path`` is a Hugging Face model folder (``config.json``, e.g. from ``save_pretrained`` or
+    ``foresight export``) rather than a foresight run folder or checkpoint."""
+    from foresight.train.checkpoint import is_sharded, list_checkpoints
+
+    path = Path(path)
+    if not path.is_dir() or not (path / "config.json").is_file() or is_sharded(path):
+        return False
+    return not list_checkpoints(path / "checkpoints") and not list_checkpoints(path)
+
+
+def hf_tokenizer(path: Path):
+    """A transformers tokenizer from ``--tokenizer`` (a folder or a ``tokenizer.json``, foresight's or anyone's):
+    the files are copied to a temporary folder with a ``tokenizer_config.json`` naming the special tokens
+    (``foresight.hf.tokenizer.copy_tokenizer``, what ``foresight export`` writes), then loaded from there, so
+    the user's folder is never written to."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from foresight.hf.tokenizer import copy_tokenizer
+
+    with tempfile.TemporaryDirectory(prefix="foresight-tokenizer-") as tmp:
+        copy_tokenizer(Path(path), Path(tmp))  # one line if there are no tokenizer files
+        try:
+            return AutoTokenizer.from_pretrained(tmp)
+        except (OSError, ValueError) as e:
+            raise ForesightError(f"--tokenizer {path}: transformers cannot load it "
+                                 f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
 def build_model(checkpoint: Path, backend: str, *, tokenizer=None, device: str = "cpu", batch_size: int = 8,
                 hf_dir: Path | None = None):
-    """The lm-eval model for ``backend``: a ForesightLM, or lm-eval's HFLM over an exported folder."""
+    """The lm-eval model for ``backend``: a ForesightLM, or lm-eval's HFLM over an exported folder or a Hugging
+    Face model folder given as it is (``save_pretrained``), with ``tokenizer`` (when given) instead of the
+    folder's own."""
     if backend not in BACKENDS:
         raise ForesightError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     checkpoint = Path(checkpoint)
@@ -90,8 +123,11 @@ def build_model(checkpoint: Path, backend: str, *, tokenizer=None, device: str =
     except ImportError:
         raise ForesightError("--backend hf needs accelerate (pip install 'lm_eval[hf]'); "
                              "or use the default --backend foresight") from None
-    if (checkpoint / "config.json").is_file():
+    if hf_model_folder(checkpoint):
         folder = checkpoint  # already a Hugging Face folder
+        if tokenizer is not None:
+            return HFLM(pretrained=str(folder), tokenizer=hf_tokenizer(tokenizer), device=device,
+                        batch_size=batch_size, dtype="float32")
     else:
         from foresight.hf import export_checkpoint
 

@@ -42,6 +42,7 @@ import json
 import torch
 
 from foresight.errors import ForesightError
+from foresight.objectives import as_written
 
 HEADS_FILE = "foresight_heads.safetensors"
 HEADS_FORMAT = "foresight-heads"
@@ -135,8 +136,9 @@ def plain_heads(lm) -> dict[str, torch.Tensor]:
     return out
 
 
-def heads_metadata(specs: list[dict]) -> dict[str, str]:
-    return {"format": HEADS_FORMAT, "objectives": json.dumps(specs)}
+def heads_metadata(specs: list) -> dict[str, str]:
+    """The heads file's metadata; ``specs`` as written (dicts, or config objects: stored as their JSON form)."""
+    return {"format": HEADS_FORMAT, "objectives": json.dumps(as_written(specs))}
 
 
 def specs_from_metadata(metadata: dict | None, where: str) -> list[dict] | None:

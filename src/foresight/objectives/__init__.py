@@ -7,7 +7,7 @@ objective is a module here plus its tests. ``wrapped.py`` holds the objectives o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 from foresight.errors import ForesightError
 from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective, shifted_labels
@@ -61,10 +61,34 @@ def objective_label(specs: list) -> str:
     return label if next_token else f"{label} (no NTP)"
 
 
+def config_name(entry) -> str | None:
+    """The ``REGISTRY`` name of a config object (``TOPConfig(window=8)`` -> ``"top"``), None for anything else."""
+    for name, (cfg_cls, _) in REGISTRY.items():
+        if type(entry) is cfg_cls:
+            return name
+    return None
+
+
+def written_form(entry):
+    """An objective entry as checkpoints store it: a config object becomes its JSON form, ``{"name": "top",
+    **every field}`` (every field, presets resolved, so a later change of a default does not change what a stored
+    run means); a parsed ``ObjectiveSpec`` gives its entry as written; a mapping is copied; anything else is
+    returned as it is (the parse names what is wrong with it)."""
+    name = config_name(entry)
+    if name is not None:
+        return {"name": name, **asdict(entry)}
+    if isinstance(entry, ObjectiveSpec):
+        return dict(entry.written)
+    return dict(entry) if isinstance(entry, dict) else entry
+
+
 def objective_config(spec: dict, where: str = "objectives"):
     """``{"name": "top", "window": 16, ...}`` -> TOPConfig(window=16, ...), with one clear error if wrong."""
+    spec = written_form(spec)
     if not isinstance(spec, dict) or "name" not in spec:
-        raise ForesightError(f"{where}: each objective must be a mapping with a 'name' (one of {sorted(REGISTRY)})")
+        configs = ", ".join(c.__name__ for c, _ in REGISTRY.values())
+        raise ForesightError(f"{where}: each objective must be a mapping with a 'name' (one of {sorted(REGISTRY)}) "
+                             f"or a config object ({configs}); got {type(spec).__name__}")
     name = spec["name"]
     if name not in REGISTRY:
         raise ForesightError(f"{where}: unknown objective {name!r}; choose from {sorted(REGISTRY)}")
@@ -101,6 +125,7 @@ def parse_objectives(specs: list, where: str = "objectives") -> list[ObjectiveSp
     parsed = []
     for spec in specs:
         if not isinstance(spec, ObjectiveSpec):
+            spec = written_form(spec)  # a config object (TOPConfig(window=8)) is parsed from its JSON form
             cfg = objective_config(spec, where)
             check_weight(cfg.weight, f"{where}.{spec['name']}.weight")
             spec = ObjectiveSpec(spec["name"], cfg, dict(spec))
@@ -110,7 +135,7 @@ def parse_objectives(specs: list, where: str = "objectives") -> list[ObjectiveSp
 
 def as_written(specs: list) -> list[dict]:
     """The JSON form of an objective list (what checkpoints and results store): each entry as written."""
-    return [dict(s.written) if isinstance(s, ObjectiveSpec) else dict(s) for s in specs]
+    return [written_form(s) for s in specs]
 
 
 def build_objective(spec: ObjectiveSpec | dict, model_cfg) -> Objective:
@@ -118,9 +143,11 @@ def build_objective(spec: ObjectiveSpec | dict, model_cfg) -> Objective:
     return REGISTRY[spec.name][1](spec.config, model_cfg)
 
 
-def build_on_parts(spec: dict, parts) -> Objective:
-    """An objective from a recipe-style spec (``{"name": "top", "window": 1024}``), its heads built on a
-    transformers model's ``parts`` (``foresight.wrap``): ``Objective.on_parts``, one line if it has none."""
+def build_on_parts(spec, parts) -> Objective:
+    """An objective from a recipe-style spec (``{"name": "top", "window": 1024}``) or a config object
+    (``TOPConfig(window=1024)``), its heads built on a transformers model's ``parts`` (``foresight.wrap``):
+    ``Objective.on_parts``, one line if it has none."""
+    spec = written_form(spec)
     cfg = objective_config(spec)
     return REGISTRY[spec["name"]][1].on_parts(cfg, parts)
 
@@ -129,6 +156,6 @@ __all__ = [
     "Batch", "Compute", "DSMTP", "DSMTPConfig", "FSP", "FSPConfig", "IGNORE_INDEX", "LossOutput", "MTP", "MTPConfig",
     "NTP", "NTPConfig", "NextLat", "NextLatConfig",
     "Objective", "ObjectiveSpec", "REGISTRY", "TOP", "TOPConfig", "as_written", "build_objective", "build_on_parts",
-    "drafting_objectives", "objective_config", "objective_label", "parse_objectives", "register", "shifted_labels",
-    "top_loss", "top_targets",
+    "config_name", "drafting_objectives", "objective_config", "objective_label", "parse_objectives", "register",
+    "shifted_labels", "top_loss", "top_targets", "written_form",
 ]

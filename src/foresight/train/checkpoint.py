@@ -324,6 +324,10 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     if path.is_dir() and not is_sharded(path):
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         found = confined(list_checkpoints(folder), path)
+        if not found and (path / "config.json").is_file():  # a save_pretrained / export folder: say what reads it
+            raise ForesightError(f"no checkpoint (checkpoints/step_*{SUFFIX} or step_*/) in {path}: it is a Hugging "
+                                 f"Face model folder; foresight import {path} --out RUN makes a foresight checkpoint "
+                                 f"of it (foresight eval {path} --tasks ... evaluates it as it is)")
         if not found:
             raise ForesightError(f"no checkpoint (checkpoints/step_*{SUFFIX} or step_*/) in {path}")
         return newest_readable([p for _, p in found], lambda p: read_checkpoint_file(p, map_location))[1]

@@ -10,6 +10,7 @@ See ``foresight.wrapper.model`` for what each objective reads and how losses are
 
 from __future__ import annotations
 
+from foresight.wrapper.checks import checked
 from foresight.wrapper.io import from_pretrained
 from foresight.wrapper.model import ForesightModel, ForesightOutput
 
@@ -19,11 +20,15 @@ def wrap(model, objectives: list[dict], *, return_logits: bool = True) -> Foresi
 
     ``objectives``: recipe-style specs, each with a ``name`` (``ntp``, ``top``, ``mtp``, ``dsmtp``), optional
     ``weight`` (a number or a schedule ``[[{step: s}, value], ...]``) and the objective's options (``window``, ``n``,
-    ``depth``, ``preset``, ...; see ``foresight.objectives``). New heads are created on the model's device and
+    ``depth``, ``preset``, ...; see ``foresight.objectives``), or config objects (``foresight.TOPConfig(window=8)``),
+    stored as their JSON form. A model loaded from a GGUF file is made saveable first (its weights are plain
+    floats; the quantization flags that would stop ``save_pretrained`` are cleared), or refused in one line when
+    it cannot be (``foresight.wrapper.checks``). New heads are created on the model's device and
     in its dtype. ``return_logits=False`` skips the (B, T, V) logits (the losses never need them).
     Unsupported models raise ``ForesightError`` with one line naming what is supported; so does an objective
     that does not declare ``Objective.on_parts`` (``objective 'x' does not support foresight.wrap``).
     """
+    model, objectives = checked(model, objectives)  # save-ability (GGUF), config objects (wrapper/checks.py)
     return ForesightModel(model, objectives, return_logits=return_logits)
 
 
