@@ -8,6 +8,12 @@ its metadata (the format of ``foresight.hf.heads``: ``{"format": "foresight-head
 Parameters shared with the model (NTP's output head) are not stored twice. The file is written to a
 temporary name and renamed, so a crash never leaves half a file. Loading reads safetensors only: no pickle,
 no code from the folder (``trust_remote_code`` stays off unless the caller passes it).
+
+A wrapped PEFT model (``wrap(get_peft_model(model, cfg), ...)``) saves as PEFT saves it, the adapter
+(``adapter_config.json``, ``adapter_model.safetensors``), with the heads file beside it; ``from_pretrained`` then
+loads the base model (``base_model=``, or the path the adapter config names), the adapter onto it, and the heads.
+Every load is strict: a weight the folder lacks or one the model has no place for is an error naming it, never a
+freshly initialised tensor.
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ def save_pretrained(wrapped, directory, **kwargs) -> None:
     """``wrapped.model.save_pretrained(directory, **kwargs)`` plus ``foresight_heads.safetensors``."""
     from safetensors.torch import save_file
 
+    from foresight.wrapper.model import has_adapter_layers, is_peft_model
+
+    if not is_peft_model(wrapped.model) and has_adapter_layers(wrapped.model):
+        # get_peft_model(wrapped, cfg) put adapters inside: the model's own save would write adapter-injected keys
+        raise ForesightError("save_pretrained: the wrapped model holds PEFT adapter layers; save the PeftModel "
+                             "(peft_model.save_pretrained(DIR)) or merge first (peft_model.merge_and_unload())")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     wrapped.model.save_pretrained(directory, **kwargs)
@@ -49,11 +61,16 @@ def save_pretrained(wrapped, directory, **kwargs) -> None:
             os.unlink(tmp)
 
 
-def from_pretrained(directory, *, return_logits: bool = True, **model_kwargs):
+def from_pretrained(directory, *, return_logits: bool = True, base_model=None, is_trainable: bool = False,
+                    **model_kwargs):
     """A ``ForesightModel`` from a folder written by ``save_pretrained``: the model through
-    ``AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)``, the heads from the heads file."""
+    ``AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)``, the heads from the heads file.
+
+    For a PEFT adapter folder: ``base_model`` (a model, or a path loaded as above; default: the
+    ``base_model_name_or_path`` of ``adapter_config.json``) with the adapter loaded onto it
+    (``is_trainable`` as in ``PeftModel.from_pretrained``), then the heads. Missing or unexpected weights (in the
+    model, the adapter or the heads) raise ``ForesightError`` naming them."""
     from safetensors import SafetensorError, safe_open
-    from transformers import AutoModelForCausalLM
 
     from foresight.wrapper.model import ForesightModel
 
@@ -70,10 +87,65 @@ def from_pretrained(directory, *, return_logits: bool = True, **model_kwargs):
         raise ForesightError(f"{heads_path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     if specs is None:
         raise ForesightError(f"{heads_path}: metadata lacks the foresight objective specs")
-    model = AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)
+    if (directory / "adapter_config.json").is_file():
+        model = _load_adapter(directory, base_model, is_trainable, model_kwargs)
+    else:
+        model = load_model_strict(directory, **model_kwargs)
     wrapped = ForesightModel(model, specs, return_logits=return_logits)
     _copy_heads(wrapped, tensors, heads_path)
     return wrapped
+
+
+def _mismatch(where, missing, unexpected, mismatched=()) -> None:
+    """One line naming the weights that do not fit (the first few of each kind), or nothing."""
+    parts = [f"{what} {', '.join(sorted(names)[:3])}{' ...' if len(names) > 3 else ''} ({len(names)})"
+             for what, names in (("missing", list(missing)), ("unexpected", list(unexpected)),
+                                 ("wrong shape", list(mismatched))) if names]
+    if parts:
+        raise ForesightError(f"{where}: the weights do not fit the model, so it would load partly random: "
+                             f"{'; '.join(parts)}")
+
+
+def load_model_strict(directory, **model_kwargs):
+    """``AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)``, refusing a folder whose weights do not
+    fit the model (transformers would initialise the missing ones at random and only log it)."""
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True, **model_kwargs)
+    mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
+    _mismatch(directory, info.get("missing_keys", []), info.get("unexpected_keys", []), mismatched)
+    return model
+
+
+def _load_adapter(directory: Path, base_model, is_trainable: bool, model_kwargs: dict):
+    """A ``PeftModel``: the base model with the folder's adapter, every adapter tensor accounted for."""
+    import json
+
+    try:
+        from peft import PeftModel, get_peft_model_state_dict
+    except ImportError:
+        raise ForesightError(f"{directory}: holds a PEFT adapter; install peft (pip install peft)") from None
+    if base_model is None:
+        base_model = json.loads((directory / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base_model:
+            raise ForesightError(f"{directory}: adapter_config.json names no base model; pass "
+                                 f"base_model=PATH_OR_MODEL")
+    if isinstance(base_model, (str, os.PathLike)):
+        base_model = load_model_strict(base_model, **model_kwargs)
+    model = PeftModel.from_pretrained(base_model, directory, is_trainable=is_trainable)
+    stored = _safetensors_keys(directory / "adapter_model.safetensors")
+    expected = set(get_peft_model_state_dict(model))
+    _mismatch(directory / "adapter_model.safetensors", expected - stored, stored - expected)
+    return model
+
+
+def _safetensors_keys(path: Path) -> set[str]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise ForesightError(f"{path.parent}: {path.name} is missing")
+    with safe_open(str(path), framework="pt") as f:
+        return set(f.keys())
 
 
 def _copy_heads(wrapped, tensors: dict[str, torch.Tensor], heads_path: Path) -> None:
