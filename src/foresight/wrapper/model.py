@@ -62,18 +62,21 @@ def has_adapter_layers(model: nn.Module) -> bool:
     return any(c.__name__ == "BaseTunerLayer" for m in model.modules() for c in type(m).__mro__)
 
 
-def transformers_model(model: nn.Module) -> nn.Module:
+def inner_model(model: nn.Module) -> nn.Module:
     """The transformers ``...ForCausalLM`` inside ``model``: itself, or the model a ``PeftModel`` adapts (whose
     layers hold the adapters, so the objectives train them)."""
-    if is_peft_model(model):
-        return model.get_base_model()
-    if has_adapter_layers(model):
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+def transformers_model(model: nn.Module) -> nn.Module:
+    """``inner_model(model)`` for ``wrap``, refusing a plain model that PEFT injected adapters into."""
+    if not is_peft_model(model) and has_adapter_layers(model):
         # e.g. wrap(peft_model.base_model.model): it trains, but its save_pretrained writes the adapter-injected
         # keys, which a plain load cannot read back
         raise ForesightError(f"foresight.wrap: this {type(model).__name__} holds PEFT adapter layers but is not "
                              f"the PeftModel; wrap the PeftModel itself (wrap(get_peft_model(model, cfg), ...)) or "
                              f"merge it first (peft_model.merge_and_unload())")
-    return model
+    return inner_model(model)
 
 
 @dataclass
@@ -157,25 +160,25 @@ class ForesightModel(nn.Module):
     @property
     def generation_config(self):
         """The wrapped model's ``GenerationConfig`` (the same object: TRL sets its pad and eos ids on it)."""
-        return transformers_model(self.model).generation_config
+        return inner_model(self.model).generation_config
 
     @property
     def device(self) -> torch.device:
         """The device of the model's parameters."""
-        return transformers_model(self.model).device
+        return inner_model(self.model).device
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the model's parameters."""
-        return transformers_model(self.model).dtype
+        return inner_model(self.model).dtype
 
     @property
     def name_or_path(self) -> str:
-        return transformers_model(self.model).name_or_path
+        return inner_model(self.model).name_or_path
 
     def can_generate(self) -> bool:
         """Whether the wrapped model generates (a ``...ForCausalLM`` does)."""
-        return transformers_model(self.model).can_generate()
+        return inner_model(self.model).can_generate()
 
     def generate(self, *args, **kwargs):
         """The wrapped model's own ``generate`` (greedy, sampling, beams, ... with its KV cache; adapters
@@ -184,7 +187,7 @@ class ForesightModel(nn.Module):
 
     def prepare_inputs_for_generation(self, *args, **kwargs):
         """The wrapped model's (PEFT's ``PeftModelForCausalLM`` asks its base model for it)."""
-        return transformers_model(self.model).prepare_inputs_for_generation(*args, **kwargs)
+        return inner_model(self.model).prepare_inputs_for_generation(*args, **kwargs)
 
     def unwrap(self) -> nn.Module:
         """The model as it was given to ``wrap`` (a transformers model or a ``PeftModel``), heads left behind;
@@ -207,11 +210,11 @@ class ForesightModel(nn.Module):
 
     def enable_input_require_grads(self) -> None:
         """Passed to the model (what gradient checkpointing with frozen embeddings, e.g. under PEFT, needs)."""
-        transformers_model(self.model).enable_input_require_grads()
+        inner_model(self.model).enable_input_require_grads()
 
     def add_model_tags(self, tags) -> None:
         """Passed to the model (TRL tags the model it trains; the tags go into the saved model card)."""
-        transformers_model(self.model).add_model_tags(tags)
+        inner_model(self.model).add_model_tags(tags)
 
     def set_step(self, step: int, total_steps: int | None = None) -> None:
         """The optimiser step that weight schedules (``[[{step: s}, value], ...]``) are read at; ``total_steps``
