@@ -51,4 +51,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'foresight.wrapper' has no attribute {name!r}")
 
 
-__all__ = ["ForesightCallback", "ForesightModel", "ForesightSFTTrainer", "ForesightTrainer", "ForesightOutput", "from_pretrained", "wrap"]
+__all__ = ["ForesightCallback", "ForesightModel", "ForesightSFTTrainer", "ForesightTrainer", "ForesightOutput",
+           "from_pretrained", "wrap"]
