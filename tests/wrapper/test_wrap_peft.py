@@ -138,3 +138,34 @@ def test_an_adapter_folder_names_what_it_lacks(tmp_path):
     save_file({k: v for k, v in tensors.items() if k != dropped}, str(path))
     with pytest.raises(ForesightError, match="missing " + dropped.replace(".", r"\.")):
         ForesightModel.from_pretrained(tmp_path, base_model=tiny_model("llama"))
+
+
+@pytest.mark.parametrize("order", ["peft_then_wrap", "wrap_then_peft"])
+def test_causal_lm_task_type_trains_generates_and_round_trips(order, tmp_path):
+    # task_type="CAUSAL_LM" gives PEFT's PeftModelForCausalLM, which asks its base model for generation hooks
+    if order == "peft_then_wrap":
+        model = wrap(peft.get_peft_model(tiny_model("qwen2"), _lora(task_type="CAUSAL_LM")), SPECS[:2])
+    else:
+        wrapped = wrap(tiny_model("qwen2"), SPECS[:2])
+        model = peft.get_peft_model(wrapped, _lora(task_type="CAUSAL_LM", modules_to_save=wrapped.head_module_names))
+    _train(model)
+    assert model.generate(input_ids=IDS[:, :4], max_new_tokens=3, do_sample=False).shape == (2, 7)
+    model.save_pretrained(tmp_path)
+    if order == "peft_then_wrap":
+        back = ForesightModel.from_pretrained(tmp_path, base_model=tiny_model("qwen2"))
+    else:
+        back = peft.PeftModel.from_pretrained(wrap(tiny_model("qwen2"), SPECS[:2]), tmp_path)
+    assert _max_diff(model, back) == 0.0
+
+
+def test_a_checkpoint_of_a_wrapped_peft_model_loads_into_the_model_being_trained(tmp_path):
+    # what ForesightTrainer's resume_from_checkpoint does (foresight.wrapper.io.load_into)
+    from foresight.wrapper.io import load_into
+
+    trained = wrap(peft.get_peft_model(tiny_model("gemma2"), _lora()), SPECS)
+    _train(trained)
+    trained.save_pretrained(tmp_path)
+    fresh = wrap(peft.get_peft_model(tiny_model("gemma2"), _lora()), SPECS)
+    assert _max_diff(trained, fresh) > 0
+    load_into(fresh, tmp_path)
+    assert _max_diff(trained, fresh) == 0.0

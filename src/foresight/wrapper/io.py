@@ -166,11 +166,38 @@ def _copy_heads(wrapped, tensors: dict[str, torch.Tensor], heads_path: Path) -> 
 
 def load_into(wrapped, directory) -> None:
     """Load a ``save_pretrained`` folder's weights into an existing wrapped model (same objectives), in place:
-    what ``ForesightTrainer`` does on ``resume_from_checkpoint``."""
+    what ``ForesightTrainer`` does on ``resume_from_checkpoint``. A wrapped ``PeftModel`` reads the folder's
+    adapter."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
+
+    from foresight.wrapper.model import is_peft_model
 
     directory = Path(directory)
+    if is_peft_model(wrapped.model):
+        _load_adapter_into(wrapped.model, directory)
+    else:
+        _load_model_into(wrapped.model, directory)
+    heads_path = directory / HEADS_FILE
+    with safe_open(str(heads_path), framework="pt") as f:
+        _copy_heads(wrapped, {k: f.get_tensor(k) for k in f.keys()}, heads_path)
+
+
+def _load_adapter_into(peft_model, directory: Path) -> None:
+    """The folder's adapter weights into ``peft_model``'s active adapter, every tensor accounted for."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = directory / "adapter_model.safetensors"
+    stored = _safetensors_keys(path)
+    expected = set(get_peft_model_state_dict(peft_model))
+    _mismatch(path, expected - stored, stored - expected)
+    set_peft_model_state_dict(peft_model, load_file(str(path)))
+
+
+def _load_model_into(model, directory: Path) -> None:
+    """A model folder's weights (one file or shards) into ``model``, strictly."""
+    from safetensors.torch import load_file
+
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         import json
@@ -183,15 +210,12 @@ def load_into(wrapped, directory) -> None:
         if not (directory / name).is_file():
             raise ForesightError(f"{directory}: {name} is missing; is this a ForesightModel.save_pretrained folder?")
         state.update(load_file(str(directory / name)))
-    result = wrapped.model.load_state_dict(state, strict=False)
+    result = model.load_state_dict(state, strict=False)
     # save_pretrained drops tied copies (lm_head = embed_tokens): a missing key is fine if it shares its tensor
     # with a loaded one
-    params = dict(wrapped.model.named_parameters(remove_duplicate=False))
+    params = dict(model.named_parameters(remove_duplicate=False))
     loaded_ptrs = {params[k].data_ptr() for k in state if k in params}
     really_missing = [k for k in result.missing_keys if k not in params or params[k].data_ptr() not in loaded_ptrs]
     if really_missing or result.unexpected_keys:
         what = f"missing {really_missing[0]}" if really_missing else f"unexpected {result.unexpected_keys[0]}"
         raise ForesightError(f"{directory}: the model's weights do not fit ({what})")
-    heads_path = directory / HEADS_FILE
-    with safe_open(str(heads_path), framework="pt") as f:
-        _copy_heads(wrapped, {k: f.get_tensor(k) for k in f.keys()}, heads_path)

@@ -162,6 +162,10 @@ class ForesightModel(nn.Module):
         """The wrapped model's ``GenerationConfig`` (the same object: TRL sets its pad and eos ids on it)."""
         return inner_model(self.model).generation_config
 
+    @generation_config.setter
+    def generation_config(self, value) -> None:  # PEFT's generate assigns its own before generating
+        inner_model(self.model).generation_config = value
+
     @property
     def device(self) -> torch.device:
         """The device of the model's parameters."""
