@@ -100,3 +100,20 @@ def test_trl_trainers_that_would_drop_the_objectives_are_refused(tmp_path, monke
         trl.DPOTrainer(model=wrapped, ref_model=tiny_model("llama"), args=args, train_dataset=pairs,
                        processing_class=tiny_tokenizer())
     assert "forward" not in vars(wrapped)
+
+
+def test_sft_logs_under_gradient_accumulation_are_those_of_one_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from foresight.wrapper import ForesightSFTTrainer
+
+    def first_log(batch, accumulate):
+        wrapped = wrap(tiny_model("llama"), SPECS)
+        kw = _sft(tmp_path)
+        kw["args"].per_device_train_batch_size, kw["args"].gradient_accumulation_steps = batch, accumulate
+        trainer = ForesightSFTTrainer(model=wrapped, **kw)
+        trainer.train()
+        return trainer.state.log_history[0]
+
+    one, four = first_log(8, 1), first_log(2, 4)
+    for key in ("loss", "loss_ntp", "loss_top", "loss_mtp", "grad_norm"):
+        assert four[key] == pytest.approx(one[key], rel=1e-5), key

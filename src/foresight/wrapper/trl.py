@@ -50,9 +50,13 @@ class ForesightSFTTrainer(SFTTrainer):
         out = model(**inputs, num_items_in_batch=num_items_in_batch)
         # With num_items_in_batch each micro-batch's losses are its share of the accumulated batch's mean; scaled
         # by the number of micro-batches, their average (what TRL logs) is that mean.
-        steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None and mode == "train" else 1
-        values = {f"loss_{k}": v for k, v in out.losses.items()} | dict(out.metrics or {})
-        for name, value in values.items():
-            value = self.accelerator.gather_for_metrics(value.detach().reshape(1)).mean().item()
-            self._metrics[mode][name].append(value * (steps if name.startswith("loss_") else 1))
+        steps = 1
+        if num_items_in_batch is not None and mode == "train":
+            steps = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        metrics = getattr(self, "_metrics", None)  # TRL's per-step metrics, averaged into each log line
+        if metrics is not None:
+            values = {f"loss_{k}": v for k, v in out.losses.items()} | dict(out.metrics or {})
+            for name, value in values.items():
+                value = self.accelerator.gather_for_metrics(value.detach().reshape(1)).mean().item()
+                metrics[mode][name].append(value * (steps if name.startswith("loss_") else 1))
         return (out.loss, out) if return_outputs else out.loss
