@@ -169,3 +169,12 @@ def test_a_checkpoint_of_a_wrapped_peft_model_loads_into_the_model_being_trained
     assert _max_diff(trained, fresh) > 0
     load_into(fresh, tmp_path)
     assert _max_diff(trained, fresh) == 0.0
+
+
+@pytest.mark.parametrize("kw", [dict(target_modules=["q_proj", "lm_head"]),
+                                dict(target_modules=["q_proj"], modules_to_save=["embed_tokens"])],
+                         ids=["lora_lm_head", "saved_embed_tokens"])
+def test_a_peft_config_that_adapts_head_or_embedding_is_refused_in_one_line(kw):
+    pm = peft.get_peft_model(tiny_model("llama"), peft.LoraConfig(r=4, **kw))
+    with pytest.raises(ForesightError, match="the PeftModel adapts the model's (output head|input embedding)"):
+        wrap(pm, SPECS[:2])

@@ -76,7 +76,17 @@ def transformers_model(model: nn.Module) -> nn.Module:
         raise ForesightError(f"foresight.wrap: this {type(model).__name__} holds PEFT adapter layers but is not "
                              f"the PeftModel; wrap the PeftModel itself (wrap(get_peft_model(model, cfg), ...)) or "
                              f"merge it first (peft_model.merge_and_unload())")
-    return inner_model(model)
+    inner = inner_model(model)
+    if is_peft_model(model):
+        for what, module in (("output head", inner.get_output_embeddings()),
+                             ("input embedding", inner.get_input_embeddings())):
+            if hasattr(module, "base_layer") or hasattr(module, "modules_to_save"):
+                # the objectives read the head's and the embedding's weights directly (fused losses, DS-MTP's
+                # embedding of x[t+k]), so an adapter or a trained copy there would be bypassed
+                raise ForesightError(f"foresight.wrap: the PeftModel adapts the model's {what} (LoRA target or "
+                                     f"modules_to_save), which the objectives read directly; leave it out of the "
+                                     f"PEFT config (adapt e.g. q_proj, v_proj)")
+    return inner
 
 
 @dataclass
