@@ -178,3 +178,19 @@ def test_a_peft_config_that_adapts_head_or_embedding_is_refused_in_one_line(kw):
     pm = peft.get_peft_model(tiny_model("llama"), peft.LoraConfig(r=4, **kw))
     with pytest.raises(ForesightError, match="the PeftModel adapts the model's (output head|input embedding)"):
         wrap(pm, SPECS[:2])
+
+
+def test_a_checkpoint_of_a_peft_model_around_the_wrapper_loads_back_with_its_heads(tmp_path):
+    from foresight.wrapper.io import load_into
+
+    def fresh():
+        wrapped = wrap(tiny_model("qwen2"), SPECS)
+        return peft.get_peft_model(wrapped, _lora(modules_to_save=wrapped.head_module_names))
+
+    trained = fresh()
+    _train(trained)
+    trained.save_pretrained(tmp_path)  # what ForesightTrainer's checkpoint holds for this order
+    other = fresh()
+    assert _max_diff(trained, other) > 0
+    load_into(other, tmp_path)
+    assert _max_diff(trained, other) == 0.0

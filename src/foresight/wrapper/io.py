@@ -167,12 +167,15 @@ def _copy_heads(wrapped, tensors: dict[str, torch.Tensor], heads_path: Path) -> 
 def load_into(wrapped, directory) -> None:
     """Load a ``save_pretrained`` folder's weights into an existing wrapped model (same objectives), in place:
     what ``ForesightTrainer`` does on ``resume_from_checkpoint``. A wrapped ``PeftModel`` reads the folder's
-    adapter."""
+    adapter; a ``PeftModel`` around the wrapper (wrap first) reads its adapter, heads included."""
     from safetensors import safe_open
 
     from foresight.wrapper.model import is_peft_model
 
     directory = Path(directory)
+    if is_peft_model(wrapped):  # get_peft_model(wrapped, cfg): the heads are in the adapter (modules_to_save)
+        _load_adapter_into(wrapped, directory)
+        return
     if is_peft_model(wrapped.model):
         _load_adapter_into(wrapped.model, directory)
     else:
