@@ -194,3 +194,10 @@ def test_a_checkpoint_of_a_peft_model_around_the_wrapper_loads_back_with_its_hea
     assert _max_diff(trained, other) > 0
     load_into(other, tmp_path)
     assert _max_diff(trained, other) == 0.0
+
+
+def test_loading_a_wrap_first_adapter_with_from_pretrained_says_how(tmp_path):
+    wrapped = wrap(tiny_model("llama"), SPECS[:2])
+    peft.get_peft_model(wrapped, _lora(modules_to_save=wrapped.head_module_names)).save_pretrained(tmp_path)
+    with pytest.raises(ForesightError, match=r"load it with PeftModel\.from_pretrained\(foresight\.wrap"):
+        ForesightModel.from_pretrained(tmp_path)

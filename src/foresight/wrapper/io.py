@@ -76,6 +76,10 @@ def from_pretrained(directory, *, return_logits: bool = True, base_model=None, i
 
     directory = Path(directory)
     heads_path = directory / HEADS_FILE
+    if not heads_path.is_file() and (directory / "adapter_config.json").is_file():
+        raise ForesightError(f"{directory}: a PEFT adapter without {HEADS_FILE}; if it was saved from "
+                             f"get_peft_model(wrapped, cfg), load it with PeftModel.from_pretrained("
+                             f"foresight.wrap(model, objectives), DIR)")
     if not heads_path.is_file():
         raise ForesightError(f"{directory}: no {HEADS_FILE}; is this a folder written by "
                              f"ForesightModel.save_pretrained? (a plain model folder loads with wrap(model, ...))")
