@@ -117,3 +117,16 @@ def test_sft_logs_under_gradient_accumulation_are_those_of_one_batch(tmp_path, m
     one, four = first_log(8, 1), first_log(2, 4)
     for key in ("loss", "loss_ntp", "loss_top", "loss_mtp", "grad_norm"):
         assert four[key] == pytest.approx(one[key], rel=1e-5), key
+
+
+def test_other_patches_of_forward_are_kept_bf16_trainer_on_cpu(tmp_path):
+    # accelerate wraps forward in autocast for bf16/fp16 (it calls ours): only TRL's replacement is refused
+    from transformers import TrainingArguments
+
+    from foresight.wrapper import ForesightTrainer
+
+    wrapped = wrap(tiny_model("llama"), SPECS)
+    data = [{"input_ids": x, "labels": x} for x in torch.randint(3, VOCAB, (4, 10))]
+    args = TrainingArguments(str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[], use_cpu=True,
+                             bf16=True, save_strategy="no")
+    ForesightTrainer(model=wrapped, args=args, train_dataset=data).train()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ContextManager
 
 import torch
@@ -50,6 +51,13 @@ TRL_REPLACED_FORWARD = (
     "foresight: TRL's trainers replace the model's forward with their own next-token log-probabilities, which "
     "would train without the objectives: use foresight.ForesightSFTTrainer (SFTTrainer's arguments) for SFT; "
     "DPO/GRPO score completions by next-token log-probabilities alone, so give them wrapped.unwrap()")
+
+
+def is_trl_fused_forward(fn) -> bool:
+    """Whether ``fn`` is the forward TRL's ``add_fused_lm_head`` installs (it copies the name of the forward it
+    replaces, so it is recognised by its code object)."""
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    return code is not None and code.co_name == "_fused_forward" and "trl" in Path(code.co_filename).parts
 
 
 def is_peft_model(model: nn.Module) -> bool:
@@ -133,7 +141,8 @@ class ForesightModel(nn.Module):
     def __setattr__(self, name, value):
         # TRL's trainers patch `model.forward` (trl.trainer.utils.add_fused_lm_head) and then compute a next-token
         # loss of their own from it: the objectives would silently do nothing. ForesightSFTTrainer allows it.
-        if name == "forward" and not self.__dict__.get("_allow_forward_patch", False):
+        # Other patches of forward (accelerate's autocast wrapper for bf16/fp16, torch.compile) call ours: kept.
+        if name == "forward" and is_trl_fused_forward(value) and not self.__dict__.get("_allow_forward_patch"):
             raise ForesightError(TRL_REPLACED_FORWARD)
         super().__setattr__(name, value)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from trl import SFTTrainer
 
 from foresight.errors import ForesightError
-from foresight.wrapper.model import ForesightModel, inner_model
+from foresight.wrapper.model import ForesightModel, is_trl_fused_forward, inner_model
 
 
 def _foresight_model(model) -> ForesightModel:
@@ -42,7 +42,8 @@ class ForesightSFTTrainer(SFTTrainer):
             super().__init__(model, *args, **kwargs)
         finally:
             wrapped._allow_forward_patch = False
-            vars(wrapped).pop("forward", None)  # back to ForesightModel.forward: the objectives' loss
+            if is_trl_fused_forward(vars(wrapped).get("forward")):
+                del wrapped.forward  # back to ForesightModel.forward: the objectives' loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
