@@ -20,7 +20,7 @@ from __future__ import annotations
 from trl import SFTTrainer
 
 from foresight.errors import ForesightError
-from foresight.wrapper.model import ForesightModel, is_trl_fused_forward, inner_model
+from foresight.wrapper.model import ForesightModel, inner_model, is_trl_fused_forward
 
 
 def _foresight_model(model) -> ForesightModel:
