@@ -4,7 +4,8 @@ The public API, imported on first use so that ``import foresight`` stays fast (n
 
 - ``wrap(model, objectives=[...])``: the objectives on any transformers decoder-only causal LM
   (``ForesightModel``; ``ForesightTrainer`` is transformers' ``Trainer`` saving wrapped checkpoints,
-  ``ForesightCallback`` moves weight schedules with the Trainer's steps).
+  ``ForesightCallback`` moves weight schedules with the Trainer's steps; ``ForesightSFTTrainer`` is TRL's
+  ``SFTTrainer`` training the objectives).
 - Objective configs (``NTPConfig``, ``TOPConfig``, ``MTPConfig``, ``DSMTPConfig``, ``objective_config``),
   ``top_targets`` and ``top_loss`` (TOP paper §3), the fused linear losses ``linear_cross_entropy`` and
   ``linear_soft_cross_entropy``.
@@ -25,6 +26,7 @@ _LAZY = {
     "ForesightOutput": "foresight.wrapper",
     "ForesightCallback": "foresight.wrapper",
     "ForesightTrainer": "foresight.wrapper",
+    "ForesightSFTTrainer": "foresight.wrapper",
     "NTPConfig": "foresight.objectives",
     "TOPConfig": "foresight.objectives",
     "MTPConfig": "foresight.objectives",

@@ -24,3 +24,16 @@ def tiny_model(arch: str, seed: int = 0):
     cfg = AutoConfig.for_model(arch, **_COMMON, **_EXTRA.get(arch, {}))
     attn = "eager" if arch == "gemma2" else "sdpa"  # Gemma 2's soft-capped attention is eager-only
     return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn).eval()
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over the tiny models' vocabulary: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``w3`` .. ``w36``
+    (built in memory: nothing is downloaded)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<pad>")

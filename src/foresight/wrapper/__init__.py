@@ -27,6 +27,9 @@ def wrap(model, objectives: list[dict], *, return_logits: bool = True) -> Foresi
     in its dtype. ``return_logits=False`` skips the (B, T, V) logits (the losses never need them).
     Unsupported models raise ``ForesightError`` with one line naming what is supported; so does an objective
     that does not declare ``Objective.on_parts`` (``objective 'x' does not support foresight.wrap``).
+    ``model`` may be a PEFT ``PeftModel`` (``wrap(get_peft_model(model, cfg), ...)``: LoRA and heads train, the
+    heads always); for the other order see ``ForesightModel.head_module_names``. ``wrapped.unwrap()`` gives the
+    model back (docs/ecosystem.md).
     """
     model, objectives = checked(model, objectives)  # save-ability (GGUF), config objects (wrapper/checks.py)
     return ForesightModel(model, objectives, return_logits=return_logits)
@@ -41,7 +44,17 @@ def __getattr__(name: str):
         from foresight.wrapper.trainer import ForesightTrainer
 
         return ForesightTrainer
+    if name == "ForesightSFTTrainer":  # needs trl
+        try:
+            from foresight.wrapper.trl import ForesightSFTTrainer
+        except ImportError as e:
+            from foresight.errors import ForesightError
+
+            raise ForesightError(f"ForesightSFTTrainer needs TRL ({e}); pip install 'foresight[trl]'") from None
+
+        return ForesightSFTTrainer
     raise AttributeError(f"module 'foresight.wrapper' has no attribute {name!r}")
 
 
-__all__ = ["ForesightCallback", "ForesightModel", "ForesightTrainer", "ForesightOutput", "from_pretrained", "wrap"]
+__all__ = ["ForesightCallback", "ForesightModel", "ForesightSFTTrainer", "ForesightTrainer", "ForesightOutput",
+           "from_pretrained", "wrap"]

@@ -9,6 +9,12 @@ Parameters shared with the model (NTP's output head) are not stored twice. The f
 temporary name and renamed, so a crash never leaves half a file. Loading reads safetensors only: no pickle,
 no code from the folder (``trust_remote_code=False`` always: a folder with ``auto_map`` is refused in one line),
 and no file outside it (every file and every index shard must resolve inside the folder).
+
+A wrapped PEFT model (``wrap(get_peft_model(model, cfg), ...)``) saves as PEFT saves it, the adapter
+(``adapter_config.json``, ``adapter_model.safetensors``), with the heads file beside it; ``from_pretrained`` then
+loads the base model (``base_model=``, or the path the adapter config names), the adapter onto it, and the heads.
+Every load is strict: a weight the folder lacks or one the model has no place for is an error naming it, never a
+freshly initialised tensor.
 """
 
 from __future__ import annotations
@@ -38,6 +44,12 @@ def save_pretrained(wrapped, directory, **kwargs) -> None:
     """``wrapped.model.save_pretrained(directory, **kwargs)`` plus ``foresight_heads.safetensors``."""
     from safetensors.torch import save_file
 
+    from foresight.wrapper.model import has_adapter_layers, is_peft_model
+
+    if not is_peft_model(wrapped.model) and has_adapter_layers(wrapped.model):
+        # get_peft_model(wrapped, cfg) put adapters inside: the model's own save would write adapter-injected keys
+        raise ForesightError("save_pretrained: the wrapped model holds PEFT adapter layers; save the PeftModel "
+                             "(peft_model.save_pretrained(DIR)) or merge first (peft_model.merge_and_unload())")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     wrapped.model.save_pretrained(directory, **kwargs)
@@ -51,11 +63,16 @@ def save_pretrained(wrapped, directory, **kwargs) -> None:
             os.unlink(tmp)
 
 
-def from_pretrained(directory, *, return_logits: bool = True, **model_kwargs):
+def from_pretrained(directory, *, return_logits: bool = True, base_model=None, is_trainable: bool = False,
+                    **model_kwargs):
     """A ``ForesightModel`` from a folder written by ``save_pretrained``: the model through
-    ``AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)``, the heads from the heads file."""
+    ``AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)``, the heads from the heads file.
+
+    For a PEFT adapter folder: ``base_model`` (a model, or a path loaded as above; default: the
+    ``base_model_name_or_path`` of ``adapter_config.json``) with the adapter loaded onto it
+    (``is_trainable`` as in ``PeftModel.from_pretrained``), then the heads. Missing or unexpected weights (in the
+    model, the adapter or the heads) raise ``ForesightError`` naming them."""
     from safetensors import SafetensorError, safe_open
-    from transformers import AutoModelForCausalLM
 
     from foresight.wrapper.model import ForesightModel
 
@@ -64,6 +81,10 @@ def from_pretrained(directory, *, return_logits: bool = True, **model_kwargs):
         raise ForesightError("ForesightModel.from_pretrained never runs code from a folder (trust_remote_code); "
                              "load the model yourself and wrap it: foresight.wrap(model, objectives)")
     heads_path = directory / HEADS_FILE
+    if not heads_path.is_file() and (directory / "adapter_config.json").is_file():
+        raise ForesightError(f"{directory}: a PEFT adapter without {HEADS_FILE}; if it was saved from "
+                             f"get_peft_model(wrapped, cfg), load it with PeftModel.from_pretrained("
+                             f"foresight.wrap(model, objectives), DIR)")
     if not heads_path.is_file():
         raise ForesightError(f"{directory}: no {HEADS_FILE}; is this a folder written by "
                              f"ForesightModel.save_pretrained? (a plain model folder loads with wrap(model, ...))")
@@ -76,15 +97,73 @@ def from_pretrained(directory, *, return_logits: bool = True, **model_kwargs):
         raise ForesightError(f"{heads_path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     if specs is None:
         raise ForesightError(f"{heads_path}: metadata lacks the foresight objective specs")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(directory, **{**model_kwargs, **NO_REMOTE_CODE})
-    except Exception:  # transformers' refusal of auto_map code, said as what to do instead
-        refuse_remote_code(directory, "load the model yourself and wrap it: foresight.wrap(model, objectives)")
-        raise
-    note_ignored_code(directory)  # loaded with transformers' own class
+    if (directory / "adapter_config.json").is_file():
+        model = _load_adapter(directory, base_model, is_trainable, model_kwargs)
+    else:
+        model = load_model_strict(directory, **model_kwargs)
     wrapped = ForesightModel(model, specs, return_logits=return_logits)
     _copy_heads(wrapped, tensors, heads_path)
     return wrapped
+
+
+def _mismatch(where, missing, unexpected, mismatched=()) -> None:
+    """One line naming the weights that do not fit (the first few of each kind), or nothing."""
+    parts = [f"{what} {', '.join(sorted(names)[:3])}{' ...' if len(names) > 3 else ''} ({len(names)})"
+             for what, names in (("missing", list(missing)), ("unexpected", list(unexpected)),
+                                 ("wrong shape", list(mismatched))) if names]
+    if parts:
+        raise ForesightError(f"{where}: the weights do not fit the model, so it would load partly random: "
+                             f"{'; '.join(parts)}")
+
+
+def load_model_strict(directory, **model_kwargs):
+    """``AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)``, refusing a folder whose weights do not
+    fit the model (transformers would initialise the missing ones at random and only log it)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True,
+                                                           **{**model_kwargs, **NO_REMOTE_CODE})
+    except Exception:  # transformers' refusal of auto_map code, said as what to do instead
+        if isinstance(directory, (str, os.PathLike)) and Path(directory).is_dir():
+            refuse_remote_code(directory, "load the model yourself and wrap it: foresight.wrap(model, objectives)")
+        raise
+    if isinstance(directory, (str, os.PathLike)) and Path(directory).is_dir():
+        note_ignored_code(directory)  # loaded with transformers' own class
+    mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
+    _mismatch(directory, info.get("missing_keys", []), info.get("unexpected_keys", []), mismatched)
+    return model
+
+
+def _load_adapter(directory: Path, base_model, is_trainable: bool, model_kwargs: dict):
+    """A ``PeftModel``: the base model with the folder's adapter, every adapter tensor accounted for."""
+    import json
+
+    try:
+        from peft import PeftModel, get_peft_model_state_dict
+    except ImportError:
+        raise ForesightError(f"{directory}: holds a PEFT adapter; install peft (pip install peft)") from None
+    if base_model is None:
+        base_model = json.loads((directory / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base_model:
+            raise ForesightError(f"{directory}: adapter_config.json names no base model; pass "
+                                 f"base_model=PATH_OR_MODEL")
+    if isinstance(base_model, (str, os.PathLike)):
+        base_model = load_model_strict(base_model, **model_kwargs)
+    model = PeftModel.from_pretrained(base_model, directory, is_trainable=is_trainable)
+    stored = _safetensors_keys(directory / "adapter_model.safetensors")
+    expected = set(get_peft_model_state_dict(model))
+    _mismatch(directory / "adapter_model.safetensors", expected - stored, stored - expected)
+    return model
+
+
+def _safetensors_keys(path: Path) -> set[str]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise ForesightError(f"{path.parent}: {path.name} is missing")
+    with safe_open(str(path), framework="pt") as f:
+        return set(f.keys())
 
 
 def _copy_heads(wrapped, tensors: dict[str, torch.Tensor], heads_path: Path) -> None:
@@ -105,12 +184,42 @@ def _copy_heads(wrapped, tensors: dict[str, torch.Tensor], heads_path: Path) -> 
 
 def load_into(wrapped, directory) -> None:
     """Load a ``save_pretrained`` folder's weights into an existing wrapped model (same objectives), in place:
-    what ``ForesightTrainer`` does on ``resume_from_checkpoint``."""
+    what ``ForesightTrainer`` does on ``resume_from_checkpoint``. A wrapped ``PeftModel`` reads the folder's
+    adapter; a ``PeftModel`` around the wrapper (wrap first) reads its adapter, heads included."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
+
+    from foresight.wrapper.model import is_peft_model
 
     directory = Path(directory)
     confine_folder(directory)  # every file and index shard transformers or we may read stays inside
+    if is_peft_model(wrapped):  # get_peft_model(wrapped, cfg): the heads are in the adapter (modules_to_save)
+        _load_adapter_into(wrapped, directory)
+        return
+    if is_peft_model(wrapped.model):
+        _load_adapter_into(wrapped.model, directory)
+    else:
+        _load_model_into(wrapped.model, directory)
+    heads_path = directory / HEADS_FILE
+    with safe_open(str(heads_path), framework="pt") as f:
+        _copy_heads(wrapped, {k: f.get_tensor(k) for k in f.keys()}, heads_path)
+
+
+def _load_adapter_into(peft_model, directory: Path) -> None:
+    """The folder's adapter weights into ``peft_model``'s active adapter, every tensor accounted for."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = directory / "adapter_model.safetensors"
+    stored = _safetensors_keys(path)
+    expected = set(get_peft_model_state_dict(peft_model))
+    _mismatch(path, expected - stored, stored - expected)
+    set_peft_model_state_dict(peft_model, load_file(str(path)))
+
+
+def _load_model_into(model, directory: Path) -> None:
+    """A model folder's weights (one file or shards) into ``model``, strictly."""
+    from safetensors.torch import load_file
+
     index = directory / "model.safetensors.index.json"
     files = index_shards(index, directory) if index.is_file() else ["model.safetensors"]
     state: dict[str, torch.Tensor] = {}
@@ -118,15 +227,12 @@ def load_into(wrapped, directory) -> None:
         if not (directory / name).is_file():
             raise ForesightError(f"{directory}: {name} is missing; is this a ForesightModel.save_pretrained folder?")
         state.update(load_file(str(directory / name)))
-    result = wrapped.model.load_state_dict(state, strict=False)
+    result = model.load_state_dict(state, strict=False)
     # save_pretrained drops tied copies (lm_head = embed_tokens): a missing key is fine if it shares its tensor
     # with a loaded one
-    params = dict(wrapped.model.named_parameters(remove_duplicate=False))
+    params = dict(model.named_parameters(remove_duplicate=False))
     loaded_ptrs = {params[k].data_ptr() for k in state if k in params}
     really_missing = [k for k in result.missing_keys if k not in params or params[k].data_ptr() not in loaded_ptrs]
     if really_missing or result.unexpected_keys:
         what = f"missing {really_missing[0]}" if really_missing else f"unexpected {result.unexpected_keys[0]}"
         raise ForesightError(f"{directory}: the model's weights do not fit ({what})")
-    heads_path = directory / HEADS_FILE
-    with safe_open(str(heads_path), framework="pt") as f:
-        _copy_heads(wrapped, {k: f.get_tensor(k) for k in f.keys()}, heads_path)

@@ -11,6 +11,13 @@ What each objective reads (B, T = input_ids.shape):
   loss at such positions: padding is never a target and never a trained position; a position's targets stop
   at the end of the sequence (nothing past T is ranked or predicted).
 
+The wrapper stays usable where a transformers model is expected (``docs/ecosystem.md``): ``config``,
+``generation_config``, ``device``, ``dtype``, ``can_generate()`` and ``generate(...)`` are the model's own (so
+``generate`` gives the plain model's tokens); ``unwrap()`` returns the model as it was given. The model may be a
+PEFT ``PeftModel`` (``wrap(get_peft_model(model, cfg), ...)``): the objectives then read its adapted layers, and
+``save_pretrained`` writes the adapter plus the heads. Wrapping first and then ``get_peft_model(wrapped, cfg)``
+works too; ``LoraConfig(modules_to_save=wrapped.head_module_names)`` keeps the heads trainable there.
+
 Normalisation: each objective's loss sum is divided by its own count (foresight's definitions; MTP and DS-MTP
 divide by the next-token count, as in ``foresight.objectives``). When transformers' ``Trainer`` passes
 ``num_items_in_batch`` (gradient accumulation), every objective divides by it instead, as the model's own loss
@@ -20,7 +27,9 @@ does, so the accumulated gradient is that of one large batch.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ContextManager
 
 import torch
@@ -34,6 +43,58 @@ from foresight.train.schedule import check_weight, in_fractions, weight_at
 from foresight.wrapper.parts import Parts, WrapTrunkOutput
 
 _TRUNK_TENSORS = ("hidden", "final", "last_input")
+# Keyword arguments callers of a transformers model pass (PEFT's PeftModelForCausalLM, TRL's collators) that mean
+# nothing to a pass without a KV cache that returns only what the objectives need.
+_IGNORED_IF_NONE = ("inputs_embeds", "output_attentions", "output_hidden_states", "return_dict",
+                    "past_key_values", "cache_position")
+TRL_REPLACED_FORWARD = (
+    "foresight: TRL's trainers replace the model's forward with their own next-token log-probabilities, which "
+    "would train without the objectives: use foresight.ForesightSFTTrainer (SFTTrainer's arguments) for SFT; "
+    "DPO/GRPO score completions by next-token log-probabilities alone, so give them wrapped.unwrap()")
+
+
+def is_trl_fused_forward(fn) -> bool:
+    """Whether ``fn`` is the forward TRL's ``add_fused_lm_head`` installs (it copies the name of the forward it
+    replaces, so it is recognised by its code object)."""
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    return code is not None and code.co_name == "_fused_forward" and "trl" in Path(code.co_filename).parts
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    """A PEFT ``PeftModel`` (found by its attributes, so peft need not be installed)."""
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def has_adapter_layers(model: nn.Module) -> bool:
+    """Whether PEFT injected adapter layers (LoRA's ``base_layer`` + ``lora_A`` ...) into ``model``'s modules."""
+    return any(c.__name__ == "BaseTunerLayer" for m in model.modules() for c in type(m).__mro__)
+
+
+def inner_model(model: nn.Module) -> nn.Module:
+    """The transformers ``...ForCausalLM`` inside ``model``: itself, or the model a ``PeftModel`` adapts (whose
+    layers hold the adapters, so the objectives train them)."""
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+def transformers_model(model: nn.Module) -> nn.Module:
+    """``inner_model(model)`` for ``wrap``, refusing a plain model that PEFT injected adapters into."""
+    if not is_peft_model(model) and has_adapter_layers(model):
+        # e.g. wrap(peft_model.base_model.model): it trains, but its save_pretrained writes the adapter-injected
+        # keys, which a plain load cannot read back
+        raise ForesightError(f"foresight.wrap: this {type(model).__name__} holds PEFT adapter layers but is not "
+                             f"the PeftModel; wrap the PeftModel itself (wrap(get_peft_model(model, cfg), ...)) or "
+                             f"merge it first (peft_model.merge_and_unload())")
+    inner = inner_model(model)
+    if is_peft_model(model):
+        for what, module in (("output head", inner.get_output_embeddings()),
+                             ("input embedding", inner.get_input_embeddings())):
+            if hasattr(module, "base_layer") or hasattr(module, "modules_to_save"):
+                # the objectives read the head's and the embedding's weights directly (fused losses, DS-MTP's
+                # embedding of x[t+k]), so an adapter or a trained copy there would be bypassed
+                raise ForesightError(f"foresight.wrap: the PeftModel adapts the model's {what} (LoRA target or "
+                                     f"modules_to_save), which the objectives read directly; leave it out of the "
+                                     f"PEFT config (adapt e.g. q_proj, v_proj)")
+    return inner
 
 
 @dataclass
@@ -63,7 +124,7 @@ class ForesightModel(nn.Module):
             raise ForesightError("foresight.wrap: objectives must be a non-empty list of specs, "
                                  "for example [{'name': 'ntp'}, {'name': 'top', 'window': 1024}]")
         self.model = model
-        self.parts = Parts(model)
+        self.parts = Parts(transformers_model(model))
         self.specs = [dict(s) if isinstance(s, dict) else s for s in objectives]
         self.objectives = nn.ModuleDict()
         self.weights: dict[str, float | list] = {}
@@ -75,6 +136,15 @@ class ForesightModel(nn.Module):
             self.weights[key] = obj.cfg.weight
         self.return_logits = return_logits
         self.step, self.total_steps = 0, None  # for weight schedules; set_step() or ForesightCallback move them
+        self._warned_frozen: set[str] = set()
+
+    def __setattr__(self, name, value):
+        # TRL's trainers patch `model.forward` (trl.trainer.utils.add_fused_lm_head) and then compute a next-token
+        # loss of their own from it: the objectives would silently do nothing. ForesightSFTTrainer allows it.
+        # Other patches of forward (accelerate's autocast wrapper for bf16/fp16, torch.compile) call ours: kept.
+        if name == "forward" and is_trl_fused_forward(value) and not self.__dict__.get("_allow_forward_patch"):
+            raise ForesightError(TRL_REPLACED_FORWARD)
+        super().__setattr__(name, value)
 
     # --- what users reach for ---------------------------------------------------------------------------
 
@@ -85,9 +155,89 @@ class ForesightModel(nn.Module):
         return {key: obj.head_module(self.parts) for key, obj in self.objectives.items()}
 
     @property
+    def head_module_names(self) -> list[str]:
+        """The heads' module names in this model, one per trained module (``objectives.top.head``,
+        ``objectives.mtp.heads.0``, ``objectives.dsmtp.layers.0``, ...): what to pass as PEFT's
+        ``LoraConfig(modules_to_save=...)`` when calling ``get_peft_model(wrapped, cfg)``, so PEFT trains and
+        saves the heads instead of freezing them. NTP's head is the model's own ``lm_head`` and is not listed."""
+        names = []
+        for key, obj in self.objectives.items():
+            head = obj.head_module(self.parts)
+            if head is self.parts.lm_head:
+                continue
+            prefix = next(f"objectives.{key}.{n}" for n, m in obj.named_modules() if m is head)
+            names += [f"{prefix}.{i}" for i in range(len(head))] if isinstance(head, nn.ModuleList) else [prefix]
+        return names
+
+    # --- what the transformers ecosystem reaches for (docs/ecosystem.md) --------------------------------
+
+    @property
     def config(self):
         """The wrapped model's config."""
         return self.model.config
+
+    @property
+    def generation_config(self):
+        """The wrapped model's ``GenerationConfig`` (the same object: TRL sets its pad and eos ids on it)."""
+        return inner_model(self.model).generation_config
+
+    @generation_config.setter
+    def generation_config(self, value) -> None:  # PEFT's generate assigns its own before generating
+        inner_model(self.model).generation_config = value
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters."""
+        return inner_model(self.model).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's parameters."""
+        return inner_model(self.model).dtype
+
+    @property
+    def name_or_path(self) -> str:
+        return inner_model(self.model).name_or_path
+
+    def can_generate(self) -> bool:
+        """Whether the wrapped model generates (a ``...ForCausalLM`` does)."""
+        return inner_model(self.model).can_generate()
+
+    def generate(self, *args, **kwargs):
+        """The wrapped model's own ``generate`` (greedy, sampling, beams, ... with its KV cache; adapters
+        included for a ``PeftModel``): the same tokens as the plain model, the heads unused."""
+        return self.model.generate(*args, **kwargs)
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        """The wrapped model's (PEFT's ``PeftModelForCausalLM`` asks its base model for it)."""
+        return inner_model(self.model).prepare_inputs_for_generation(*args, **kwargs)
+
+    def unwrap(self) -> nn.Module:
+        """The model as it was given to ``wrap`` (a transformers model or a ``PeftModel``), heads left behind;
+        it shares its weights with this wrapper. ``merge_and_unload()`` first for a plain model from a PEFT one."""
+        return self.model
+
+    def merge_and_unload(self) -> "ForesightModel":
+        """For a wrapped ``PeftModel``: merge the adapters into the weights (PEFT's ``merge_and_unload``) and
+        wrap the plain model that results, heads kept; returns this wrapper. A plain model is left as it is."""
+        if is_peft_model(self.model):
+            self.model = self.model.merge_and_unload()
+            self.parts = Parts(self.model)
+        return self
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.parts.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.parts.lm_head
+
+    def enable_input_require_grads(self) -> None:
+        """Passed to the model (what gradient checkpointing with frozen embeddings, e.g. under PEFT, needs)."""
+        inner_model(self.model).enable_input_require_grads()
+
+    def add_model_tags(self, tags) -> None:
+        """Passed to the model (TRL tags the model it trains; the tags go into the saved model card)."""
+        inner_model(self.model).add_model_tags(tags)
 
     def set_step(self, step: int, total_steps: int | None = None) -> None:
         """The optimiser step that weight schedules (``[[{step: s}, value], ...]``) are read at; ``total_steps``
@@ -125,12 +275,16 @@ class ForesightModel(nn.Module):
         save_pretrained(self, directory, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, directory, *, return_logits: bool = True, **model_kwargs) -> "ForesightModel":
+    def from_pretrained(cls, directory, *, return_logits: bool = True, base_model=None, is_trainable: bool = False,
+                        **model_kwargs) -> "ForesightModel":
         """Model and heads from a folder written by ``save_pretrained`` (``model_kwargs`` go to
-        ``AutoModelForCausalLM.from_pretrained``)."""
+        ``AutoModelForCausalLM.from_pretrained``); for a PEFT adapter folder, ``base_model`` (a model or a path;
+        default: the one ``adapter_config.json`` names) with the adapter on it. Weights that do not fit raise
+        ``ForesightError`` naming them."""
         from foresight.wrapper.io import from_pretrained
 
-        return from_pretrained(directory, return_logits=return_logits, **model_kwargs)
+        return from_pretrained(directory, return_logits=return_logits, base_model=base_model,
+                               is_trainable=is_trainable, **model_kwargs)
 
     # --- passes ----------------------------------------------------------------------------------------
 
@@ -147,6 +301,28 @@ class ForesightModel(nn.Module):
         keep = attention_mask.bool()  # (B, T)
         future = torch.cat([labels.masked_fill(~keep, IGNORE_INDEX), pad], dim=1)
         return ntp, Batch(future, t, loss_mask=keep)
+
+    def _model_kwargs(self, kwargs: dict) -> dict:
+        """The keyword arguments for the trunk pass: the cache is always off, and arguments that PEFT or TRL pass
+        as None (or, for ``use_cache``, at all) are dropped; anything else goes to the model."""
+        kwargs = {k: v for k, v in kwargs.items() if k != "use_cache" and not (k in _IGNORED_IF_NONE and v is None)}
+        if kwargs.get("inputs_embeds") is not None:
+            raise ForesightError("foresight.wrap: inputs_embeds is not supported (DS-MTP and the targets read "
+                                 "input_ids); pass input_ids")
+        return kwargs
+
+    def _warn_frozen_heads(self) -> None:
+        """Once per objective: a head with no trainable parameter while the rest trains (``get_peft_model(wrapped,
+        cfg)`` freezes every module outside ``modules_to_save``) is almost always a mistake, so say how to fix it."""
+        if not (self.training and torch.is_grad_enabled()):
+            return
+        for key, obj in self.objectives.items():
+            params = [p for p in obj.parameters()]
+            if params and key not in self._warned_frozen and not any(p.requires_grad for p in params):
+                self._warned_frozen.add(key)
+                warnings.warn(f"foresight: the {key} head has no trainable parameters, so it will not learn (PEFT "
+                              f"freezes modules outside modules_to_save): pass LoraConfig(modules_to_save="
+                              f"wrapped.head_module_names) to get_peft_model to train it", stacklevel=3)
 
     def _divisors(self, results_or_counts: dict[str, torch.Tensor], num_items_in_batch) -> dict[str, torch.Tensor]:
         if num_items_in_batch is not None:
@@ -167,11 +343,12 @@ class ForesightModel(nn.Module):
                 labels: torch.Tensor | None = None, return_logits: bool | None = None,
                 num_items_in_batch: torch.Tensor | int | None = None, **model_kwargs) -> ForesightOutput:
         """One pass of the model and every objective. ``model_kwargs`` (e.g. ``position_ids``) go to the model."""
-        out = self.parts.trunk(input_ids, attention_mask, **model_kwargs)
+        out = self.parts.trunk(input_ids, attention_mask, **self._model_kwargs(model_kwargs))
         want_logits = self.return_logits if return_logits is None else return_logits
         logits = self.parts.logits(out.hidden) if want_logits else None
         if labels is None:
             return ForesightOutput(loss=None, logits=logits, losses={}, metrics={})
+        self._warn_frozen_heads()
         ntp, future = self._batches(input_ids, attention_mask, labels)
         results = {k: obj(out, self._batch_of(k, ntp, future), self.parts) for k, obj in self.objectives.items()}
         divisors = self._divisors({k: r.count for k, r in results.items()}, num_items_in_batch)
@@ -195,8 +372,9 @@ class ForesightModel(nn.Module):
         ``autocast``: a context manager for the forward passes
         (e.g. ``lambda: torch.autocast("cuda", torch.bfloat16)``).
         """
+        self._warn_frozen_heads()
         with autocast():
-            out = self.parts.trunk(input_ids, attention_mask, **model_kwargs)
+            out = self.parts.trunk(input_ids, attention_mask, **self._model_kwargs(model_kwargs))
         leaves = WrapTrunkOutput(**{f: getattr(out, f).detach().requires_grad_() for f in _TRUNK_TENSORS},
                                  cos=None, sin=None, layer_kwargs=out.layer_kwargs, input_ids=input_ids)
         ntp, future = self._batches(input_ids, attention_mask, labels)
