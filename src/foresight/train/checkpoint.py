@@ -308,6 +308,9 @@ def read_checkpoint_file(path: Path, map_location="cpu") -> dict:
     if (not isinstance(state, dict) or not isinstance(state.get("lm"), dict)
             or not isinstance(state.get("config"), dict)):
         raise UnreadableCheckpoint(f"{path} is not a foresight checkpoint (missing model state or config)")
+    from foresight.hf.import_ import check_import_complete
+
+    check_import_complete(state, path)  # an imported checkpoint is read only from a whole import folder
     return state
 
 
