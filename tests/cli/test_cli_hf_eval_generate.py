@@ -76,6 +76,10 @@ def test_export_then_import_round_trip(run_dir, tmp_path, capsys):
         assert torch.equal(back.state_dict()[k], v), k
     assert state["config"]["tokenizer"] == "tokenizer"
     assert (tmp_path / "back" / "tokenizer" / "tokenizer.json").is_file()
+    # An existing import is replaced only with --force, and then as a whole (issue 21).
+    code, out, err = _run(["import", tmp_path / "hf", "--out", tmp_path / "back"], capsys)
+    assert code == 2 and err.count("foresight: error:") == 1 and "--force" in err, err
+    assert _run(["import", tmp_path / "hf", "--out", tmp_path / "back", "--force"], capsys)[0] == 0
 
     # New objectives for continued training: fresh heads on the imported trunk.
     code, out, err = _run(["import", tmp_path / "hf", "--out", tmp_path / "ct", "--objectives",

@@ -218,3 +218,35 @@ def test_export_force_replaces_only_an_earlier_export(tmp_path):
     with pytest.raises(ForesightError, match="already holds files"):
         export_lm(lm, lm_specs, tmp_path / "own")
     assert os.listdir(tmp_path / "own") == ["data.csv"]
+
+
+# --------------------------------------------------------------------------------------------------- import
+
+def test_import_needs_force_then_replaces_the_whole_folder(tmp_path):
+    from foresight.hf import save_imported
+    from foresight.model import ModelConfig
+    from foresight.train.lm import TrainableLM
+
+    specs = [{"name": "ntp"}]
+    lm = TrainableLM(ModelConfig(vocab_size=29, hidden_size=16, n_layers=1, n_heads=2, n_kv_heads=1,
+                                 intermediate_size=24, max_seq_len=16), specs)
+
+    def tokenizer(folder: Path) -> list[str]:
+        folder.mkdir()
+        (folder / "tokenizer.json").write_text("{}")
+        return ["tokenizer.json"]
+
+    out = tmp_path / "imported"
+    save_imported(lm, specs, out, tmp_path / "src", tokenizer)
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+    with pytest.raises(ForesightError, match="pass --force"):
+        save_imported(lm, specs, out, tmp_path / "src")
+    save_imported(lm, specs, out, tmp_path / "src", force=True)  # a source without a tokenizer
+    assert sorted(os.listdir(out)) == [RECORD, "step_00000000.safetensors"]  # no stale tokenizer/
+    TrainableLM.from_checkpoint(out)
+    (out / RECORD).unlink()  # an import whose record is missing: may be incomplete
+    with pytest.raises(ForesightError, match="imported checkpoint"):
+        TrainableLM.from_checkpoint(out)
+    (out / "checkpoints").mkdir()  # a run trained into the folder: never replaced
+    with pytest.raises(ForesightError, match="'checkpoints', which foresight import does not write"):
+        save_imported(lm, specs, out, tmp_path / "src", force=True)
