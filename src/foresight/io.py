@@ -235,12 +235,14 @@ def written_files(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def write_record(folder: Path, kind: str) -> dict:
-    """Write ``folder/RECORD`` (last: it says every other file is complete)."""
+def write_record(folder: Path, kind: str, files: list[str] | None = None) -> dict:
+    """Write ``folder/RECORD`` (last: it says every other file is complete); ``files``: those written, by
+    default every file in the folder."""
     from foresight import __version__
 
+    files = written_files(folder) if files is None else sorted(files)
     record = {"format": kind, "version": RECORD_VERSION, "created_by": f"foresight {__version__}",
-              "files": [f for f in written_files(folder) if f != RECORD]}
+              "files": [f for f in files if f != RECORD]}
     write_json(Path(folder) / RECORD, record)
     return record
 
