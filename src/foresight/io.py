@@ -52,11 +52,39 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+# A run folder's manifest: every path foresight has written (or begun to write) in it, one JSON object a line
+# (``{"path": "ntp/metrics.jsonl", "kind": "file"}``; kind "tree" for a folder written whole). ``--overwrite``
+# removes exactly these (``foresight.train.run_folder.remove_run``). Appended before each write, by whichever
+# process writes (star-graph workers too), so a kill never leaves a file of foresight's unlisted.
+MANIFEST = ".foresight-written"
+_MANIFEST_DEPTH = 4  # out/run/checkpoints/step_*.safetensors: the manifest is at most this many folders up
+
+
+def note_written(path: Path, kind: str = "file") -> None:
+    """Add ``path`` to the manifest of the run folder it lies in (the nearest ancestor, within
+    ``_MANIFEST_DEPTH``, that holds one); nothing when it lies in none, or inside a temporary folder (what is
+    written there reaches its real name by a rename that is noted itself)."""
+    path = Path(os.path.abspath(path))
+    if any(_TMP_NAME.match(part) for part in path.parts[:-1]):
+        return
+    for folder in list(path.parents)[:_MANIFEST_DEPTH]:
+        manifest = folder / MANIFEST
+        if manifest.is_file() and not manifest.is_symlink():
+            line = json.dumps({"path": path.relative_to(folder).as_posix(), "kind": kind}) + "\n"
+            fd = os.open(manifest, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, line.encode("utf-8"))  # one small O_APPEND write: whole even with several writers
+            finally:
+                os.close(fd)
+            return
+
+
 def atomic_write(path: Path, write: Callable[[Path], None] | bytes | str) -> Path:
     """Write ``path`` atomically. ``write`` is the content (bytes, or text as UTF-8) or a function that writes
     the file whose path it is given (for libraries that only write to a path, e.g. safetensors)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    note_written(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     tmp = Path(name)
     try:
@@ -258,6 +286,7 @@ def folder_transaction(target: Path, kind: str) -> Iterator[Path]:
         target = target.resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_dead_temporaries(target)
+    note_written(target, "tree")
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}-", suffix=TMP_SUFFIX))
     old = None
     try:

@@ -91,7 +91,7 @@ def save_sharded(folder: Path, step: int, lm, optimizer, meta: dict, keep_last: 
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    from foresight.io import folder_mode
+    from foresight.io import folder_mode, note_written
     from foresight.train.distributed import barrier, is_main
 
     path, tmp = folder / f"step_{step:08d}", folder / f".step_{step:08d}.tmp"
@@ -106,6 +106,7 @@ def save_sharded(folder: Path, step: int, lm, optimizer, meta: dict, keep_last: 
         _fix_modes(tmp)
     barrier()  # every shard is on disk
     if is_main():
+        note_written(path, "tree")
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
