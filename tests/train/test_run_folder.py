@@ -148,6 +148,34 @@ def test_resume_falls_back_past_a_broken_newest_checkpoint(tmp_path, capsys):
     assert load_checkpoint(out / "ntp")["step"] == 4  # steps 3-4 trained again and saved
 
 
+def test_an_unreadable_newest_checkpoint_is_an_error_not_broken(tmp_path, capsys, monkeypatch):
+    """Issue 21: EACCES on the newest checkpoint stops the resume in one line (exit 1); the file is kept."""
+    import errno
+
+    out = tmp_path / "out"
+    assert _run(["stargraph", "run", "smoke", *TINY, "--out", out], capsys)[0] == 0
+    newest = out / "ntp" / "checkpoints" / "step_00000004.safetensors"
+    content = newest.read_bytes()
+    if os.geteuid() == 0:  # root reads anything: inject the error where the kernel would raise it
+        real = os.open
+
+        def deny(path, flags, *args, **kwargs):
+            if str(path) == str(newest) and not flags & (os.O_WRONLY | os.O_RDWR):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", deny)
+    else:
+        newest.chmod(0)
+    code, _, err = _run(["stargraph", "run", "smoke", *TINY, "--set", "train.steps=6", "--out", out, "--resume"],
+                        capsys)
+    line = _error(code, err, "permission denied", status=1)
+    assert "step_00000004.safetensors" in line and "(EACCES)" in line and "skipped" not in err
+    monkeypatch.undo()
+    newest.chmod(0o644)
+    assert newest.read_bytes() == content  # not overwritten
+
+
 def test_a_mismatching_checkpoint_names_keys_and_shapes(tmp_path, capsys):
     out = tmp_path / "out"
     assert _run(["stargraph", "run", "smoke", *TINY, "--out", out], capsys)[0] == 0

@@ -289,9 +289,19 @@ def _read_sharded_model(path: Path, map_location) -> dict:
     return {**meta, "lm": {k: v.to(map_location) for k, v in tensors.items()}}
 
 
+def _check_permissions(path: Path) -> None:
+    """Open every file of the checkpoint for reading first: a permission error (EACCES, EPERM) is the
+    ``OSError`` it is (one line, exit 1), not a broken checkpoint. Taken for broken, the file would be passed
+    over for an older checkpoint, and the resumed run would then overwrite the file it could not read."""
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+    for f in files:
+        os.close(os.open(f, os.O_RDONLY))
+
+
 def read_checkpoint_file(path: Path, map_location="cpu") -> dict:
     """One checkpoint (a file or a sharded folder), checked to hold a model and a config."""
     path = Path(path)
+    _check_permissions(path)
     if is_sharded(path):
         try:
             state = _read_sharded_model(path, map_location)
