@@ -104,6 +104,11 @@ def test_one_line_errors(run_dir, tmp_path, capsys):
     _error_line(*_run(["eval", run_dir], capsys)[::2], "nothing to evaluate")
     _error_line(*_run(["eval", run_dir, "--tasks", "no_such_task_xyz", "--include-path", tmp_path], capsys)[::2],
                 "unknown lm-eval task")
+    # Issue 21: a typo is found before --backend hf exports (over) <run>/hf_export.
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    _error_line(*_run(["eval", run_dir, "--backend", "hf", "--tasks", "no_such_task_xyz", "--include-path",
+                       tmp_path], capsys)[::2], "unknown lm-eval task")
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
 
 def test_generate_text_sampling_and_speculative(run_dir, capsys):

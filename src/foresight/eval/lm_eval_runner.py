@@ -111,7 +111,7 @@ def _data_error(e: Exception) -> bool:
 
 def run_lm_eval(model, tasks: list[str], *, include_path=None, num_fewshot: int | None = None,
                 limit: float | None = None, seed: int = 0, offline: bool = False, log_samples: bool = False,
-                output_path: str | Path | None = None) -> dict:
+                output_path: str | Path | None = None, manager=None) -> dict:
     """lm-eval's ``simple_evaluate`` on ``model`` (an lm-eval LM), one task at a time; returns the merged results
     dict, with ``results["failed"]`` = {task: one-line reason} for tasks that raised: a bad document fails its
     own task, not the others. With ``output_path`` the results (and with ``log_samples`` the per-document samples)
@@ -121,7 +121,8 @@ def run_lm_eval(model, tasks: list[str], *, include_path=None, num_fewshot: int 
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
 
-    manager = task_manager(tasks, include_path)
+    if manager is None:  # the command line checks the task names (task_manager) before it exports anything
+        manager = task_manager(tasks, include_path)
     tracker = EvaluationTracker(output_path=str(output_path)) if output_path else None
     merged: dict = {}
     failed: dict[str, str] = {}
