@@ -250,3 +250,11 @@ def test_import_needs_force_then_replaces_the_whole_folder(tmp_path):
     (out / "checkpoints").mkdir()  # a run trained into the folder: never replaced
     with pytest.raises(ForesightError, match="'checkpoints', which foresight import does not write"):
         save_imported(lm, specs, out, tmp_path / "src", force=True)
+
+
+def test_export_force_over_an_export_with_heads_leaves_no_old_heads(tmp_path):
+    _export(tmp_path / "hf", 0, [{"name": "ntp"}, {"name": "top", "window": 4}])
+    _export(tmp_path / "hf", 1, [{"name": "ntp"}])  # force=True
+    assert not (tmp_path / "hf" / HEADS_FILE).exists()
+    _, specs, report = import_hf(tmp_path / "hf")
+    assert specs == [{"name": "ntp"}] and report.objectives == {}  # not "top loaded" from the old export
