@@ -91,6 +91,9 @@ def build_model(checkpoint: Path, backend: str, *, tokenizer=None, device: str =
         raise ForesightError("--backend hf needs accelerate (pip install 'lm_eval[hf]'); "
                              "or use the default --backend foresight") from None
     if (checkpoint / "config.json").is_file():
+        from foresight.hf.heads import check_complete
+
+        check_complete(checkpoint)  # a foresight export is read only when whole (its completion record)
         folder = checkpoint  # already a Hugging Face folder
     else:
         from foresight.hf import export_checkpoint
