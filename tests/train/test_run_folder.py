@@ -176,6 +176,23 @@ def test_an_unreadable_newest_checkpoint_is_an_error_not_broken(tmp_path, capsys
     assert newest.read_bytes() == content  # not overwritten
 
 
+def test_an_unreadable_sharded_checkpoint_folder_is_an_error(tmp_path, monkeypatch):
+    import errno
+
+    folder = tmp_path / "checkpoints"
+    (folder / "step_00000004").mkdir(parents=True)  # a sharded checkpoint whose folder cannot be listed
+    real = os.listdir
+
+    def deny(path="."):
+        if str(path) == str(folder / "step_00000004"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", deny)
+    with pytest.raises(PermissionError):
+        list_checkpoints(folder)
+
+
 def test_a_mismatching_checkpoint_names_keys_and_shapes(tmp_path, capsys):
     out = tmp_path / "out"
     assert _run(["stargraph", "run", "smoke", *TINY, "--out", out], capsys)[0] == 0

@@ -66,6 +66,8 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
             path = Path(folder) / n
             if path.is_file() if m.group(2) else is_sharded(path):
                 found[int(m.group(1))] = path
+            elif not m.group(2) and path.is_dir():
+                os.listdir(path)  # a step folder we may not read is a PermissionError (one line), not "none here"
     return sorted(found.items())
 
 
