@@ -79,6 +79,23 @@ def note_written(path: Path, kind: str = "file") -> None:
             return
 
 
+def is_recorded(path: Path) -> bool | None:
+    """Whether the manifest of the run folder ``path`` lies in lists it (None: no manifest governs ``path``)."""
+    path = Path(os.path.abspath(path))
+    for folder in list(path.parents)[:_MANIFEST_DEPTH]:
+        manifest = folder / MANIFEST
+        if manifest.is_file() and not manifest.is_symlink():
+            rel = path.relative_to(folder).as_posix()
+            for line in manifest.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("path") == rel:
+                        return True
+                except (ValueError, AttributeError):
+                    continue
+            return False
+    return None
+
+
 def atomic_write(path: Path, write: Callable[[Path], None] | bytes | str) -> Path:
     """Write ``path`` atomically. ``write`` is the content (bytes, or text as UTF-8) or a function that writes
     the file whose path it is given (for libraries that only write to a path, e.g. safetensors)."""

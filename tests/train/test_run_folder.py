@@ -84,6 +84,16 @@ def test_overwrite_removes_exactly_what_foresight_recorded_never_through_a_link(
     assert not (out / "recipe.json").exists() and all(p.read_text() == text for p, text in mine.items())
 
 
+def test_a_users_file_where_a_run_writes_its_metrics_is_never_replaced(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(["stargraph", "run", "smoke", *TINY, "--out", out], capsys)[0] == 0
+    (out / "top").mkdir()
+    (out / "top" / "metrics.jsonl").write_text("my own notes\n")  # not recorded: the user's
+    _error(*_run(["stargraph", "run", "smoke", *TINY[:-1], "top", "--out", out, "--overwrite"], capsys)[::2],
+           "foresight did not write it")
+    assert (out / "top" / "metrics.jsonl").read_text() == "my own notes\n"
+
+
 def test_overwrite_of_a_run_without_a_manifest_is_refused(tmp_path, capsys):
     from foresight.io import MANIFEST
 
