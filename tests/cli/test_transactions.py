@@ -182,6 +182,12 @@ def test_a_foresight_folder_without_its_record_is_refused_a_plain_one_loads(tmp_
     (tmp_path / "heads" / RECORD).unlink()  # what an export interrupted before transactions could leave
     with pytest.raises(ForesightError, match=f"no {RECORD}"):
         import_hf(tmp_path / "heads")
+    from foresight.hf import load_pretrained_into, pretrained_model_config
+
+    with pytest.raises(ForesightError, match=f"no {RECORD}"):  # text.init_from reads the folder through these
+        pretrained_model_config(tmp_path / "heads")
+    with pytest.raises(ForesightError, match=f"no {RECORD}"):
+        load_pretrained_into(None, tmp_path / "heads")
     _export(tmp_path / "plain", 0, [{"name": "ntp"}])
     (tmp_path / "plain" / RECORD).unlink()  # no foresight heads: indistinguishable from a transformers folder
     import_hf(tmp_path / "plain")
