@@ -15,8 +15,9 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 TMP_SUFFIX = ".tmp"
 _TMP_NAME = re.compile(r"^\..+\.tmp$")  # what atomic_write (and a sharded checkpoint) name their temporaries
@@ -51,11 +52,56 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+# A run folder's manifest: every path foresight has written (or begun to write) in it, one JSON object a line
+# (``{"path": "ntp/metrics.jsonl", "kind": "file"}``; kind "tree" for a folder written whole). ``--overwrite``
+# removes exactly these (``foresight.train.run_folder.remove_run``). Appended before each write, by whichever
+# process writes (star-graph workers too), so a kill never leaves a file of foresight's unlisted.
+MANIFEST = ".foresight-written"
+_MANIFEST_DEPTH = 4  # out/run/checkpoints/step_*.safetensors: the manifest is at most this many folders up
+
+
+def note_written(path: Path, kind: str = "file") -> None:
+    """Add ``path`` to the manifest of the run folder it lies in (the nearest ancestor, within
+    ``_MANIFEST_DEPTH``, that holds one); nothing when it lies in none, or inside a temporary folder (what is
+    written there reaches its real name by a rename that is noted itself)."""
+    path = Path(os.path.abspath(path))
+    if any(_TMP_NAME.match(part) for part in path.parts[:-1]):
+        return
+    for folder in list(path.parents)[:_MANIFEST_DEPTH]:
+        manifest = folder / MANIFEST
+        if manifest.is_file() and not manifest.is_symlink():
+            line = json.dumps({"path": path.relative_to(folder).as_posix(), "kind": kind}) + "\n"
+            fd = os.open(manifest, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, line.encode("utf-8"))  # one small O_APPEND write: whole even with several writers
+            finally:
+                os.close(fd)
+            return
+
+
+def is_recorded(path: Path) -> bool | None:
+    """Whether the manifest of the run folder ``path`` lies in lists it (None: no manifest governs ``path``)."""
+    path = Path(os.path.abspath(path))
+    for folder in list(path.parents)[:_MANIFEST_DEPTH]:
+        manifest = folder / MANIFEST
+        if manifest.is_file() and not manifest.is_symlink():
+            rel = path.relative_to(folder).as_posix()
+            for line in manifest.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("path") == rel:
+                        return True
+                except (ValueError, AttributeError):
+                    continue
+            return False
+    return None
+
+
 def atomic_write(path: Path, write: Callable[[Path], None] | bytes | str) -> Path:
     """Write ``path`` atomically. ``write`` is the content (bytes, or text as UTF-8) or a function that writes
     the file whose path it is given (for libraries that only write to a path, e.g. safetensors)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    note_written(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     tmp = Path(name)
     try:
@@ -138,3 +184,166 @@ def clean_temporaries(folder: Path) -> list[Path]:
                 p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+# ------------------------------------------------------------------------------- folders as transactions
+#
+# ``export``, ``import``, ``prepare`` and ``ForesightModel.save_pretrained`` build their whole output in a
+# temporary sibling folder (``.<name>.<pid>-<random>.tmp``, so ``clean_temporaries`` recognises it), write a
+# completion record last (``RECORD``: the format, its version and every file written), and only then put the
+# folder in place, swapping it with the old one in one step where the system allows it. A ``kill -9`` at any
+# moment therefore leaves the old complete folder or the new complete one under the real name, never a mix, and
+# the old content is never removed before the new is complete.
+
+RECORD = "foresight_complete.json"
+RECORD_VERSION = 1
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is not available."""
+    import ctypes
+    import ctypes.util
+    import errno
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):  # this file system cannot
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def swap_into_place(new: Path, target: Path) -> Path | None:
+    """Put the folder ``new`` at ``target``; returns where the old content of ``target`` now is (for the caller
+    to remove once nothing can go wrong any more), or None when there was none.
+
+    Where the system cannot swap two folders in one step, the old folder is first renamed to
+    ``.<name>.old-<random>`` (a name ``clean_temporaries`` never removes), so a kill between the two renames
+    leaves both copies on disk, not neither."""
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.rename(new, target)
+        return None
+    if _exchange(new, target):
+        return new
+    aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+    os.rmdir(aside)
+    os.rename(target, aside)
+    os.rename(new, target)
+    return aside
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_dead_temporaries(target: Path) -> list[Path]:
+    """Remove the temporary folders of ``target`` (``.<name>.<pid>-*.tmp``) whose writing process has died
+    (a ``kill -9``); a live writer's folder stays."""
+    target = Path(target)
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(\d+)-[^/]*\.tmp$")
+    removed = []
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return removed
+    for n in names:
+        m = pattern.match(n)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            p = target.parent / n
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
+def written_files(folder: Path) -> list[str]:
+    """Every file under ``folder`` as a relative POSIX path, sorted (what a completion record lists)."""
+    found = []
+    for root, _, files in os.walk(folder):
+        for f in files:
+            found.append(Path(root, f).relative_to(folder).as_posix())
+    return sorted(found)
+
+
+def write_record(folder: Path, kind: str, files: list[str] | None = None) -> dict:
+    """Write ``folder/RECORD`` (last: it says every other file is complete); ``files``: those written, by
+    default every file in the folder."""
+    from foresight import __version__
+
+    files = written_files(folder) if files is None else sorted(files)
+    record = {"format": kind, "version": RECORD_VERSION, "created_by": f"foresight {__version__}",
+              "files": [f for f in files if f != RECORD]}
+    write_json(Path(folder) / RECORD, record)
+    return record
+
+
+@contextmanager
+def folder_transaction(target: Path, kind: str) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``target`` to write into; when the block ends without an error, write
+    the completion record (format ``kind``), make it durable and put it at ``target`` in place of whatever was
+    there (the caller has checked that it may be replaced). On an error the temporary folder is removed and
+    ``target`` is untouched."""
+    target = Path(target)
+    if target.is_symlink():  # --out names a link to a folder: replace the folder it names, not the link
+        target = target.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_dead_temporaries(target)
+    note_written(target, "tree")
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}-", suffix=TMP_SUFFIX))
+    old = None
+    try:
+        os.chmod(tmp, folder_mode())  # mkdtemp gives 0700
+        yield tmp
+        write_record(tmp, kind)
+        fsync_tree(tmp)
+        old = swap_into_place(tmp, target)
+        fsync_folder(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_record(folder: Path) -> dict | None:
+    """The completion record of ``folder``, None when it has none; ``ForesightError`` (one line) when it is
+    damaged or a file it lists is missing."""
+    from foresight.errors import ForesightError
+
+    path = Path(folder) / RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise ForesightError(f"{path} is not valid JSON; write the folder again") from None
+    if (not isinstance(record, dict) or not isinstance(record.get("format"), str)
+            or not isinstance(record.get("files"), list) or not all(isinstance(f, str) for f in record["files"])):
+        raise ForesightError(f"{path} is not a foresight completion record; write the folder again")
+    if record.get("version") != RECORD_VERSION:
+        raise ForesightError(f"{path}: completion record version {record.get('version')!r} is not "
+                             f"{RECORD_VERSION}; use a foresight that wrote it, or write the folder again")
+    for f in record["files"]:
+        if not (Path(folder) / f).is_file():
+            raise ForesightError(f"{folder} is incomplete: {f}, listed in {RECORD}, is missing; write it again")
+    return record
+
+
+def is_unfinished(folder: Path) -> bool:
+    """A temporary folder of an interrupted write (its name is one ``folder_transaction`` gives)."""
+    return bool(_TMP_NAME.match(Path(folder).name))

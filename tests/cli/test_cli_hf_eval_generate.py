@@ -76,6 +76,10 @@ def test_export_then_import_round_trip(run_dir, tmp_path, capsys):
         assert torch.equal(back.state_dict()[k], v), k
     assert state["config"]["tokenizer"] == "tokenizer"
     assert (tmp_path / "back" / "tokenizer" / "tokenizer.json").is_file()
+    # An existing import is replaced only with --force, and then as a whole (issue 21).
+    code, out, err = _run(["import", tmp_path / "hf", "--out", tmp_path / "back"], capsys)
+    assert code == 2 and err.count("foresight: error:") == 1 and "--force" in err, err
+    assert _run(["import", tmp_path / "hf", "--out", tmp_path / "back", "--force"], capsys)[0] == 0
 
     # New objectives for continued training: fresh heads on the imported trunk.
     code, out, err = _run(["import", tmp_path / "hf", "--out", tmp_path / "ct", "--objectives",
@@ -100,6 +104,11 @@ def test_one_line_errors(run_dir, tmp_path, capsys):
     _error_line(*_run(["eval", run_dir], capsys)[::2], "nothing to evaluate")
     _error_line(*_run(["eval", run_dir, "--tasks", "no_such_task_xyz", "--include-path", tmp_path], capsys)[::2],
                 "unknown lm-eval task")
+    # Issue 21: a typo is found before --backend hf exports (over) <run>/hf_export.
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    _error_line(*_run(["eval", run_dir, "--backend", "hf", "--tasks", "no_such_task_xyz", "--include-path",
+                       tmp_path], capsys)[::2], "unknown lm-eval task")
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
 
 def test_generate_text_sampling_and_speculative(run_dir, capsys):

@@ -16,7 +16,7 @@ import torch
 
 from foresight.cli.main import main
 from foresight.train.checkpoint import list_checkpoints, load_checkpoint
-from foresight.train.run_folder import LOCK
+from foresight.train.run_folder import LOCK, remove_run
 
 TINY = ["--set", "train.steps=4", "--set", "train.eval_every=0", "--set", "train.ckpt_every=2", "--set",
         "train.log_every=1", "--runs", "ntp"]
@@ -46,15 +46,63 @@ def test_a_used_folder_needs_resume_or_overwrite(tmp_path, capsys):
     # --overwrite: foresight's files go, the user's stay.
     (out / "notes.txt").write_text("mine")
     (out / "ntp" / "mine.txt").write_text("mine too")
-    (out / "ntp" / "checkpoints" / "step_00000099.safetensors").write_bytes(b"old run's")
     code, _, err = _run(["stargraph", "run", "smoke", *TINY, "--set", "train.steps=2", "--out", out, "--overwrite"],
                         capsys)
     assert code == 0, err
     assert (out / "notes.txt").read_text() == "mine" and (out / "ntp" / "mine.txt").read_text() == "mine too"
-    assert [s for s, _ in list_checkpoints(out / "ntp" / "checkpoints")] == [2]  # the old run's are gone
+    assert [s for s, _ in list_checkpoints(out / "ntp" / "checkpoints")] == [2]  # the old run's step 4 is gone
     steps = [json.loads(line)["step"] for line in (out / "ntp" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 2]  # one run's metrics (meta, two steps, final eval), not two stitched together
     assert not (out / LOCK).exists() and not (out / "ntp" / LOCK).exists()  # released
+
+
+def test_overwrite_removes_exactly_what_foresight_recorded_never_through_a_link(tmp_path, capsys):
+    """Issue 21: the user's files named like foresight's stay, and a link inside the run folder is not followed."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    assert _run(["stargraph", "run", "smoke", *TINY, "--out", out], capsys)[0] == 0
+    mine = {out / "mine" / "metrics.jsonl": "my metrics", out / "compare.md": "my notes", out / ".draft.tmp": "draft",
+            out / "ntp" / ".draft.tmp": "draft 2", out / "mine" / "checkpoints" / "keep.txt": "mine"}
+    for p, text in mine.items():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    for name in ("checkpoints", "eval"):  # a folder elsewhere that a link in the run folder points at
+        (elsewhere / name).mkdir(parents=True)
+        (elsewhere / name / "precious.txt").write_text("keep")
+    (out / "linked").symlink_to(elsewhere)
+    code, _, err = _run(["stargraph", "run", "smoke", *TINY, "--set", "train.steps=2", "--out", out, "--overwrite"],
+                        capsys)
+    assert code == 0, err
+    assert all(p.read_text() == text for p, text in mine.items())
+    assert (elsewhere / "checkpoints" / "precious.txt").is_file() and (elsewhere / "eval" / "precious.txt").is_file()
+    # A run sub-folder swapped for a link after the run: its recorded files are not reached through the link.
+    (out / "ntp").rename(elsewhere / "ntp")
+    (out / "ntp").symlink_to(elsewhere / "ntp")
+    before = sorted(p for p in (elsewhere / "ntp").rglob("*"))
+    remove_run(out)
+    assert sorted(p for p in (elsewhere / "ntp").rglob("*")) == before
+    assert list_checkpoints(elsewhere / "ntp" / "checkpoints")
+    assert not (out / "recipe.json").exists() and all(p.read_text() == text for p, text in mine.items())
+
+
+def test_a_users_file_where_a_run_writes_its_metrics_is_never_replaced(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(["stargraph", "run", "smoke", *TINY, "--out", out], capsys)[0] == 0
+    (out / "top").mkdir()
+    (out / "top" / "metrics.jsonl").write_text("my own notes\n")  # not recorded: the user's
+    _error(*_run(["stargraph", "run", "smoke", *TINY[:-1], "top", "--out", out, "--overwrite"], capsys)[::2],
+           "foresight did not write it")
+    assert (out / "top" / "metrics.jsonl").read_text() == "my own notes\n"
+
+
+def test_overwrite_of_a_run_without_a_manifest_is_refused(tmp_path, capsys):
+    from foresight.io import MANIFEST
+
+    out = tmp_path / "out"
+    assert _run(["stargraph", "run", "smoke", *TINY, "--out", out], capsys)[0] == 0
+    (out / MANIFEST).unlink()  # a run folder written by an older foresight
+    _error(*_run(["stargraph", "run", "smoke", *TINY, "--out", out, "--overwrite"], capsys)[::2],
+           "no record of the files foresight wrote")
+    assert list_checkpoints(out / "ntp" / "checkpoints")
 
 
 def test_resume_needs_something_to_resume(tmp_path, capsys):
@@ -108,6 +156,51 @@ def test_resume_falls_back_past_a_broken_newest_checkpoint(tmp_path, capsys):
     assert code == 0, err
     assert "skipped a broken checkpoint, using step_00000002.safetensors" in err and "step_00000004" in err
     assert load_checkpoint(out / "ntp")["step"] == 4  # steps 3-4 trained again and saved
+
+
+def test_an_unreadable_newest_checkpoint_is_an_error_not_broken(tmp_path, capsys, monkeypatch):
+    """Issue 21: EACCES on the newest checkpoint stops the resume in one line (exit 1); the file is kept."""
+    import errno
+
+    out = tmp_path / "out"
+    assert _run(["stargraph", "run", "smoke", *TINY, "--out", out], capsys)[0] == 0
+    newest = out / "ntp" / "checkpoints" / "step_00000004.safetensors"
+    content = newest.read_bytes()
+    if os.geteuid() == 0:  # root reads anything: inject the error where the kernel would raise it
+        real = os.open
+
+        def deny(path, flags, *args, **kwargs):
+            if str(path) == str(newest) and not flags & (os.O_WRONLY | os.O_RDWR):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", deny)
+    else:
+        newest.chmod(0)
+    code, _, err = _run(["stargraph", "run", "smoke", *TINY, "--set", "train.steps=6", "--out", out, "--resume"],
+                        capsys)
+    line = _error(code, err, "permission denied", status=1)
+    assert "step_00000004.safetensors" in line and "(EACCES)" in line and "skipped" not in err
+    monkeypatch.undo()
+    newest.chmod(0o644)
+    assert newest.read_bytes() == content  # not overwritten
+
+
+def test_an_unreadable_sharded_checkpoint_folder_is_an_error(tmp_path, monkeypatch):
+    import errno
+
+    folder = tmp_path / "checkpoints"
+    (folder / "step_00000004").mkdir(parents=True)  # a sharded checkpoint whose folder cannot be listed
+    real = os.listdir
+
+    def deny(path="."):
+        if str(path) == str(folder / "step_00000004"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", deny)
+    with pytest.raises(PermissionError):
+        list_checkpoints(folder)
 
 
 def test_a_mismatching_checkpoint_names_keys_and_shapes(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """A wrapped model trains in a plain loop and with transformers' Trainer, and save/load restores it exactly."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -169,3 +170,27 @@ def test_gradient_checkpointing_of_the_model_keeps_every_gradient(reentrant):
     assert set(grads[0]) == set(grads[1])
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_save_pretrained_is_whole_or_refused(tmp_path):
+    """Issue 21: the completion record is written last; a folder with other content keeps it, and a save there
+    leaves no file of the previous save behind (a stale shard would make transformers read old weights)."""
+    from foresight.io import RECORD
+
+    wrapped = wrap(tiny_model("llama"), [{"name": "ntp"}, {"name": "top", "window": 4}])
+    out = tmp_path / "out"
+    (out / "checkpoint-1").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    wrapped.save_pretrained(out, max_shard_size="20KB")
+    assert (out / "model.safetensors.index.json").is_file()
+    wrapped.save_pretrained(out)  # one file now: the shards and their index go
+    assert not list(out.glob("model-*.safetensors")) and not (out / "model.safetensors.index.json").exists()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "checkpoint-1").is_dir()
+    assert json.loads((out / RECORD).read_text())["format"] == "foresight-wrapper"
+    ForesightModel.from_pretrained(out)
+    (out / RECORD).unlink()  # a save killed before its record: refused, never taken for whole
+    with pytest.raises(ForesightError, match=f"no {RECORD}"):
+        ForesightModel.from_pretrained(out)
+    wrapped.save_pretrained(tmp_path / "new")  # a new folder: swapped into place whole
+    assert sorted(os.listdir(tmp_path / "new")) == sorted([RECORD, HEADS_FILE, "config.json", "generation_config.json",
+                                                           "model.safetensors"])

@@ -62,7 +62,7 @@ def _perplexity(args) -> dict:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from foresight.eval.lm_eval_runner import resolve_tasks, results_table, write_results
+    from foresight.eval.lm_eval_runner import force_offline, resolve_tasks, results_table, task_manager, write_results
 
     if not args.tasks and not args.perplexity:
         raise ForesightError("nothing to evaluate: give --tasks (e.g. --tasks paper) and/or --perplexity DATA_DIR")
@@ -76,6 +76,14 @@ def _eval(args: argparse.Namespace) -> None:
     if not args.checkpoint.exists():
         raise ForesightError(f"checkpoint not found: {args.checkpoint}")
     _hf_folder_backend(args)
+    if args.log_samples and not args.output_path:
+        raise ForesightError("--log-samples needs --output-path (where lm-eval's files go)")
+    manager = None
+    if args.tasks:  # task names are checked before anything is computed or written (--backend hf exports)
+        tasks = resolve_tasks(args.tasks)
+        if args.offline:
+            force_offline()
+        manager = task_manager(tasks, args.include_path)
     extra, rows = {}, []
     if args.perplexity:
         extra["perplexity"] = _perplexity(args)
@@ -84,8 +92,7 @@ def _eval(args: argparse.Namespace) -> None:
               f"loss {p['loss']:.4f}, ppl {p['ppl']:.3f}")
     failed: dict[str, str] = {}
     if args.tasks:
-        tasks = resolve_tasks(args.tasks)
-        rows, failed = _run_tasks(args, tasks)
+        rows, failed = _run_tasks(args, tasks, manager)
     out = args.out or _default_out(args.checkpoint)
     meta = {"checkpoint": str(args.checkpoint), "backend": args.backend, "tasks": args.tasks,
             "num_fewshot": args.num_fewshot, "limit": args.limit, "seed": args.seed, "failed": failed}
@@ -117,20 +124,14 @@ def _hf_folder_backend(args) -> None:
         args.backend = "hf"
 
 
-def _run_tasks(args, tasks: list[str]) -> list[dict]:
+def _run_tasks(args, tasks: list[str], manager) -> list[dict]:
     from foresight.eval.lm_eval_runner import build_model, result_rows, run_lm_eval
 
-    if args.offline:
-        from foresight.eval.lm_eval_runner import force_offline
-
-        force_offline()
     model = build_model(args.checkpoint, args.backend, tokenizer=args.tokenizer, device=args.device,
                         batch_size=args.batch_size, hf_dir=(args.out / "hf") if args.out else None)
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
-    if args.log_samples and not args.output_path:
-        raise ForesightError("--log-samples needs --output-path (where lm-eval's files go)")
     # Per task: a failing task (bad document, missing data) is reported and the others still run.
     results = run_lm_eval(model, tasks, include_path=args.include_path, num_fewshot=args.num_fewshot,
                           limit=limit, seed=args.seed, offline=args.offline, log_samples=args.log_samples,
-                          output_path=args.output_path)
+                          output_path=args.output_path, manager=manager)
     return result_rows(results), results["failed"]

@@ -38,6 +38,8 @@ def register(sub) -> None:
                     help="output folder (gets step_00000000.safetensors and tokenizer/)")
     im.add_argument("--objectives", help="objectives to attach: names ('ntp,top') or a YAML list "
                     "('[{name: ntp}, {name: top, window: 1024}]'); default: what the folder carries, else ntp")
+    im.add_argument("--force", action="store_true",
+                    help="replace an earlier import in --out as a whole (a folder holding anything else is refused)")
     im.add_argument("--verify", action="store_true",
                     help="load the source with transformers too and print the max logit difference")
     im.set_defaults(func=_import)
@@ -84,14 +86,21 @@ def _export(args: argparse.Namespace) -> None:
 def _import(args: argparse.Namespace) -> None:
     from foresight.hf import import_hf, max_logit_difference, save_imported
     from foresight.hf.gguf import is_gguf
+    from foresight.hf.import_ import check_import_target
     from foresight.hf.tokenizer import copy_tokenizer, tokenizer_dir
 
     specs = parse_objectives(args.objectives)
+    check_import_target(args.out, args.force)  # before anything is read
     if is_gguf(args.hf_dir):
         return _import_gguf(args, specs)
     lm, specs, report = import_hf(args.hf_dir, specs)
-    copied = copy_tokenizer(args.hf_dir, args.out / "tokenizer") if tokenizer_dir(args.hf_dir) else []
-    path = save_imported(lm, specs, args.out, args.hf_dir, copied)
+    copied: list[str] = []
+
+    def tokenizer(folder: Path) -> list[str]:
+        copied.extend(copy_tokenizer(args.hf_dir, folder) if tokenizer_dir(args.hf_dir) else [])
+        return copied
+
+    path = save_imported(lm, specs, args.out, args.hf_dir, tokenizer, force=args.force)
     _print_imported(lm, specs, report, "Qwen2" if lm.model.cfg.qkv_bias else "Llama", args.hf_dir, path)
     print(f"tokenizer: {'copied to ' + str(args.out / 'tokenizer') if copied else 'none found in ' + str(args.hf_dir)}")
     if args.verify:
@@ -114,8 +123,13 @@ def _import_gguf(args: argparse.Namespace, specs: list[dict] | None) -> None:
     info = inspect_gguf(args.hf_dir)
     print(f"reading {info.summary()}")
     lm, specs, report, model = import_gguf(info.path, specs)
-    copied = save_tokenizer(info.path, args.out / "tokenizer")
-    path = save_imported(lm, specs, args.out, info.path, copied)
+    copied: list[str] = []
+
+    def tokenizer(folder: Path) -> list[str]:
+        copied.extend(save_tokenizer(info.path, folder))
+        return copied
+
+    path = save_imported(lm, specs, args.out, info.path, tokenizer, force=args.force)
     _print_imported(lm, specs, report, ARCHITECTURES[info.architecture], info.path, path, ", fp32")
     print(f"tokenizer: copied to {args.out / 'tokenizer'} ({', '.join(copied)})")
     if args.verify:

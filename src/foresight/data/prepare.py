@@ -5,8 +5,9 @@ without BOS, each followed by the end-of-document token, packed back to back int
 goes to the validation split when a hash of (seed, its index) falls below ``val_fraction``, so the split is
 by whole documents and identical for identical inputs.
 
-The output is built in a hidden sibling folder and renamed into place at the end, so an interrupted run
-never leaves a folder that looks prepared.
+The output is built in a hidden sibling folder and put in place at the end (``foresight.io.folder_transaction``),
+so an interrupted run never leaves a folder that looks prepared, and ``--overwrite`` never loses the old data
+before the new is whole.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from foresight.data.shards import FORMAT, META, VERSION, ShardWriter, token_dtyp
 from foresight.data.sources import Documents
 from foresight.data.tokenizer import TextTokenizer
 from foresight.errors import ForesightError
-from foresight.io import fsync_folder, fsync_tree, write_json
+from foresight.io import folder_transaction, write_json
+
+PREPARE_FORMAT = "foresight-prepare"
 
 
 @dataclass
@@ -112,11 +115,11 @@ def prepare(documents: Documents, tokenizer: TextTokenizer, out: Path, cfg: Prep
         _clean_partials(out)
     dtype = token_dtype(tokenizer.vocab_size)
     encoder = tokenizer.encoder()
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     start = time.perf_counter()
-    try:
+    # The folder is a transaction (foresight.io.folder_transaction): built beside --out, meta.json written last,
+    # then the completion record, then swapped with the old folder in one step; the old data is removed only
+    # after the new is in place, so a kill -9 at any moment leaves the old data or the new, whole.
+    with folder_transaction(out, PREPARE_FORMAT) as tmp:
         writers = {s: ShardWriter(tmp, s, dtype, cfg.shard_tokens) for s in ("train", "val")}
         total = documents.total_bytes
         bar = tqdm(total=total, unit="B" if total is not None else "doc", unit_scale=True, desc="prepare",
@@ -164,16 +167,8 @@ def prepare(documents: Documents, tokenizer: TextTokenizer, out: Path, cfg: Prep
             "sources": documents.sources,
         }
         write_json(tmp / META, meta)
-        fsync_tree(tmp)
         if out.exists():
             check_out(out, overwrite)  # still foresight's own prepared data (checked again: time has passed)
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-        fsync_folder(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     meta["seconds"] = time.perf_counter() - start  # for the caller's summary; not in meta.json (determinism)
     return meta
 

@@ -125,6 +125,22 @@ class TokenStream:
                 yield np.asarray(m[i : i + size])
 
 
+def check_prepared_complete(folder: Path) -> None:
+    """A prepared folder is read only when whole. ``prepare`` writes ``meta.json`` after every shard and the
+    tokenizer, then the completion record (``foresight.io.RECORD``), and only then puts the folder in place; a
+    folder with a record must hold every file it lists. Folders prepared before the record existed have none
+    and are still read: their ``meta.json`` was always written last and the folder renamed into place, and
+    every shard is checked against it below. A temporary folder of an interrupted ``prepare`` is refused."""
+    from foresight.io import is_unfinished, read_record
+
+    if is_unfinished(folder):
+        raise ForesightError(f"{folder} is the temporary folder of an interrupted foresight prepare and may be "
+                             f"incomplete; prepare the data again")
+    record = read_record(folder)
+    if record is not None and record["format"] != "foresight-prepare":
+        raise ForesightError(f"{folder} holds {record['format']!r}, not prepared data")
+
+
 def _fail(folder: Path, what: str) -> None:
     raise ForesightError(f"prepared data {folder}: {what}; re-run foresight prepare to rebuild it")
 
@@ -170,6 +186,7 @@ class PreparedData:
             hint = "" if folder.is_dir() else " (no such folder)"
             raise ForesightError(f"{folder} is not prepared data{hint}: no {META}; create it with foresight prepare "
                                  f"--input FILES --tokenizer T --out {folder}")
+        check_prepared_complete(folder)
         try:
             meta = json.loads(inside(folder, META).read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -95,11 +95,12 @@ def hf_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     from foresight.hf.tokenizer import copy_tokenizer
+    from foresight.paths import NO_REMOTE_CODE
 
     with tempfile.TemporaryDirectory(prefix="foresight-tokenizer-") as tmp:
         copy_tokenizer(Path(path), Path(tmp))  # one line if there are no tokenizer files
         try:
-            return AutoTokenizer.from_pretrained(tmp)
+            return AutoTokenizer.from_pretrained(tmp, **NO_REMOTE_CODE)
         except (OSError, ValueError) as e:
             raise ForesightError(f"--tokenizer {path}: transformers cannot load it "
                                  f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
@@ -123,24 +124,29 @@ def build_model(checkpoint: Path, backend: str, *, tokenizer=None, device: str =
     except ImportError:
         raise ForesightError("--backend hf needs accelerate (pip install 'lm_eval[hf]'); "
                              "or use the default --backend foresight") from None
+    hf_tok = None
     if hf_model_folder(checkpoint):
+        from foresight.hf.heads import check_complete
+
+        check_complete(checkpoint)  # a foresight export is read only when whole (its completion record)
         folder = checkpoint  # already a Hugging Face folder
         if tokenizer is not None:
-            return HFLM(pretrained=str(folder), tokenizer=hf_tokenizer(tokenizer), device=device,
-                        batch_size=batch_size, dtype="float32")
+            hf_tok = hf_tokenizer(tokenizer)  # the user's tokenizer, never written into their folder
     else:
         from foresight.hf import export_checkpoint
 
         run = checkpoint if checkpoint.is_dir() else checkpoint.parent
         folder = Path(hf_dir) if hf_dir else run / "hf_export"
         export_checkpoint(checkpoint, folder, tokenizer=tokenizer, force=True)
-    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
+    if hf_tok is None and not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
         raise ForesightError(f"{folder} has no tokenizer files; pass --tokenizer PATH")
     from foresight.paths import NO_REMOTE_CODE, confine_folder, refuse_remote_code
 
     confine_folder(folder)  # HFLM reads whatever model and tokenizer files it finds there
+    extra = {} if hf_tok is None else {"tokenizer": hf_tok}
     try:
-        return HFLM(pretrained=str(folder), device=device, batch_size=batch_size, dtype="float32", **NO_REMOTE_CODE)
+        return HFLM(pretrained=str(folder), device=device, batch_size=batch_size, dtype="float32", **extra,
+                    **NO_REMOTE_CODE)
     except Exception:  # transformers' refusal of auto_map code, said as what to do instead
         refuse_remote_code(folder, "export the model with foresight export (plain Llama / Qwen2) and evaluate that")
         raise
@@ -154,7 +160,7 @@ def _data_error(e: Exception) -> bool:
 
 def run_lm_eval(model, tasks: list[str], *, include_path=None, num_fewshot: int | None = None,
                 limit: float | None = None, seed: int = 0, offline: bool = False, log_samples: bool = False,
-                output_path: str | Path | None = None) -> dict:
+                output_path: str | Path | None = None, manager=None) -> dict:
     """lm-eval's ``simple_evaluate`` on ``model`` (an lm-eval LM), one task at a time; returns the merged results
     dict, with ``results["failed"]`` = {task: one-line reason} for tasks that raised: a bad document fails its
     own task, not the others. With ``output_path`` the results (and with ``log_samples`` the per-document samples)
@@ -164,7 +170,8 @@ def run_lm_eval(model, tasks: list[str], *, include_path=None, num_fewshot: int 
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
 
-    manager = task_manager(tasks, include_path)
+    if manager is None:  # the command line checks the task names (task_manager) before it exports anything
+        manager = task_manager(tasks, include_path)
     tracker = EvaluationTracker(output_path=str(output_path)) if output_path else None
     merged: dict = {}
     failed: dict[str, str] = {}

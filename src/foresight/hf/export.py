@@ -4,11 +4,13 @@ The folder loads with plain ``transformers.AutoModelForCausalLM.from_pretrained(
 computes the same next-token logits as ``lm.model`` (the trunk with the NTP head; MTP head 0 is the trunk's
 own last layer, so an MTP model exports as an ordinary model of ``n_layers`` layers, as in Meta MTP §2).
 Files: ``config.json``, ``model.safetensors``, ``generation_config.json``, the tokenizer files when the run
-has a tokenizer, and with ``with_heads`` the objective heads (layout in ``foresight.hf.heads``).
+has a tokenizer, with ``with_heads`` the objective heads (layout in ``foresight.hf.heads``), and last the
+completion record ``foresight_complete.json`` that foresight's readers require of a folder with heads.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,12 +18,15 @@ import torch
 
 from foresight.errors import ForesightError
 from foresight.hf.config import to_hf_config
-from foresight.hf.heads import HEADS_FILE, dsmtp_config, dsmtp_to_deepseek, heads_metadata, plain_heads
-from foresight.hf.tokenizer import copy_tokenizer, find_tokenizer, special_tokens
+from foresight.hf.heads import EXPORT_FORMAT, HEADS_FILE, dsmtp_config, dsmtp_to_deepseek, heads_metadata, plain_heads
+from foresight.hf.tokenizer import TOKENIZER_FILES, copy_tokenizer, find_tokenizer, special_tokens
 from foresight.hf.weights import SAFETENSORS, trunk_key_to_hf, write_safetensors
-from foresight.io import write_json
+from foresight.io import RECORD, folder_transaction, write_json
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Every name an export writes in its folder: ``--force`` replaces a folder holding these and nothing else.
+EXPORT_NAMES = frozenset({SAFETENSORS, "config.json", "generation_config.json", HEADS_FILE, RECORD,
+                          *TOKENIZER_FILES})
 
 
 @dataclass
@@ -45,37 +50,52 @@ def export_lm(lm, specs: list[dict], out: Path, *, with_heads: bool = False, dty
               tokenizer: Path | None = None, special_ids: dict | None = None, force: bool = False) -> ExportReport:
     """Write ``lm`` (a ``TrainableLM``) as a Hugging Face folder ``out``; see the module docstring.
 
-    Every file is written atomically (``foresight.io``); if the export fails (a full disk), a folder it created
-    is removed again, so no half-exported model is left to be mistaken for a whole one."""
-    import shutil
-
+    The folder is a transaction (``foresight.io.folder_transaction``): it is written beside ``out`` under a
+    temporary name, ends with its completion record and replaces ``out`` only when complete, so a failure or a
+    ``kill -9`` leaves the earlier folder (or none), never a half-exported one; ``force`` replaces a whole earlier
+    export (no file of it stays: not its heads, not its tokenizer)."""
     ffn = lm.model.cfg.ffn
     if ffn != "dense":  # before anything is written
         kind = "a mixture-of-experts" if ffn == "moe" else "an UltraMemV2 memory-layer"
         raise ForesightError(f"cannot export {kind} model (model.ffn={ffn}): Hugging Face has no standard class "
                              f"for it; use the foresight checkpoint (foresight eval / generate read it)")
-    created = not Path(out).exists()
-    try:
-        return _export_lm(lm, specs, out, with_heads=with_heads, dtype=dtype, tokenizer=tokenizer,
-                          special_ids=special_ids, force=force)
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-
-
-def _export_lm(lm, specs: list[dict], out: Path, *, with_heads: bool, dtype: str, tokenizer: Path | None,
-               special_ids: dict | None, force: bool) -> ExportReport:
-    from foresight.objectives import DSMTP, MTP, NTP, TOP
-
     if dtype not in DTYPES:
         raise ForesightError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     out = Path(out)
+    check_export_target(out, force)
+    with folder_transaction(out, EXPORT_FORMAT) as tmp:
+        report = _export_lm(lm, specs, tmp, with_heads=with_heads, dtype=dtype, tokenizer=tokenizer,
+                            special_ids=special_ids)
+    report.out = out
+    return report
+
+
+def check_export_target(out: Path, force: bool) -> None:
+    """``out`` may be written: it does not exist, is empty, or (with ``force``) holds an earlier export and nothing
+    else; anything of the user's in it is never replaced."""
+    from foresight.io import RECORD, read_record
+
     if out.exists() and not out.is_dir():
         raise ForesightError(f"--out {out} exists and is not a folder")
-    if (out / "config.json").exists() and not force:
-        raise ForesightError(f"{out} already holds a model (config.json); choose another --out or pass --force")
-    out.mkdir(parents=True, exist_ok=True)
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        what = "a model (config.json)" if (out / "config.json").exists() else "files"
+        raise ForesightError(f"{out} already holds {what}; choose another --out, or pass --force to replace an "
+                             f"earlier export as a whole")
+    foreign = sorted(n for n in os.listdir(out) if n not in EXPORT_NAMES)
+    if foreign:
+        raise ForesightError(f"{out} holds {foreign[0]!r}, which foresight export does not write; --force replaces "
+                             f"only a folder holding an earlier export and nothing else: choose another --out")
+    record = read_record(out) if (out / RECORD).is_file() else None
+    if record is not None and record["format"] != EXPORT_FORMAT:
+        raise ForesightError(f"{out} holds {record['format']!r}, not an export; choose another --out")
+
+
+def _export_lm(lm, specs: list[dict], out: Path, *, with_heads: bool, dtype: str, tokenizer: Path | None,
+               special_ids: dict | None) -> ExportReport:
+    from foresight.objectives import DSMTP, MTP, NTP, TOP
+
     cfg = lm.model.cfg
     report = ExportReport(out, "Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM")
 

@@ -149,3 +149,43 @@ def specs_from_metadata(metadata: dict | None, where: str) -> list[dict] | None:
     except (KeyError, ValueError):
         raise ForesightError(f"{where}: metadata has no readable 'objectives' list") from None
     return specs
+
+
+# A Hugging Face folder that foresight writes (``export``, ``ForesightModel.save_pretrained``) ends with a
+# completion record (``foresight.io.RECORD``). A folder that shows it came from foresight (the heads file, or
+# ``foresight_dsmtp`` in its config) but has no record is an interrupted or older write and is refused; a plain
+# transformers folder has neither and loads as before.
+EXPORT_FORMAT = "foresight-export"
+WRAPPER_FORMAT = "foresight-wrapper"
+HF_FORMATS = (EXPORT_FORMAT, WRAPPER_FORMAT)
+
+
+def foresight_mark(folder, hf_config: dict | None = None) -> str | None:
+    """What shows that ``folder`` was written by foresight, or None for a plain transformers folder."""
+    from pathlib import Path
+
+    if (Path(folder) / HEADS_FILE).exists():
+        return HEADS_FILE
+    if isinstance(hf_config, dict) and "foresight_dsmtp" in hf_config:
+        return "foresight_dsmtp in config.json"
+    return None
+
+
+def check_complete(folder, hf_config: dict | None = None) -> None:
+    """One line if ``folder`` is a foresight-written Hugging Face folder that is not known to be complete."""
+    from pathlib import Path
+
+    from foresight.io import RECORD, is_unfinished, read_record
+
+    folder = Path(folder)
+    if is_unfinished(folder):
+        raise ForesightError(f"{folder} is the temporary folder of an interrupted foresight write and may be "
+                             f"incomplete; use the folder it was written for, or write it again")
+    record = read_record(folder)
+    if record is None:
+        mark = foresight_mark(folder, hf_config)
+        if mark is not None:
+            raise ForesightError(f"{folder} was written by foresight ({mark}) but has no {RECORD}, so it may be "
+                                 f"incomplete (an interrupted or older export); export or save it again")
+    elif record["format"] not in HF_FORMATS:
+        raise ForesightError(f"{folder}: {RECORD} says it holds {record['format']!r}, not a Hugging Face model")

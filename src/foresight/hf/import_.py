@@ -13,6 +13,7 @@ already built ``TrainableLM``, after checking that the architectures agree.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,8 +21,9 @@ import torch
 
 from foresight.errors import ForesightError
 from foresight.hf.config import from_hf_config
-from foresight.hf.heads import HEADS_FILE, dsmtp_from_deepseek, dsmtp_spec_from_hf, specs_from_metadata
+from foresight.hf.heads import HEADS_FILE, check_complete, dsmtp_from_deepseek, dsmtp_spec_from_hf, specs_from_metadata
 from foresight.hf.weights import hf_key_to_trunk, read_hf_weights
+from foresight.io import RECORD, read_record
 from foresight.paths import inside, note_ignored_code
 
 # ModelConfig fields that change the function or the parameter shapes (init_std and max_seq_len do not).
@@ -50,9 +52,11 @@ def read_hf_config(folder: Path) -> dict:
     if not path.is_file():
         raise ForesightError(f"{folder} has no config.json; give a Hugging Face model folder (config.json + weights)")
     try:
-        return json.loads(inside(folder, "config.json").read_text(encoding="utf-8"))
+        config = json.loads(inside(folder, "config.json").read_text(encoding="utf-8"))
     except ValueError as e:
         raise ForesightError(f"{path} is not valid JSON ({e})") from None
+    check_complete(folder, config)  # a foresight export is read only when it is whole
+    return config
 
 
 def _heads_file(folder: Path) -> tuple[dict[str, torch.Tensor], list[dict] | None]:
@@ -202,19 +206,67 @@ def import_hf(folder: Path, objectives: list[dict] | None = None):
     return lm.eval(), specs, report
 
 
-def save_imported(lm, specs: list[dict], out: Path, source: Path, tokenizer_files: list[str] | None = None) -> Path:
-    """Write ``out/step_00000000.safetensors`` in the trainer's checkpoint format (atomically); returns its path.
+IMPORT_FORMAT = "foresight-import"
+IMPORT_NAMES = frozenset({"step_00000000.safetensors", "tokenizer", RECORD})  # what an import writes in --out
+
+
+def check_import_target(out: Path, force: bool) -> None:
+    """``out`` may be written: it does not exist, is empty, or (with ``force``) holds an earlier import and
+    nothing else (a folder a run has trained into holds more, and is never replaced)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ForesightError(f"--out {out} exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise ForesightError(f"{out} already exists and is not empty; choose another --out, or pass --force to "
+                             f"replace an earlier import as a whole")
+    foreign = sorted(n for n in os.listdir(out) if n not in IMPORT_NAMES)
+    if foreign:
+        raise ForesightError(f"{out} holds {foreign[0]!r}, which foresight import does not write; --force replaces "
+                             f"only a folder holding an earlier import and nothing else: choose another --out")
+    record = read_record(out)
+    if record is not None and record["format"] != IMPORT_FORMAT:
+        raise ForesightError(f"{out} holds {record['format']!r}, not an import; choose another --out")
+
+
+def check_import_complete(state: dict, checkpoint: Path) -> None:
+    """An imported checkpoint (its config names ``imported_from``) is read only from a whole import folder: one
+    with its completion record (an import interrupted before ``foresight.io`` made imports transactions, or a
+    copy of the file alone, is refused in one line)."""
+    config = state.get("config")
+    source = config.get("imported_from") if isinstance(config, dict) else None
+    if not isinstance(source, dict) or source.get("format") != "huggingface":  # not written by foresight import
+        return
+    folder = Path(checkpoint).parent
+    record = read_record(folder)
+    if record is None or record["format"] != IMPORT_FORMAT:
+        raise ForesightError(f"{checkpoint} is an imported checkpoint but {folder} has no completion record "
+                             f"({RECORD}) of a foresight import, so it may be incomplete; import it again")
+
+
+def save_imported(lm, specs: list[dict], out: Path, source: Path, tokenizer=None, *, force: bool = False) -> Path:
+    """Write ``out/step_00000000.safetensors`` in the trainer's checkpoint format; returns its path.
+
+    ``tokenizer``: None, or a function that writes the tokenizer files into the folder it is given (``tokenizer/``
+    in the import's temporary folder) and returns their names. The folder is a transaction
+    (``foresight.io.folder_transaction``): written beside ``out``, ended by its completion record, put in place
+    only when whole; ``force`` replaces an earlier import as a whole (``check_import_target``).
 
     The file sits directly in ``out`` (not ``out/checkpoints``) so that a training run started with
     ``--out out --resume`` never mistakes it for a resumable state (it has no optimiser state).
     """
+    from foresight.io import folder_transaction
     from foresight.train.checkpoint import SUFFIX
     from foresight.train.state_file import save_state
 
+    out = Path(out)
+    check_import_target(out, force)
     config = {"model": asdict(lm.model.cfg), "objectives": specs,
               "imported_from": {"path": str(Path(source).resolve()), "format": "huggingface"}}
-    if tokenizer_files:
-        config["tokenizer"] = "tokenizer"  # relative to this checkpoint's folder
-    path = Path(out) / f"step_00000000{SUFFIX}"
-    save_state({"lm": lm.state_dict(), "config": config, "step": 0}, path)
-    return path
+    name = f"step_00000000{SUFFIX}"
+    with folder_transaction(out, IMPORT_FORMAT) as tmp:
+        if tokenizer is not None and tokenizer(tmp / "tokenizer"):
+            config["tokenizer"] = "tokenizer"  # relative to this checkpoint's folder
+        save_state({"lm": lm.state_dict(), "config": config, "step": 0}, tmp / name)
+    return out / name

@@ -23,7 +23,7 @@ from foresight.data.loader import PackedLoader, eval_windows, make_batch
 from foresight.data.shards import PreparedData
 from foresight.errors import ForesightError
 from foresight.eval.validation import validate
-from foresight.io import write_json
+from foresight.io import note_written, write_json
 from foresight.model import ModelConfig
 from foresight.tasks.recipe import Recipe, RunModel, complete_model
 from foresight.tasks.run import RunHooks, result_record, total_parameters, train_run
@@ -201,6 +201,7 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
                     return validate(lm, val)
             run_dir.mkdir(parents=True, exist_ok=True)
             if main:
+                note_written(run_dir / "tokenizer", "tree")
                 shutil.copytree(data.folder / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
             params, total = lm.model.num_parameters(), total_parameters(lm)
             steps_tokens = train_cfg.steps * train_cfg.batch_size * cfg.seq_len

@@ -67,6 +67,8 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
             path = Path(folder) / n
             if path.is_file() if m.group(2) else is_sharded(path):
                 found[int(m.group(1))] = path
+            elif not m.group(2) and path.is_dir():
+                os.listdir(path)  # a step folder we may not read is a PermissionError (one line), not "none here"
     return sorted(found.items())
 
 
@@ -92,7 +94,7 @@ def save_sharded(folder: Path, step: int, lm, optimizer, meta: dict, keep_last: 
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    from foresight.io import folder_mode
+    from foresight.io import folder_mode, note_written
     from foresight.train.distributed import barrier, is_main
 
     path, tmp = folder / f"step_{step:08d}", folder / f".step_{step:08d}.tmp"
@@ -107,6 +109,7 @@ def save_sharded(folder: Path, step: int, lm, optimizer, meta: dict, keep_last: 
         _fix_modes(tmp)
     barrier()  # every shard is on disk
     if is_main():
+        note_written(path, "tree")
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -294,9 +297,19 @@ def _read_sharded_model(path: Path, map_location) -> dict:
     return {**meta, "lm": {k: v.to(map_location) for k, v in tensors.items()}}
 
 
+def _check_permissions(path: Path) -> None:
+    """Open every file of the checkpoint for reading first: a permission error (EACCES, EPERM) is the
+    ``OSError`` it is (one line, exit 1), not a broken checkpoint. Taken for broken, the file would be passed
+    over for an older checkpoint, and the resumed run would then overwrite the file it could not read."""
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+    for f in files:
+        os.close(os.open(f, os.O_RDONLY))
+
+
 def read_checkpoint_file(path: Path, map_location="cpu") -> dict:
     """One checkpoint (a file or a sharded folder), checked to hold a model and a config."""
     path = Path(path)
+    _check_permissions(path)
     if is_sharded(path):
         try:
             state = _read_sharded_model(path, map_location)
@@ -314,6 +327,9 @@ def read_checkpoint_file(path: Path, map_location="cpu") -> dict:
     if (not isinstance(state, dict) or not isinstance(state.get("lm"), dict)
             or not isinstance(state.get("config"), dict)):
         raise UnreadableCheckpoint(f"{path} is not a foresight checkpoint (missing model state or config)")
+    from foresight.hf.import_ import check_import_complete
+
+    check_import_complete(state, path)  # an imported checkpoint is read only from a whole import folder
     return state
 
 

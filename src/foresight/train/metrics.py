@@ -6,13 +6,19 @@ import json
 from pathlib import Path
 from statistics import median
 
-from foresight.io import write_text
+from foresight.errors import ForesightError
+from foresight.io import MANIFEST, is_recorded, note_written, write_text
 
 
 class MetricsWriter:
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None and path.exists() and is_recorded(path) is False:
+            # In a run folder whose manifest does not list it, the file is not foresight's: never replaced.
+            raise ForesightError(f"{path} exists but foresight did not write it (it is not in the run folder's "
+                                 f"{MANIFEST}); move it away, or choose another --out")
+        note_written(path)  # appended to below, not written through atomic_write
         if resume_step is not None and path.exists():
             # Drop lines logged after the checkpoint we resume from, so the file reads like one clean run.
             kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]

@@ -8,9 +8,11 @@
 - a fresh run refuses a folder that already holds a run (``recipe.json``, or a run sub-folder with metrics or
   checkpoints) unless ``--resume`` (continue it) or ``--overwrite`` (replace it) is given; ``--resume`` on a
   folder with nothing to continue is an error, not a silent fresh start.
-- ``--overwrite`` removes only the files and folders foresight writes (``FILES``, ``RUN_FILES``), never
-  anything else the user keeps there.
-- temporary files that an interrupted write left behind are removed.
+- a fresh run creates the manifest ``.foresight-written`` (``foresight.io.MANIFEST``), to which every path
+  foresight writes in the folder is added before it is written; ``--overwrite`` removes exactly those paths,
+  never through a symbolic link and never anything by its name alone, so nothing else the user keeps there
+  goes (a run folder from before the manifest is refused in one line).
+- temporary files that an interrupted write of a recorded file left behind are removed.
 """
 
 from __future__ import annotations
@@ -18,19 +20,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from foresight.errors import ForesightError
-from foresight.io import clean_temporaries
+from foresight.io import MANIFEST
 
 LOCK = ".foresight.lock"
-FILES = ("recipe.json", "results.md", "results.json", "accuracy.png", "compare.md", "compare.png")  # in the folder
-RUN_FILES = ("checkpoints", "metrics.jsonl", "result.json", "tokenizer", "tensorboard", "eval")  # in each run's
 _held: set[str] = set()  # locks this process holds (a lock with our own pid that is not here is stale)
 
 
@@ -52,27 +53,89 @@ def has_checkpoints(out: Path) -> bool:
     return any(list_checkpoints(d / "checkpoints") for d in run_dirs(out))
 
 
+def read_manifest(out: Path) -> dict[str, str] | None:
+    """What foresight recorded writing in ``out`` (relative path -> "file" | "tree"), None without a manifest;
+    a line cut short by a kill, or damaged, is skipped (it names nothing to remove)."""
+    try:
+        text = (out / MANIFEST).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    entries: dict[str, str] = {}
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str) and entry.get("kind") in ("file", "tree"):
+            entries[entry["path"]] = "tree" if entries.get(entry["path"]) == "tree" else entry["kind"]
+    return entries
+
+
+def _inside(out: Path, rel: str) -> Path | None:
+    """``out/rel`` when every folder on the way is a real folder inside ``out`` (no link, no ``..``), else None."""
+    parts = PurePosixPath(rel).parts
+    if not parts or PurePosixPath(rel).is_absolute() or ".." in parts or "." in parts:
+        return None
+    p = out
+    for part in parts[:-1]:
+        p = p / part
+        if p.is_symlink() or not p.is_dir():
+            return None
+    return p / parts[-1]
+
+
 def remove_run(out: Path) -> None:
-    """Delete what foresight wrote in ``out`` (``FILES``; ``RUN_FILES`` of every run sub-folder, which is then
-    removed if empty); anything else stays."""
-    for d in run_dirs(out):
-        for name in RUN_FILES:
-            _remove(d / name)
-        clean_temporaries(d)
+    """Delete exactly what foresight recorded writing in ``out`` (its manifest, ``foresight.io.MANIFEST``), and
+    the folders that held it once they are empty; never through a symbolic link, never anything by its name
+    alone, so the user's own files (even ones called ``metrics.jsonl``) stay."""
+    entries = read_manifest(out)
+    if entries is None:
+        raise ForesightError(f"{out} holds a run but no record of the files foresight wrote there ({MANIFEST}: a "
+                             f"run from an older foresight); --overwrite removes only recorded files, so delete "
+                             f"what you no longer need yourself, or choose another --out")
+    folders: set[Path] = set()
+    for rel, kind in entries.items():
+        p = _inside(out, rel)
+        if p is None or p.is_symlink():  # foresight never writes links: one there now is not what it wrote
+            continue
+        if p.is_dir() and kind == "tree":
+            shutil.rmtree(p)  # does not follow the links inside
+        elif p.is_file():
+            p.unlink()
+        _remove_temporaries(p)
+        folders.update(q for q in p.parents if q != out and out in q.parents)
+    for d in sorted(folders, key=lambda q: len(q.parts), reverse=True):  # deepest first
         owner = _lock_owner(d / LOCK)
         if owner is not None and _is_stale(owner):  # left by a killed trainer (the folder's lock is ours)
             (d / LOCK).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            d.rmdir()  # only if nothing of the user's is left in it
-    for name in FILES:
-        _remove(out / name)
+        if not d.is_symlink():
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only if nothing of the user's is left in it
+    (out / MANIFEST).unlink()
 
 
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
-    elif p.exists() or p.is_symlink():
-        p.unlink()
+def _remove_temporaries(p: Path) -> None:
+    """The temporaries of the recorded ``p`` that a kill left beside it (``.<name>.*.tmp``, ``.<name>.tmp``)."""
+    pattern = re.compile(rf"^\.{re.escape(p.name)}(\..*)?\.tmp$")
+    try:
+        names = os.listdir(p.parent)
+    except OSError:
+        return
+    for n in names:
+        t = p.parent / n
+        if pattern.match(n) and not t.is_symlink():
+            if t.is_dir():
+                shutil.rmtree(t, ignore_errors=True)
+            else:
+                t.unlink(missing_ok=True)
+
+
+def clean_recorded_temporaries(out: Path) -> None:
+    """What an interrupted write of a recorded file left (a run folder without a manifest: nothing)."""
+    for rel in read_manifest(out) or {}:
+        p = _inside(out, rel)
+        if p is not None:
+            _remove_temporaries(p)
 
 
 def _alive(pid: int) -> bool:
@@ -183,13 +246,14 @@ def claim(out: Path, resume: bool = False, overwrite: bool = False, main: bool =
                 raise ForesightError(f"{out} already holds a run; continue it with --resume, replace it with "
                                      f"--overwrite, or choose another --out")
             remove_run(out)
-        clean_temporaries(out)
-        for d in run_dirs(out):
-            clean_temporaries(d)
-            clean_temporaries(d / "checkpoints")
+        if not resume and not (out / MANIFEST).is_file():
+            (out / MANIFEST).touch()  # a fresh run records every file it writes (not a resumed older run)
+        clean_recorded_temporaries(out)
         yield out
     finally:
         release(lock)
         if created:
             with contextlib.suppress(OSError):
+                if (out / MANIFEST).stat().st_size == 0:
+                    (out / MANIFEST).unlink()
                 out.rmdir()  # nothing was written (e.g. nothing to run): leave no empty folder behind

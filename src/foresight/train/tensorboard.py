@@ -18,6 +18,9 @@ def open_writer(run_dir: Path, enabled: bool, purge_step: int | None):
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # ImportError, or a broken tensorboard install: JSON lines are still written
         return None
+    from foresight.io import note_written
+
+    note_written(run_dir / "tensorboard", "tree")  # its files are written by tensorboard itself
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
 
 

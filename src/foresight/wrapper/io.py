@@ -5,8 +5,9 @@ still loads ``DIR`` as before, heads ignored) and writes every objective's param
 ``DIR/foresight_heads.safetensors`` under ``<objective key>.<parameter name>`` (``top.head.weight``,
 ``mtp.heads.0.self_attn.q_proj.weight``, ``dsmtp.layers.0.eh_proj.weight``, ...), with the objective specs in
 its metadata (the format of ``foresight.hf.heads``: ``{"format": "foresight-heads", "objectives": ...}``).
-Parameters shared with the model (NTP's output head) are not stored twice. The file is written to a
-temporary name and renamed, so a crash never leaves half a file. Loading reads safetensors only: no pickle,
+Parameters shared with the model (NTP's output head) are not stored twice. The folder ends with the completion
+record ``foresight_complete.json`` and is written as a transaction where it can be (``save_pretrained``), so a
+crash never leaves a folder that ``from_pretrained`` takes for whole. Loading reads safetensors only: no pickle,
 no code from the folder (``trust_remote_code=False`` always: a folder with ``auto_map`` is refused in one line),
 and no file outside it (every file and every index shard must resolve inside the folder).
 
@@ -19,14 +20,25 @@ freshly initialised tensor.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
 from foresight.errors import ForesightError
-from foresight.hf.heads import HEADS_FILE, heads_metadata, specs_from_metadata
+from foresight.hf.heads import HEADS_FILE, WRAPPER_FORMAT, check_complete, heads_metadata, specs_from_metadata
+from foresight.io import (
+    RECORD,
+    folder_transaction,
+    fsync_folder,
+    fsync_tree,
+    write_record,
+    write_safetensors,
+    written_files,
+)
 from foresight.paths import NO_REMOTE_CODE, confine_folder, index_shards, note_ignored_code, refuse_remote_code
 
 
@@ -41,9 +53,13 @@ def _head_tensors(wrapped) -> dict[str, torch.Tensor]:
 
 
 def save_pretrained(wrapped, directory, **kwargs) -> None:
-    """``wrapped.model.save_pretrained(directory, **kwargs)`` plus ``foresight_heads.safetensors``."""
-    from safetensors.torch import save_file
+    """``wrapped.model.save_pretrained(directory, **kwargs)`` plus ``foresight_heads.safetensors``, then the
+    completion record (``foresight.io.RECORD``) that ``from_pretrained`` requires.
 
+    A new or empty folder, or one holding an earlier save and nothing else, is written as a transaction
+    (``foresight.io.folder_transaction``): beside it, then swapped into place whole. A folder with other content
+    (a ``Trainer``'s output folder with its ``checkpoint-*`` folders) cannot be swapped without taking that
+    content along, so the save goes in file by file (``_save_into``)."""
     from foresight.wrapper.model import has_adapter_layers, is_peft_model
 
     if not is_peft_model(wrapped.model) and has_adapter_layers(wrapped.model):
@@ -51,16 +67,62 @@ def save_pretrained(wrapped, directory, **kwargs) -> None:
         raise ForesightError("save_pretrained: the wrapped model holds PEFT adapter layers; save the PeftModel "
                              "(peft_model.save_pretrained(DIR)) or merge first (peft_model.merge_and_unload())")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    wrapped.model.save_pretrained(directory, **kwargs)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{HEADS_FILE}.", suffix=".tmp")
-    os.close(fd)
+    if directory.exists() and not directory.is_dir():
+        raise ForesightError(f"{directory} is a file, not a folder; give save_pretrained a folder")
+    if _holds_only_a_save(directory):
+        with folder_transaction(directory, WRAPPER_FORMAT) as tmp:
+            _write(wrapped, tmp, **kwargs)
+    else:
+        _save_into(wrapped, directory, **kwargs)
+
+
+def _write(wrapped, folder: Path, **kwargs) -> None:
+    wrapped.model.save_pretrained(folder, **kwargs)
+    write_safetensors(folder / HEADS_FILE, _head_tensors(wrapped), heads_metadata(wrapped.specs))
+
+
+def _previous_files(directory: Path) -> list[str]:
+    """What the last save into ``directory`` recorded writing ([] when there is no readable record)."""
     try:
-        save_file(_head_tensors(wrapped), tmp, metadata=heads_metadata(wrapped.specs))
-        os.replace(tmp, directory / HEADS_FILE)
+        record = json.loads((directory / RECORD).read_text(encoding="utf-8"))
+        files = record["files"] if record.get("format") == WRAPPER_FORMAT else []
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return []
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+
+
+def _holds_only_a_save(directory: Path) -> bool:
+    """``directory`` is absent, empty, or holds an earlier save (its recorded files and record) and nothing else."""
+    if not directory.is_dir():
+        return True
+    present = set(written_files(directory))
+    return not present or (RECORD in present and present - {RECORD} <= set(_previous_files(directory)))
+
+
+def _save_into(wrapped, directory: Path, **kwargs) -> None:
+    """Save into a folder that holds other things too: the record goes first (until the new one is written last,
+    ``from_pretrained`` refuses the folder, so a kill in between never passes for a whole save), the new files
+    are written to a temporary folder inside it and moved in, and the files the previous save recorded that this
+    one does not write are removed (those alone: nothing else in the folder is touched)."""
+    previous = _previous_files(directory)
+    (directory / RECORD).unlink(missing_ok=True)
+    fsync_folder(directory)
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".foresight-save.", suffix=".tmp"))
+    try:
+        _write(wrapped, tmp, **kwargs)
+        fsync_tree(tmp)
+        files = written_files(tmp)
+        for f in files:
+            (directory / f).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / f, directory / f)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+    for f in set(previous) - set(files):
+        stale = directory / f
+        if ".." not in Path(f).parts and not Path(f).is_absolute() and (stale.is_file() or stale.is_symlink()):
+            stale.unlink()  # a link itself, never what it points at
+    fsync_folder(directory)
+    write_record(directory, WRAPPER_FORMAT, files)
 
 
 def from_pretrained(directory, *, return_logits: bool = True, base_model=None, is_trainable: bool = False,
@@ -97,6 +159,7 @@ def from_pretrained(directory, *, return_logits: bool = True, base_model=None, i
         raise ForesightError(f"{heads_path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     if specs is None:
         raise ForesightError(f"{heads_path}: metadata lacks the foresight objective specs")
+    check_complete(directory)  # the model files too: a save interrupted part-way is refused
     if (directory / "adapter_config.json").is_file():
         model = _load_adapter(directory, base_model, is_trainable, model_kwargs)
     else:
@@ -192,6 +255,7 @@ def load_into(wrapped, directory) -> None:
 
     directory = Path(directory)
     confine_folder(directory)  # every file and index shard transformers or we may read stays inside
+    check_complete(directory)
     if is_peft_model(wrapped):  # get_peft_model(wrapped, cfg): the heads are in the adapter (modules_to_save)
         _load_adapter_into(wrapped, directory)
         return
