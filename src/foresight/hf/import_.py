@@ -21,7 +21,7 @@ import torch
 from foresight.errors import ForesightError
 from foresight.hf.config import from_hf_config
 from foresight.hf.heads import HEADS_FILE, dsmtp_from_deepseek, dsmtp_spec_from_hf, specs_from_metadata
-from foresight.hf.weights import hf_key_to_trunk, read_hf_weights
+from foresight.hf.weights import hf_key_to_trunk, read_hf_shapes, read_hf_weights
 
 # ModelConfig fields that change the function or the parameter shapes (init_std and max_seq_len do not).
 _ARCH_FIELDS = ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
@@ -68,6 +68,21 @@ def _heads_file(folder: Path) -> tuple[dict[str, torch.Tensor], list[dict] | Non
         raise
     except Exception as e:
         raise ForesightError(f"cannot read {path} ({type(e).__name__})") from None
+
+
+def check_trunk_fits(cfg, shapes: dict[str, tuple], where: str, prefix: str = "") -> None:
+    """The trunk ``cfg`` describes against the tensors a folder or checkpoint holds (``shapes``: name -> shape; HF
+    names, or foresight names under ``prefix``), before the trunk is built: a ``config.json`` asking for more than
+    its weight files hold is one line, not an allocation of the size it asks for."""
+    from foresight.model import Transformer
+    from foresight.model.limits import check_shapes, shapes_on_meta
+
+    if prefix:
+        named = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+    else:
+        named = {t: v for k, v in shapes.items() if (t := hf_key_to_trunk(k)) is not None}
+    tied = ("lm_head.weight",) if cfg.tie_embeddings else ()  # HF does not store a tied head
+    check_shapes(shapes_on_meta(lambda: Transformer(cfg)), named, where, extra_ok=True, missing_ok=tied)
 
 
 def check_same_architecture(model_cfg, source_cfg, where: str) -> None:
@@ -168,11 +183,15 @@ def pretrained_model_config(path: Path):
 
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():
-        return from_hf_config(read_hf_config(path), str(path / "config.json"))
+        cfg = from_hf_config(read_hf_config(path), str(path / "config.json"))
+        check_trunk_fits(cfg, read_hf_shapes(path), str(path))
+        return cfg
     state = load_checkpoint(path)
     if not isinstance(state["config"].get("model"), dict):
         raise ForesightError(f"{path}: checkpoint config has no 'model' section")
-    return ModelConfig(**state["config"]["model"])
+    cfg = ModelConfig(**state["config"]["model"])
+    check_trunk_fits(cfg, {k: tuple(v.shape) for k, v in state["lm"].items()}, str(path), prefix="model.")
+    return cfg
 
 
 def objectives_of_folder(folder: Path, hf_config: dict, weights: dict, n_layers: int) -> list[dict]:
@@ -191,6 +210,7 @@ def import_hf(folder: Path, objectives: list[dict] | None = None):
     folder = Path(folder)
     hf_config = read_hf_config(folder)
     cfg = from_hf_config(hf_config, str(folder / "config.json"))
+    check_trunk_fits(cfg, read_hf_shapes(folder), str(folder))  # before reading or building anything large
     weights = read_hf_weights(folder)
     specs = objectives if objectives is not None else objectives_of_folder(folder, hf_config, weights, cfg.n_layers)
     lm = TrainableLM(cfg, specs)
