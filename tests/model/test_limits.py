@@ -82,12 +82,17 @@ _RUNNER = textwrap.dedent("""
 
 
 def _bomb_recipe(path: Path) -> Path:
-    """The 'billion laughs': nine aliases per level, eight levels (9^8 = 43 million strings) in under 1 kB."""
-    lines = ["task: stargraph", "notes: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    """The 'billion laughs': a valid star-graph recipe plus, in the (unread) text section, nine aliases per level
+    for eight levels: 9^8 = 43 million strings from under 1.5 kB, which results.json and checkpoints would store."""
+    lines = ["task: stargraph", "stargraph: {deg: 2, path: 3, nodes: 10, train_size: 32, test_size: 8}",
+             "model: {hidden_size: 16, n_layers: 1, n_heads: 2, intermediate_size: 32}",
+             "train: {steps: 1, batch_size: 8, eval_every: 0, device: cpu}", "runs: {ntp: [{name: ntp}]}",
+             "text:", "  notes: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
     for i in range(8):
         prev, name = "a" if i == 0 else f"l{i - 1}", f"l{i}"
-        lines.append(f"more{i}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+        lines.append(f"  more{i}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
     path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size < 1500
     return path
 
 
@@ -150,7 +155,7 @@ def limited(tmp_path_factory):
         "dcp": {"cli": ["generate", str(_dcp_asking_for_more(tmp / "step_00000001")), "--prompt-ids", "1"]},
         "drafts": {"cli": ["generate", str(_checkpoint(tmp / "top.safetensors", objectives=[
             {"name": "ntp"}, {"name": "top", "window": 4}])), "--prompt-ids", "1", "--speculative", "top",
-            "--drafts", "1000000000"]},
+            "--drafts", "1000000000", "--max-new-tokens", "4"]},
         "recipe": {"cli": ["stargraph", "run", str(_bomb_recipe(tmp / "bomb.yaml")), "--out", str(tmp / "bomb")]},
         "wrapper": {"py": f"import foresight; foresight.ForesightModel.from_pretrained({str(_wrapped_folder(tmp))!r})"},
     }
