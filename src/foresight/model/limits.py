@@ -26,6 +26,7 @@ MAX_DSMTP_DEPTH = 64  # DS-MTP: sequential modules D
 MAX_TOP_WINDOW = MAX_SEQ_LEN  # TOP: upcoming tokens ranked (K = min(window, 128) slots, so only a sanity bound)
 MAX_DRAFTS = 64  # speculative decoding: drafts per step (each is a position in the verification block)
 MAX_BATCH = 1 << 20  # sequences per optimiser step / micro-batch / evaluation batch
+MAX_EXAMPLES = 1 << 26  # star-graph examples generated in memory (67M)
 MAX_STEPS = 1 << 40  # optimiser steps (and step counts stored in a checkpoint)
 
 _MODEL_LIMITS = {  # ModelConfig field -> largest value
