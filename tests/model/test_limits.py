@@ -195,6 +195,8 @@ def test_model_sizes_have_stated_limits():
         ModelConfig(**{**TINY, "n_heads": 0})
     with pytest.raises(ForesightError, match="model.moe_experts must be <= 4,096"):
         ModelConfig(**TINY, ffn="moe", moe_experts=10**9)
+    with pytest.raises(ForesightError, match="model.mem_keys² x model.n_layers = 536,870,912 grid cells"):
+        ModelConfig(**{**TINY, "n_layers": 32}, ffn="ultramem", mem_keys=4096)
     ModelConfig(vocab_size=262_144, hidden_size=16_384, n_layers=126, n_heads=128, n_kv_heads=8,
                 intermediate_size=53_248, max_seq_len=10_000_000)  # the largest real models fit
 

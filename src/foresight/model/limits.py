@@ -20,7 +20,8 @@ MAX_HEADS = 1024  # query / key-value heads
 MAX_SEQ_LEN = 1 << 24  # context length (16,777,216; the RoPE tables are built up to EAGER_ROPE and grow on use)
 EAGER_ROPE = 1 << 13  # positions whose RoPE tables a new model builds at once (the rest as sequences reach them)
 MAX_EXPERTS = 4096  # MoE experts per layer
-MAX_MEM_KEYS = 1024  # UltraMemV2 keys per grid axis (a layer's fixed permutation holds n² ids)
+MAX_MEM_KEYS = 1 << 12  # UltraMemV2 keys per grid axis n (a layer's fixed permutation holds n² int64 ids) ...
+MAX_MEM_CELLS = 1 << 28  # ... and n² x layers over the trunk (2 GB of permutations, built even on the meta device)
 MAX_MTP_N = 64  # MTP: tokens predicted per position (heads + 1)
 MAX_DSMTP_DEPTH = 64  # DS-MTP: sequential modules D
 MAX_TOP_WINDOW = MAX_SEQ_LEN  # TOP: upcoming tokens ranked (K = min(window, 128) slots, so only a sanity bound)
@@ -61,6 +62,10 @@ def check_model_sizes(cfg) -> None:
         if value is None and name == "moe_intermediate_size":
             continue
         check_int(value, f"model.{name}", 1, high)
+    if cfg.ffn == "ultramem" and cfg.mem_keys**2 * cfg.n_layers > MAX_MEM_CELLS:
+        raise ForesightError(f"model.mem_keys² x model.n_layers = {cfg.mem_keys**2 * cfg.n_layers:,} grid cells is "
+                             f"past foresight's limit of {MAX_MEM_CELLS:,} (each layer builds a permutation of its "
+                             f"grid); use fewer keys or layers")
 
 
 def shapes_on_meta(build) -> dict[str, tuple]:
