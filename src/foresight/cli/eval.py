@@ -81,6 +81,7 @@ def _eval(args: argparse.Namespace) -> None:
                                    ("--num-fewshot", args.num_fewshot, 0, 1 << 16)):
         if value is not None:
             check_int(value, name, low, high)
+    check_int(args.seed, "--seed", 0, 2**32 - 1)  # lm-eval seeds numpy with it
     if args.limit is not None and not (args.limit > 0 and args.limit < float("inf")):
         raise ForesightError(f"--limit must be > 0 (a fraction of each task if < 1, else a count), got {args.limit}")
     if not args.checkpoint.exists():

@@ -106,9 +106,12 @@ def _check_options(args) -> None:
     if (args.top_k is not None or args.top_p is not None) and args.temperature == 0:
         raise ForesightError("--top-k/--top-p filter sampling, but --temperature is 0 (greedy); give a "
                              "temperature > 0, e.g. --temperature 0.8")
-    if args.drafts is not None:
-        from foresight.model.limits import MAX_DRAFTS, check_int
+    from foresight.model.limits import MAX_DRAFTS, check_int
 
+    check_int(args.seed, "--seed", -(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+    if args.top_k is not None:
+        check_int(args.top_k, "--top-k", 1, 1 << 62)
+    if args.drafts is not None:
         check_int(args.drafts, "--drafts", 1, MAX_DRAFTS)  # each draft is a position of every verification block
     if args.prompt_ids is not None:
         _prompt_ids(args.prompt_ids)
