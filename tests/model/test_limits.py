@@ -167,6 +167,7 @@ def limited(tmp_path_factory):
     return dict(zip(cases, json.loads(done.stdout.splitlines()[-1])))
 
 
+@pytest.mark.slow  # one subprocess for all cases: ~20 s (torch and transformers imported once)
 @pytest.mark.parametrize("case, fragments", [
     ("checkpoint", ["weights do not fit the stored config", "embed_tokens"]),
     ("over_limit", ["model.vocab_size must be <= 1,048,576 (foresight's limit"]),
