@@ -347,3 +347,24 @@ def test_eval_numbers_have_limits(tmp_path, capsys):
     ckpt = _checkpoint(tmp_path / "c.safetensors")
     code = main(["eval", str(ckpt), "--perplexity", str(tmp_path), "--batch-size", str(1 << 40)])
     _one_line(code, capsys.readouterr().err, "--batch-size must be <= 1,048,576")
+
+
+def test_heads_metadata_asking_for_more_heads_than_the_folder_holds_is_refused(tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from foresight.hf.heads import HEADS_FILE, heads_metadata
+
+    specs = [{"name": "ntp"}, {"name": "mtp", "n": 2}]
+    ckpt = _checkpoint(tmp_path / "c.safetensors", objectives=specs)
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "hf"), "--with-heads"]) == 0
+    heads = tmp_path / "hf" / HEADS_FILE
+    with safe_open(str(heads), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(heads), metadata=heads_metadata([{"name": "ntp"}, {"name": "mtp", "n": 64}]))
+    capsys.readouterr()
+    code = main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "imported")])
+    _one_line(code, capsys.readouterr().err, "heads metadata asks for objectives with", "choose the heads")
+    # the genuine metadata still imports, heads loaded
+    save_file(tensors, str(heads), metadata=heads_metadata(specs))
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "imported")]) == 0

@@ -203,6 +203,33 @@ def objectives_of_folder(folder: Path, hf_config: dict, weights: dict, n_layers:
     return [{"name": "ntp"}, spec] if spec else [{"name": "ntp"}]
 
 
+def _check_heads_held(cfg, specs: list[dict], folder: Path, weights: dict[str, torch.Tensor]) -> None:
+    """Heads that the folder's own metadata asks for (heads file, ``num_nextn_predict_layers``) must be backed by
+    tensors the folder holds: their parameters (counted on the meta device) at most what the heads file and the
+    weights beyond the trunk hold. A heads file's few bytes of metadata saying ``mtp n: 64`` for a 7B model would
+    otherwise build 63 fresh blocks, 50 GB. (Heads asked for with ``--objectives`` are the user's request.)"""
+    import math
+
+    from foresight.model import Transformer
+    from foresight.model.limits import safetensors_shapes, shapes_on_meta
+    from foresight.train.lm import TrainableLM
+
+    needed = sum(math.prod(s) for k, s in shapes_on_meta(lambda: TrainableLM(cfg, specs)).items()
+                 if k.startswith("objectives."))
+    if not needed:
+        return
+    trunk = sum(math.prod(s) for s in shapes_on_meta(lambda: Transformer(cfg)).values())
+    held = max(0, sum(t.numel() for t in weights.values()) - trunk)
+    path = Path(folder) / HEADS_FILE
+    if path.is_file():
+        held += sum(math.prod(s) for s in safetensors_shapes(path).values())
+    if needed > held:
+        raise ForesightError(f"{folder}: its heads metadata asks for objectives with {needed:,} parameters "
+                             f"({', '.join(str(s.get('name')) for s in specs)}) but the folder holds {held:,} "
+                             f"beyond the trunk; the metadata does not belong to these weights (choose the heads "
+                             f"to attach with --objectives)")
+
+
 def import_hf(folder: Path, objectives: list[dict] | None = None):
     """(``TrainableLM``, specs, report) from a Hugging Face folder; ``objectives`` None = what the folder carries."""
     from foresight.train.lm import TrainableLM
@@ -213,6 +240,8 @@ def import_hf(folder: Path, objectives: list[dict] | None = None):
     check_trunk_fits(cfg, read_hf_shapes(folder), str(folder))  # before reading or building anything large
     weights = read_hf_weights(folder)
     specs = objectives if objectives is not None else objectives_of_folder(folder, hf_config, weights, cfg.n_layers)
+    if objectives is None:
+        _check_heads_held(cfg, specs, folder, weights)
     lm = TrainableLM(cfg, specs)
     report = _load_hf(lm, folder, weights)
     return lm.eval(), specs, report
