@@ -47,14 +47,60 @@ def find_recipe(name: str, group: str = "") -> Path:
     raise ForesightError(f"unknown recipe {name!r}; give a .yaml path or one of: {', '.join(known) or '(none found)'}")
 
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few kB; anything near a MB is not one
+MAX_YAML_DEPTH = 32  # nesting of mappings and lists (recipes use 4-5)
+
+
+class YAMLLimit(yaml.YAMLError):
+    """YAML that foresight refuses although it parses: an alias, or nesting past ``MAX_YAML_DEPTH``."""
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without aliases and with bounded nesting. An alias (``*name``) re-uses a node, so a
+    kilobyte of nested aliases ("billion laughs") expands to gigabytes once the document is walked (and written
+    back into results and checkpoints); recipes never need one, so the first is refused where it stands."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise YAMLLimit(f"line {event.start_mark.line + 1}: aliases (*{event.anchor}) are not allowed; write the "
+                            f"value out in full")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise YAMLLimit(f"line {mark.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def safe_yaml(text: str):
+    """``yaml.safe_load`` with foresight's limits (no aliases, bounded depth); ``yaml.YAMLError`` (``YAMLLimit``
+    for a refused construct) if the text is not acceptable YAML."""
+    loader = _LimitedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: Path) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+        if len(raw) > MAX_RECIPE_BYTES:
+            raise ForesightError(f"recipe {path} is larger than {MAX_RECIPE_BYTES:,} bytes; recipes are a few kB "
+                                 f"of YAML (is this the right file?)")
+        data = safe_yaml(raw.decode("utf-8"))
     except OSError as e:
         raise ForesightError(f"cannot read recipe {path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise ForesightError(f"recipe {path} is not UTF-8 text (a binary file?); give a .yaml recipe") from None
+    except YAMLLimit as e:
+        raise ForesightError(f"recipe {path}: {e}") from None
     except yaml.YAMLError as e:
         raise ForesightError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:
@@ -74,7 +120,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if not parts:
             raise ForesightError(f"--set {item!r}: empty key")
         try:
-            value = yaml.safe_load(raw)
+            value = safe_yaml(raw)
+        except YAMLLimit as e:
+            raise ForesightError(f"--set {key}: {e}") from None
         except yaml.YAMLError:
             raise ForesightError(f"--set {key}: cannot parse value {raw!r}") from None
         node = data

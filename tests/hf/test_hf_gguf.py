@@ -128,6 +128,21 @@ def test_bad_gguf_files_fail_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_gguf_header_asking_for_more_than_its_tensors_is_one_line(tmp_path, capsys):
+    """transformers builds the model from the header's numbers: a small file saying width 8192 x 200 blocks
+    would be allocated (6.7G parameters) before any tensor is read; the header is checked first."""
+    model = _hf_model("llama", seed=3)
+    model.config.hidden_size, model.config.num_hidden_layers = 8192, 200  # the header only; tensors stay tiny
+    path = write_gguf(tmp_path / "claims.gguf", model)
+    err = _one_line_error(capsys, ["import", str(path), "--out", str(tmp_path / "out")])
+    assert "header describes a model of at least" in err and "width 8,192, 200 blocks" in err, err
+    model.config.hidden_size = 1 << 20
+    path = write_gguf(tmp_path / "past.gguf", model)
+    assert "embedding_length must be <= 65,536" in _one_line_error(capsys, ["import", str(path), "--out",
+                                                                            str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_gguf_package_is_one_line(tmp_path, capsys, monkeypatch):
     import importlib.util
 

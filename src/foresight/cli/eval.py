@@ -51,12 +51,21 @@ def _default_out(checkpoint: Path) -> Path:
 
 
 def _perplexity(args) -> dict:
+    from foresight.data.shards import PreparedData
     from foresight.eval.perplexity import perplexity
     from foresight.train.lm import TrainableLM
 
-    lm, state = TrainableLM.from_checkpoint(args.checkpoint)
+    data = PreparedData.open(args.perplexity)  # its meta.json checked before the model is built
+
+    def covers_the_data(model_cfg, state) -> None:
+        if data.vocab_size > model_cfg.vocab_size:
+            raise ForesightError(f"--perplexity {args.perplexity}: the data's vocabulary ({data.vocab_size:,} ids) "
+                                 f"is larger than the model's ({model_cfg.vocab_size:,}); score data prepared "
+                                 f"with the model's own tokenizer")
+
+    lm, state = TrainableLM.from_checkpoint(args.checkpoint, check=covers_the_data)
     seq_len = args.seq_len or state["config"].get("seq_len") or lm.model.cfg.max_seq_len
-    result = perplexity(lm.model.to(args.device), args.perplexity, seq_len, args.batch_size, args.ppl_batches,
+    result = perplexity(lm.model.to(args.device), data, seq_len, args.batch_size, args.ppl_batches,
                         split=args.split)
     return {**result, "data": str(args.perplexity), "split": args.split, "seq_len": seq_len}
 
@@ -66,11 +75,15 @@ def _eval(args: argparse.Namespace) -> None:
 
     if not args.tasks and not args.perplexity:
         raise ForesightError("nothing to evaluate: give --tasks (e.g. --tasks paper) and/or --perplexity DATA_DIR")
-    for name, value in (("--batch-size", args.batch_size), ("--seq-len", args.seq_len),
-                        ("--ppl-batches", args.ppl_batches), ("--num-fewshot", args.num_fewshot)):
-        low = 0 if name == "--num-fewshot" else 1
-        if value is not None and value < low:
-            raise ForesightError(f"{name} must be >= {low}, got {value}")
+    from foresight.model.limits import MAX_BATCH, MAX_SEQ_LEN, MAX_STEPS, check_int
+
+    for name, value, low, high in (("--batch-size", args.batch_size, 1, MAX_BATCH),
+                                   ("--seq-len", args.seq_len, 1, MAX_SEQ_LEN),
+                                   ("--ppl-batches", args.ppl_batches, 1, MAX_STEPS),
+                                   ("--num-fewshot", args.num_fewshot, 0, 1 << 16)):
+        if value is not None:
+            check_int(value, name, low, high)
+    check_int(args.seed, "--seed", 0, 2**32 - 1)  # lm-eval seeds numpy with it
     if args.limit is not None and not (args.limit > 0 and args.limit < float("inf")):
         raise ForesightError(f"--limit must be > 0 (a fraction of each task if < 1, else a count), got {args.limit}")
     if not args.checkpoint.exists():

@@ -56,13 +56,11 @@ def _prompt(args, state):
     import torch
 
     if args.prompt_ids is not None:
-        try:
-            ids = [int(t) for t in args.prompt_ids.replace(",", " ").split()]
-        except ValueError:
-            raise ForesightError(f"--prompt-ids must be integers separated by spaces, "
-                                 f"got {args.prompt_ids!r}") from None
-        if not ids:
-            raise ForesightError("--prompt-ids is empty")
+        ids = _prompt_ids(args.prompt_ids)
+        vocab = state["config"]["model"]["vocab_size"]
+        if max(ids) >= vocab:
+            raise ForesightError(f"--prompt-ids: id {max(ids):,} is outside the model's vocabulary; ids must be in "
+                                 f"0 .. {vocab - 1:,}")
         return torch.tensor([ids]), None
     from foresight.data.tokenizer import load_tokenizer
     from foresight.hf.tokenizer import find_tokenizer
@@ -76,6 +74,23 @@ def _prompt(args, state):
     if not ids:
         raise ForesightError("--prompt encodes to no tokens")
     return torch.tensor([ids]), tok
+
+
+def _prompt_ids(text: str) -> list[int]:
+    """``'5 17 3'`` (or comma-separated) -> ids, each in 0 .. MAX_VOCAB - 1 (the model's own vocabulary is checked
+    once it is known)."""
+    from foresight.model.limits import MAX_VOCAB
+
+    try:
+        ids = [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise ForesightError(f"--prompt-ids must be integers separated by spaces, got {text!r}") from None
+    if not ids:
+        raise ForesightError("--prompt-ids is empty")
+    if not all(0 <= i < MAX_VOCAB for i in ids):
+        bad = next(i for i in ids if not 0 <= i < MAX_VOCAB)
+        raise ForesightError(f"--prompt-ids: {bad} is not a token id (ids are in 0 .. the vocabulary size - 1)")
+    return ids
 
 
 def _check_options(args) -> None:
@@ -93,8 +108,15 @@ def _check_options(args) -> None:
     if (args.top_k is not None or args.top_p is not None) and args.temperature == 0:
         raise ForesightError("--top-k/--top-p filter sampling, but --temperature is 0 (greedy); give a "
                              "temperature > 0, e.g. --temperature 0.8")
-    if args.drafts is not None and args.drafts < 1:
-        raise ForesightError(f"--drafts must be >= 1, got {args.drafts}")
+    from foresight.model.limits import MAX_DRAFTS, check_int
+
+    check_int(args.seed, "--seed", -(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+    if args.top_k is not None:
+        check_int(args.top_k, "--top-k", 1, 1 << 62)
+    if args.drafts is not None:
+        check_int(args.drafts, "--drafts", 1, MAX_DRAFTS)  # each draft is a position of every verification block
+    if args.prompt_ids is not None:
+        _prompt_ids(args.prompt_ids)
 
 
 def _draft_vocab(state: dict, vocab_size: int, checkpoint):

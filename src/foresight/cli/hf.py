@@ -53,8 +53,12 @@ def parse_objectives(text: str | None) -> list[dict] | None:
 
     if text is None:
         return None
+    from foresight.config import YAMLLimit, safe_yaml
+
     try:
-        value = yaml.safe_load(text)
+        value = safe_yaml(text)
+    except YAMLLimit as e:
+        raise ForesightError(f"--objectives: {e}") from None
     except yaml.YAMLError:
         raise ForesightError(f"--objectives: cannot parse {text!r}; give names (ntp,top) or a YAML list") from None
     if isinstance(value, str):

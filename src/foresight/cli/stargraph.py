@@ -109,9 +109,11 @@ def _report(args: argparse.Namespace) -> None:
 
 def _generate(args: argparse.Namespace) -> None:
     from foresight.data.stargraph import StarGraphSpec, generate, write_examples
+    from foresight.model.limits import MAX_EXAMPLES, MAX_VOCAB, check_int
 
+    for name, value, low in (("--deg", args.deg, 1), ("--path", args.path, 2), ("--nodes", args.nodes, 1)):
+        check_int(value, name, low, MAX_VOCAB)
     spec = StarGraphSpec(args.deg, args.path, args.nodes).validate()
-    if args.count < 1:
-        raise ForesightError(f"--count must be >= 1, got {args.count}")
+    check_int(args.count, "--count", 1, MAX_EXAMPLES)  # generated in memory before writing
     write_examples(args.out, generate(spec, args.count, args.seed))
     print(f"wrote {args.count} G({args.deg},{args.path}) examples (N={args.nodes}, seed {args.seed}) to {args.out}")

@@ -145,6 +145,34 @@ def _fail(folder: Path, what: str) -> None:
     raise ForesightError(f"prepared data {folder}: {what}; re-run foresight prepare to rebuild it")
 
 
+def _count(folder: Path, value, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        _fail(folder, f"{META}: {where} must be an integer in {low:,} .. {high:,}, got {value!r}")
+    return value
+
+
+def _check_counts(folder: Path, meta: dict) -> None:
+    """Every count in ``meta.json`` is a whole number in range before any of them sizes a memory map or a model
+    (the vocabulary becomes the model's; token counts are then checked against the shard files' sizes, so a
+    memory map never reaches past a file)."""
+    from foresight.model.limits import MAX_VOCAB
+
+    tok = meta["tokenizer"]
+    vocab = _count(folder, tok["vocab_size"], "tokenizer.vocab_size", 1, MAX_VOCAB)
+    _count(folder, tok["eos_id"], "tokenizer.eos_id", 0, vocab - 1)
+    splits = meta.get("splits")
+    for split in SPLITS:
+        info = splits.get(split) if isinstance(splits, dict) else None
+        if not isinstance(info, dict) or not isinstance(info.get("shards"), list):
+            _fail(folder, f"{META} has no '{split}' split")
+        tokens = _count(folder, info.get("tokens"), f"splits.{split}.tokens", 0, 1 << 62)
+        _count(folder, info.get("documents"), f"splits.{split}.documents", 0, tokens)  # every document ends in EOS
+        for i, shard in enumerate(info["shards"]):
+            if not isinstance(shard, dict) or not isinstance(shard.get("file"), str):
+                _fail(folder, f"{META}: splits.{split}.shards[{i}] must be a mapping with a 'file' name")
+            _count(folder, shard.get("tokens"), f"splits.{split}.shards[{i}].tokens", 0, 1 << 62)
+
+
 @dataclass
 class PreparedData:
     """A prepared folder, checked against its metadata. ``train`` and ``val`` are ``TokenStream``s."""
@@ -199,6 +227,7 @@ class PreparedData:
             _fail(folder, f"{META} lacks a valid dtype or tokenizer vocab_size / eos_id")
         if tok["vocab_size"] > np.iinfo(DTYPES[dtype]).max + 1:
             _fail(folder, f"dtype {dtype} cannot hold a vocabulary of {tok['vocab_size']}")
+        _check_counts(folder, meta)
         tok_file = inside(folder, "tokenizer/tokenizer.json")
         if not tok_file.is_file():
             _fail(folder, "the tokenizer copy (tokenizer/tokenizer.json) is missing")

@@ -186,6 +186,10 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, *, min_frequency:
 
     if vocab_size < MIN_VOCAB:
         raise ForesightError(f"--vocab-size must be at least {MIN_VOCAB} (256 bytes + {eos_token}), got {vocab_size}")
+    from foresight.model.limits import MAX_VOCAB, check_int
+
+    check_int(vocab_size, "--vocab-size", MIN_VOCAB, MAX_VOCAB)  # the model's vocabulary, within its limit
+    check_int(min_frequency, "--min-frequency", 0, 2**32 - 1)  # (the trainer's u32)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

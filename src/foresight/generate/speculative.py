@@ -116,8 +116,10 @@ def make_drafter(lm, kind: str = "auto", n_draft: int | None = None, stacked: bo
     if not found[kind]:
         have = ", ".join(k for k in drafters if found[k]) or "none"
         raise ForesightError(f"this model has no {kind} heads to draft with (it has: {have})")
-    if n_draft is not None and n_draft < 1:
-        raise ForesightError(f"the number of drafts must be >= 1, got {n_draft}")
+    if n_draft is not None:
+        from foresight.model.limits import MAX_DRAFTS, check_int
+
+        check_int(n_draft, "the number of drafts", 1, MAX_DRAFTS)
     vocab = None if draft_vocab is None else DraftVocab(lm.model, torch.as_tensor(draft_vocab))
     return found[kind][0].drafter(lm.model, n_draft, stacked, vocab)
 

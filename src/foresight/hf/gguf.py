@@ -111,6 +111,7 @@ def inspect_gguf(path: Path) -> GGUFInfo:
     if arch not in ARCHITECTURES:
         names = ", ".join(f"{v} ({k!r})" for k, v in ARCHITECTURES.items())
         raise ForesightError(f"{path}: GGUF architecture {arch!r} is not supported; foresight imports {names}")
+    _check_sizes(path, reader, arch)
     info = GGUFInfo(path, arch, text("general.name", "?"))
     supported = _supported_types()
     for t in reader.tensors:
@@ -120,6 +121,37 @@ def inspect_gguf(path: Path) -> GGUFInfo:
                                  f"supported types: {', '.join(sorted(supported))}")
         info.tensor_types[name] = info.tensor_types.get(name, 0) + 1
     return info
+
+
+def _check_sizes(path: Path, reader, arch: str) -> None:
+    """The model the header describes (vocabulary = its token list, width, blocks) is within foresight's limits
+    and no larger than the tensors the file holds (V x D embedding + ~D²/2 per block, a lower bound), before
+    transformers builds it from those numbers."""
+    import math
+
+    from foresight.model.limits import MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, check_int
+
+    def number(key: str):
+        fld = reader.fields.get(key)
+        return fld.contents() if fld is not None else None
+
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    vocab = len(tokens.data) if tokens is not None else number(f"{arch}.vocab_size")
+    width, blocks = number(f"{arch}.embedding_length"), number(f"{arch}.block_count")
+    if vocab is None or width is None or blocks is None:
+        return  # (transformers names what it misses)
+    sizes = []
+    for value, name, high in ((vocab, "vocabulary", MAX_VOCAB), (width, f"{arch}.embedding_length", MAX_WIDTH),
+                              (blocks, f"{arch}.block_count", MAX_LAYERS)):
+        value = int(value) if hasattr(value, "__index__") and not isinstance(value, bool) else value
+        sizes.append(check_int(value, f"{path}: {name}", 1, high))
+    vocab, width, blocks = sizes
+    held = sum(int(math.prod(int(d) for d in t.shape)) for t in reader.tensors)
+    needed = vocab * width + blocks * width**2 // 2
+    if needed > held:
+        raise ForesightError(f"{path}: its header describes a model of at least {needed:,} parameters (vocabulary "
+                             f"{vocab:,} x width {width:,}, {blocks} blocks) but its tensors hold "
+                             f"{held:,}; the file is damaged or not what it claims")
 
 
 def load_transformers(path: Path):

@@ -22,7 +22,7 @@ import torch
 from foresight.errors import ForesightError
 from foresight.hf.config import from_hf_config
 from foresight.hf.heads import HEADS_FILE, check_complete, dsmtp_from_deepseek, dsmtp_spec_from_hf, specs_from_metadata
-from foresight.hf.weights import hf_key_to_trunk, read_hf_weights
+from foresight.hf.weights import hf_key_to_trunk, read_hf_shapes, read_hf_weights
 from foresight.io import RECORD, read_record
 from foresight.paths import inside, note_ignored_code
 
@@ -75,6 +75,21 @@ def _heads_file(folder: Path) -> tuple[dict[str, torch.Tensor], list[dict] | Non
         raise
     except Exception as e:
         raise ForesightError(f"cannot read {path} ({type(e).__name__})") from None
+
+
+def check_trunk_fits(cfg, shapes: dict[str, tuple], where: str, prefix: str = "") -> None:
+    """The trunk ``cfg`` describes against the tensors a folder or checkpoint holds (``shapes``: name -> shape; HF
+    names, or foresight names under ``prefix``), before the trunk is built: a ``config.json`` asking for more than
+    its weight files hold is one line, not an allocation of the size it asks for."""
+    from foresight.model import Transformer
+    from foresight.model.limits import check_shapes, shapes_on_meta
+
+    if prefix:
+        named = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+    else:
+        named = {t: v for k, v in shapes.items() if (t := hf_key_to_trunk(k)) is not None}
+    tied = ("lm_head.weight",) if cfg.tie_embeddings else ()  # HF does not store a tied head
+    check_shapes(shapes_on_meta(lambda: Transformer(cfg)), named, where, extra_ok=True, missing_ok=tied)
 
 
 def check_same_architecture(model_cfg, source_cfg, where: str) -> None:
@@ -175,11 +190,15 @@ def pretrained_model_config(path: Path):
 
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():
-        return from_hf_config(read_hf_config(path), str(path / "config.json"))
+        cfg = from_hf_config(read_hf_config(path), str(path / "config.json"))
+        check_trunk_fits(cfg, read_hf_shapes(path), str(path))
+        return cfg
     state = load_checkpoint(path)
     if not isinstance(state["config"].get("model"), dict):
         raise ForesightError(f"{path}: checkpoint config has no 'model' section")
-    return ModelConfig(**state["config"]["model"])
+    cfg = ModelConfig(**state["config"]["model"])
+    check_trunk_fits(cfg, {k: tuple(v.shape) for k, v in state["lm"].items()}, str(path), prefix="model.")
+    return cfg
 
 
 def objectives_of_folder(folder: Path, hf_config: dict, weights: dict, n_layers: int) -> list[dict]:
@@ -191,6 +210,33 @@ def objectives_of_folder(folder: Path, hf_config: dict, weights: dict, n_layers:
     return [{"name": "ntp"}, spec] if spec else [{"name": "ntp"}]
 
 
+def _check_heads_held(cfg, specs: list[dict], folder: Path, weights: dict[str, torch.Tensor]) -> None:
+    """Heads that the folder's own metadata asks for (heads file, ``num_nextn_predict_layers``) must be backed by
+    tensors the folder holds: their parameters (counted on the meta device) at most what the heads file and the
+    weights beyond the trunk hold. A heads file's few bytes of metadata saying ``mtp n: 64`` for a 7B model would
+    otherwise build 63 fresh blocks, 50 GB. (Heads asked for with ``--objectives`` are the user's request.)"""
+    import math
+
+    from foresight.model import Transformer
+    from foresight.model.limits import safetensors_shapes, shapes_on_meta
+    from foresight.train.lm import TrainableLM
+
+    needed = sum(math.prod(s) for k, s in shapes_on_meta(lambda: TrainableLM(cfg, specs)).items()
+                 if k.startswith("objectives."))
+    if not needed:
+        return
+    trunk = sum(math.prod(s) for s in shapes_on_meta(lambda: Transformer(cfg)).values())
+    held = max(0, sum(t.numel() for t in weights.values()) - trunk)
+    path = Path(folder) / HEADS_FILE
+    if path.is_file():
+        held += sum(math.prod(s) for s in safetensors_shapes(path).values())
+    if needed > held:
+        raise ForesightError(f"{folder}: its heads metadata asks for objectives with {needed:,} parameters "
+                             f"({', '.join(str(s.get('name')) for s in specs)}) but the folder holds {held:,} "
+                             f"beyond the trunk; the metadata does not belong to these weights (choose the heads "
+                             f"to attach with --objectives)")
+
+
 def import_hf(folder: Path, objectives: list[dict] | None = None):
     """(``TrainableLM``, specs, report) from a Hugging Face folder; ``objectives`` None = what the folder carries."""
     from foresight.train.lm import TrainableLM
@@ -199,8 +245,11 @@ def import_hf(folder: Path, objectives: list[dict] | None = None):
     hf_config = read_hf_config(folder)
     note_ignored_code(folder)  # read as data here: an auto_map's code is never imported
     cfg = from_hf_config(hf_config, str(folder / "config.json"))
+    check_trunk_fits(cfg, read_hf_shapes(folder), str(folder))  # before reading or building anything large
     weights = read_hf_weights(folder)
     specs = objectives if objectives is not None else objectives_of_folder(folder, hf_config, weights, cfg.n_layers)
+    if objectives is None:
+        _check_heads_held(cfg, specs, folder, weights)
     lm = TrainableLM(cfg, specs)
     report = _load_hf(lm, folder, weights)
     return lm.eval(), specs, report

@@ -49,8 +49,27 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
         raise ForesightError(f"cannot read weights from {path} ({type(e).__name__}: {detail})") from None
 
 
-def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a Hugging Face model folder: one file or shards listed in an index."""
+def _load_shapes(path: Path) -> dict[str, tuple]:
+    """Tensor name -> shape of one weight file: a safetensors header alone (no tensor data), a .bin read whole."""
+    if path.suffix != ".safetensors":
+        return {k: tuple(v.shape) for k, v in _load_file(path).items()}
+    from foresight.model.limits import safetensors_shapes
+
+    try:
+        return safetensors_shapes(path)
+    except Exception as e:  # a truncated download, a foreign file
+        detail = str(e).splitlines()[0][:120] if str(e) else ""
+        raise ForesightError(f"cannot read weights from {path} ({type(e).__name__}: {detail})") from None
+
+
+def read_hf_shapes(folder: Path) -> dict[str, tuple]:
+    """Name -> shape of every tensor of a Hugging Face model folder, from the safetensors headers (no data)."""
+    return read_hf_weights(folder, load=_load_shapes)
+
+
+def read_hf_weights(folder: Path, load=_load_file) -> dict[str, torch.Tensor]:
+    """Every tensor of a Hugging Face model folder: one file or shards listed in an index (``load`` reads one
+    file)."""
     folder = Path(folder)
     for index_name in (SAFETENSORS_INDEX, TORCH_BIN_INDEX):
         index = folder / index_name
@@ -59,11 +78,11 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
             for shard in index_shards(index, folder):  # each one inside the folder, links followed
                 if not (folder / shard).is_file():
                     raise ForesightError(f"{index} lists {shard}, which is missing from {folder}")
-                state.update(_load_file(folder / shard))
+                state.update(load(folder / shard))
             return state
     for name in (SAFETENSORS, TORCH_BIN):
         if (folder / name).is_file():
-            return _load_file(inside(folder, name))
+            return load(inside(folder, name))
     raise ForesightError(f"no weights in {folder}: expected {SAFETENSORS}, {SAFETENSORS_INDEX} or {TORCH_BIN}")
 
 

@@ -45,6 +45,8 @@ class ModelConfig:
     mem_share_ratio: float = 0.5  # fraction of the shared value table each layer addresses (1 = all layers share all)
 
     def __post_init__(self) -> None:
+        if isinstance(self.hidden_size, bool) or not isinstance(self.hidden_size, int):
+            raise ForesightError(f"model.hidden_size must be an integer, got {self.hidden_size!r}")
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.intermediate_size is None:
@@ -56,10 +58,11 @@ class ModelConfig:
         return self.hidden_size // self.n_heads
 
     def validate(self) -> None:
-        for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
-                     "max_seq_len"):
-            if int(getattr(self, name)) < 1:
-                raise ForesightError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        from foresight.model.limits import check_model_sizes
+
+        if self.ffn not in FFN_KINDS:
+            raise ForesightError(f"model.ffn must be one of {', '.join(FFN_KINDS)}, got {self.ffn!r}")
+        check_model_sizes(self)  # before anything below multiplies them, and long before anything is built
         if self.hidden_size % self.n_heads:
             raise ForesightError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by model.n_heads ({self.n_heads})"
@@ -74,8 +77,6 @@ class ModelConfig:
             self._validate_rope_scaling()
         if self.init_std <= 0 or self.norm_eps <= 0 or self.rope_theta <= 0:
             raise ForesightError("model.init_std, model.norm_eps and model.rope_theta must be > 0")
-        if self.ffn not in FFN_KINDS:
-            raise ForesightError(f"model.ffn must be one of {', '.join(FFN_KINDS)}, got {self.ffn!r}")
         if self.ffn == "moe":
             self._validate_moe()
         if self.ffn == "ultramem":

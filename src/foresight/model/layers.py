@@ -39,8 +39,12 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, theta: float, max_seq_len: int, scaling: dict | None = None) -> None:
         super().__init__()
+        from foresight.model.limits import EAGER_ROPE
+
         self.head_dim, self.theta, self.scaling = head_dim, theta, scaling
-        self._build(max_seq_len)
+        # The tables grow on use (forward), so a config's 10M context costs nothing until a sequence needs it;
+        # row t is the same whatever the length built.
+        self._build(min(max_seq_len, EAGER_ROPE))
 
     def _build(self, length: int, device: torch.device | None = None) -> None:
         exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim

@@ -72,8 +72,9 @@ class DSMTPConfig:
         for key, allowed in _CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ForesightError(f"dsmtp.{key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
-        if self.depth < 1:
-            raise ForesightError(f"dsmtp.depth must be >= 1, got {self.depth}")
+        from foresight.model.limits import MAX_DSMTP_DEPTH, check_int
+
+        check_int(self.depth, "dsmtp.depth", 1, MAX_DSMTP_DEPTH)  # each module is a full block
 
 
 class DSMTPModule(nn.Module):

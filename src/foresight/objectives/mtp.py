@@ -39,8 +39,11 @@ class MTPConfig:
     n: int = 4  # tokens predicted per position, the next one included
 
     def __post_init__(self) -> None:
-        if self.n < 2:
+        from foresight.model.limits import MAX_MTP_N, check_int
+
+        if self.n == 1:
             raise ForesightError(f"mtp.n must be >= 2 (n = 1 is plain NTP), got {self.n}")
+        check_int(self.n, "mtp.n", 2, MAX_MTP_N)  # each head is a full block: bounded before any is built
 
 
 class MTP(Objective):

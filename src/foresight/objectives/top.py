@@ -27,8 +27,9 @@ _HALF_MAX = 65504  # largest finite fp16 value: the paper's fp16 scores overflow
 
 
 def _check_modes(window: int, scores: str, normalize: str | None = None) -> None:
-    if window < 1:
-        raise ForesightError(f"TOP window must be >= 1, got {window}")
+    from foresight.model.limits import MAX_TOP_WINDOW, check_int
+
+    check_int(window, "TOP window", 1, MAX_TOP_WINDOW)
     if scores not in ("exact", "paper"):
         raise ForesightError(f"TOP scores must be 'exact' or 'paper', got {scores!r}")
     if scores == "paper" and window > _HALF_MAX:

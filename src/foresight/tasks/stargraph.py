@@ -67,6 +67,13 @@ class StarGraphTaskConfig:
     def __post_init__(self) -> None:  # checked before any data is generated or model built
         if self.eval_batch_size < 1:
             raise ForesightError(f"stargraph.eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        from foresight.model.limits import MAX_BATCH, MAX_EXAMPLES, MAX_VOCAB, check_int
+
+        # node labels are token ids, and examples are generated in memory: bounded before either is made
+        for name, low, high in (("deg", 1, MAX_VOCAB), ("path", 2, MAX_VOCAB), ("nodes", 1, MAX_VOCAB),
+                                ("train_size", 0, MAX_EXAMPLES), ("test_size", 0, MAX_EXAMPLES),
+                                ("eval_batch_size", 1, MAX_BATCH), ("jobs", 0, 1024)):
+            check_int(getattr(self, name), f"stargraph.{name}", low, high)
 
 
 def load_split(cfg: StarGraphTaskConfig, spec: StarGraphSpec, which: str) -> StarGraphData:

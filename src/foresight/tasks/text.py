@@ -57,6 +57,13 @@ class TextTaskConfig:
             raise ForesightError("text.val_batch_size must be >= 1")
         if self.verify_data not in ("auto", "size", "full"):
             raise ForesightError(f"text.verify_data must be auto, size or full, got {self.verify_data!r}")
+        from foresight.model.limits import MAX_BATCH, MAX_SEQ_LEN, MAX_STEPS, check_int
+
+        check_int(self.seq_len, "text.seq_len", 1, MAX_SEQ_LEN)
+        check_int(self.val_batches, "text.val_batches", 0, MAX_STEPS)
+        check_int(self.vocab_multiple, "text.vocab_multiple", 1, 1 << 16)
+        if self.val_batch_size is not None:
+            check_int(self.val_batch_size, "text.val_batch_size", 1, MAX_BATCH)
 
 
 def open_data(cfg: TextTaskConfig) -> PreparedData:

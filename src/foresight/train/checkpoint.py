@@ -287,8 +287,10 @@ def _read_sharded_model(path: Path, map_location) -> dict:
     import torch.distributed.checkpoint as dcp
 
     meta = _load_meta(path)
+    index = read_dcp_metadata(path)
+    _check_sizes_on_disk(path, index)
     tensors = {}
-    for key, item in read_dcp_metadata(path).state_dict_metadata.items():
+    for key, item in index.state_dict_metadata.items():
         if key.startswith("model.") and isinstance(item, dcp.TensorStorageMetadata):
             tensors[key[len("model."):]] = torch.empty(item.size, dtype=item.properties.dtype)
     with _single_process_is_fine():
@@ -304,6 +306,26 @@ def _check_permissions(path: Path) -> None:
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []
     for f in files:
         os.close(os.open(f, os.O_RDONLY))
+
+
+def _check_sizes_on_disk(path: Path, index) -> None:
+    """The model tensors a sharded checkpoint's index describes must fit in the shard files beside it: the
+    index is a small pickle, and reading allocates every tensor it names before any shard is read, so an index
+    that asks for more bytes than the folder holds is refused first (``UnreadableCheckpoint``)."""
+    import torch.distributed.checkpoint as dcp
+
+    wanted = 0
+    for key, item in index.state_dict_metadata.items():
+        if key.startswith("model.") and isinstance(item, dcp.TensorStorageMetadata):
+            numel = 1
+            for n in item.size:
+                numel *= int(n)
+            wanted += numel * torch.empty((), dtype=item.properties.dtype).element_size()
+    names = {str(getattr(info, "relative_path", "")) for info in (index.storage_data or {}).values()}
+    held = sum((Path(path) / n).stat().st_size for n in names if (Path(path) / n).is_file())
+    if wanted > held:
+        raise UnreadableCheckpoint(f"{path}/.metadata describes {wanted:,} bytes of model tensors but the shard "
+                                   f"files hold {held:,}; the checkpoint is damaged or not what it claims")
 
 
 def read_checkpoint_file(path: Path, map_location="cpu") -> dict:

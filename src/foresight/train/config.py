@@ -70,7 +70,8 @@ class TrainConfig:
              "train.stop_after must be null or an integer in 1 .. train.steps"),
             (self.batch_size >= 1, "train.batch_size must be >= 1"),
             (1 <= self.micro_batch_size <= self.batch_size, "train.micro_batch_size must be in 1 .. batch_size"),
-            (self.batch_size % self.micro_batch_size == 0,
+            # (the list is built before it is read: no division by a micro_batch_size refused just above)
+            (not 1 <= self.micro_batch_size or self.batch_size % self.micro_batch_size == 0,
              "train.batch_size must be a multiple of train.micro_batch_size"),
             (0 < self.lr <= 1, "train.lr must be in (0, 1] (AdamW moves each weight by about lr per step)"),
             (self.memory_value_lr_mult > 0 and 0 < self.memory_value_lr_decay <= 1,
@@ -100,3 +101,15 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ForesightError(message)
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        """Counts that size memory (batches) or loops (steps, intervals) stay within foresight's limits."""
+        from foresight.model.limits import MAX_BATCH, MAX_STEPS, check_int
+
+        for name, high in (("steps", MAX_STEPS), ("batch_size", MAX_BATCH), ("micro_batch_size", MAX_BATCH),
+                           ("warmup_steps", MAX_STEPS), ("log_every", MAX_STEPS), ("eval_every", MAX_STEPS),
+                           ("ckpt_every", MAX_STEPS), ("keep_last", MAX_STEPS), ("early_stop_patience", MAX_STEPS),
+                           ("max_skipped_steps", MAX_STEPS)):
+            check_int(getattr(self, name), f"train.{name}", 0, high)
+        check_int(self.seed, "train.seed", -(2**63), 2**64 - 1)  # what torch.manual_seed takes

@@ -123,12 +123,14 @@ class TrainableLM(nn.Module):
         return results
 
     @classmethod
-    def from_checkpoint(cls, path, map_location="cpu") -> tuple["TrainableLM", dict]:
+    def from_checkpoint(cls, path, map_location="cpu", check=None) -> tuple["TrainableLM", dict]:
         """Rebuild the model and its objective heads from a checkpoint file or run folder (or a sharded
         checkpoint folder of a data-parallel run).
 
         Every checkpoint's ``config`` holds ``model`` (ModelConfig fields) and ``objectives`` (the specs).
-        Returns the model (in eval mode) and the whole checkpoint state.
+        Returns the model (in eval mode) and the whole checkpoint state. ``check(model_cfg, state)``, if given,
+        runs once the config is read and before the model is built (a caller's own refusal, e.g. data whose
+        vocabulary the model does not cover).
         """
         from foresight.train.checkpoint import load_checkpoint
 
@@ -136,13 +138,23 @@ class TrainableLM(nn.Module):
         config = state["config"]
         if "model" not in config or "objectives" not in config:
             raise ForesightError(f"{path}: checkpoint config lacks 'model' or 'objectives'; it cannot be rebuilt")
+        if not isinstance(config["model"], dict):
+            raise ForesightError(f"{path}: checkpoint config 'model' is not a mapping; it cannot be rebuilt")
         try:
-            lm = cls(ModelConfig(**config["model"]), config["objectives"])
+            model_cfg = ModelConfig(**config["model"])  # sizes within foresight's limits (model/limits.py)
         except TypeError as e:  # a config field this version does not know, or a missing one
             raise ForesightError(f"{path}: its model config does not fit this foresight version ({e})") from None
+        if check is not None:
+            check(model_cfg, state)
+        specs = parse_objectives(config["objectives"], f"{path}: objectives")
+        from foresight.model.limits import shapes_on_meta
         from foresight.train.checkpoint import shapes_of, state_mismatch
 
-        if problem := state_mismatch(shapes_of(lm.state_dict()), shapes_of(state["lm"])):
+        # The shapes the config asks for, found without allocating, against the tensors the file holds: a tiny
+        # file whose config asks for a huge model is refused here, before the model is built.
+        expected = shapes_on_meta(lambda: cls(model_cfg, specs))
+        if problem := state_mismatch(expected, shapes_of(state["lm"])):
             raise ForesightError(f"{path}: weights do not fit the stored config: {problem}")
+        lm = cls(model_cfg, specs)
         lm.load_state_dict(state["lm"])
         return lm.eval(), state

@@ -32,6 +32,7 @@ from foresight.errors import ForesightError
 from foresight.io import MANIFEST
 
 LOCK = ".foresight.lock"
+PID_MAX = 2**31 - 1  # the largest pid_t
 _held: set[str] = set()  # locks this process holds (a lock with our own pid that is not here is stale)
 
 
@@ -159,7 +160,10 @@ def _lock_owner(path: Path) -> dict | None:
 
 
 def _is_stale(owner: dict) -> bool:
-    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+    pid = owner.get("pid")
+    # (a pid is a positive 32-bit pid_t: os.kill cannot take a larger one, and 0 / -1 name process groups)
+    if (owner.get("host") != socket.gethostname() or isinstance(pid, bool) or not isinstance(pid, int)
+            or not 1 <= pid <= PID_MAX):
         return False  # another machine's process (or an unreadable lock): never guessed dead
     if owner["pid"] == os.getpid():
         return str(owner.get("token")) not in _held
@@ -196,7 +200,8 @@ def _link_lock(folder: Path, path: Path, draft: Path, token: str) -> Path:
                       f"running) in {folder}", file=sys.stderr)
                 path.unlink(missing_ok=True)
                 continue
-            who = f"process {owner.get('pid', '?')} on {owner.get('host', '?')}" if owner else "another process"
+            who = (f"process {str(owner.get('pid', '?'))[:20]} on {str(owner.get('host', '?'))[:100]}" if owner
+                   else "another process")
             raise ForesightError(f"{folder} is in use by {who} (lock file {path}); wait for it to finish, or "
                                  f"choose another --out (if that process is gone, delete the lock file)") from None
         _held.add(token)

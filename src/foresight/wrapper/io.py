@@ -21,6 +21,7 @@ freshly initialised tensor.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -184,6 +185,8 @@ def load_model_strict(directory, **model_kwargs):
     fit the model (transformers would initialise the missing ones at random and only log it)."""
     from transformers import AutoModelForCausalLM
 
+    if isinstance(directory, (str, os.PathLike)) and Path(directory).is_dir():
+        _check_config_fits(Path(directory))  # before transformers allocates what config.json asks for
     try:
         model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True,
                                                            **{**model_kwargs, **NO_REMOTE_CODE})
@@ -227,6 +230,56 @@ def _safetensors_keys(path: Path) -> set[str]:
         raise ForesightError(f"{path.parent}: {path.name} is missing")
     with safe_open(str(path), framework="pt") as f:
         return set(f.keys())
+
+
+def _config_sizes(directory: Path) -> tuple[int, int, int] | None:
+    """(vocabulary, width, layers) that ``config.json`` asks for (top level or ``text_config``), or None when it
+    does not say in the usual names (then transformers' own checks are all there is)."""
+    import json
+
+    try:
+        hf = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # (transformers reports a missing or broken config.json itself)
+    if isinstance(hf, dict) and isinstance(hf.get("text_config"), dict):
+        hf = {**hf, **hf["text_config"]}
+    if not isinstance(hf, dict):
+        return None
+    sizes = []
+    for names in (("vocab_size",), ("hidden_size", "n_embd", "d_model"), ("num_hidden_layers", "n_layer")):
+        value = next((hf[n] for n in names if n in hf), None)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None
+        sizes.append(value)
+    return tuple(sizes)
+
+
+def _check_config_fits(directory: Path) -> None:
+    """Before transformers builds the model from ``config.json``: the weight files must hold at least the
+    parameters the config implies (the V x D input embedding and ~D²/2 per layer: a lower bound for any
+    decoder), read from the safetensors headers alone. transformers allocates what the config asks for and
+    fills what the files lack with fresh weights, so a small folder whose config asks for a vocabulary of 2e6 x
+    width 4096 would otherwise allocate 32 GB before saying anything."""
+    from foresight.hf.weights import read_hf_shapes
+    from foresight.model.limits import MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, check_int
+
+    sizes = _config_sizes(directory)
+    if sizes is None:
+        return
+    vocab, width, layers = sizes
+    for value, name, high in ((vocab, "vocab_size", MAX_VOCAB), (width, "hidden_size", MAX_WIDTH),
+                              (layers, "num_hidden_layers", MAX_LAYERS)):
+        check_int(value, f"{directory / 'config.json'}: {name}", 1, high)
+    try:
+        shapes = read_hf_shapes(directory)
+    except ForesightError:
+        return  # no weights in foresight's names (transformers says what it misses)
+    held = sum(math.prod(s) for s in shapes.values())
+    needed = vocab * width + layers * width * width // 2
+    if needed > held:
+        raise ForesightError(f"{directory / 'config.json'} asks for a model of at least {needed:,} parameters "
+                             f"(vocab_size {vocab:,} x hidden_size {width:,}, {layers} layers) but the weight "
+                             f"files hold {held:,}; the config does not belong to these weights")
 
 
 def _copy_heads(wrapped, tensors: dict[str, torch.Tensor], heads_path: Path) -> None:
