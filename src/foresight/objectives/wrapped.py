@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective, shifted_labels
+from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective, shifted_labels, unsupported
 from foresight.objectives.dsmtp import DSMTP, DSMTPConfig
 from foresight.objectives.mtp import MTP, MTPConfig
 from foresight.objectives.ntp import NTP
@@ -42,9 +42,17 @@ class OnParts:
     not train on foresight's cached trunk states.)"""
 
     cached_heads = False
+    can_draft_on_parts = False  # ``draft`` works: the heads draft for ``foresight.speculative_generate``
+    default_drafts = 0  # drafts per step when the caller does not say
 
     def head_module(self, parts: Parts) -> nn.Module:
         raise NotImplementedError
+
+    def draft(self, committed: dict, seq: torch.Tensor, parts: Parts, n_draft: int | None) -> torch.Tensor:
+        """Greedy guesses (1, d) for the tokens after the pending one (``generate/wrapped.py``): ``committed``
+        holds the trunk tensors ``hidden``, ``last_input``, ``final`` (1, N, D) of the committed positions
+        0..N-1, ``seq`` (1, N + 1) the committed tokens and the pending x[N]."""
+        raise unsupported(self.name, "drafting on a wrapped model")
 
 
 def head_loss_sum(parts: Parts, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -91,6 +99,22 @@ class WrapMTP(OnParts, MTP):
     def _head_sum(self, k: int, out: WrapTrunkOutput, batch: Batch, parts: Parts) -> torch.Tensor:
         h = parts.norm(parts.run_layer(self.heads[k - 1], out.last_input, out.layer_kwargs))  # (B, T, D)
         return head_loss_sum(parts, h, shifted_labels(batch, k))
+
+    can_draft_on_parts = True
+
+    @property
+    def default_drafts(self) -> int:
+        return len(self.heads)
+
+    def draft(self, committed: dict, seq: torch.Tensor, parts: Parts, n_draft: int | None) -> torch.Tensor:
+        """Head k at the last committed position N-1 guesses x[N+k] (Meta MTP §3.2): all heads in parallel."""
+        from foresight.generate.wrapped import prefix_layer_kwargs  # (lazy: only drafting needs generate/)
+
+        x = committed["last_input"]  # (1, N, D)
+        kwargs = prefix_layer_kwargs(parts, x)
+        heads = self.heads[: n_draft or len(self.heads)]
+        last = [parts.norm(parts.run_layer(head, x, kwargs)[:, -1:]) for head in heads]  # (1, 1, D) each
+        return parts.logits(torch.cat(last, dim=1)).argmax(dim=-1)  # (1, d)
 
 
 class WrapDSMTPModule(nn.Module):
@@ -140,6 +164,30 @@ class WrapDSMTP(OnParts, DSMTP):
         norm = module.norm if module.norm is not None else parts.norm
         return head_loss_sum(parts, norm(h), shifted_labels(batch, k))
 
+    can_draft_on_parts = True
+
+    @property
+    def default_drafts(self) -> int:
+        return len(self.layers)
+
+    def draft(self, committed: dict, seq: torch.Tensor, parts: Parts, n_draft: int | None) -> torch.Tensor:
+        """Module k at position j reads h_{k-1}[j] and the embedding of x[j+k] (DeepSeek-V3 §5.4.3): module 1 at
+        N-1 reads the pending x[N] and guesses x[N+1], module k reads module k-1's guess."""
+        from foresight.generate.wrapped import prefix_layer_kwargs  # (lazy: only drafting needs generate/)
+
+        h = committed["hidden"] if self.cfg.h0 == "post_norm" else committed["final"]  # h_0: (1, N, D)
+        n = h.shape[1]
+        kwargs = prefix_layer_kwargs(parts, h)
+        hyp, drafts = seq, []  # hyp: x[0..N] then the guesses so far, (1, N + k)
+        for k in range(1, min(n_draft or len(self.layers), len(self.layers)) + 1):
+            module = self.layers[k - 1]
+            h = module(h, parts.embed_tokens(hyp[:, k : k + n]), parts, kwargs)  # (1, N, D)
+            norm = module.norm if module.norm is not None else parts.norm
+            guess = parts.logits(norm(h[:, -1:])).argmax(dim=-1)  # (1, 1): x[N+k]
+            drafts.append(guess)
+            hyp = torch.cat([hyp, guess], dim=1)
+        return torch.cat(drafts, dim=1)  # (1, d)
+
 
 class WrapTOP(OnParts, TOP):
     """TOP paper §3: the inherited objective; its head ``W_top`` (V×D, untied, no soft cap) is initialised
@@ -154,3 +202,13 @@ class WrapTOP(OnParts, TOP):
 
     def head_module(self, parts: Parts) -> nn.Module:
         return self.head  # W_top (V×D)
+
+    can_draft_on_parts = True
+    default_drafts = 3
+
+    def draft(self, committed: dict, seq: torch.Tensor, parts: Parts, n_draft: int | None) -> torch.Tensor:
+        """The TOP ranking at the last committed position, the pending token removed, read in rank order as
+        the next tokens (``generate/top_draft.py``)."""
+        scores = self.head(committed["hidden"][:, -1]).float()  # (1, V)
+        scores[:, seq[0, -1]] = float("-inf")  # x[N] is already decided
+        return scores.topk(n_draft or self.default_drafts, dim=-1).indices  # (1, d)
