@@ -48,6 +48,11 @@ class OnParts:
     def head_module(self, parts: Parts) -> nn.Module:
         raise NotImplementedError
 
+    def warm_start_on_parts(self, parts: Parts) -> None:
+        """Start the heads from the model's own weights, so a pretrained model's new heads begin near its own
+        next-token loss instead of above chance (``foresight.wrap(..., head_init="warm")``). Default: nothing
+        (an objective without heads of its own)."""
+
     def draft(self, committed: dict, seq: torch.Tensor, parts: Parts, n_draft: int | None) -> torch.Tensor:
         """Greedy guesses (1, d) for the tokens after the pending one (``generate/wrapped.py``): ``committed``
         holds the trunk tensors ``hidden``, ``last_input``, ``final`` (1, N, D) of the committed positions
@@ -59,6 +64,18 @@ def head_loss_sum(parts: Parts, h: torch.Tensor, labels: torch.Tensor) -> torch.
     """Summed cross-entropy of the model's output head on h (B, T, D) against labels (B, T), never N×V logits."""
     return linear_cross_entropy(h.reshape(-1, h.shape[-1]), parts.lm_head.weight, labels.reshape(-1),
                                 softcap=parts.softcap).sum()
+
+
+# The last projection of each residual branch in transformers' decoder layers (Llama, Qwen2/3, Mistral, Phi-3,
+# Gemma 2): zero, the layer adds nothing to its input.
+_BRANCH_OUTPUTS = ("o_proj", "down_proj")
+
+
+def _copy_into(modules, source: nn.Module) -> None:
+    """Load ``source``'s weights into each module of ``modules`` (same class), keeping their device and dtype."""
+    state = {k: v.detach().clone() for k, v in source.state_dict().items()}
+    for m in modules:
+        m.load_state_dict(state)
 
 
 def _fresh_norm(parts: Parts) -> nn.Module:
@@ -95,6 +112,11 @@ class WrapMTP(OnParts, MTP):
 
     def head_module(self, parts: Parts) -> nn.Module:
         return self.heads  # n - 1 decoder layers
+
+    def warm_start_on_parts(self, parts: Parts) -> None:
+        """Every head a copy of the model's last layer: it reads that layer's input, so it starts predicting
+        what the model predicts for x[t+1] (as ``MTP.warm_start`` does on foresight's trunk)."""
+        _copy_into(self.heads, parts.layers[-1])
 
     def _head_sum(self, k: int, out: WrapTrunkOutput, batch: Batch, parts: Parts) -> torch.Tensor:
         h = parts.norm(parts.run_layer(self.heads[k - 1], out.last_input, out.layer_kwargs))  # (B, T, D)
@@ -151,6 +173,35 @@ class WrapDSMTP(OnParts, DSMTP):
     def head_module(self, parts: Parts) -> nn.Module:
         return self.layers  # D modules
 
+    def warm_start_on_parts(self, parts: Parts) -> None:
+        """Each module starts as the identity on the hidden state (DeepSeek-V3 §2.2's module with its layer's
+        residual branches switched off), so depth k first predicts x[t+1+k] with the model's own next-token
+        distribution: ``hnorm`` fresh (h_0 normalised, RMS 1), the projection the identity on the hidden half
+        and zero on the embedding half, the layer a copy of the model's last layer whose residual branches end
+        in zero (``o_proj``, ``down_proj``: they learn first, and the copied q/k/v/gate/up give them working
+        features), and an own final norm the model's final norm when h_0 is the last layer's output before it
+        (``h0: pre_norm``: the module then gives the model's final hidden state exactly) or fresh when h_0 is
+        already normalised (``post_norm``: the model's logits over RMS(h_0), a softer copy). A full copy of the
+        layer would see the normalised state where the trained layer saw the residual stream, and start far
+        above chance (notes/issue22-heads-logs.md)."""
+        d = parts.hidden_size
+        with torch.no_grad():
+            for m in self.layers:
+                _copy_into([m.layer], parts.layers[-1])
+                for name, sub in m.layer.named_modules():
+                    if name.rsplit(".", 1)[-1] in _BRANCH_OUTPUTS and isinstance(sub, nn.Linear):
+                        nn.init.zeros_(sub.weight)
+                        if sub.bias is not None:
+                            nn.init.zeros_(sub.bias)
+                if m.norm is not None and self.cfg.h0 == "pre_norm":
+                    _copy_into([m.norm], parts.norm)
+                w = m.eh_proj.weight  # (D, 2D)
+                w.zero_()
+                start = 0 if m.hidden_first else d
+                w[:, start : start + d].copy_(torch.eye(d, dtype=w.dtype, device=w.device))
+                if m.eh_proj.bias is not None:
+                    m.eh_proj.bias.zero_()
+
     def _step(self, k: int, h: torch.Tensor, out: WrapTrunkOutput, batch: Batch, parts: Parts) -> torch.Tensor:
         # The embedding of the *input* token x[t+k] (known even where labels are -100, e.g. a masked prompt);
         # positions past the sequence read id 0, and their labels are ignored.
@@ -202,6 +253,12 @@ class WrapTOP(OnParts, TOP):
 
     def head_module(self, parts: Parts) -> nn.Module:
         return self.head  # W_top (V×D)
+
+    def warm_start_on_parts(self, parts: Parts) -> None:
+        """W_top starts as a copy of the model's output head: the next token ranks first, as it does in the TOP
+        target (TOP paper §3: the nearest upcoming token scores highest)."""
+        with torch.no_grad():
+            self.head.weight.copy_(parts.lm_head.weight)
 
     can_draft_on_parts = True
     default_drafts = 3
