@@ -144,6 +144,9 @@ def test_trainer_logs_every_objective_averaged_like_the_loss(tmp_path, accumulat
     _, trainer = _train(tmp_path, specs, logging_steps=2, gradient_accumulation_steps=accumulation)
     logs = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
     assert len(logs) == 2
+    from foresight.wrapper import ForesightCallback
+
+    assert any(isinstance(c, ForesightCallback) for c in trainer.callback_handler.callbacks)  # added by itself
     for h in logs:
         assert {"loss_ntp", "loss_top", "loss_mtp", "loss_mtp_head1", "loss_mtp_head2", "weight_top"} <= set(h)
         # the per-objective values average over the interval as the Trainer's loss does: they add up to it
