@@ -45,7 +45,7 @@ def test_warm_heads_start_below_chance_and_below_random_ones(smollm2):
             out = wrapped(enc.input_ids, attention_mask=enc.attention_mask, labels=labels)
         first[init] = {k: float(v) for k, v in {**out.losses, **out.metrics}.items()}
     for key in ("mtp_head1", "dsmtp_depth1", "top"):
-        assert first["warm"][key] < chance < first["random"][key] + 1.0, (key, first)
+        assert first["warm"][key] < chance, (key, first)
         assert first["warm"][key] < first["random"][key] - 0.5, (key, first)
 
 
