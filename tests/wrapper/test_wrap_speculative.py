@@ -72,26 +72,67 @@ def test_drafts_are_the_heads_full_forward_predictions(arch, kind):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("cached", [False, True], ids=["prefix", "cached"])
 @pytest.mark.parametrize("right", [0, 1, 2])
-def test_oracle_drafts_keep_the_cache_exact(arch, right, monkeypatch):
+def test_oracle_drafts_keep_the_caches_exact(arch, right, cached, monkeypatch):
     """Drafts with the first ``right`` greedy tokens correct, the rest wrong: every accepted length, hence every
-    crop of the KV cache (sliding-window layers included), still gives the greedy output."""
+    crop of the model's KV cache (sliding-window layers included) and of the MTP heads' own caches, still gives
+    the greedy output, and at every step the heads' cached drafts are those of the heads run over the whole
+    committed prefix."""
     model = _model(arch)
     wrapped = foresight.wrap(model, [{"name": "ntp"}, HEADS["mtp"]])
+    obj = wrapped.objectives["mtp"]
     ids = _prompts(b=1, p=5)
     ref = model.generate(ids, max_new_tokens=14, do_sample=False)[0]
+    seen = []  # the heads' own drafts at each step
 
-    def oracle(committed, seq, parts, n_draft):
-        n = seq.shape[1] - 1  # the pending token's position
+    def oracle(n):  # n: the pending token's position
         true = ref[n + 1 : n + 3].tolist()  # MTP-3: two drafts, x[N+1] and x[N+2]
         true += [3] * (2 - len(true))
-        drafts = [t if i < right else (t + 1) % 37 for i, t in enumerate(true)]
-        return torch.tensor([drafts])
+        return torch.tensor([[t if i < right else (t + 1) % 37 for i, t in enumerate(true)]])
 
-    monkeypatch.setattr(wrapped.objectives["mtp"], "draft", oracle)
+    if cached:
+        real = obj.cached_drafter
+
+        class Recording:
+            def __init__(self, parts, n_draft):
+                self.inner, self.n = real(parts, n_draft), 0
+
+            def observe(self, last_input, layer_kwargs):
+                self.inner.observe(last_input, layer_kwargs)
+                self.n += last_input.shape[1]
+
+            def crop(self, remove):
+                self.inner.crop(remove)
+                self.n -= remove
+
+            def propose(self, index):
+                seen.append(self.inner.propose(index).tolist())
+                return oracle(self.n)
+
+        monkeypatch.setattr(obj, "cached_drafter", Recording)
+    else:
+        real_draft = obj.draft
+
+        def recording(committed, seq, parts, n_draft):
+            seen.append(real_draft(committed, seq, parts, n_draft).tolist())
+            return oracle(seq.shape[1] - 1)
+
+        monkeypatch.setattr(obj, "cached_drafter", None)
+        monkeypatch.setattr(obj, "draft", recording)
     out, stats = foresight.speculative_generate(wrapped, ids, max_new_tokens=14)
     assert torch.equal(out[0], ref)
     assert stats.tau > 1 if right else stats.tau == 1
+    with torch.no_grad():  # the heads over the whole prefix, at the last committed position of each step
+        want = []
+        n = 5
+        for _ in seen:
+            full = wrapped.parts.trunk(ref[None, :n])
+            committed = {k: getattr(full, k) for k in ("hidden", "last_input", "final")}
+            want.append(real_draft(committed, ref[None, : n + 1], wrapped.parts, None).tolist()
+                        if not cached else obj.draft(committed, ref[None, : n + 1], wrapped.parts, None).tolist())
+            n += 1 + min(right, 2)
+    assert seen == want
 
 
 def test_eos_stops_rows_and_pads_like_generate():

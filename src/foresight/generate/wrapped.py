@@ -8,12 +8,14 @@ given exactly the committed prefix, so the output equals ``model.generate(do_sam
 (up to floating-point ties between two ways of batching the same computation).
 
 What drafts is the objective's business (``OnParts.draft``: MTP heads, DS-MTP modules, the TOP head's
-ranking); this module only keeps the trunk tensors of the committed positions (the last layer's input and
-output, the final hidden state: what the heads read) and runs the verification. The heads have no KV cache of
-their own: each step they run over the whole committed prefix (``prefix_layer_kwargs`` builds the attention
-mask and RoPE tables the model would give its last layer), which is simple and exact, and costs one head
-layer per draft over N positions per step — small next to the model for short prompts, the thing to cache next
-for long ones.
+ranking); this module runs the verification and keeps what the heads read. MTP heads
+(``OnParts.cached_drafter``) keep KV caches of their own in step with the model's: they run inside every model
+pass on the same positions with the mask and RoPE tables the model gave its last layer, and are cropped with
+it. DS-MTP modules and the TOP head draft from the trunk tensors of the committed positions (the last layer's
+input and output, the final hidden state): DS-MTP modules run over the whole committed prefix each step
+(``prefix_layer_kwargs`` builds the mask and RoPE tables the model would give its last layer), exact and
+simple, at one module per draft over N positions per step (their inputs at the last k positions depend on the
+drafts, so a cache needs the carry scheme of ``generate/drafters.py``: not done yet).
 
 Rows decode one at a time (batch 1 each); a batch of B prompts of equal length gives B rows, padded after their
 eos with the model's pad token as ``generate`` pads them.
@@ -74,73 +76,106 @@ def prefix_layer_kwargs(parts, h: torch.Tensor) -> dict:
             "position_embeddings": rotary(h, position_ids), "use_cache": False}
 
 
-class _Verifier:
-    """The wrapped model with its KV cache: ``step(ids)`` runs positions N..N+m-1 and returns the final hidden
-    states and the last layer's input and output (B, m, D) each; ``crop(remove)`` drops the last ``remove``
-    cached positions (rejected drafts)."""
+class HeadCache:
+    """A transformers KV cache of the model's structure (``DynamicCache(config=...)``: Gemma 2's sliding-window
+    layers get sliding caches) that can be cropped back after a rejected draft: ``arg`` is the keyword the
+    model's layers take it by (``cache`` in transformers 5, ``past_key_values`` before), ``filled(m)`` is called
+    after every pass of m positions, ``crop(remove)`` drops the last ``remove`` positions."""
 
     def __init__(self, parts) -> None:
         from transformers import DynamicCache
 
-        self.parts = parts
         base = parts.model.base_model
-        self.cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        self.arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
         try:
-            self.cache = DynamicCache(config=parts.config)  # sliding-window layers where the model has them
+            self.cache = DynamicCache(config=parts.config)
         except TypeError:
             self.cache = DynamicCache()
         self.length = 0
         self.recording = False
 
-    def step(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        caught: dict = {}
-        with self.parts._catch_last_layer(caught):
-            out = self.parts.model.base_model(input_ids=ids, use_cache=True, **{self.cache_arg: self.cache})
-        self.length += ids.shape[1]
+    def filled(self, m: int) -> None:
+        self.length += m
         if not self.recording and hasattr(self.cache, "activate_past_recording"):
             # after the prefill (as transformers does): sliding-window layers keep what a crop may need
-            self.cache.activate_past_recording(recurrent_states_to_keep=ids.shape[1])
+            self.cache.activate_past_recording(recurrent_states_to_keep=m)
             self.recording = True
-        hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
-        return hidden, caught["last_input"], caught["final"]
 
     def crop(self, remove: int) -> None:
         if hasattr(self.cache, "activate_past_recording"):  # transformers 5: crop(-tokens to remove)
-            self.cache.crop(-remove)
+            for layer in self.cache.layers:  # a head's cache fills one layer only: the others stay empty
+                if getattr(layer, "is_initialized", True):
+                    layer.crop(-remove)
         else:  # transformers 4: crop(length to keep)
             self.cache.crop(self.length - remove)
         self.length -= remove
 
 
+class _Verifier:
+    """The wrapped model with its KV cache: ``step(ids)`` runs positions N..N+m-1 and returns the final hidden
+    states and the last layer's input and output (B, m, D) each, and the keyword arguments the model gave its
+    last layer (mask and RoPE tables of those positions); ``crop(remove)`` drops the last ``remove`` cached
+    positions (rejected drafts)."""
+
+    def __init__(self, parts) -> None:
+        self.parts = parts
+        self.kv = HeadCache(parts)
+
+    def step(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        caught: dict = {}
+        with self.parts._catch_last_layer(caught):
+            out = self.parts.model.base_model(input_ids=ids, use_cache=True, **{self.kv.arg: self.kv.cache})
+        self.kv.filled(ids.shape[1])
+        hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        return hidden, caught["last_input"], caught["final"], caught["layer_kwargs"]
+
+    def crop(self, remove: int) -> None:
+        self.kv.crop(remove)
+
+
 def _decode_row(wrapped, drafter, ids: torch.Tensor, max_new_tokens: int, n_draft: int | None,
                 eos_ids: set[int], stats: SpecStats) -> torch.Tensor:
-    """One row (1, P) -> (1, P + n), n <= max_new_tokens (stops after an eos)."""
+    """One row (1, P) -> (1, P + n), n <= max_new_tokens (stops after an eos).
+
+    A drafter with ``cached_drafter`` (MTP heads) runs its heads inside every model pass, on the same positions,
+    with the same mask and RoPE tables and caches cropped alike; any other drafts from the committed prefix."""
     parts = wrapped.parts
     verifier = _Verifier(parts)
-    hidden, last_input, final = verifier.step(ids)  # prefill: positions 0..P-1
+    make_cached = getattr(drafter, "cached_drafter", None)
+    cached = make_cached(parts, n_draft) if make_cached is not None else None
+    hidden, last_input, final, layer_kwargs = verifier.step(ids)  # prefill: positions 0..P-1
+    if cached is not None:
+        cached.observe(last_input, layer_kwargs)
     pending = parts.logits(hidden[:, -1:]).argmax(dim=-1)  # (1, 1): the greedy x[P]
     seq = torch.cat([ids, pending], dim=1)  # x[0..N]: committed and pending
     committed = {"hidden": hidden, "last_input": last_input, "final": final}  # (1, N, D) each
-    p = ids.shape[1]
+    p, last = ids.shape[1], ids.shape[1] - 1  # last: index of position N-1 in the latest pass
     while seq.shape[1] - p < max_new_tokens and int(seq[0, -1]) not in eos_ids:
         remaining = max_new_tokens - (seq.shape[1] - p)
-        drafts = drafter.draft(committed, seq, parts, n_draft)[:, : remaining - 1]  # (1, d): x[N] is already made
+        guesses = cached.propose(last) if cached is not None else drafter.draft(committed, seq, parts, n_draft)
+        drafts = guesses[:, : remaining - 1]  # (1, d): x[N] is already made
         d = drafts.shape[1]
         block = torch.cat([seq[:, -1:], drafts], dim=1)  # (1, 1 + d): positions N..N+d
-        hidden, last_input, final = verifier.step(block)
+        hidden, last_input, final, layer_kwargs = verifier.step(block)
+        if cached is not None:
+            cached.observe(last_input, layer_kwargs)
         greedy = parts.logits(hidden).argmax(dim=-1)  # (1, 1 + d): greedy[:, i] is for x[N+i+1]
         match = (greedy[:, :d] == drafts).long().cumprod(dim=1)  # (1, d): prefix of agreeing drafts
         a = int(match.sum())
         _record(stats, torch.ones_like(drafts, dtype=torch.bool), match)
         verifier.crop(d - a)  # keep x[N] and the a accepted drafts
+        if cached is not None:
+            cached.crop(d - a)
+        last = a  # position N+a, the last committed one now, is index a of this pass
         new = greedy[:, : a + 1]  # accepted drafts equal the greedy tokens; greedy[a] is the new pending
         for i, tok in enumerate(new[0].tolist()):  # an eos among them ends the row there
             if tok in eos_ids:
                 new = new[:, : i + 1]
                 break
         seq = torch.cat([seq, new], dim=1)
-        for key, t in (("hidden", hidden), ("last_input", last_input), ("final", final)):
-            committed[key] = torch.cat([committed[key], t[:, : a + 1]], dim=1)
+        if cached is None:
+            for key, t in (("hidden", hidden), ("last_input", last_input), ("final", final)):
+                committed[key] = torch.cat([committed[key], t[:, : a + 1]], dim=1)
     return seq[:, : p + max_new_tokens]
 
 

@@ -71,11 +71,18 @@ def head_loss_sum(parts: Parts, h: torch.Tensor, labels: torch.Tensor) -> torch.
 _BRANCH_OUTPUTS = ("o_proj", "down_proj")
 
 
-def _copy_into(modules, source: nn.Module) -> None:
-    """Load ``source``'s weights into each module of ``modules`` (same class), keeping their device and dtype."""
-    state = {k: v.detach().clone() for k, v in source.state_dict().items()}
+def _copy_into(modules, source: nn.Module) -> bool:
+    """Load ``source``'s weights into each module of ``modules`` (same class), keeping their device and dtype.
+    A source whose linear layers carry adapters (PEFT's ``q_proj.base_layer.weight``, ``lora_A``, ...) gives its
+    base weights. If the weights still do not cover the modules' own, nothing is copied (they keep their
+    initialisation) and the answer is False."""
+    state = {k.replace(".base_layer.", "."): v.detach().clone() for k, v in source.state_dict().items()}
     for m in modules:
-        m.load_state_dict(state)
+        own = m.state_dict()
+        if any(k not in state or state[k].shape != v.shape for k, v in own.items()):
+            return False
+        m.load_state_dict({k: state[k] for k in own})
+    return True
 
 
 def _fresh_norm(parts: Parts) -> nn.Module:
@@ -137,6 +144,41 @@ class WrapMTP(OnParts, MTP):
         heads = self.heads[: n_draft or len(self.heads)]
         last = [parts.norm(parts.run_layer(head, x, kwargs)[:, -1:]) for head in heads]  # (1, 1, D) each
         return parts.logits(torch.cat(last, dim=1)).argmax(dim=-1)  # (1, d)
+
+    def cached_drafter(self, parts: Parts, n_draft: int | None) -> "_CachedMTPDraft":
+        """The same drafts as ``draft``, each head with a KV cache of its own in step with the model's."""
+        return _CachedMTPDraft(self.heads[: n_draft or len(self.heads)], parts)
+
+
+class _CachedMTPDraft:
+    """MTP heads drafting with KV caches of their own (Meta MTP §3.2). Head k reads the input of the model's last
+    layer, which at a committed position depends on committed tokens only, so its cache can follow the model's
+    exactly: ``observe`` runs every head on the positions of the model's latest pass with the keyword
+    arguments (mask, RoPE tables) the model gave its last layer, whose cache has the same length; ``crop``
+    drops the rejected positions from every head's cache as from the model's; ``propose(i)`` reads head k at
+    index i of that pass (the last committed position) and guesses x[N+k]."""
+
+    def __init__(self, heads, parts: Parts) -> None:
+        from foresight.generate.wrapped import HeadCache  # (lazy: only drafting needs generate/)
+
+        self.heads, self.parts = list(heads), parts
+        self.caches = [HeadCache(parts) for _ in self.heads]
+        self.outputs: list[torch.Tensor] = []  # per head: (1, m, D) of the latest pass
+
+    def observe(self, last_input: torch.Tensor, layer_kwargs: dict) -> None:
+        self.outputs = []
+        for head, kv in zip(self.heads, self.caches):
+            kwargs = {**layer_kwargs, "use_cache": True, kv.arg: kv.cache}
+            self.outputs.append(self.parts.run_layer(head, last_input, kwargs))
+            kv.filled(last_input.shape[1])
+
+    def crop(self, remove: int) -> None:
+        for kv in self.caches:
+            kv.crop(remove)
+
+    def propose(self, index: int) -> torch.Tensor:
+        last = torch.cat([h[:, index : index + 1] for h in self.outputs], dim=1)  # (1, d, D)
+        return self.parts.logits(self.parts.norm(last)).argmax(dim=-1)  # (1, d)
 
 
 class WrapDSMTPModule(nn.Module):
