@@ -86,7 +86,8 @@ def train() -> None:
     from transformers import TrainingArguments
 
     model, tok = smollm2()
-    data = [{"input_ids": x, "labels": x} for x in (tok(t, return_tensors="pt").input_ids[0][:24] for t in TEXTS)] * 2
+    ids = [tok(t, return_tensors="pt").input_ids[0][:24] for t in TEXTS]
+    data = [{"input_ids": x, "labels": x} for x in ids if len(x) == 24] * 4  # the texts of 24 tokens or more
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for init in ("random", "warm"):
         model.load_state_dict(state)
