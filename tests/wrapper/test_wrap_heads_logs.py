@@ -156,6 +156,24 @@ def test_trainer_logs_every_objective_averaged_like_the_loss(tmp_path, accumulat
         assert h["weight_top"] == 0.5 and h["weight_ntp"] == 1.0
 
 
+def test_evaluation_logs_every_objective(tmp_path):
+    from transformers import TrainingArguments
+
+    from foresight.wrapper import ForesightTrainer
+
+    wrapped = wrap(tiny_model("llama"), [{"name": "ntp"}, {"name": "top", "window": 4, "weight": 0.5},
+                                         {"name": "mtp", "n": 2}])
+    data = [{"input_ids": x, "labels": x} for x in _ids(7, 10, seed=2)]  # batches of 3, 3, 1 samples
+    args = TrainingArguments(str(tmp_path), per_device_eval_batch_size=3, report_to=[], use_cpu=True,
+                             disable_tqdm=True)
+    trainer = ForesightTrainer(model=wrapped, args=args, eval_dataset=data)
+    h = trainer.evaluate()
+    assert trainer.state.log_history[-1] == {**h, "step": 0}  # what every reporter received
+    assert {"eval_loss_ntp", "eval_loss_top", "eval_loss_mtp", "eval_loss_mtp_head1"} <= set(h)
+    weighted = h["eval_loss_ntp"] + 0.5 * h["eval_loss_top"] + h["eval_loss_mtp"]
+    assert weighted == pytest.approx(h["eval_loss"], rel=1e-3, abs=1e-3)  # averaged as eval_loss is
+
+
 def test_total_flos_count_the_heads(tmp_path):
     specs = [{"name": "ntp"}, {"name": "top", "window": 4}, {"name": "mtp", "n": 2}]
     wrapped, trainer = _train(tmp_path, specs, logging_steps=4)

@@ -12,6 +12,7 @@ loss, unweighted), its per-head losses (``loss_mtp_head1``, ``loss_dsmtp_depth2`
 (its weight at that step), averaged over the logging interval exactly as ``loss`` is: the micro-batches of a
 step summed with the same normalisation the Trainer applies to ``loss`` (by ``num_items_in_batch``, else by the
 accumulation steps), then divided by the optimiser steps since the last log, then averaged over processes.
+Evaluation logs get ``eval_loss_<objective>`` and the per-head ones, averaged over samples as ``eval_loss`` is.
 ``total_flos`` counts the objectives' heads too (``wrapper/report.py``).
 """
 
@@ -36,6 +37,7 @@ class ForesightTrainer(Trainer):
         if not any(isinstance(c, ForesightCallback) for c in self.callback_handler.callbacks):
             self.add_callback(ForesightCallback())
         self._objective_sums: dict[str, torch.Tensor] = {}  # log key -> sum since the last log
+        self._eval_sums: dict = {}  # the same for the running evaluation, weighted by samples
         self._objective_step = self.state.global_step  # the step of the last log
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -56,13 +58,17 @@ class ForesightTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         losses = getattr(outputs, "losses", None)
-        if model.training and losses:
-            scale = self._reported_scale(num_items_in_batch)
+        if losses:
             values = {f"loss_{k}": v for k, v in losses.items()}
             values.update({f"loss_{k}": v for k, v in (getattr(outputs, "metrics", None) or {}).items()})
+            if model.training:
+                scale, sums = self._reported_scale(num_items_in_batch), self._objective_sums
+            else:  # evaluation: the Trainer's eval_loss is the mean over samples of each batch's loss
+                scale, sums = float(inputs["input_ids"].shape[0]), self._eval_sums
+                sums["samples"] = sums.get("samples", 0.0) + scale
             for key, v in values.items():
                 v = v.detach().float() * scale
-                self._objective_sums[key] = self._objective_sums[key] + v if key in self._objective_sums else v
+                sums[key] = sums[key] + v if key in sums else v
         return (loss, outputs) if return_outputs else loss
 
     def _reported_scale(self, num_items_in_batch) -> float:
@@ -78,7 +84,24 @@ class ForesightTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._objective_sums:  # a training log: add the objectives' share
             logs.update(self._objective_logs())
+        if "eval_loss" in logs and self._eval_sums:  # an evaluation's log: eval_loss_<objective>, ...
+            logs.update(self._eval_logs())
         super().log(logs, start_time)
+
+    def evaluate(self, *args, **kwargs):
+        self._eval_sums = {}  # a fresh evaluation (a log of an earlier one may not have come)
+        return super().evaluate(*args, **kwargs)
+
+    def _eval_logs(self) -> dict[str, float]:
+        from transformers.trainer_pt_utils import nested_gather
+
+        keys = [k for k in self._eval_sums if k != "samples"]
+        sums = torch.stack([torch.as_tensor(self._eval_sums[k], dtype=torch.float32) for k in keys] +
+                           [torch.as_tensor(self._eval_sums["samples"], dtype=torch.float32,
+                                            device=self._eval_sums[keys[0]].device)])
+        totals = nested_gather(sums, self.args.parallel_mode).view(-1, len(keys) + 1).sum(dim=0)
+        self._eval_sums = {}
+        return {f"eval_{k}": round(float(v / totals[-1]), 4) for k, v in zip(keys, totals[:-1].tolist())}
 
     def _objective_logs(self) -> dict[str, float]:
         from transformers.trainer_pt_utils import nested_gather
