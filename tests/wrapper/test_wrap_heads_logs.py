@@ -183,3 +183,18 @@ def test_total_flos_count_the_heads(tmp_path):
     heads = VOCAB * 16 + block + VOCAB * 16  # W_top, the MTP head's layer, and its use of the shared output head
     want = 6 * tokens * (model.num_parameters(exclude_embeddings=True) + heads)
     assert trainer.state.total_flos == pytest.approx(want, rel=1e-9)
+
+
+def test_warm_copies_take_the_base_weights_of_a_lora_layer():
+    """Heads built beside a PEFT-injected last layer copy its base weights (LoRA's B starts at zero, so they are
+    the layer's weights), not a silent random start."""
+    peft = pytest.importorskip("peft")
+    model = tiny_model("llama")
+    last = {k: v.clone() for k, v in model.model.layers[-1].state_dict().items()}
+    peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))  # injects in place
+    assert "self_attn.q_proj.base_layer.weight" in model.model.layers[-1].state_dict()
+    wrapped = wrap(model, [{"name": "mtp", "n": 2}])
+    head = wrapped.heads["mtp"][0].state_dict()
+    assert set(head) == set(last)
+    for k, v in last.items():
+        assert torch.equal(head[k], v), k
