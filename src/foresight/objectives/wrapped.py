@@ -5,7 +5,10 @@ An objective that supports ``foresight.wrap`` says so with ``Objective.on_parts`
 Each class subclasses the foresight objective and ``OnParts`` and overrides only what touches the model:
 building the heads, running them, and the module ``ForesightModel.heads`` shows. Targets, counts, loss sums,
 the per-head ``forward_backward`` (Meta MTP §2) and DS-MTP's exact module-by-module backward are inherited
-unchanged, so the loss math lives in one place (``foresight.objectives``, ``foresight.ops``).
+unchanged, so the loss math lives in one place (``foresight.objectives``, ``foresight.ops``). Two more
+capabilities here: ``warm_start_on_parts`` (heads started from the model's own weights: ``wrap(head_init=)``)
+and ``draft`` / ``cached_drafter`` (the heads drafting for ``foresight.speculative_generate(wrapped, ...)``,
+``generate/wrapped.py``).
 
 - NTP: cross-entropy of the model's own output head (soft cap included) against ``labels`` shifted by one.
 - TOP (TOP paper §3): the inherited ``TOP``; its V×D head reads the final normed hidden state.
@@ -284,7 +287,8 @@ class WrapDSMTP(OnParts, DSMTP):
 
 class WrapTOP(OnParts, TOP):
     """TOP paper §3: the inherited objective; its head ``W_top`` (V×D, untied, no soft cap) is initialised
-    with the model's ``initializer_range``."""
+    with the model's ``initializer_range``, then (``wrap``'s default ``head_init="warm"``) copied from the output
+    head."""
 
     def __init__(self, cfg, parts: Parts) -> None:
         Objective.__init__(self)
