@@ -11,7 +11,8 @@ The public API, imported on first use so that ``import foresight`` stays fast (n
   ``linear_soft_cross_entropy``.
 - foresight's own models: ``ModelConfig``, ``Transformer``, ``TrainableLM``, ``load_model`` (a checkpoint or run
   folder), ``generate`` and ``speculative_generate``, ``export_checkpoint`` (to a Hugging Face folder) and
-  ``import_hf`` (from one).
+  ``import_hf`` (from one); ``speculative_generate`` also drafts with a wrapped model's own heads
+  (``speculative_generate(wrapped, input_ids, max_new_tokens)``, output equal to greedy ``generate``).
 """
 
 from __future__ import annotations

@@ -96,7 +96,8 @@ def test_new_heads_are_initialised_as_the_model_initialises_its_own(arch, fresh_
     model = tiny_model(arch)
     with torch.no_grad():
         model.base_model.norm.weight.fill_(0.7)  # as if trained: the heads must not copy it
-    wrapped = wrap(model, [{"name": "mtp", "n": 2}, {"name": "dsmtp", "preset": "deepseek_v3", "depth": 1}])
+    wrapped = wrap(model, [{"name": "mtp", "n": 2}, {"name": "dsmtp", "preset": "deepseek_v3", "depth": 1}],
+                   head_init="random")  # (the default, "warm", starts them from the model: test_wrap_heads_logs.py)
     module = wrapped.heads["dsmtp"][0]
     for norm in (module.hnorm, module.enorm, module.norm):
         assert type(norm) is type(model.base_model.norm) and torch.all(norm.weight == fresh_norm)

@@ -245,7 +245,15 @@ def speculative_generate(lm, input_ids: torch.Tensor, max_new_tokens: int, draft
     """Greedy decoding of ``lm.model`` accelerated by ``drafter``: (B, P) -> ((B, P + n), stats).
 
     The output equals ``generate(lm.model, input_ids, max_new_tokens, eos_id=eos_id)`` (greedy), row by row.
+
+    ``lm`` may also be a wrapped transformers model (``foresight.wrap``): then its own heads draft and the model
+    verifies with its KV cache (``generate/wrapped.py``; ``drafter`` is 'auto' or an objective name), and the
+    output equals ``lm.model.generate(input_ids, do_sample=False)``.
     """
+    if hasattr(lm, "parts"):  # a ForesightModel: the transformers model verifies
+        from foresight.generate.wrapped import speculative_generate_wrapped
+
+        return speculative_generate_wrapped(lm, input_ids, max_new_tokens, drafter, n_draft=n_draft, eos_id=eos_id)
     _validate(input_ids, max_new_tokens, 0.0, None, None)
     model = lm.model
     device = next(model.parameters()).device

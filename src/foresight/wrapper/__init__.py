@@ -10,12 +10,16 @@ See ``foresight.wrapper.model`` for what each objective reads and how losses are
 
 from __future__ import annotations
 
+from foresight.errors import ForesightError
 from foresight.wrapper.checks import checked
 from foresight.wrapper.io import from_pretrained
 from foresight.wrapper.model import ForesightModel, ForesightOutput
 
+HEAD_INITS = ("warm", "random")
 
-def wrap(model, objectives: list[dict], *, return_logits: bool = True) -> ForesightModel:
+
+def wrap(model, objectives: list[dict], *, return_logits: bool = True, head_init: str = "warm",
+         freeze_trunk: bool = False) -> ForesightModel:
     """``model`` (a transformers ``...ForCausalLM``) with the given objectives, as a ``torch.nn.Module``.
 
     ``objectives``: recipe-style specs, each with a ``name`` (``ntp``, ``top``, ``mtp``, ``dsmtp``), optional
@@ -30,9 +34,38 @@ def wrap(model, objectives: list[dict], *, return_logits: bool = True) -> Foresi
     ``model`` may be a PEFT ``PeftModel`` (``wrap(get_peft_model(model, cfg), ...)``: LoRA and heads train, the
     heads always); for the other order see ``ForesightModel.head_module_names``. ``wrapped.unwrap()`` gives the
     model back (docs/ecosystem.md).
+
+    ``head_init``: ``"warm"`` (default) starts the new heads from the model's own weights, so that on a pretrained
+    model they begin near its next-token loss rather than above chance: MTP heads and DS-MTP layers copies of
+    the last layer, DS-MTP projections passing the hidden state through, the TOP head a copy of the output head
+    (``OnParts.warm_start_on_parts``; measured in notes/issue22-heads-logs.md); ``"random"``: the model's own
+    initialisation (``initializer_range``). ``freeze_trunk=True``: only the heads train (every parameter of
+    ``model`` gets ``requires_grad = False``, the objectives' own parameters ``True``).
     """
+    if head_init not in HEAD_INITS:
+        raise ForesightError(f"foresight.wrap: head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
     model, objectives = checked(model, objectives)  # save-ability (GGUF), config objects (wrapper/checks.py)
-    return ForesightModel(model, objectives, return_logits=return_logits)
+    wrapped = ForesightModel(model, objectives, return_logits=return_logits)
+    if head_init == "warm":
+        for obj in wrapped.objectives.values():
+            obj.warm_start_on_parts(wrapped.parts)
+    if freeze_trunk:
+        freeze_trunk_of(wrapped)
+    return wrapped
+
+
+def freeze_trunk_of(wrapped: ForesightModel) -> None:
+    """Head-only training: the wrapped model's parameters frozen (shared ones too: NTP's output head, the
+    embedding the DS-MTP modules read), the objectives' own parameters trainable."""
+    for p in wrapped.model.parameters():
+        p.requires_grad_(False)
+    shared = {id(p) for p in wrapped.model.parameters()}
+    own = [p for obj in wrapped.objectives.values() for p in obj.parameters() if id(p) not in shared]
+    if not own:
+        raise ForesightError("foresight.wrap: freeze_trunk=True leaves nothing to train (no objective has heads "
+                             "of its own: add top, mtp or dsmtp)")
+    for p in own:
+        p.requires_grad_(True)
 
 
 def __getattr__(name: str):

@@ -271,8 +271,17 @@ class ForesightModel(nn.Module):
         """The model in its own format (``model.save_pretrained``) plus the heads in
         ``foresight_heads.safetensors`` (see ``foresight.wrapper.io``)."""
         from foresight.wrapper.io import save_pretrained
+        from foresight.wrapper.report import write_model_card
 
         save_pretrained(self, directory, **kwargs)
+        write_model_card(self, directory)  # README.md: base model, objectives, head sizes (wrapper/report.py)
+
+    def print_trainable_parameters(self) -> None:
+        """Trainable and total parameters (PEFT's line), then each objective's heads and their share of the
+        model's parameters, e.g. ``TOP head 28.3M (+21.0 %)`` (``wrapper/report.py``)."""
+        from foresight.wrapper.report import print_trainable_parameters
+
+        print_trainable_parameters(self)
 
     @classmethod
     def from_pretrained(cls, directory, *, return_logits: bool = True, base_model=None, is_trainable: bool = False,
@@ -330,9 +339,12 @@ class ForesightModel(nn.Module):
             return {k: n.to(c.device) for k, c in results_or_counts.items()}
         return {k: c.clamp(min=1) for k, c in results_or_counts.items()}
 
-    def _metrics(self, results) -> dict[str, torch.Tensor]:
-        """Per-head means (``mtp_head1``, ``dsmtp_depth1``, ...), renamed after the key of a repeated objective."""
-        return {m.replace(self.objectives[k].name, k, 1): v for k, r in results.items() for m, v in r.metrics.items()}
+    def _metrics(self, results, divisors) -> dict[str, torch.Tensor]:
+        """Per-head means (``mtp_head1``, ``dsmtp_depth1``, ...), renamed after the key of a repeated objective,
+        over the same divisor as the objective's loss (``num_items_in_batch`` under the Trainer), so they add up
+        to it across micro-batches as the losses do."""
+        return {m.replace(self.objectives[k].name, k, 1): v * (r.count.clamp(min=1) / divisors[k])
+                for k, r in results.items() for m, v in r.metrics.items()}
 
     def _batch_of(self, key: str, ntp: Batch, future: Batch) -> Batch:
         # the next-token loss reads the labels as given (so it equals the model's own loss); the others also
@@ -355,7 +367,7 @@ class ForesightModel(nn.Module):
         weights = self.current_weights()
         losses = {k: r.loss_sum / divisors[k] for k, r in results.items()}
         loss = sum(weights[k] * losses[k] for k in losses)
-        return ForesightOutput(loss=loss, logits=logits, losses=losses, metrics=self._metrics(results))
+        return ForesightOutput(loss=loss, logits=logits, losses=losses, metrics=self._metrics(results, divisors))
 
     def forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor,
                          attention_mask: torch.Tensor | None = None, *, scale: float = 1.0,
@@ -386,9 +398,9 @@ class ForesightModel(nn.Module):
                                            autocast)
                    for k, obj in self.objectives.items()}
         roots = [(getattr(out, f), getattr(leaves, f).grad) for f in _TRUNK_TENSORS]
-        roots = [(t, g) for t, g in roots if g is not None]  # trunk tensors no objective read
+        roots = [(t, g) for t, g in roots if g is not None and t.requires_grad]  # read, and not a frozen trunk
         if roots:
             torch.autograd.backward([t for t, _ in roots], [g for _, g in roots])
         losses = {k: r.loss_sum / divisors[k] for k, r in results.items()}
         loss = sum(weights[k] * losses[k] for k in losses)
-        return ForesightOutput(loss=loss, logits=None, losses=losses, metrics=self._metrics(results))
+        return ForesightOutput(loss=loss, logits=None, losses=losses, metrics=self._metrics(results, divisors))
