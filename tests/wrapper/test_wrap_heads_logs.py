@@ -191,9 +191,9 @@ def test_warm_copies_take_the_base_weights_of_a_lora_layer():
     peft = pytest.importorskip("peft")
     model = tiny_model("llama")
     last = {k: v.clone() for k, v in model.model.layers[-1].state_dict().items()}
-    peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))  # injects in place
+    pm = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))  # injects in place
     assert "self_attn.q_proj.base_layer.weight" in model.model.layers[-1].state_dict()
-    wrapped = wrap(model, [{"name": "mtp", "n": 2}])
+    wrapped = wrap(pm, [{"name": "mtp", "n": 2}])  # the PeftModel itself (its inner model is refused)
     head = wrapped.heads["mtp"][0].state_dict()
     assert set(head) == set(last)
     for k, v in last.items():

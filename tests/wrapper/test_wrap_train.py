@@ -193,5 +193,6 @@ def test_save_pretrained_is_whole_or_refused(tmp_path):
     with pytest.raises(ForesightError, match=f"no {RECORD}"):
         ForesightModel.from_pretrained(out)
     wrapped.save_pretrained(tmp_path / "new")  # a new folder: swapped into place whole
-    assert sorted(os.listdir(tmp_path / "new")) == sorted([RECORD, HEADS_FILE, "config.json", "generation_config.json",
+    assert sorted(os.listdir(tmp_path / "new")) == sorted([RECORD, HEADS_FILE, "README.md", "config.json",
+                                                           "generation_config.json",
                                                            "model.safetensors"])

@@ -72,14 +72,20 @@ def save_pretrained(wrapped, directory, **kwargs) -> None:
         raise ForesightError(f"{directory} is a file, not a folder; give save_pretrained a folder")
     if _holds_only_a_save(directory):
         with folder_transaction(directory, WRAPPER_FORMAT) as tmp:
-            _write(wrapped, tmp, **kwargs)
+            _write(wrapped, tmp, directory, **kwargs)
     else:
         _save_into(wrapped, directory, **kwargs)
 
 
-def _write(wrapped, folder: Path, **kwargs) -> None:
+def _write(wrapped, folder: Path, target: Path, **kwargs) -> None:
+    """Every file of a save into ``folder`` (a temporary one): the model, the heads and a model card, unless
+    ``target`` (where the save goes) holds a README.md someone else wrote, which is never replaced."""
+    from foresight.wrapper.report import user_readme, write_model_card
+
     wrapped.model.save_pretrained(folder, **kwargs)
     write_safetensors(folder / HEADS_FILE, _head_tensors(wrapped), heads_metadata(wrapped.specs))
+    if not user_readme(target):
+        write_model_card(wrapped, folder)  # README.md: base model, objectives, head sizes
 
 
 def _previous_files(directory: Path) -> list[str]:
@@ -110,7 +116,7 @@ def _save_into(wrapped, directory: Path, **kwargs) -> None:
     fsync_folder(directory)
     tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".foresight-save.", suffix=".tmp"))
     try:
-        _write(wrapped, tmp, **kwargs)
+        _write(wrapped, tmp, directory, **kwargs)
         fsync_tree(tmp)
         files = written_files(tmp)
         for f in files:

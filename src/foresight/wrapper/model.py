@@ -271,10 +271,8 @@ class ForesightModel(nn.Module):
         """The model in its own format (``model.save_pretrained``) plus the heads in
         ``foresight_heads.safetensors`` (see ``foresight.wrapper.io``)."""
         from foresight.wrapper.io import save_pretrained
-        from foresight.wrapper.report import write_model_card
 
-        save_pretrained(self, directory, **kwargs)
-        write_model_card(self, directory)  # README.md: base model, objectives, head sizes (wrapper/report.py)
+        save_pretrained(self, directory, **kwargs)  # with a model card, README.md (wrapper/report.py)
 
     def print_trainable_parameters(self) -> None:
         """Trainable and total parameters (PEFT's line), then each objective's heads and their share of the

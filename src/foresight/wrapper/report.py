@@ -111,9 +111,14 @@ def _spec_text(spec) -> str:
     return repr(spec)
 
 
+def user_readme(directory) -> bool:
+    """``directory/README.md`` exists and foresight did not write it (the user's own card)."""
+    path = Path(directory) / "README.md"
+    return path.is_file() and CARD_MARK not in path.read_text(encoding="utf-8", errors="replace")
+
+
 def write_model_card(wrapped, directory) -> None:
     """Write ``model_card`` to ``directory/README.md``, unless a README there was written by someone else."""
-    path = Path(directory) / "README.md"
-    if path.is_file() and CARD_MARK not in path.read_text(encoding="utf-8", errors="replace"):
+    if user_readme(directory):
         return  # the user's own card: never overwrite it
-    atomic_write(path, model_card(wrapped))
+    atomic_write(Path(directory) / "README.md", model_card(wrapped))
