@@ -57,16 +57,31 @@ def _inside(folder: Path, name) -> bool:
     return (root / name).resolve().is_relative_to(root)
 
 
+def index_shards(index: Path) -> list[str]:
+    """The shard file names a weight index (``*.index.json``) lists, or one line naming what is wrong with it:
+    not JSON, no ``weight_map`` object, a shard name that is not a string (issue 21: these were tracebacks)."""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError too; nested beyond reason
+        raise ForesightError(f"{index} is not a valid weight index (not JSON: {str(e).splitlines()[0][:80]})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ForesightError(f"{index} is not a valid weight index (needs a 'weight_map' object of tensor name -> "
+                             f"shard file)")
+    bad = next((v for v in weight_map.values() if not isinstance(v, str)), None)
+    if bad is not None:
+        raise ForesightError(f"{index} is not a valid weight index (weight_map holds {json.dumps(bad)[:60]}, not a "
+                             f"shard file name)")
+    return sorted(set(weight_map.values()))
+
+
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a Hugging Face model folder: one file or shards listed in an index."""
     folder = Path(folder)
     for index_name in (SAFETENSORS_INDEX, TORCH_BIN_INDEX):
         index = folder / index_name
         if index.is_file():
-            try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (ValueError, KeyError):
-                raise ForesightError(f"{index} is not a valid weight index (no 'weight_map')") from None
+            shards = index_shards(index)
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
                 if not _inside(folder, shard):

@@ -101,9 +101,9 @@ def load_into(wrapped, directory) -> None:
     directory = Path(directory)
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        import json
+        from foresight.hf.weights import index_shards
 
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = index_shards(index)
     else:
         files = ["model.safetensors"]
     state: dict[str, torch.Tensor] = {}
