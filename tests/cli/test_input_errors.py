@@ -187,3 +187,4 @@ def test_a_line_cut_short_by_a_kill_is_still_skipped(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"kind": "train", "step": 1, "loss": 2.0}\n{"kind": "train", "st')
     assert read_metrics(path) == [{"kind": "train", "step": 1, "loss": 2.0}]
+

@@ -70,7 +70,14 @@ def from_pretrained(directory, *, return_logits: bool = True, **model_kwargs):
         raise ForesightError(f"{heads_path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     if specs is None:
         raise ForesightError(f"{heads_path}: metadata lacks the foresight objective specs")
-    model = AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)
+    except (ForesightError, MemoryError):
+        raise
+    except Exception as e:  # a malformed config.json or weights: transformers' reason, in one line (issue 21)
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ForesightError(f"{directory}: transformers cannot load the model ({type(e).__name__}: "
+                             f"{detail})") from None
     wrapped = ForesightModel(model, specs, return_logits=return_logits)
     _copy_heads(wrapped, tensors, heads_path)
     return wrapped
