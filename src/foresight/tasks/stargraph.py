@@ -417,7 +417,7 @@ def run_stargraph(
     cell_list = []
     for seed, name in cells:
         raw = copy.deepcopy(recipe.raw)
-        raw.setdefault("train", {})["seed"] = seed
+        raw["train"] = {**(raw.get("train") or {}), "seed": seed}  # "train: null" is an empty section
         cell_list.append(_Cell(name=name, seed=seed, specs=runs[name], run_cfg=cfgs[seed], raw=raw,
                                model_cfg=model_cfgs[name],
                                run_dir=out_dir / (name if not seeds else f"{name}-seed{seed}"),

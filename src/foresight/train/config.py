@@ -70,7 +70,7 @@ class TrainConfig:
              "train.stop_after must be null or an integer in 1 .. train.steps"),
             (self.batch_size >= 1, "train.batch_size must be >= 1"),
             (1 <= self.micro_batch_size <= self.batch_size, "train.micro_batch_size must be in 1 .. batch_size"),
-            (self.batch_size % self.micro_batch_size == 0,
+            (self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size == 0,  # 0: refused just above
              "train.batch_size must be a multiple of train.micro_batch_size"),
             (0 < self.lr <= 1, "train.lr must be in (0, 1] (AdamW moves each weight by about lr per step)"),
             (self.memory_value_lr_mult > 0 and 0 < self.memory_value_lr_decay <= 1,
