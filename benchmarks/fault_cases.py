@@ -23,6 +23,7 @@ import pickle
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -608,7 +609,8 @@ def _tracebacks(fx: _Fixtures, fresh):
     yield "traceback: train.micro_batch_size=0", done.returncode, verdict(done), leftovers(d)
     d = fresh("21-tb-lock")
     (d / "run").mkdir()
-    (d / "run" / ".foresight.lock").write_text(json.dumps({"pid": 10**30, "host": "h", "token": "x"}))
+    (d / "run" / ".foresight.lock").write_text(json.dumps({"pid": 10**30, "host": socket.gethostname(),
+                                                           "token": "x"}))
     done = limited(*SMOKE, "--out", d / "run", cwd=d)
     yield "traceback: a lock file whose pid does not fit an int", done.returncode, verdict(done), leftovers(d)
     d = fresh("21-tb-prompt")
@@ -628,9 +630,10 @@ def issue21_cases(work: Path, only: str | None):
     """Issue 21's classes. ``only``: the groups whose label holds it (or that it starts with); anything else runs
     every group and shows the cases whose name holds it (a group's cases run one after the other, whole)."""
     fx = _Fixtures(work)
+    numbers = itertools.count()
 
     def fresh(name: str) -> Path:
-        d = work / name
+        d = work / f"{name}-{next(numbers)}"  # one new folder per case, whatever its name
         d.mkdir()
         return d
 

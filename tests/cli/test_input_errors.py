@@ -188,3 +188,16 @@ def test_a_line_cut_short_by_a_kill_is_still_skipped(tmp_path):
     path.write_text('{"kind": "train", "step": 1, "loss": 2.0}\n{"kind": "train", "st')
     assert read_metrics(path) == [{"kind": "train", "step": 1, "loss": 2.0}]
 
+
+
+def test_perplexity_on_data_from_a_larger_tokenizer(prepared, tmp_path, capsys):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=24, hidden_size=16, n_layers=1, n_heads=2, intermediate_size=32, max_seq_len=16)
+    from foresight.train.checkpoint import save_checkpoint
+
+    lm = TrainableLM(cfg, [{"name": "ntp"}])
+    save_checkpoint(tmp_path / "run", 1, {"lm": lm.state_dict(), "config": {"model": cfg.__dict__,
+                                                                            "objectives": [{"name": "ntp"}]},
+                                          "step": 1}, keep_last=1)
+    one_line(*_run(["eval", tmp_path / "run", "--perplexity", prepared / "data", "--seq-len", "8"], capsys),
+             "outside the model's vocabulary of 24")
