@@ -253,7 +253,11 @@ def cases(work: Path):
 # ------------------------------------------------------------------------------------------------- issue 21
 TOP_RUN = ["stargraph", "run", "smoke", "--runs", "top", "--set", "train.steps=2", "--set", "train.eval_every=0",
            "--set", "stargraph.test_size=8"]
-REMOTE_CODE = "import pathlib; pathlib.Path({marker!r}).write_text('ran')\n"
+REMOTE_CODE = ("import pathlib; pathlib.Path({marker!r}).write_text('ran')\n"
+               "from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast\n"
+               "class EvilConfig(LlamaConfig):\n    model_type = 'evilmodel'\n"
+               "class EvilModel(LlamaForCausalLM):\n    config_class = EvilConfig\n"
+               "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
 
 
 def _json_edit(path: Path, **changes) -> None:
@@ -327,11 +331,13 @@ def _code_runs(fx: _Fixtures, fresh):
         if kind == "tok":
             shutil.copytree(fx.text()[0], folder)
             (folder / "tokenizer.json").unlink()  # no fast file: transformers builds the class auto_map names
-            _json_edit(folder / "tokenizer_config.json", auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]})
+            _json_edit(folder / "tokenizer_config.json", tokenizer_class="EvilTokenizer",
+                       auto_map={"AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]})
         else:
             shutil.copytree(fx.hf(), folder)
-            _json_edit(folder / "config.json", auto_map={"AutoConfig": "evil.EvilConfig",
-                                                         "AutoModelForCausalLM": "evil.EvilModel"})
+            # a model type transformers does not know: only the folder's code can name its classes
+            _json_edit(folder / "config.json", model_type="evilmodel",
+                       auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"})
         (folder / "evil.py").write_text(REMOTE_CODE.format(marker=str(marker)))
         return folder
 
