@@ -369,9 +369,13 @@ def _reads_outside(fx: _Fixtures, fresh):
     shutil.copytree(fx.hf(), folder)
     (folder / "model.safetensors").unlink()
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../secret.safetensors"}}))
-    done = limited(cwd=d, python="import sys; from foresight.wrapper.io import load_into; "
-                                 f"load_into(None, {str(folder)!r})")
-    yield "reads outside: wrapper load_into, index shard ../secret", done.returncode, verdict(done), leftovers(d)
+    done = limited(cwd=d, python="from transformers import AutoModelForCausalLM; from foresight import wrap; "
+                                 "from foresight.wrapper.io import load_into; "
+                                 f"m = wrap(AutoModelForCausalLM.from_pretrained({str(fx.hf())!r}), "
+                                 "[{'name': 'ntp'}, {'name': 'top', 'window': 8}]); "
+                                 f"load_into(m, {str(folder)!r}); print('loaded')")
+    yield "reads outside: wrapper load_into, index shard ../secret", done.returncode, verdict(done) + \
+        (" [loaded the file outside]" if "loaded" in done.stdout else ""), leftovers(d)
 
     d = fresh("21-out-tokmodel")
     folder = d / "hf"
