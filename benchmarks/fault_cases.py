@@ -468,9 +468,10 @@ def _data_lost(fx: _Fixtures, fresh):
     shutil.copytree(fx.hf(), hf)
     done = limited("export", plain / "ntp", "--out", hf, "--force", cwd=d)
     imported = limited("import", hf, "--out", d / "imp", cwd=d)
+    said = (imported.stdout.strip().splitlines() or [""])[-1][-80:]  # import's summary: which heads it loaded
     yield "data lost: export --force (no heads) over an export with heads, import", imported.returncode, \
-        f"heads file left: {(hf / 'foresight_heads.safetensors').exists()}; import: {verdict(imported)[:120]}", \
-        leftovers(d)
+        f"heads file left: {(hf / 'foresight_heads.safetensors').exists()}; import: {verdict(imported)[:80]}; " \
+        f"{said}", leftovers(d)
 
     d = fresh("21-lost-import-into")
     (d / "imp" / "tokenizer").mkdir(parents=True)
@@ -514,11 +515,12 @@ def _memory_hang(fx: _Fixtures, fresh):
         verdict(done), leftovers(d)
 
     d = fresh("21-mem-yaml")
-    lines = ["task: stargraph", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
-    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
-              f"*a{i - 1}, *a{i - 1}]" for i in range(1, 9)]
-    lines += ["runs: {ntp: [{name: ntp}]}", "train: {steps: 1}", "model: {hidden_size: 16}",
-              "stargraph: {test_size: 8, train_size: 64}", "extra: *a8"]
+    # seven levels of ten-fold aliases (10^7 leaves) inside a value the recipe keeps (an objective's weight)
+    levels = ["&a0 [x, x, x, x, x, x, x, x, x, x]"] + [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]"
+                                                       for i in range(1, 7)]
+    lines = ["task: stargraph", "stargraph: {test_size: 8, train_size: 64}", "train: {steps: 1, eval_every: 0}",
+             "model: {hidden_size: 16, n_layers: 1, n_heads: 2, intermediate_size: 32}",
+             "runs: {ntp: [{name: ntp}, {name: top, weight: [" + ", ".join(levels) + "]}]}"]
     (d / "bomb.yaml").write_text("\n".join(lines) + "\n")
     done = limited("stargraph", "run", d / "bomb.yaml", "--out", d / "run", cwd=d, mem_gb=4, timeout=120)
     yield f"memory: a {len(chr(10).join(lines))}-byte recipe of nested YAML aliases", done.returncode, verdict(done), \
