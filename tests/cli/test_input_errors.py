@@ -201,3 +201,14 @@ def test_perplexity_on_data_from_a_larger_tokenizer(prepared, tmp_path, capsys):
                                           "step": 1}, keep_last=1)
     one_line(*_run(["eval", tmp_path / "run", "--perplexity", prepared / "data", "--seq-len", "8"], capsys),
              "outside the model's vocabulary of 24")
+
+
+@pytest.mark.parametrize("pid", [10**30, -1, 0, True])
+def test_a_lock_file_with_an_impossible_pid(tmp_path, capsys, pid):
+    import socket
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".foresight.lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname(),
+                                                                  "token": "x"}))
+    one_line(*_run(["stargraph", "run", "smoke", "--runs", "ntp", "--set", "train.steps=1", "--out",
+                    tmp_path / "run"], capsys), "is in use by")

@@ -96,8 +96,11 @@ def _lock_owner(path: Path) -> dict | None:
 
 
 def _is_stale(owner: dict) -> bool:
-    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
-        return False  # another machine's process (or an unreadable lock): never guessed dead
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or not 0 < pid < 2**31:
+        # another machine's process, or an unreadable lock (a pid no process can have: os.kill would raise
+        # OverflowError or signal a whole group, issue 21): never guessed dead
+        return False
     if owner["pid"] == os.getpid():
         return str(owner.get("token")) not in _held
     return not _alive(owner["pid"])
