@@ -537,8 +537,8 @@ def _memory_hang(fx: _Fixtures, fresh):
         leftovers(d)
 
     d = fresh("21-mem-drafts")
-    done = limited("generate", fx.top_run() / "top", "--prompt-ids", "1 2", "--speculative", "auto", "--drafts",
-                   "1000000000", cwd=d, mem_gb=6)
+    done = limited("generate", fx.top_run() / "top", "--prompt-ids", "1 2", "--max-new-tokens", "4", "--speculative",
+                   "auto", "--drafts", "1000000000", cwd=d, mem_gb=6)
     yield "memory: generate --drafts 1000000000 (6 GB limit)", done.returncode, verdict(done), leftovers(d)
 
 
