@@ -80,12 +80,21 @@ def confine_folder(folder) -> None:
 
 def index_shards(index: Path, folder: Path) -> list[str]:
     """The shard names a Hugging Face weight index (``*.index.json``) lists, each checked to be inside
-    ``folder``."""
+    ``folder``; one line naming what is wrong with an index that is not JSON, has no ``weight_map`` object or
+    lists a shard that is not a file name."""
     try:
-        weight_map = json.loads(inside(folder, index.name).read_text(encoding="utf-8"))["weight_map"]
-        names = sorted(set(weight_map.values()))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise ForesightError(f"{index} is not a valid weight index (no 'weight_map' of file names)") from None
+        data = json.loads(inside(folder, index.name).read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError too; nested beyond reason
+        raise ForesightError(f"{index} is not a valid weight index (not JSON: {str(e).splitlines()[0][:80]})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ForesightError(f"{index} is not a valid weight index (needs a 'weight_map' object of tensor name -> "
+                             f"shard file)")
+    bad = next((v for v in weight_map.values() if not isinstance(v, str)), None)
+    if bad is not None:
+        raise ForesightError(f"{index} is not a valid weight index (weight_map holds {json.dumps(bad)[:60]}, not a "
+                             f"shard file name)")
+    names = sorted(set(weight_map.values()))
     for name in names:
         inside(folder, name, "shard")
     return names

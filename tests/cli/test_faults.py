@@ -131,8 +131,7 @@ def test_orphan_temporaries_are_cleaned_at_the_next_start(tmp_path, capsys):
                out / ".recipe.json.ab12.tmp", out / "ntp" / ".result.json.zz.tmp"]
     for p in orphans:
         p.mkdir() if p.suffix == ".tmp" and p.name.count(".") == 2 else p.write_bytes(b"half")
-    code, _, err = _run(["stargraph", "run", "smoke", *TINY, "--set", "train.steps=3", "--out", out, "--resume"],
-                        capsys)
+    code, _, err = _run(["stargraph", "run", "smoke", *TINY, "--out", out, "--resume"], capsys)
     assert code == 0, err
     assert not any(p.exists() for p in orphans)
 

@@ -206,7 +206,10 @@ def test_an_unreadable_sharded_checkpoint_folder_is_an_error(tmp_path, monkeypat
 def test_a_mismatching_checkpoint_names_keys_and_shapes(tmp_path, capsys):
     out = tmp_path / "out"
     assert _run(["stargraph", "run", "smoke", *TINY, "--out", out], capsys)[0] == 0
-    line = _error(*_run(["stargraph", "run", "smoke", *TINY, "--out", out, "--resume", "--set",
+    _error(*_run(["stargraph", "run", "smoke", *TINY, "--out", out, "--resume", "--set",
+                  "model.intermediate_size=48"], capsys)[::2],
+           "--resume: model.intermediate_size was 64 in the run, 48 now")  # the setting first (issue 21)
+    line = _error(*_run(["stargraph", "run", "smoke", *TINY, "--out", out, "--resume", "--allow-changes", "--set",
                          "model.intermediate_size=48"], capsys)[::2], "does not match this recipe's model")
     assert "mlp" in line and "(checkpoint (64, 32), model (48, 32))" in line
 

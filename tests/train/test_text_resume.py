@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,8 +130,17 @@ def test_resume_on_other_data_is_refused(tmp_path, data_dir, capsys):
     capsys.readouterr()
     code = main(["train", str(recipe), "--out", str(out), "--resume", "--set", "train.steps=8",
                  "--set", "train.seed=5"])
+    err = capsys.readouterr().err  # the recipe's settings are compared first (issue 21) ...
+    assert code == 2 and "--resume: train.steps was 4 in the run, 8 now (and 1 more)" in err
+    assert len(err.strip().splitlines()) == 1
+    # ... the data itself by its fingerprint and position: the same recipe on other prepared data
+    other = tmp_path / "other"
+    shutil.copytree(data_dir, other)
+    (other / "meta.json").write_text((other / "meta.json").read_text() + "\n")  # other bytes: another fingerprint
+    code = main(["train", str(recipe), "--out", str(out), "--resume", "--set", "train.steps=4", "--set",
+                 "train.ckpt_every=2", "--set", f"text.data={other}"])
     err = capsys.readouterr().err
-    assert code == 2 and "other data" in err and "seed was 0, now 5" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "other data" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_vocabulary_comes_from_the_tokenizer(tmp_path, data_dir, capsys):
@@ -162,3 +172,20 @@ def test_a_sequence_longer_than_the_data_fails_before_the_model_is_built(tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and "text.seq_len=10,000,000: the training split" in err and "Traceback" not in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_a_changed_recipe_names_the_setting(tmp_path, data_dir, capsys):
+    """Issue 21: text runs check every setting that changes the run, not only their data."""
+    recipe = _recipe(tmp_path, data_dir)
+    out = tmp_path / "run"
+    tiny = ["--set", "train.steps=2", "--set", "train.ckpt_every=2"]
+    assert main(["train", str(recipe), "--out", str(out), *tiny]) == 0
+    capsys.readouterr()
+    for override, line in [("runs.top=[{name: ntp}, {name: top, window: 32}]",
+                            "--resume: runs.top[1].window was 64 in the run, 32 now"),
+                           ("text.cross_documents=false", "--resume: text.cross_documents was true in the run, "
+                                                          "false now"),
+                           ("model.norm_eps=0.001", "--resume: model.norm_eps was 1e-06 in the run, 0.001 now")]:
+        code = main(["train", str(recipe), "--out", str(out), "--resume", *tiny, "--set", override])
+        err = capsys.readouterr().err
+        assert code == 2 and line in err and len(err.strip().splitlines()) == 1, err

@@ -23,7 +23,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="override a recipe value, e.g. --set train.steps=200 (repeatable)")
     p.add_argument("--runs", help="comma-separated subset of the recipe's runs, e.g. ntp,top")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<task>-<recipe>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue each run from its newest checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each run from its newest checkpoint in --out; refused if a setting that changes "
+                        "the run (model, objectives, data settings and seeds, optimiser, schedule, batch size) "
+                        "differs from the run's")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: continue even if such settings changed (each change is named on stderr)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (removes only the files foresight wrote there)")
 
@@ -36,7 +41,7 @@ def run_recipe(name: str, args, group: str = "") -> None:
     recipe = load_recipe(name, args.overrides, group)
     runs = select_runs(recipe, args.runs)
     with claimed(run_folder(recipe, args), args) as out:
-        run_task(recipe, runs, out, resume=args.resume)
+        run_task(recipe, runs, out, resume=args.resume, allow_changes=args.allow_changes)
 
 
 @contextlib.contextmanager
@@ -65,6 +70,8 @@ def run_folder(recipe, args) -> Path:
     takes rank 0's folder (their clocks may disagree on the name)."""
     from foresight.train import distributed
 
+    if getattr(args, "allow_changes", False) and not args.resume:
+        raise ForesightError("--allow-changes applies to --resume only; add --resume, or drop --allow-changes")
     if args.resume and args.out is None:
         raise ForesightError("--resume needs --out RUN_FOLDER (the folder of the run to continue)")
     distributed.init(recipe.train)

@@ -30,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _printable(line: str) -> str:
+    """``line`` with what stderr cannot encode escaped: a name from a file may hold a lone surrogate (JSON's
+    ``"\\ud800"``), which would make printing the error fail with a traceback (issue 21)."""
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    return line.encode(encoding, "backslashreplace").decode(encoding, "replace")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -41,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ForesightError as e:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the same error: rank 0 says it
-            print(f"foresight: error: {e}", file=sys.stderr)
+            print(_printable(f"foresight: error: {e}"), file=sys.stderr)
         return getattr(e, "exit_code", 2)  # 2: fix the input; 1: the run itself failed (diverged)
     except OSError as e:  # disk full, read-only, permissions, a file where a folder should be: one line
         if os.environ.get("RANK", "0") == "0":
-            print(f"foresight: error: {os_error_line(e)}", file=sys.stderr)
+            print(_printable(f"foresight: error: {os_error_line(e)}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("foresight: interrupted (checkpoints written so far are complete; continue with --resume)",

@@ -19,7 +19,7 @@ def register(sub) -> None:
                         "recipe, training NTP, TOP, MTP and DS-MTP and comparing their exact-match accuracy.")
     sg.set_defaults(func=_run, recipe=DEFAULT_RECIPE, overrides=[], runs=None, out=None, resume=False, seeds=None,
                     results=None, full_schedule=False, skip_existing=False, time_limit=None,
-                    overwrite=False)
+                    overwrite=False, allow_changes=False)
     actions = sg.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
     run = actions.add_parser("run", help="train and evaluate the runs of a recipe",
                              description="Train every run (objective set) of a star-graph recipe and compare them.")
@@ -96,7 +96,7 @@ def _run(args: argparse.Namespace) -> None:
     with claimed(run_folder(recipe, args), args) as out:
         run_task(recipe, runs, out, args.resume, seeds=args.seeds, results_dir=args.results,
                  cell_command=lambda run, seed: cell_command(args, run, seed), skip_existing=args.skip_existing,
-                 time_limit_s=args.time_limit)
+                 time_limit_s=args.time_limit, allow_changes=args.allow_changes)
 
 
 def _report(args: argparse.Namespace) -> None:

@@ -145,6 +145,43 @@ def _fail(folder: Path, what: str) -> None:
     raise ForesightError(f"prepared data {folder}: {what}; re-run foresight prepare to rebuild it")
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_meta(folder: Path, meta: dict) -> None:
+    """Every field ``open`` and the loader read has its type before anything uses it (issue 21: a list, a string
+    or a missing key there used to end in a traceback): one line naming the key."""
+    tok = meta.get("tokenizer")
+    if not isinstance(tok, dict):
+        _fail(folder, f"{META}: tokenizer must be an object (vocab_size, eos_id, sha256)")
+    if not _is_count(tok.get("vocab_size")) or tok["vocab_size"] < 1:
+        _fail(folder, f"{META}: tokenizer.vocab_size must be an integer >= 1, got {json.dumps(tok.get('vocab_size'))}")
+    if not _is_count(tok.get("eos_id")) or tok["eos_id"] >= tok["vocab_size"]:
+        _fail(folder, f"{META}: tokenizer.eos_id must be an integer in 0 .. vocab_size - 1, got "
+                      f"{json.dumps(tok.get('eos_id'))}")
+    splits = meta.get("splits")
+    if not isinstance(splits, dict):
+        _fail(folder, f"{META}: splits must be an object with train and val")
+    for split in SPLITS:
+        info = splits.get(split)
+        if not isinstance(info, dict) or not isinstance(info.get("shards"), list):
+            _fail(folder, f"{META} has no '{split}' split")
+        for key in ("tokens", "documents"):
+            if not _is_count(info.get(key)):
+                _fail(folder, f"{META}: splits.{split}.{key} must be an integer >= 0, got {json.dumps(info.get(key))}")
+        for i, shard in enumerate(info["shards"]):
+            where = f"{META}: splits.{split}.shards[{i}]"
+            if not isinstance(shard, dict):
+                _fail(folder, f"{where} must be an object (file, tokens, sha256)")
+            if not isinstance(shard.get("file"), str) or not shard["file"] or "\0" in shard["file"]:
+                _fail(folder, f"{where}.file must be a file name, got {json.dumps(shard.get('file'))}")
+            if not _is_count(shard.get("tokens")):
+                _fail(folder, f"{where}.tokens must be an integer >= 0, got {json.dumps(shard.get('tokens'))}")
+            if not isinstance(shard.get("sha256"), str):
+                _fail(folder, f"{where}.sha256 must be a string")
+
+
 def _count(folder: Path, value, where: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         _fail(folder, f"{META}: {where} must be an integer in {low:,} .. {high:,}, got {value!r}")
@@ -217,13 +254,14 @@ class PreparedData:
         check_prepared_complete(folder)
         try:
             meta = json.loads(inside(folder, META).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # nested beyond reason: not data either
             _fail(folder, f"{META} is not valid JSON")
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
             _fail(folder, f"{META} is not {FORMAT} version {VERSION}")
+        _check_meta(folder, meta)
         dtype = meta.get("dtype")
         tok = meta.get("tokenizer", {})
-        if dtype not in DTYPES or not isinstance(tok.get("vocab_size"), int) or not isinstance(tok.get("eos_id"), int):
+        if not isinstance(dtype, str) or dtype not in DTYPES:  # the tokenizer fields: checked by _check_meta
             _fail(folder, f"{META} lacks a valid dtype or tokenizer vocab_size / eos_id")
         if tok["vocab_size"] > np.iinfo(DTYPES[dtype]).max + 1:
             _fail(folder, f"dtype {dtype} cannot hold a vocabulary of {tok['vocab_size']}")

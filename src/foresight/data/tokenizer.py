@@ -110,8 +110,9 @@ def _from_json_file(path: Path, eos: str | None, source: str) -> TextTokenizer:
     data = path.read_bytes()
     try:
         tok = Tokenizer.from_str(data.decode("utf-8"))
-    except Exception as e:  # tokenizers raises a bare Exception for malformed files
-        raise ForesightError(f"{path} is not a readable tokenizer.json ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # tokenizers raises a bare Exception for malformed files; bad UTF-8 too
+        detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise ForesightError(f"{path} is not a readable tokenizer.json ({detail})") from None
     folder = path.parent
     files = {"tokenizer.json": data}
     for name in TOKENIZER_FILES[1:]:
@@ -121,8 +122,10 @@ def _from_json_file(path: Path, eos: str | None, source: str) -> TextTokenizer:
     if "tokenizer_config.json" in files:
         try:
             config = json.loads(files["tokenizer_config.json"])
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not UTF-8 / not JSON / nested beyond reason (issue 21)
             raise ForesightError(f"{folder / 'tokenizer_config.json'} is not valid JSON") from None
+        if not isinstance(config, dict):
+            raise ForesightError(f"{folder / 'tokenizer_config.json'} must hold a JSON object of settings")
     eos_id, eos_token = _pick_eos(tok, config, eos, source)
     if "tokenizer_config.json" not in files:
         files["tokenizer_config.json"] = _hf_config(eos_token)  # makes the copy loadable by AutoTokenizer

@@ -76,6 +76,23 @@ def nll_sum(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[float, int]:
     return float(loss), labels.numel()
 
 
+def _vocab_of(model: torch.nn.Module) -> int | None:
+    inner = model.model if hasattr(model, "model") and isinstance(model.model, Transformer) else model
+    if isinstance(inner, Transformer):
+        return inner.cfg.vocab_size
+    return getattr(getattr(model, "config", None), "vocab_size", None)  # a Hugging Face model
+
+
+def _check_ids(model: torch.nn.Module, batches: list[np.ndarray]) -> None:
+    """Every id must have a row in the model's embedding: data from a larger tokenizer is one line, not an
+    IndexError from the embedding lookup (issue 21)."""
+    vocab = _vocab_of(model)
+    top = max(int(rows.max()) for rows in batches)
+    if vocab is not None and top >= vocab:
+        raise ForesightError(f"perplexity: the data holds token id {top}, outside the model's vocabulary of {vocab}; "
+                             f"score data prepared with the model's own tokenizer")
+
+
 @torch.no_grad()
 def perplexity(model: torch.nn.Module, data, seq_len: int, batch_size: int = 8, max_batches: int | None = None,
                *, split: str = "val") -> dict[str, float]:
@@ -89,6 +106,7 @@ def perplexity(model: torch.nn.Module, data, seq_len: int, batch_size: int = 8, 
     if not batches:
         raise ForesightError(f"perplexity: {len(stream):,} tokens are too few for one window of {seq_len} tokens "
                              f"(plus the 128-token reserve)")
+    _check_ids(model, batches)
     device = _device_of(model)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     total, count = 0.0, 0

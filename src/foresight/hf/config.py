@@ -14,6 +14,9 @@ transformers-4 way (``rope_theta``) and the transformers-5 way (``rope_parameter
 
 from __future__ import annotations
 
+import json
+import math
+
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig
 from foresight.model.config import LLAMA3_KEYS
@@ -74,12 +77,15 @@ def _rope(hf: dict, where: str) -> tuple[float, dict | None]:
     params = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}  # transformers 5
     scaling = hf.get("rope_scaling") if isinstance(hf.get("rope_scaling"), dict) else {}  # transformers 4
     kinds = {d.get("rope_type", d.get("type", "default")) for d in (params, scaling) if d}
+    if not all(isinstance(k, str) for k in kinds):
+        raise ForesightError(f"{where}: rope_type must be a name such as \"default\" or \"llama3\"")
     scaled = sorted(k for k in kinds if k not in _PLAIN_ROPE)
     if scaled and scaled != ["llama3"]:
         raise ForesightError(f"{where}: RoPE scaling {scaled[-1]!r} is not implemented; foresight imports {SUPPORTED}")
     if params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
         raise ForesightError(f"{where}: partial rotary embeddings are not implemented; foresight imports {SUPPORTED}")
-    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    theta = (_value(params, "rope_theta", where, "number", name="rope_parameters.rope_theta") if "rope_theta" in params
+             else _value(hf, "rope_theta", where, "number", 10000.0))
     if not scaled:
         return theta, None
     source = params if params.get("rope_type") == "llama3" else scaling
@@ -93,6 +99,10 @@ def model_type_of(hf: dict, where: str) -> str:
     """'llama' or 'qwen2', or a ForesightError naming the architecture found and the supported ones."""
     model_type = hf.get("model_type")
     archs = hf.get("architectures") or []
+    if not isinstance(model_type, (str, type(None))):
+        raise ForesightError(f"{where}: model_type must be a name such as \"llama\", got {json.dumps(model_type)[:60]}")
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise ForesightError(f"{where}: architectures must be a list of class names, got {json.dumps(archs)[:60]}")
     if model_type in _NOT_THE_TRUNK:
         raise ForesightError(f"{where}: model_type {model_type!r} is not supported: {_NOT_THE_TRUNK[model_type]}")
     if model_type not in _ARCH:
@@ -103,16 +113,44 @@ def model_type_of(hf: dict, where: str) -> str:
     return model_type
 
 
+_MISSING = object()
+
+
+def _value(hf: dict, key: str, where: str, kind: str, default=_MISSING, name: str | None = None):
+    """``hf[key]`` checked to be of ``kind``: "count" (an integer >= 1), "number" (finite, > 0) or "bool"; null or
+    absent gives ``default`` (absent without a default is an error). One line naming the file and key otherwise
+    (issue 21: ``int("x")``, ``int(None)``, NaN, ``bool("no")`` used to raise or pass silently)."""
+    value, key = hf.get(key), name or key
+    if value is None:
+        if default is _MISSING:
+            raise ForesightError(f"{where}: missing {key!r}; is this a complete Llama/Qwen2 config?")
+        return default
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ForesightError(f"{where}: {key} must be true or false, got {json.dumps(value)[:60]}")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "count":
+        if number and math.isfinite(value) and value == int(value) and value >= 1:
+            return int(value)
+        raise ForesightError(f"{where}: {key} must be an integer >= 1, got {json.dumps(value)[:60]}")
+    if number and math.isfinite(value) and value > 0:
+        return float(value)
+    raise ForesightError(f"{where}: {key} must be a finite number > 0, got {json.dumps(value)[:60]}")
+
+
 def from_hf_config(hf: dict, where: str = "config.json") -> ModelConfig:
     """A ``ModelConfig`` computing the same function as the HF model, or a one-line ForesightError."""
+    if not isinstance(hf, dict):
+        raise ForesightError(f"{where}: must hold a JSON object of config fields, got {type(hf).__name__}")
     model_type = model_type_of(hf, where)
 
-    def need(key: str):
-        if key not in hf:
-            raise ForesightError(f"{where}: missing {key!r}; is this a complete {_ARCH[model_type]} config?")
-        return hf[key]
+    def need(key: str, kind: str = "count", default=_MISSING):
+        return _value(hf, key, where, kind, default)
 
-    hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
+    hidden, heads = need("hidden_size"), need("num_attention_heads")
+    layer_types = hf.get("layer_types") or []
+    layer_types = layer_types if isinstance(layer_types, list) else [layer_types]  # not a list: not supported
     checks = [
         (hf.get("hidden_act", "silu") == "silu", f"activation {hf.get('hidden_act')!r} (only silu/SwiGLU)"),
         (not hf.get("mlp_bias", False), "mlp_bias = true"),
@@ -124,24 +162,24 @@ def from_hf_config(hf: dict, where: str = "config.json") -> ModelConfig:
         # Mistral attends within a sliding window unless sliding_window is null; then it is a Llama.
         (not (model_type == "mistral" and hf.get("sliding_window") is not None),
          f"sliding-window attention (sliding_window = {hf.get('sliding_window')}; null is a Llama)"),
-        (all(t == "full_attention" for t in hf.get("layer_types") or []), "layer_types other than full_attention"),
+        (all(t == "full_attention" for t in layer_types), "layer_types other than full_attention"),
     ]
     for ok, what in checks:
         if not ok:
             raise ForesightError(f"{where}: {what} is not supported; foresight imports {SUPPORTED}")
     theta, rope_scaling = _rope(hf, where)
     return ModelConfig(
-        vocab_size=int(need("vocab_size")),
+        vocab_size=need("vocab_size"),
         hidden_size=hidden,
-        n_layers=int(need("num_hidden_layers")),
+        n_layers=need("num_hidden_layers"),
         n_heads=heads,
-        n_kv_heads=int(hf.get("num_key_value_heads") or heads),
-        intermediate_size=int(need("intermediate_size")),
+        n_kv_heads=need("num_key_value_heads", default=heads),
+        intermediate_size=need("intermediate_size"),
         rope_theta=theta,
         rope_scaling=rope_scaling,
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),  # LlamaConfig and Qwen2Config default
+        norm_eps=need("rms_norm_eps", "number", 1e-6),
+        tie_embeddings=need("tie_word_embeddings", "bool", False),  # LlamaConfig and Qwen2Config default
         qkv_bias=model_type == "qwen2",
-        init_std=float(hf.get("initializer_range", 0.02)),
-        max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+        init_std=need("initializer_range", "number", 0.02),
+        max_seq_len=need("max_position_embeddings", default=2048),
     )

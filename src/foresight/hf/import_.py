@@ -53,7 +53,7 @@ def read_hf_config(folder: Path) -> dict:
         raise ForesightError(f"{folder} has no config.json; give a Hugging Face model folder (config.json + weights)")
     try:
         config = json.loads(inside(folder, "config.json").read_text(encoding="utf-8"))
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested beyond reason
         raise ForesightError(f"{path} is not valid JSON ({e})") from None
     check_complete(folder, config)  # a foresight export is read only when it is whole
     return config
@@ -117,13 +117,22 @@ def _load_trunk(lm, named: dict[str, torch.Tensor], where: str) -> int:
     return len(target)
 
 
-def _load_objectives(lm, named: dict[str, torch.Tensor], report: LoadReport) -> None:
-    """Copy every objective's parameters found in ``named`` (keys ``objectives.<key>.*``); all or nothing each."""
+def _load_objectives(lm, named: dict[str, torch.Tensor], report: LoadReport, where: str) -> None:
+    """Copy every objective's parameters found in ``named`` (keys ``objectives.<key>.*``); all or nothing each.
+
+    A tensor that is there with another shape is an error (issue 21: it used to be replaced by a fresh head
+    without a word); an objective with tensors missing keeps its fresh initialisation (a new head on a pretrained
+    trunk)."""
     state = lm.state_dict()
     for key, obj in lm.objectives.items():
         wanted = [f"objectives.{key}.{n}" for n in obj.state_dict()]
         if not wanted:
             continue
+        for n in wanted:
+            if n in named and tuple(named[n].shape) != tuple(state[n].shape):
+                raise ForesightError(f"{where}: {n[len('objectives.'):]} has shape {tuple(named[n].shape)}, objective "
+                                     f"{key!r} of this model needs {tuple(state[n].shape)}; the heads were saved for "
+                                     f"another model or objective settings")
         have = [n for n in wanted if n in named and tuple(named[n].shape) == tuple(state[n].shape)]
         if len(have) == len(wanted):
             with torch.no_grad():
@@ -147,7 +156,7 @@ def _load_hf(lm, folder: Path, weights: dict[str, torch.Tensor]) -> LoadReport:
     for key, obj in lm.objectives.items():
         if isinstance(obj, DSMTP) and f"model.layers.{n_layers}.eh_proj.weight" in weights:
             objective_named.update(dsmtp_from_deepseek(weights, lm, key, n_layers))
-    _load_objectives(lm, objective_named, report)
+    _load_objectives(lm, objective_named, report, str(folder))
     return report
 
 
@@ -178,7 +187,7 @@ def load_pretrained_into(lm, path: Path) -> LoadReport:
     check_same_architecture(lm.model.cfg, ModelConfig(**source_cfg), str(path))
     named = {k[len("model."):]: v for k, v in state["lm"].items() if k.startswith("model.")}
     report.trunk_tensors = _load_trunk(lm, named, str(path))
-    _load_objectives(lm, state["lm"], report)
+    _load_objectives(lm, state["lm"], report, str(path))
     return report
 
 

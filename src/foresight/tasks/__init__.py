@@ -19,10 +19,10 @@ def _stargraph(recipe, runs, out_dir: Path, resume: bool, **options):
     return run_stargraph(recipe, runs, out_dir, resume, **options)  # seeds, results_dir, time_limit_s, ...
 
 
-def _text(recipe, runs, out_dir: Path, resume: bool):
+def _text(recipe, runs, out_dir: Path, resume: bool, allow_changes: bool = False):
     from foresight.tasks.text import run_text
 
-    return run_text(recipe, runs, out_dir, resume)
+    return run_text(recipe, runs, out_dir, resume, allow_changes=allow_changes)
 
 
 TASKS = {"stargraph": _stargraph, "text": _text}
@@ -38,5 +38,6 @@ def task_config_class(task: str) -> type:
 
 def run_task(recipe, runs: dict, out_dir: Path, resume: bool = False, **options):
     """Run ``runs`` of ``recipe`` with the task its ``task:`` names; ``options`` are that task's own (the star
-    graph's ``seeds``, ``results_dir``, ...)."""
+    graph's ``seeds``, ``results_dir``, ...; every task takes ``allow_changes``: resume a run whose settings
+    changed, see ``foresight.train.fingerprint``)."""
     return TASKS[recipe.task](recipe, runs, out_dir, resume, **options)

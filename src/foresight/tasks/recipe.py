@@ -81,7 +81,7 @@ def load_recipe(name: str, overrides: list[str], group: str = "") -> Recipe:
     if unknown:
         raise ForesightError(f"{path}: unknown section {unknown[0]!r}; known sections: {', '.join(sorted(sections))}")
     task = raw.get("task")
-    if task not in TASKS:
+    if not isinstance(task, str) or task not in TASKS:  # a list or mapping there is no task name (issue 21)
         raise ForesightError(f"{path}: 'task' must be one of {sorted(TASKS)}, got {task!r}")
     if not isinstance(raw.get("model") or {}, dict):
         raise ForesightError(f"{path}: model must be a mapping of ModelConfig fields")

@@ -20,6 +20,7 @@ from foresight.model import ModelConfig
 from foresight.objectives import ObjectiveSpec, as_written
 from foresight.train import distributed
 from foresight.train.config import TrainConfig
+from foresight.train.fingerprint import run_settings
 from foresight.train.lm import TrainableLM
 from foresight.train.trainer import Trainer
 
@@ -51,11 +52,14 @@ class FinishedRun:
 def train_run(name: str, specs: list[ObjectiveSpec], model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, *,
               raw: dict, tokens_per_step: int, setup: Callable[[TrainableLM], RunHooks], resume: bool = False,
               init: Callable[[TrainableLM], None] | None = None, desc: str | None = None,
-              should_stop: Callable[[], bool] | None = None, progress: bool = True) -> FinishedRun:
+              should_stop: Callable[[], bool] | None = None, progress: bool = True,
+              task: tuple[str, object] | None = None, allow_changes: bool = False) -> FinishedRun:
     """Train one run of a recipe from ``train_cfg.seed`` and return it fitted.
 
     ``raw``: the recipe as stored in checkpoints; ``tokens_per_step``: batch size x sequence length;
     ``init(lm)``: on the rank that really builds the model, right after building (e.g. load pretrained weights).
+    ``task``: (section name, the task's parsed section), part of the run's settings that ``--resume`` checks
+    (``foresight.train.fingerprint``); ``allow_changes``: resume even when those settings changed (a warning).
     """
     torch.manual_seed(train_cfg.seed)  # the same trunk initialisation for every run of one seed
     with distributed.build_on_rank0() as real:  # torchrun: ranks > 0 get rank 0's weights from the Trainer
@@ -72,7 +76,8 @@ def train_run(name: str, specs: list[ObjectiveSpec], model_cfg: ModelConfig, tra
         # the Trainer hands its eval_fn the inference model; the task's hook gets the whole trainable model
         eval_fn=None if evaluate is None else (lambda model: evaluate(lm)),
         run_config=run_config, desc=desc or name, data_state=hooks.data_state, should_stop=should_stop,
-        progress=progress,
+        progress=progress, allow_changes=allow_changes,
+        settings=run_settings(run=name, specs=specs, model=model_cfg, train=train_cfg, task=task),
     )
     start_step = trainer.step
     if trainer.device.type == "cuda":

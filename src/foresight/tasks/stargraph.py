@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import median
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
@@ -63,6 +63,9 @@ class StarGraphTaskConfig:
     test_file: str | None = None  # read test examples from a file in the original format instead
     eval_batch_size: int = 1000  # examples per greedy-decoding batch
     jobs: int = 1  # cells trained side by side in processes on the CPU (0 = one per core); a GPU runs them in turn
+
+    # fields a resumed run may change (foresight.train.fingerprint): evaluation batching and processes
+    RESUME_EXEMPT: ClassVar[tuple] = ("eval_batch_size", "jobs")
 
     def __post_init__(self) -> None:  # checked before any data is generated or model built
         if self.eval_batch_size < 1:
@@ -320,7 +323,8 @@ class _Cell:
 
 def _train_cell(cell: _Cell, *, recipe: Recipe, task: StarGraphTaskConfig, spec: StarGraphSpec,
                 train: StarGraphData, test: StarGraphData, resume: bool, results_dir: Path | None,
-                should_stop: Callable[[], bool], progress: bool = True) -> tuple[dict, float]:
+                should_stop: Callable[[], bool], progress: bool = True,
+                allow_changes: bool = False) -> tuple[dict, float]:
     """Train and evaluate one cell; write its result.json (and its results-folder JSON). Returns the record and
     the training FLOPs it ran (for the time-limit estimate)."""
     main = distributed.is_main()
@@ -328,7 +332,7 @@ def _train_cell(cell: _Cell, *, recipe: Recipe, task: StarGraphTaskConfig, spec:
     run = train_run(
         cell.name, cell.specs, cell.model_cfg, run_cfg, cell.run_dir, raw=cell.raw,
         tokens_per_step=run_cfg.batch_size * spec.seq_len, resume=resume, desc=cell.desc, should_stop=should_stop,
-        progress=progress,
+        progress=progress, task=("stargraph", task), allow_changes=allow_changes,
         # whole examples (prefix + path, no look-ahead beyond them): the batches do not depend on the built model
         setup=lambda _: RunHooks(batch_fn=lambda step: train.batch(step, run_cfg.batch_size, run_cfg.seed),
                                  evaluate=lambda lm: evaluate(lm.model, test, spec, batch_size=task.eval_batch_size)),
@@ -367,7 +371,7 @@ def _worker_cell(cell: _Cell) -> dict | None:
         return None  # stopped (or out of time) before this cell began: not run
     result, _ = _train_cell(cell, recipe=w["recipe"], task=w["task"], spec=w["spec"], train=w["train"],
                             test=w["test"], resume=w["resume"], results_dir=w["results_dir"],
-                            should_stop=should_stop, progress=False)
+                            should_stop=should_stop, progress=False, allow_changes=w["allow_changes"])
     return result
 
 
@@ -375,14 +379,15 @@ def run_stargraph(
     recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume: bool = False, *,
     seeds: list[int] | None = None, results_dir: Path | None = None,
     cell_command: Callable[[str, int], str] | None = None, skip_existing: bool = False,
-    time_limit_s: float | None = None,
+    time_limit_s: float | None = None, allow_changes: bool = False,
 ) -> list[dict]:
     """Train every run of ``runs`` for every seed (seed-major order) and evaluate it.
 
     ``seeds``: values of ``train.seed`` (None: the recipe's; run folders are then ``out_dir/<run>``, else
     ``out_dir/<run>-seed<s>``). ``results_dir``: also write each finished cell's JSON there; with
     ``skip_existing`` a cell whose JSON is already there is not run again. ``cell_command(run, seed)``: the
-    command line stored in each cell's JSON. ``time_limit_s``: see ``_Clock``.
+    command line stored in each cell's JSON. ``time_limit_s``: see ``_Clock``. ``allow_changes``: resume cells whose
+    settings changed (``foresight.train.fingerprint``), with a warning.
     """
     distributed.init(recipe.train)  # under torchrun: join the job (the CLI has already)
     main = distributed.is_main()  # only rank 0 prints and writes files
@@ -419,7 +424,7 @@ def run_stargraph(
     cell_list = []
     for seed, name in cells:
         raw = copy.deepcopy(recipe.raw)
-        raw.setdefault("train", {})["seed"] = seed
+        raw["train"] = {**(raw.get("train") or {}), "seed": seed}  # "train: null" is an empty section
         cell_list.append(_Cell(name=name, seed=seed, specs=runs[name], run_cfg=cfgs[seed], raw=raw,
                                model_cfg=model_cfgs[name],
                                run_dir=out_dir / (name if not seeds else f"{name}-seed{seed}"),
@@ -428,7 +433,8 @@ def run_stargraph(
     jobs = min(len(cell_list), cfg.jobs if cfg.jobs > 0 else (os.cpu_count() or 1))
     if distributed.world_size() > 1 or recipe.train.device.startswith("cuda"):
         jobs = 1  # processes side by side are for CPU cores; a GPU or a torchrun job runs cells in turn
-    shared = dict(recipe=recipe, task=cfg, spec=spec, train=train, test=test, resume=resume, results_dir=results_dir)
+    shared = dict(recipe=recipe, task=cfg, spec=spec, train=train, test=test, resume=resume, results_dir=results_dir,
+                  allow_changes=allow_changes)
     if jobs > 1:
         results, not_done = _run_side_by_side(cell_list, shared, jobs, time_limit_s, print_)
     else:

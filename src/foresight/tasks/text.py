@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -49,6 +50,10 @@ class TextTaskConfig:
     verify_data: str = "auto"  # "size": shard sizes vs meta.json; "full": also hashes, id range, EOS count; "auto"
     init_from: str | None = None  # continued training: a Hugging Face Llama/Qwen2 folder or a foresight checkpoint;
     # its shape replaces the model section, its weights initialise the trunk (and any heads it carries)
+
+    # fields a resumed run may change (foresight.train.fingerprint): validation and checks only; the data itself
+    # is checked by its fingerprint (the folder may move)
+    RESUME_EXEMPT: ClassVar[tuple] = ("data", "val_batches", "val_batch_size", "verify_data")
 
     def __post_init__(self) -> None:
         if self.seq_len < 1 or self.val_batches < 0 or self.vocab_multiple < 1:
@@ -156,7 +161,8 @@ def _rate(run_dir: Path) -> float | None:
     return None if rate is None else round(rate, 1)
 
 
-def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume: bool = False) -> list[dict]:
+def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume: bool = False, *,
+             allow_changes: bool = False) -> list[dict]:
     from foresight.compare import write_comparison
 
     cfg = recipe.task_config  # a TextTaskConfig, parsed at load
@@ -221,7 +227,7 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
 
         run = train_run(name, specs, model_cfg, train_cfg, run_dir, raw=recipe.raw,
                         tokens_per_step=train_cfg.batch_size * cfg.seq_len, setup=setup, resume=resume,
-                        init=init if cfg.init_from else None)
+                        init=init if cfg.init_from else None, task=("text", cfg), allow_changes=allow_changes)
         best = min(run.evals, key=lambda e: e["val_loss"]) if run.evals else {}
         result = {**result_record(run), **size_fields(run.lm, cfg.seq_len),  # sparse trunks: activated params
                   "tokens": run.trainer.step * train_cfg.batch_size * cfg.seq_len,  # resumed runs: every step's

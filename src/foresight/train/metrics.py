@@ -32,16 +32,49 @@ class MetricsWriter:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics file; a line cut short by a kill is skipped, a complete line of the wrong shape
+    is one line naming the file, line and key (``_check_record``)."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    with open(path, encoding="utf-8", errors="replace") as f:  # bad bytes: the line fails as JSON or the check
+        for number, line in enumerate(f, 1):
             line = line.strip()
             if line:
                 try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, RecursionError):
                     continue  # a line cut short by a kill: skip it
+                _check_record(record, path, number)
+                records.append(record)
     return records
+
+
+def _check_record(record, path: Path, number: int) -> None:
+    """What the trainer (on resume) and ``compare`` read: an object with an integer ``step`` >= 0 and a string
+    ``kind``; numbers (and booleans) only in train and eval lines; in the meta line, parameter counts and the
+    objective list (issue 21: ``"step": "x"`` or a list in place of a line used to end in a traceback)."""
+    def fail(what: str):
+        raise ForesightError(f"{path} line {number}: {what}; the file was damaged or edited (fix or remove that "
+                             f"line)")
+
+    if not isinstance(record, dict):
+        fail("not a JSON object")
+    kind, step = record.get("kind", "train"), record.get("step", 0)
+    if not isinstance(kind, str):
+        fail(f"kind must be a string, got {json.dumps(kind)[:40]}")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        fail(f"step must be an integer >= 0, got {json.dumps(step)[:40]}")
+    if kind in ("train", "eval"):
+        for key, value in record.items():
+            if key != "kind" and not isinstance(value, (int, float)):  # bool too: "skipped"
+                fail(f"{key} must be a number, got {json.dumps(value)[:40]}")
+    elif kind == "meta":
+        for key in ("params", "total_params", "trainable_params"):
+            value = record.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                fail(f"{key} must be an integer >= 0, got {json.dumps(value)[:40]}")
+        objectives = record.get("objectives", [])
+        if not isinstance(objectives, list) or not all(isinstance(o, str) for o in objectives):
+            fail(f"objectives must be a list of names, got {json.dumps(objectives)[:40]}")
 
 
 def training_tokens_per_s(records: list[dict]) -> float | None:

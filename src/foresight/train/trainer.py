@@ -56,6 +56,7 @@ from foresight.train.checkpoint import (
 )
 from foresight.train.config import TrainConfig
 from foresight.train.distributed import DataParallel, clip_grad_norm
+from foresight.train.fingerprint import differences
 from foresight.train.flops import flops_per_token, peak_flops
 from foresight.train.lm import TrainableLM
 from foresight.train.loggers import Loggers
@@ -168,12 +169,18 @@ class Trainer:
         data_state: Callable[[int], dict] | None = None,
         should_stop: Callable[[], bool] | None = None,
         progress: bool = True,
+        settings: dict | None = None,
+        allow_changes: bool = False,
     ) -> None:
         self.cfg, self.run_dir, self.batch_fn, self.eval_fn, self.desc = cfg, Path(run_dir), batch_fn, eval_fn, desc
         self.should_stop = should_stop  # checked between steps: True ends the run early, as a partial run
         self.progress_bar = progress  # False: no progress bar (several runs printing side by side)
         self.data_state = data_state
         self.run_config = run_config
+        # the run's settings (``foresight.train.fingerprint``), stored in checkpoints and checked on resume;
+        # None: not checked (a library caller that gives none); allow_changes: differences are warnings
+        self.settings = settings
+        self.allow_changes = allow_changes
         distributed.check_joined(cfg)  # the entry point joins a torchrun job (and leaves it); the Trainer only uses it
         self.device = distributed.device_for(cfg.device) if distributed.world_size() > 1 else pick_device(cfg.device)
         self.dp = DataParallel(self.device)
@@ -203,6 +210,8 @@ class Trainer:
                  "skipped_steps": self.skipped_steps, "skip_streak": self.skip_streak, "torch": torch.__version__}
         if self.data_state is not None:
             state["data"] = self.data_state(self.step)  # where the next batch comes from
+        if self.settings is not None:
+            state["settings"] = self.settings
         return state
 
     def state_dict(self) -> dict:
@@ -227,9 +236,38 @@ class Trainer:
         now = self.data_state(self.step)
         for key in [*now, *(k for k in saved if k not in now)]:  # settings first, the derived position last
             if saved.get(key) != now.get(key):
-                raise ForesightError(
-                    f"{path} was trained on other data or data settings: {key} was {saved.get(key)!r}, now "
-                    f"{now.get(key)!r}; resume with the same data and recipe, or start a new run folder")
+                problem = (f"{path} was trained on other data or data settings: {key} was {saved.get(key)!r}, now "
+                           f"{now.get(key)!r}")
+                if self.allow_changes:
+                    self._warn(f"--allow-changes: {problem}; continuing on the new data")
+                    return
+                raise ForesightError(f"{problem}; resume with the same data and recipe, start a new run folder, "
+                                     f"or add --allow-changes to continue anyway")
+
+    def _warn(self, message: str) -> None:
+        if self.main:
+            print(f"foresight: warning: {message}", file=sys.stderr, flush=True)
+
+    def _check_settings(self, saved: dict | None, path: Path) -> None:
+        """A resumed run must be the run that wrote the checkpoint: every setting that changes what a step computes
+        is compared (``foresight.train.fingerprint``); the first difference is one line, or with
+        ``allow_changes`` every difference is a warning. A checkpoint from before settings were stored is
+        resumed with a warning."""
+        if self.settings is None:
+            return
+        if not isinstance(saved, dict):
+            self._warn(f"{path} records no run settings (written before foresight stored them); resuming without "
+                       f"checking that the recipe is unchanged")
+            return
+        changed = differences(saved, self.settings)
+        if not changed:
+            return
+        if self.allow_changes:
+            self._warn(f"--allow-changes: continuing {path} with changed settings: " + "; ".join(changed))
+            return
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise ForesightError(f"--resume: {changed[0]}{more}; resume with the run's recipe, start a new run folder, "
+                             f"or add --allow-changes to continue with the new settings")
 
     def resume(self) -> bool:
         """Load the newest readable checkpoint of this run folder (a broken newer one is named on stderr and
@@ -258,6 +296,7 @@ class Trainer:
             if not isinstance(state.get("optimizer"), dict):
                 raise UnreadableCheckpoint(f"{path} holds no optimiser state (an imported or exported model?); "
                                            f"start a new run, with text.init_from={path} to begin from its weights")
+            self._check_settings(state.get("settings"), path)  # before shapes: it names the setting, not a tensor
             if problem := state_mismatch(shapes_of(self.lm.state_dict()), shapes_of(state["lm"])):
                 raise ForesightError(f"{path} does not match this recipe's model: {problem}")
             self.lm.load_state_dict(state["lm"])
@@ -272,6 +311,8 @@ class Trainer:
                 torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         self.step, self.streak, self.evals = state["step"], state["streak"], state["evals"]
         self.skipped_steps, self.skip_streak = state.get("skipped_steps", 0), state.get("skip_streak", 0)
+        if is_sharded(path):  # a sharded checkpoint's settings are read with its tensors
+            self._check_settings(state.get("settings"), path)
         self._check_data(state.get("data"), path)
 
     def _save(self) -> None:

@@ -196,10 +196,16 @@ def load_model_strict(directory, **model_kwargs):
     try:
         model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True,
                                                            **{**model_kwargs, **NO_REMOTE_CODE})
-    except Exception:  # transformers' refusal of auto_map code, said as what to do instead
-        if isinstance(directory, (str, os.PathLike)) and Path(directory).is_dir():
-            refuse_remote_code(directory, "load the model yourself and wrap it: foresight.wrap(model, objectives)")
+    except (ForesightError, MemoryError):
         raise
+    except Exception as e:
+        if isinstance(directory, (str, os.PathLike)) and Path(directory).is_dir():
+            # transformers' refusal of auto_map code, said as what to do instead
+            refuse_remote_code(directory, "load the model yourself and wrap it: foresight.wrap(model, objectives)")
+        # a malformed config.json or weights: transformers' reason, in one line (issue 21)
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ForesightError(f"{directory}: transformers cannot load the model ({type(e).__name__}: "
+                             f"{detail})") from None
     if isinstance(directory, (str, os.PathLike)) and Path(directory).is_dir():
         note_ignored_code(directory)  # loaded with transformers' own class
     mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
