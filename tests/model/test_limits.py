@@ -328,7 +328,7 @@ def test_perplexity_on_data_with_a_larger_vocabulary_is_refused_before_building(
 
 @pytest.mark.parametrize("key, value, needle", [
     ("tokenizer.vocab_size", 2_000_000, "tokenizer.vocab_size must be an integer in 1 .. 1,048,576"),
-    ("tokenizer.eos_id", 64, "tokenizer.eos_id must be an integer in 0 .. 63"),
+    ("tokenizer.eos_id", 64, "tokenizer.eos_id must be an integer in 0 .. vocab_size - 1, got 64"),
     ("splits.train.tokens", "400", "splits.train.tokens must be an integer"),
     ("splits.val.documents", 401, "splits.val.documents must be an integer in 0 .. 400"),
     ("splits.train.shards.0.tokens", 2.0e15, "splits.train.shards[0].tokens must be an integer"),
