@@ -634,8 +634,16 @@ def _tracebacks(fx: _Fixtures, fresh):
 
 
 # (the classes a group's case names start with, the group): --only picks groups by these labels
+def _paths(fx: _Fixtures, fresh):
+    """More code-runs and reads-outside cases, one per reader (benchmarks/fault_cases_paths.py), y on stdin."""
+    import fault_cases_paths  # (beside this file)
+
+    for case, code, line, left in fault_cases_paths.cases(fresh("paths")):
+        yield f"paths: {case}", code, line, left
+
+
 ISSUE21 = [("code runs", _code_runs), ("reads outside", _reads_outside), ("data lost", _data_lost),
-           ("memory / hang", _memory_hang), ("silent", _silent), ("traceback", _tracebacks)]
+           ("memory / hang", _memory_hang), ("silent", _silent), ("traceback", _tracebacks), ("paths", _paths)]
 
 
 def issue21_cases(work: Path, only: str | None):
@@ -673,6 +681,7 @@ def main() -> None:
                              "issue 21)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # fault_cases_paths
     from foresight.environment import describe
 
     env = describe("cpu")
