@@ -241,7 +241,8 @@ def swap_into_place(new: Path, target: Path) -> Path | None:
     return aside
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (someone else's live process counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -263,7 +264,7 @@ def clean_dead_temporaries(target: Path) -> list[Path]:
         return removed
     for n in names:
         m = pattern.match(n)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
             p = target.parent / n
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)

@@ -289,6 +289,15 @@ class WrapDSMTP(OnParts, DSMTP):
         return torch.cat(drafts, dim=1)  # (1, d)
 
 
+def _vocab_head(parts: Parts) -> nn.Linear:
+    """A new untied V×D head (no bias, no soft cap) on the model's device and in its dtype, initialised with the
+    model's ``initializer_range``: TOP's W_top, FSP's W_fsp."""
+    ref = parts.lm_head.weight
+    head = nn.Linear(parts.hidden_size, parts.vocab_size, bias=False, device=ref.device, dtype=ref.dtype)
+    nn.init.normal_(head.weight, std=getattr(parts.config, "initializer_range", 0.02))
+    return head
+
+
 class WrapTOP(OnParts, TOP):
     """TOP paper §3: the inherited objective; its head ``W_top`` (V×D, untied, no soft cap) is initialised
     with the model's ``initializer_range``, then (``wrap``'s default ``head_init="warm"``) copied from the output
@@ -297,9 +306,7 @@ class WrapTOP(OnParts, TOP):
     def __init__(self, cfg, parts: Parts) -> None:
         Objective.__init__(self)
         self.cfg = cfg
-        ref = parts.lm_head.weight
-        self.head = nn.Linear(parts.hidden_size, parts.vocab_size, bias=False, device=ref.device, dtype=ref.dtype)
-        nn.init.normal_(self.head.weight, std=getattr(parts.config, "initializer_range", 0.02))
+        self.head = _vocab_head(parts)
 
     def head_module(self, parts: Parts) -> nn.Module:
         return self.head  # W_top (V×D)
@@ -320,6 +327,7 @@ class WrapTOP(OnParts, TOP):
         scores[:, seq[0, -1]] = float("-inf")  # x[N] is already decided
         return scores.topk(n_draft or self.default_drafts, dim=-1).indices  # (1, d)
 
+
 class WrapFSP(OnParts, FSP):
     """FSP-BCE (Mahajan et al. 2025 §3): the inherited objective; its head ``W_fsp`` (V×D, untied, no soft cap)
     reads the final normed hidden state and is initialised with the model's ``initializer_range``."""
@@ -327,9 +335,7 @@ class WrapFSP(OnParts, FSP):
     def __init__(self, cfg, parts: Parts) -> None:
         Objective.__init__(self)
         self.cfg = cfg
-        ref = parts.lm_head.weight
-        self.head = nn.Linear(parts.hidden_size, parts.vocab_size, bias=False, device=ref.device, dtype=ref.dtype)
-        nn.init.normal_(self.head.weight, std=getattr(parts.config, "initializer_range", 0.02))
+        self.head = _vocab_head(parts)
 
     def head_module(self, parts: Parts) -> nn.Module:
         return self.head  # W_fsp (V×D)

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from foresight.errors import ForesightError
-from foresight.io import MANIFEST
+from foresight.io import MANIFEST, pid_alive
 
 LOCK = ".foresight.lock"
 PID_MAX = 2**31 - 1  # the largest pid_t
@@ -139,14 +139,6 @@ def clean_recorded_temporaries(out: Path) -> None:
             _remove_temporaries(p)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def _lock_owner(path: Path) -> dict | None:
@@ -167,7 +159,7 @@ def _is_stale(owner: dict) -> bool:
         return False  # another machine's process (or an unreadable lock): never guessed dead
     if owner["pid"] == os.getpid():
         return str(owner.get("token")) not in _held
-    return not _alive(owner["pid"])
+    return not pid_alive(owner["pid"])
 
 
 def acquire(folder: Path) -> Path:
