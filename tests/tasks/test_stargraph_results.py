@@ -170,7 +170,7 @@ def test_time_limit_does_not_start_a_cell_that_would_not_finish(tmp_path, capsys
 
 
 def test_outcome_words_and_wilson_interval():
-    from foresight.tasks.stargraph import outcome, wilson_interval
+    from foresight.tasks.stargraph_tables import outcome, wilson_interval
 
     assert outcome(0.95, 0.95, 0.95) == "solved"
     assert outcome(0.50, 1.00, 0.50) == "chance with shortcut"
