@@ -235,7 +235,8 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
         result = {**result_record(run), **size_fields(run.lm, cfg.seq_len),  # sparse trunks: activated params
                   "tokens": run.trainer.step * train_cfg.batch_size * cfg.seq_len,  # resumed runs: every step's
                   "tokens_per_s": _rate(run_dir), "final": run.evals[-1] if run.evals else {},
-                  "best_val_loss": best.get("val_loss"), "best_step": best.get("step"), "data": data_record}
+                  "best_val_loss": best.get("val_loss"), "best_step": best.get("step"), "data": data_record,
+                  "partial": run.trainer.partial}  # stopped (SIGTERM, Ctrl-C) before the schedule's end
         if main:
             write_json(run_dir / "result.json", result)
         return result, None
