@@ -7,7 +7,7 @@ the TOP paper's continued-training setting, §4.3, at CPU scale).
 
 Every (run, seed) trains with ``foresight train``'s own code path (the recipe, ``train.seed`` = seed), then its
 final weights are scored on held-out text: ``val_loss`` (next-token loss on the recipe's fixed validation
-windows) and next-line completion (``foresight.eval.next_line``: greedy, exact match and edit similarity on
+windows) and next-line completion (``benchmarks/next_line.py``: greedy, exact match and edit similarity on
 the same seeded lines of the validation split for every run). One JSON row per (run, seed) is written to
 ``--results`` as soon as it is measured (a stopped sweep keeps its rows; finished rows are skipped on a rerun);
 ``--base`` adds the pretrained model itself as the row ``base`` (seed -1). Then ``table.md`` (mean ± sd over
@@ -35,9 +35,10 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 
 def _examples(recipe, args):
     """The held-out next-line examples (the same for every run) and the tokenizer's decode."""
+    from next_line import line_examples
+
     from foresight.config import from_dict
     from foresight.data.tokenizer import load_tokenizer
-    from foresight.eval.next_line import line_examples
     from foresight.tasks.text import TextTaskConfig, open_data
 
     cfg = from_dict(TextTaskConfig, recipe.section, "text")
@@ -53,7 +54,7 @@ def _examples(recipe, args):
 
 
 def _score(model, ex, decode, args) -> dict:
-    from foresight.eval.next_line import complete_lines, score_lines
+    from next_line import complete_lines, score_lines
 
     t0 = time.perf_counter()
     lines = complete_lines(model, ex.prompts, decode, args.max_new_tokens, batch=args.gen_batch)

@@ -4,9 +4,9 @@
     python benchmarks/smollm2_heads.py train --model runs/smollm2 --tokens runs/distill.npy --drafter mtp --k 3 \
         --out runs/smollm2-mtp3
 
-``distill``: greedy continuations of prompts from the prepared data's train split (foresight.generate.distill).
+``distill``: greedy continuations of prompts from the prepared data's train split (benchmarks/distill.py).
 ``train``: the trunk runs once over every sequence, its outputs are cached, and only the heads train on the
-cache (foresight.train.cached_heads), over a frequency-ranked draft vocabulary; writes a checkpoint that
+cache (benchmarks/cached_heads.py), over a frequency-ranked draft vocabulary; writes a checkpoint that
 ``benchmarks/speculative.py`` reads (the draft vocabulary travels in its config).
 """
 
@@ -26,8 +26,9 @@ from foresight.train.lm import TrainableLM
 
 
 def distill(args) -> None:
+    from distill import greedy_continuations, prompt_windows, save_distilled
+
     from foresight.data.shards import PreparedData
-    from foresight.generate.distill import greedy_continuations, prompt_windows, save_distilled
 
     torch.set_num_threads(args.threads)
     lm, _ = TrainableLM.from_checkpoint(args.model)
@@ -53,9 +54,10 @@ def text_cache(args, model, length: int):
     """``--text-rows`` windows of ``length`` tokens from the train split of ``--text-from`` and the frozen trunk's
     states over them (one forward pass, ``cache_trunk``), kept in ``--text-cache`` for the next training run.
     Real Python beside the self-distilled rows: every position trains (targets are the text's own tokens)."""
+    from cached_heads import cache_trunk
+    from distill import load_distilled, prompt_windows, save_distilled
+
     from foresight.data.shards import PreparedData
-    from foresight.generate.distill import load_distilled, prompt_windows, save_distilled
-    from foresight.train.cached_heads import cache_trunk
 
     want = {"kind": "text", "data": str(args.text_from), "rows": args.text_rows, "length": length,
             "seed": args.text_seed}
@@ -78,9 +80,10 @@ def text_cache(args, model, length: int):
 def train(args) -> None:
     import shutil
 
-    from foresight.generate.distill import load_distilled
+    from cached_heads import TrunkCache, draft_accuracy, frequent_ids, init_from_last_block, train_heads
+    from distill import load_distilled
+
     from foresight.io import write_json
-    from foresight.train.cached_heads import TrunkCache, draft_accuracy, frequent_ids, init_from_last_block, train_heads
     from foresight.train.checkpoint import SUFFIX
     from foresight.train.state_file import save_state
 

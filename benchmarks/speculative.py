@@ -209,8 +209,9 @@ def main(argv=None) -> None:
     if args.draft_vocab == "auto" and state["config"].get("draft_vocab"):
         draft_vocab = torch.tensor(state["config"]["draft_vocab"])
     elif args.draft_vocab not in ("auto", "none"):
+        from cached_heads import frequent_ids
+
         from foresight.data.shards import PreparedData
-        from foresight.train.cached_heads import frequent_ids
 
         stream = PreparedData.open(args.data).split("train")
         draft_vocab = frequent_ids(torch.from_numpy(stream.read(0, len(stream)).astype(np.int64)),

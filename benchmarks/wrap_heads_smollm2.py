@@ -38,9 +38,8 @@ SPECS = [[{"name": "ntp"}, {"name": "mtp", "n": 3}], [{"name": "ntp"}, {"name": 
 
 
 def smollm2():
+    from smollm2 import fetch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from foresight.hf.smollm2 import fetch
 
     path = fetch()
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

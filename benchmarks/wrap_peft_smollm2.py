@@ -51,12 +51,12 @@ def _row(name, diff) -> str:
 
 def main(argv=None) -> int:
     from peft import LoraConfig, PeftModel, get_peft_model
+    from smollm2 import gguf_path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import foresight
     from foresight.errors import ForesightError
     from foresight.hf.gguf import load_transformers
-    from foresight.hf.smollm2 import gguf_path
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gguf", type=Path, default=gguf_path())

@@ -1,7 +1,14 @@
 """Fixtures shared by every test folder."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# The benchmarks' own helpers (benchmarks/: distill, cached_heads, next_line, smollm2) are imported by bare name, as
+# the benchmark scripts themselves import them; appended, so nothing of the tests' own is shadowed.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.fixture(scope="module")

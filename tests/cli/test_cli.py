@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -117,7 +118,7 @@ def test_a_bad_model_field_is_one_line_at_load_before_any_data(args, line, capsy
 
     monkeypatch.chdir(tmp_path)
     for task in tasks.TASKS:  # reaching a task (data generation, loading, models) would fail the test
-        monkeypatch.setitem(tasks.TASKS, task, lambda *a, **k: pytest.fail("the task started"))
+        monkeypatch.setitem(tasks.TASKS, task, replace(tasks.TASKS[task], run=lambda *a, **k: pytest.fail("started")))
     code, _, err = _run(args + ["--out", str(tmp_path / "out")], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("foresight: error:"), err

@@ -162,7 +162,7 @@ def test_missing_gguf_package_is_one_line(tmp_path, capsys, monkeypatch):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from foresight.hf.smollm2 import gguf_path
+    from smollm2 import gguf_path
 
     path = gguf_path()
     if not path.is_file():

@@ -148,9 +148,10 @@ def _tiny_llama(seed: int = 0):
 
 def test_a_fifth_objective_gets_one_line_refusals_by_default(skip_registered):
     """The toy declares none of the optional capabilities: each path that needs one says so in one line."""
+    from cached_heads import TrunkCache, draft_accuracy, init_from_last_block, train_heads
+
     from foresight.errors import ForesightError
     from foresight.generate import top_draft_acceptance
-    from foresight.train.cached_heads import TrunkCache, draft_accuracy, init_from_last_block, train_heads
     from foresight.wrapper import wrap
 
     cfg = ModelConfig(vocab_size=13, hidden_size=8, n_layers=1, n_heads=2, intermediate_size=16, max_seq_len=16)

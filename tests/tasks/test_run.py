@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -118,8 +119,8 @@ def test_a_parsed_run_trains_and_its_checkpoint_stores_the_objectives_as_written
 
 def test_the_stargraph_command_goes_through_the_task_registry(tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setitem(TASKS, "stargraph", lambda recipe, runs, out, resume, **options: calls.append(
-        (recipe.task, list(runs), out, resume, options)))
+    monkeypatch.setitem(TASKS, "stargraph", replace(TASKS["stargraph"], run=lambda recipe, runs, out, resume,
+                        **options: calls.append((recipe.task, list(runs), out, resume, options))))
     code = main(["stargraph", "run", "smoke", "--runs", "top", "--seeds", "3,4", "--time-limit", "60",
                  "--out", str(tmp_path / "o")])
     assert code == 0, capsys.readouterr().err

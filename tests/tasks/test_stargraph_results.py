@@ -152,15 +152,15 @@ def test_budget_recipe_is_the_paper_recipe_but_its_schedule():
 
 
 def test_time_limit_does_not_start_a_cell_that_would_not_finish(tmp_path, capsys, monkeypatch):
-    from foresight.tasks import stargraph
+    from foresight.tasks import pool
 
-    clock = stargraph._Clock(100.0)
+    clock = pool.Clock(100.0)
     assert clock.estimate(1e12) is None  # nothing measured yet: the first cell always starts
     clock.observe(10.0, 1e12)
     assert clock.estimate(2e12) == pytest.approx(21.0) and 99 < clock.left() <= 100
 
     # Every cell after the first is estimated at 1e9 s: the first runs and is recorded, the rest are not started.
-    monkeypatch.setattr(stargraph._Clock, "estimate", lambda self, flops: None if self.s_per_flop is None else 1e9)
+    monkeypatch.setattr(pool.Clock, "estimate", lambda self, flops: None if self.s_per_flop is None else 1e9)
     code, out, err = _run(["stargraph", "run", "smoke", "--runs", "ntp,top", "--seeds", "0,1", *TINY, "--time-limit",
                            "600", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "a")], capsys)
     assert code == 0, err
@@ -170,7 +170,7 @@ def test_time_limit_does_not_start_a_cell_that_would_not_finish(tmp_path, capsys
 
 
 def test_outcome_words_and_wilson_interval():
-    from foresight.tasks.stargraph import outcome, wilson_interval
+    from foresight.tasks.stargraph_tables import outcome, wilson_interval
 
     assert outcome(0.95, 0.95, 0.95) == "solved"
     assert outcome(0.50, 1.00, 0.50) == "chance with shortcut"

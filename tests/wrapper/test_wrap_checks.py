@@ -59,9 +59,8 @@ def test_smollm2_from_its_gguf_file_wraps_saves_and_reloads(tmp_path):
     """The case of the issue: SmolLM2-135M loaded with gguf_file= (Q4_1, dequantised by transformers) trained,
     then failed at its first checkpoint. Now wrap makes it saveable, and the saved folder reloads exactly."""
     pytest.importorskip("gguf")
+    from smollm2 import gguf_path
     from transformers import AutoModelForCausalLM
-
-    from foresight.hf.smollm2 import gguf_path
 
     path = gguf_path()
     if not path.is_file():

@@ -17,9 +17,8 @@ TEXTS = ["The quick brown fox jumps over the lazy dog. The dog did not move, and
 
 @pytest.fixture(scope="module")
 def smollm2():
+    from smollm2 import gguf_path
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from foresight.hf.smollm2 import gguf_path
 
     path = gguf_path()
     if not path.is_file():

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_smollm2_peft_round_trips_are_exact_and_sft_logs_each_objective(tmp_path):
     pytest.importorskip("peft")
     pytest.importorskip("trl")
-    from foresight.hf.smollm2 import gguf_path
+    from smollm2 import gguf_path
 
     if not gguf_path().is_file():
         if os.environ.get("FORESIGHT_REQUIRE_SMOLLM2") == "1":

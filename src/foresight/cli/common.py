@@ -33,15 +33,21 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="replace the run already in --out (removes only the files foresight wrote there)")
 
 
-def run_recipe(name: str, args, group: str = "") -> None:
-    """Load a recipe with the command line's overrides and hand it to its task."""
+def run_recipe(name: str, args, group: str = "", *, task: str | None = None, overrides: list[str] | None = None,
+               **options) -> list[dict]:
+    """Load a recipe with the command line's overrides (and ``overrides`` the command adds) and hand it to its
+    task in the run folder the command line names. ``task``: the task the command is for (another is refused in
+    one line); ``options``: that task's own (``foresight.tasks.run_task``)."""
     from foresight.tasks import run_task
     from foresight.tasks.recipe import load_recipe, select_runs
 
-    recipe = load_recipe(name, args.overrides, group)
+    recipe = load_recipe(name, args.overrides + (overrides or []), group)
+    if task is not None and recipe.task != task:
+        raise ForesightError(f"{recipe.path} is a {recipe.task!r} recipe; `foresight {task} run` needs task: {task} "
+                             "(use `foresight train` for other tasks)")
     runs = select_runs(recipe, args.runs)
     with claimed(run_folder(recipe, args), args) as out:
-        run_task(recipe, runs, out, resume=args.resume, allow_changes=args.allow_changes)
+        return run_task(recipe, runs, out, resume=args.resume, allow_changes=args.allow_changes, **options)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from foresight.cli.common import Parser, add_run_options, claimed, run_folder
+from foresight.cli.common import Parser, add_run_options, run_recipe
 from foresight.errors import ForesightError
 
 DEFAULT_RECIPE = "demo"
@@ -80,23 +80,14 @@ def cell_command(args: argparse.Namespace, run: str, seed: int) -> str:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from foresight.tasks import run_task
-    from foresight.tasks.recipe import load_recipe, select_runs
-
     if args.skip_existing and args.results is None:
         raise ForesightError("--skip-existing needs --results DIR (the folder whose cells are checked)")
     if args.time_limit is not None and args.time_limit <= 0:
         raise ForesightError(f"--time-limit must be > 0 seconds, got {args.time_limit:g}")
-    overrides = args.overrides + ([FULL_SCHEDULE] if args.full_schedule else [])
-    recipe = load_recipe(args.recipe, overrides, "stargraph")
-    if recipe.task != "stargraph":
-        raise ForesightError(f"{recipe.path} is a {recipe.task!r} recipe; `foresight stargraph run` needs task: "
-                             "stargraph (use `foresight train` for other tasks)")
-    runs = select_runs(recipe, args.runs)
-    with claimed(run_folder(recipe, args), args) as out:
-        run_task(recipe, runs, out, args.resume, seeds=args.seeds, results_dir=args.results,
-                 cell_command=lambda run, seed: cell_command(args, run, seed), skip_existing=args.skip_existing,
-                 time_limit_s=args.time_limit, allow_changes=args.allow_changes)
+    run_recipe(args.recipe, args, "stargraph", task="stargraph",
+               overrides=[FULL_SCHEDULE] if args.full_schedule else [],
+               seeds=args.seeds, results_dir=args.results, skip_existing=args.skip_existing,
+               cell_command=lambda run, seed: cell_command(args, run, seed), time_limit_s=args.time_limit)
 
 
 def _report(args: argparse.Namespace) -> None:

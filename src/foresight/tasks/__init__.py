@@ -1,43 +1,51 @@
 """Tasks tie data, trainer and evaluation together for one kind of run.
 
-A task is a function ``run(recipe, runs, out_dir, resume, **options)``; ``TASKS`` maps a recipe's ``task:`` to it,
-and ``TASK_CONFIGS`` to the dataclass of its own recipe section (``stargraph:``, ``text:``), which the recipe loader
-parses once at load (``Recipe.task_config``). Every entry point starts a task through ``run_task``; every task
-trains each run through the one run loop, ``foresight.tasks.run.train_run``, and starts its result records with
-``foresight.tasks.run.result_record``.
+A task is one record, ``Task``: its name (a recipe's ``task:``, also the name of its own recipe section), the
+dataclass of that section (``stargraph:``, ``text:``), which the recipe loader parses once at load
+(``Recipe.task_config``), and its run function ``run(recipe, runs, out_dir, resume=False, **options)``. ``TASKS``
+is the one registry of them. Every entry point starts a task through ``run_task``; every task trains its runs
+through the one scheduler, ``foresight.tasks.pool.run_all`` (in turn or side by side, a time limit, a graceful
+stop on SIGTERM / Ctrl-C), each run through the one run loop, ``foresight.tasks.run.train_run``, and starts its
+result records with ``foresight.tasks.run.result_record``.
+
+A new task adds its module and one ``Task`` line below.
 """
 
 from __future__ import annotations
 
-import importlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from foresight.errors import ForesightError
+from foresight.tasks.stargraph import StarGraphTaskConfig, run_stargraph
+from foresight.tasks.text import TextTaskConfig, run_text
 
 
-def _stargraph(recipe, runs, out_dir: Path, resume: bool, **options):
-    from foresight.tasks.stargraph import run_stargraph
+@dataclass(frozen=True)
+class Task:
+    """One task: the config class of its recipe section and the function that runs a recipe's runs."""
 
-    return run_stargraph(recipe, runs, out_dir, resume, **options)  # seeds, results_dir, time_limit_s, ...
-
-
-def _text(recipe, runs, out_dir: Path, resume: bool, allow_changes: bool = False):
-    from foresight.tasks.text import run_text
-
-    return run_text(recipe, runs, out_dir, resume, allow_changes=allow_changes)
+    name: str  # the recipe's ``task:`` and the name of the task's own section
+    config: type  # dataclass of that section, parsed through ``foresight.config.from_dict``
+    run: Callable[..., list[dict]]  # run(recipe, runs, out_dir, resume=False, **options) -> result records
 
 
-TASKS = {"stargraph": _stargraph, "text": _text}
-# task -> "module:class" of its section's config (imported on use: a task module pulls in its data and models)
-TASK_CONFIGS = {"stargraph": "foresight.tasks.stargraph:StarGraphTaskConfig",
-                "text": "foresight.tasks.text:TextTaskConfig"}
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("stargraph", StarGraphTaskConfig, run_stargraph),  # options: seeds, results_dir, time_limit_s, ...
+    Task("text", TextTaskConfig, run_text),
+)}
 
 
-def task_config_class(task: str) -> type:
-    module, name = TASK_CONFIGS[task].split(":")
-    return getattr(importlib.import_module(module), name)
+def get_task(name: str) -> Task:
+    """The registered task ``name``; one line naming the known tasks otherwise."""
+    if name not in TASKS:
+        raise ForesightError(f"no task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
 
 
-def run_task(recipe, runs: dict, out_dir: Path, resume: bool = False, **options):
+def run_task(recipe, runs: dict, out_dir: Path, resume: bool = False, **options) -> list[dict]:
     """Run ``runs`` of ``recipe`` with the task its ``task:`` names; ``options`` are that task's own (the star
     graph's ``seeds``, ``results_dir``, ...; every task takes ``allow_changes``: resume a run whose settings
     changed, see ``foresight.train.fingerprint``)."""
-    return TASKS[recipe.task](recipe, runs, out_dir, resume, **options)
+    return get_task(recipe.task).run(recipe, runs, out_dir, resume, **options)

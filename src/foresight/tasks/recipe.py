@@ -48,7 +48,7 @@ class Recipe:
     runs: dict[str, list[ObjectiveSpec]]  # run name -> its objectives, parsed once (``.written``: the JSON form)
     section: dict  # the task's own section, as written
     run_models: dict[str, RunModel] = field(default_factory=dict)  # run name -> its model (shared + overrides)
-    task_config: object = None  # the task's section parsed into its config class (tasks.TASK_CONFIGS)
+    task_config: object = None  # the task's section parsed into its config class (tasks.TASKS)
 
 
 def parse_model(fields: dict) -> RunModel:
@@ -72,7 +72,7 @@ def complete_model(model: RunModel, **fixed) -> ModelConfig:
 
 
 def load_recipe(name: str, overrides: list[str], group: str = "") -> Recipe:
-    from foresight.tasks import TASKS, task_config_class
+    from foresight.tasks import TASKS
 
     path = find_recipe(name, group)
     raw = apply_overrides(load_yaml(path), overrides)
@@ -112,7 +112,7 @@ def load_recipe(name: str, overrides: list[str], group: str = "") -> Recipe:
             except ForesightError as e:
                 raise ForesightError(f"runs.{run_name}: {e}") from None
     section = raw.get(task) or {}
-    task_config = from_dict(task_config_class(task), section, task)  # the one parse of the task's section
+    task_config = from_dict(TASKS[task].config, section, task)  # the one parse of the task's section
     return Recipe(path, raw, task, model, train, run_specs, section, run_models, task_config)
 
 

@@ -12,19 +12,17 @@ holding what a results table needs: recipe and settings, seed, objective, steps,
 best test exact match, v1 accuracy, valid-arm rate, the evaluation curve, the device, versions, date and the
 command that reproduces the cell. ``foresight stargraph report`` turns a folder of them into a table and a plot
 (``foresight.tasks.stargraph_report``).
+
+Here: the task's section, its data, one cell's training and record, and the wiring of a run; the cells run through
+the scheduler every task shares (``foresight.tasks.pool``), the table and figure come from
+``foresight.tasks.stargraph_tables``.
 """
 
 from __future__ import annotations
 
 import copy
-import math
-import multiprocessing as mp
 import os
-import signal
 import sys
-import threading
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import median
@@ -35,11 +33,11 @@ import torch
 from foresight.data.stargraph import StarGraphData, StarGraphSpec, generate, read_examples, split_seeds
 from foresight.errors import ForesightError
 from foresight.eval.stargraph import evaluate
-from foresight.io import write_text
 from foresight.objectives import ObjectiveSpec, objective_label
-from foresight.plot import plot_bands
+from foresight.tasks.pool import run_all
 from foresight.tasks.recipe import Recipe, complete_model
 from foresight.tasks.run import FinishedRun, RunHooks, result_record, train_run
+from foresight.tasks.stargraph_tables import write_outputs
 from foresight.train import distributed
 from foresight.train.config import TrainConfig
 from foresight.train.flops import flops_per_token
@@ -161,151 +159,6 @@ def write_json(path: Path, data) -> None:
     write(path, data)
 
 
-# ------------------------------------------------------------------------------------------ tables and runs
-
-
-SOLVED = 0.90  # exact match at or above this: "solved"
-SHORTCUT = 0.90  # valid-arm rate at or above this: the edge-following shortcut is learned
-CHANCE_BAND = 0.60  # with the shortcut, exact match at or below this counts as "chance" (issue 13's bar)
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion (successes of n trials)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def outcome(exact: float, valid: float, v1: float | None = None) -> str:
-    """What a run did, in words.
-
-    solved: exact match >= 90 %. chance with shortcut: >= 90 % valid arms (it follows edges from the source) but
-    exact match <= 60 %. chance on v1, backward shortcut: fewer valid arms, and the answers that get v1 (the one
-    token that needs planning) right are right everywhere, with v1 itself at chance — the rest of the path is
-    read back from the goal (v2 = the goal's parent, a one-hop lookup that ignores v1), not followed forward;
-    ``benchmarks/stargraph_probe.py`` shows the mechanism on a checkpoint. no shortcut: anything else below 90 %.
-    """
-    if exact >= SOLVED:
-        return "solved"
-    if valid >= SHORTCUT:
-        return "chance with shortcut" if exact <= CHANCE_BAND else "shortcut, above chance"
-    if v1 is not None and v1 <= CHANCE_BAND and exact >= 0.9 * v1:
-        return "chance on v1, backward shortcut"
-    return "no shortcut"
-
-
-def results_table(spec: StarGraphSpec, results: list[dict]) -> str:
-    """One row per (run, seed): exact match with its 95 % Wilson interval, valid-arm rate, v1, the outcome."""
-    chance = 1.0 / spec.deg
-    n_test = int(results[0]["final"].get("n") or 0) if results else None
-    lines = [
-        f"Star graph G({spec.deg},{spec.path}), N = {spec.nodes}: greedy exact match on {n_test or '?'} held-out "
-        f"graphs (choosing an arm at random gives 1/d = {chance:.0%})",
-        "",
-        "| run | objective | seed | params | steps | exact match [95 % CI] | valid arm | v1 acc | outcome | "
-        "wall-clock s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        f = r["final"]
-        n = int(f.get("n") or 0)
-        lo, hi = wilson_interval(round(f["exact_match"] * n), n)
-        steps = f"{r['steps']} of {r['schedule_steps']} (partial)" if r.get("partial") else str(r["steps"])
-        lines.append(
-            f"| {r['run']} | {r['objective']} | {r['seed']} | {r['params'] / 1e6:.2f}M | {steps} | "
-            f"{f['exact_match']:.1%} [{lo:.1%}, {hi:.1%}] | {f['valid_arm']:.1%} | {f['v1_acc']:.1%} | "
-            f"{outcome(f['exact_match'], f['valid_arm'], f['v1_acc'])} | {r['wall_clock_s']:.0f} |"
-        )
-    lines += ["", f"Outcome: solved = exact match ≥ {SOLVED:.0%}; chance with shortcut = valid root-to-leaf arms ≥ "
-              f"{SHORTCUT:.0%} (it follows edges from the source) but exact match ≤ {CHANCE_BAND:.0%}; chance on v1, "
-              f"backward shortcut = v1 (the first step, the one that needs planning) ≤ {CHANCE_BAND:.0%} and wrong "
-              "in almost every wrong answer, the rest of the path right (read back from the goal); no shortcut = "
-              "anything else. Exact match, valid arm and v1 are the last evaluation's; the interval is Wilson's."]
-    return "\n".join(lines) + "\n"
-
-
-def write_outputs(out_dir: Path, spec: StarGraphSpec, results: list[dict]) -> str:
-    """results.md (the table), results.json (one row per (run, seed)) and accuracy.png; returns the table."""
-    table = results_table(spec, results)
-    write_text(out_dir / "results.md", table)
-    write_json(out_dir / "results.json", results)
-    series_em: dict[str, list] = {}
-    series_valid: dict[str, list] = {}
-    for r in results:
-        name = f"{r['run']} ({r['objective']})"
-        series_em.setdefault(name, []).append([[e["step"], e["exact_match"]] for e in r["evals"]])
-        series_valid.setdefault(name, []).append([[e["step"], e["valid_arm"]] for e in r["evals"]])
-    graph = f"G({spec.deg},{spec.path}), N={spec.nodes}"
-    plot_bands([{"title": f"{graph}: test exact match", "ylabel": "exact match", "series": series_em,
-                 "hline": (1.0 / spec.deg, "1/d (an arm at random)"), "ylim": (-0.02, 1.02)},
-                {"title": f"{graph}: valid root-to-leaf arm", "ylabel": "valid-arm rate", "series": series_valid,
-                 "ylim": (-0.02, 1.02)}], out_dir / "accuracy.png")
-    return table
-
-
-class _Clock:
-    """The wall-clock budget of one invocation (``time_limit_s``; None = unlimited).
-
-    Before a cell starts, its cost is estimated from the seconds per training FLOP of the last cell run in this
-    process (its compilation, evaluations and checkpoints included; the first cell pays most of the compiling),
-    with a 5 % margin, at the cell's full schedule (early stopping is not counted on); a cell that would not
-    finish is not started. A cell still running when the time is up stops at its next step with a final
-    evaluation and checkpoint, and its result is marked partial.
-    """
-
-    def __init__(self, limit_s: float | None) -> None:
-        self.start = time.monotonic()
-        self.limit_s = limit_s
-        self.s_per_flop: float | None = None
-
-    def left(self) -> float:
-        """Seconds left: rank 0's clock under torchrun, so every rank stops at the same step."""
-        mine = float("inf") if self.limit_s is None else self.limit_s - (time.monotonic() - self.start)
-        return mine if self.limit_s is None else distributed.agree(mine)
-
-    def estimate(self, flops: float) -> float | None:
-        return None if self.s_per_flop is None else 1.05 * self.s_per_flop * flops
-
-    def observe(self, seconds: float, flops: float) -> None:
-        if flops > 0:
-            self.s_per_flop = seconds / flops
-
-
-class _Signals:
-    """SIGTERM (``timeout``, a scheduler) and Ctrl-C set ``stop`` instead of killing the process, so the running
-    cells end at their next step with a checkpoint and a partial result; a second Ctrl-C interrupts at once."""
-
-    def __init__(self, event=None) -> None:
-        self.event = event  # a multiprocessing Event shared with worker processes, or None
-        self.stopped = False
-        self._old: dict = {}
-
-    def __enter__(self) -> "_Signals":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self.stopped and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.stopped = True
-        if self.event is not None:
-            self.event.set()
-        print(f"\n{signal.Signals(signum).name}: stopping every run at its next step (final evaluation and "
-              "checkpoint, result marked partial)", file=sys.stderr, flush=True)
-
-    def __call__(self) -> bool:
-        return self.stopped or (self.event is not None and self.event.is_set())
-
-
 @dataclass
 class _Cell:
     """One (run, seed) cell: everything a process needs to train and record it (picklable)."""
@@ -349,30 +202,15 @@ def _train_cell(cell: _Cell, *, recipe: Recipe, task: StarGraphTaskConfig, spec:
     return result, flops_per_token(run.lm, spec.seq_len) * run.tokens
 
 
-# Worker processes (stargraph.jobs > 1): the state every cell shares, set once per process.
-_WORKER: dict = {}
+def _schedule_flops(cell: _Cell, spec: StarGraphSpec) -> float:
+    """Training FLOPs of the cell's full schedule (the pool's time-limit estimate), counted on a meta model."""
+    with torch.device("meta"):
+        lm_flops = flops_per_token(TrainableLM(cell.model_cfg, cell.specs), spec.seq_len)
+    return lm_flops * cell.run_cfg.batch_size * spec.seq_len * cell.run_cfg.steps
 
 
-def _worker_init(state: dict, event, threads: int) -> None:
-    torch.set_num_threads(threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which sets the shared event
-    signal.signal(signal.SIGTERM, lambda *_: event.set())  # a TERM sent to the whole group: the same stop
-    _WORKER.update(state, event=event)
-
-
-def _worker_cell(cell: _Cell) -> dict | None:
-    w = _WORKER
-    event, deadline = w["event"], w["deadline"]
-
-    def should_stop() -> bool:
-        return event.is_set() or (deadline is not None and time.time() >= deadline)
-
-    if should_stop():
-        return None  # stopped (or out of time) before this cell began: not run
-    result, _ = _train_cell(cell, recipe=w["recipe"], task=w["task"], spec=w["spec"], train=w["train"],
-                            test=w["test"], resume=w["resume"], results_dir=w["results_dir"],
-                            should_stop=should_stop, progress=False, allow_changes=w["allow_changes"])
-    return result
+def _label(cell: _Cell) -> str:
+    return f"{cell.name} seed {cell.seed}"
 
 
 def run_stargraph(
@@ -386,13 +224,12 @@ def run_stargraph(
     ``seeds``: values of ``train.seed`` (None: the recipe's; run folders are then ``out_dir/<run>``, else
     ``out_dir/<run>-seed<s>``). ``results_dir``: also write each finished cell's JSON there; with
     ``skip_existing`` a cell whose JSON is already there is not run again. ``cell_command(run, seed)``: the
-    command line stored in each cell's JSON. ``time_limit_s``: see ``_Clock``. ``allow_changes``: resume cells whose
-    settings changed (``foresight.train.fingerprint``), with a warning.
+    command line stored in each cell's JSON. ``time_limit_s``: see ``tasks.pool.Clock``. ``allow_changes``: resume
+    cells whose settings changed (``foresight.train.fingerprint``), with a warning.
     """
     distributed.init(recipe.train)  # under torchrun: join the job (the CLI has already)
     main = distributed.is_main()  # only rank 0 prints and writes files
     print_ = print if main else (lambda *args, **kwargs: None)
-    clock = _Clock(time_limit_s)
     cfg = recipe.task_config  # a StarGraphTaskConfig, parsed at load
     spec = StarGraphSpec(cfg.deg, cfg.path, cfg.nodes).validate()
     if cfg.jobs < 0:
@@ -435,10 +272,8 @@ def run_stargraph(
         jobs = 1  # processes side by side are for CPU cores; a GPU or a torchrun job runs cells in turn
     shared = dict(recipe=recipe, task=cfg, spec=spec, train=train, test=test, resume=resume, results_dir=results_dir,
                   allow_changes=allow_changes)
-    if jobs > 1:
-        results, not_done = _run_side_by_side(cell_list, shared, jobs, time_limit_s, print_)
-    else:
-        results, not_done = _run_in_turn(cell_list, shared, clock, print_)
+    results, not_done = run_all(cell_list, _train_cell, shared, jobs=jobs, time_limit_s=time_limit_s,
+                                cost=lambda cell: _schedule_flops(cell, spec), label=_label, print_=print_)
 
     if not_done:
         print_("not run (stopped or out of time): " + ", ".join(f"{c.name} seed {c.seed}" for c in not_done))
@@ -450,50 +285,3 @@ def run_stargraph(
     print(f"wrote {out_dir / 'results.md'}, {out_dir / 'results.json'}, {out_dir / 'accuracy.png'}")
     sys.stdout.flush()
     return results
-
-
-def _run_in_turn(cells: list[_Cell], shared: dict, clock: _Clock, print_) -> tuple[list[dict], list[_Cell]]:
-    """Cells one after the other in this process (with every thread torch uses)."""
-    results: list[dict] = []
-    with _Signals() as signals:
-        def should_stop() -> bool:
-            return signals() or clock.left() <= 0
-
-        for i, cell in enumerate(cells):
-            lm_flops = None
-            if clock.s_per_flop is not None:
-                with torch.device("meta"):
-                    lm_flops = flops_per_token(TrainableLM(cell.model_cfg, cell.specs), shared["spec"].seq_len)
-            steps_flops = (lm_flops or 0) * cell.run_cfg.batch_size * shared["spec"].seq_len * cell.run_cfg.steps
-            need = distributed.agree(clock.estimate(steps_flops)) if lm_flops else None
-            if should_stop() or (need is not None and need > clock.left()):
-                if need is not None and not should_stop():
-                    print_(f"time limit: {cell.name} seed {cell.seed} needs about {need:.0f} s, "
-                           f"{clock.left():.0f} s left; stopping")
-                return results, cells[i:]
-            t0 = time.perf_counter()
-            result, flops = _train_cell(cell, should_stop=should_stop, **shared)
-            clock.observe(time.perf_counter() - t0, flops)
-            results.append(result)
-    return results, []
-
-
-def _run_side_by_side(cells: list[_Cell], shared: dict, jobs: int, time_limit_s: float | None,
-                      print_) -> tuple[list[dict], list[_Cell]]:
-    """Cells in ``jobs`` worker processes at once, each with cores / jobs torch threads (issue 13: on a small
-    CPU one objective per core beats one process using every core, whose tiny ops do not split well)."""
-    ctx = mp.get_context("spawn")
-    event = ctx.Event()
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    state = {**shared, "deadline": None if time_limit_s is None else time.time() + time_limit_s}
-    print_(f"running {len(cells)} cells in {jobs} processes side by side, {threads} thread(s) each")
-    results: dict[int, dict] = {}
-    with _Signals(event), ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                                                initargs=(state, event, threads)) as pool:
-        futures = {pool.submit(_worker_cell, cell): i for i, cell in enumerate(cells)}
-        for future in as_completed(futures):
-            result = future.result()
-            if result is not None:
-                results[futures[future]] = result
-    done = [results[i] for i in sorted(results)]  # in cell order, whatever finished first
-    return done, [c for i, c in enumerate(cells) if i not in results]

@@ -26,6 +26,7 @@ from foresight.errors import ForesightError
 from foresight.eval.validation import validate
 from foresight.io import note_written, write_json
 from foresight.model import ModelConfig
+from foresight.tasks.pool import run_all
 from foresight.tasks.recipe import Recipe, RunModel, complete_model
 from foresight.tasks.run import RunHooks, result_record, total_parameters, train_run
 from foresight.train import distributed
@@ -186,8 +187,9 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
     say(size_table(runs, model_cfgs, cfg.seq_len))
     data_record = {"folder": str(data.folder), "fingerprint": data.fingerprint, "tokenizer": data.meta["tokenizer"]}
 
-    results = []
-    for name, specs in runs.items():
+    def train_one(name: str, *, should_stop, progress: bool = True) -> tuple[dict, None]:
+        """One run, through the one run loop; its result.json. (The pool's work function: no FLOPs counted.)"""
+        specs = runs[name]
         model_cfg = model_cfgs[name]
         run_dir = out_dir / name
 
@@ -227,17 +229,23 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
 
         run = train_run(name, specs, model_cfg, train_cfg, run_dir, raw=recipe.raw,
                         tokens_per_step=train_cfg.batch_size * cfg.seq_len, setup=setup, resume=resume,
-                        init=init if cfg.init_from else None, task=("text", cfg), allow_changes=allow_changes)
+                        init=init if cfg.init_from else None, task=("text", cfg), allow_changes=allow_changes,
+                        should_stop=should_stop, progress=progress)
         best = min(run.evals, key=lambda e: e["val_loss"]) if run.evals else {}
         result = {**result_record(run), **size_fields(run.lm, cfg.seq_len),  # sparse trunks: activated params
                   "tokens": run.trainer.step * train_cfg.batch_size * cfg.seq_len,  # resumed runs: every step's
                   "tokens_per_s": _rate(run_dir), "final": run.evals[-1] if run.evals else {},
-                  "best_val_loss": best.get("val_loss"), "best_step": best.get("step"), "data": data_record}
+                  "best_val_loss": best.get("val_loss"), "best_step": best.get("step"), "data": data_record,
+                  "partial": run.trainer.partial}  # stopped (SIGTERM, Ctrl-C) before the schedule's end
         if main:
             write_json(run_dir / "result.json", result)
-        results.append(result)
+        return result, None
 
-    if main:
+    # in turn, in this process (the runs share the open data); SIGTERM / Ctrl-C end the running run gracefully
+    results, not_done = run_all(list(runs), train_one, {}, print_=say)
+    if not_done:
+        say("not run (stopped): " + ", ".join(not_done))
+    if main and results:
         table, table_path, png_path = write_comparison([out_dir], out_dir)
         print()
         print(table)

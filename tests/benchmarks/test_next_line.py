@@ -1,4 +1,4 @@
-"""Next-line completion (foresight.eval.next_line): example selection on a character-level stream, greedy
+"""Next-line completion (benchmarks/next_line.py): example selection on a character-level stream, greedy
 completion against plain ``generate``, and the two scores on hand-worked lines."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from next_line import complete_lines, line_examples, score_lines
 
 from foresight.errors import ForesightError
-from foresight.eval.next_line import complete_lines, line_examples, score_lines
 from foresight.generate.sampling import generate
 from foresight.model import ModelConfig, Transformer
 
