@@ -32,7 +32,7 @@ MAX_WINDOW = 127  # the loader keeps 128 look-ahead tokens (data/loader.py RESER
 class FSPConfig:
     """Future summary prediction, BCE form (FSP paper §3; options in docs/objectives.md)."""
 
-    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (train/schedule.py)
+    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (objectives/weights.py)
     window: int = 16  # τ: the bag holds the distinct ids of x[t+2 .. t+1+window]
     reduction: str = "sum"  # over the vocabulary: "sum" (starts at V·ln 2 per position) or "mean" (ln 2)
     ignore_index: int = IGNORE_INDEX  # an id that is never in a bag (e.g. a pad id)

@@ -35,7 +35,7 @@ MAX_HORIZON = 64
 class NextLatConfig:
     """Next-latent prediction (NextLat paper §3; options in docs/objectives.md)."""
 
-    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (train/schedule.py)
+    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (objectives/weights.py)
     horizon: int = 1  # d: steps the dynamics network is rolled out from each position
     kl_weight: float = 1.0  # weight of the KL between the token distributions of h_{t+k} and ĥ_{t+k}
     hidden_mult: int = 2  # the dynamics MLP's width, in multiples of the model width D

@@ -14,7 +14,7 @@ from foresight.ops import linear_cross_entropy
 class NTPConfig:
     """Plain next-token prediction."""
 
-    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (train/schedule.py)
+    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (objectives/weights.py)
 
 
 class NTP(Objective):

@@ -214,7 +214,7 @@ def top_loss(
 class TOPConfig:
     """Token order prediction head (TOP paper §3; options in docs/objectives.md)."""
 
-    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (train/schedule.py)
+    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (objectives/weights.py)
     window: int = 4096  # W: how many upcoming tokens are ranked
     scores: str = "exact"  # "exact" (-d) or "paper" (fp16-rounded W - d, as the reference runs)
     normalize: str = "valid"  # "valid": mean over positions with a target; "paper": over all positions

@@ -158,3 +158,10 @@ class TrainableLM(nn.Module):
         lm = cls(model_cfg, specs)
         lm.load_state_dict(state["lm"])
         return lm.eval(), state
+
+
+def load_model(path, map_location="cpu") -> TrainableLM:
+    """A trained foresight model (``TrainableLM``: the trunk ``.model`` plus its objective heads, in eval mode)
+    from a checkpoint file, a run folder (its newest checkpoint) or a sharded checkpoint folder."""
+    lm, _ = TrainableLM.from_checkpoint(path, map_location=map_location)
+    return lm

@@ -62,7 +62,8 @@ from foresight.train.lm import TrainableLM
 from foresight.train.loggers import Loggers
 from foresight.train.metrics import MetricsWriter
 from foresight.train.progress import progress
-from foresight.train.schedule import lr_at, value_lr_multiplier, weight_at
+from foresight.objectives.weights import weight_at
+from foresight.train.schedule import lr_at, value_lr_multiplier
 
 
 def pick_device(name: str) -> torch.device:

@@ -39,7 +39,7 @@ from transformers.utils import ModelOutput
 from foresight.errors import ForesightError
 from foresight.objectives import build_on_parts
 from foresight.objectives.base import IGNORE_INDEX, Batch
-from foresight.train.schedule import check_weight, in_fractions, weight_at
+from foresight.objectives.weights import check_weight, in_fractions, weight_at
 from foresight.wrapper.parts import Parts, WrapTrunkOutput
 
 _TRUNK_TENSORS = ("hidden", "final", "last_input")
