@@ -148,7 +148,8 @@ class TrainableLM(nn.Module):
             check(model_cfg, state)
         specs = parse_objectives(config["objectives"], f"{path}: objectives")
         from foresight.model.limits import shapes_on_meta
-        from foresight.train.checkpoint import shapes_of, state_mismatch
+        from foresight.model.limits import state_mismatch
+        from foresight.train.checkpoint import shapes_of
 
         # The shapes the config asks for, found without allocating, against the tensors the file holds: a tiny
         # file whose config asks for a huge model is refused here, before the model is built.

@@ -52,8 +52,8 @@ from foresight.train.checkpoint import (
     save_checkpoint,
     save_sharded,
     shapes_of,
-    state_mismatch,
 )
+from foresight.model.limits import state_mismatch
 from foresight.train.config import TrainConfig
 from foresight.train.distributed import DataParallel, clip_grad_norm
 from foresight.train.fingerprint import differences
