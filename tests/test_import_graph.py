@@ -28,7 +28,8 @@ LAYERS = [
     {"wrapper", "eval"},  # foresight.wrap on transformers models; evaluation
     {"compare"},  # tables of finished runs
     {"tasks"},  # recipes and task runs (star graph, text)
-    {"cli", "__main__"},  # the command line
+    {"cli"},  # the command line
+    {"__main__"},  # ``python -m foresight``
 ]
 
 
@@ -54,13 +55,15 @@ def imported_modules(source: str, module: str, is_package: bool) -> list[tuple[s
     return found
 
 
-def node_of(module: str) -> str | None:
-    """The first-level name of one of foresight's modules (``foresight.train.lm`` -> ``train``; the package itself
-    -> ``foresight``), None for another project's module."""
+def node_of(module: str, src: Path = SRC) -> str | None:
+    """The first-level name of one of foresight's modules (``foresight.train.lm`` -> ``train``); ``foresight``
+    for the package itself and for a name it defines (``foresight.__version__``); None for another project's."""
     parts = module.split(".")
     if parts[0] != ROOT:
         return None
-    return parts[1] if len(parts) > 1 else ROOT
+    if len(parts) > 1 and ((src / ROOT / parts[1]).is_dir() or (src / ROOT / f"{parts[1]}.py").is_file()):
+        return parts[1]
+    return ROOT
 
 
 def package_graph(src: Path = SRC) -> dict[str, dict[str, list[str]]]:
@@ -68,13 +71,12 @@ def package_graph(src: Path = SRC) -> dict[str, dict[str, list[str]]]:
     graph: dict[str, dict[str, list[str]]] = {}
     for path in sorted((src / ROOT).rglob("*.py")):
         module = module_name(path, src)
-        here = node_of(module)
+        here = node_of(module, src)
         graph.setdefault(here, {})
         for target, line in imported_modules(path.read_text(), module, path.name == "__init__.py"):
-            there = node_of(target)
-            if there is None or there == here or (there == ROOT and target != ROOT and target.count(".") == 1
-                                                  and (src / ROOT / target.split(".")[1]).exists()):
-                continue  # another project, the same package, or ``from foresight import data`` (a subpackage)
+            there = node_of(target, src)
+            if there is None or there == here:
+                continue  # another project's module, or one of the same package
             where = f"{path.relative_to(src)}:{line}"
             if where not in graph[here].setdefault(there, []):
                 graph[here][there].append(where)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from foresight.batch import Batch
 from foresight.generate import generate, make_drafter, speculative_generate
 from foresight.generate.distill import greedy_with_states
 from foresight.model import ModelConfig
-from foresight.objectives import Batch
 from foresight.train.cached_heads import (
     TrunkCache,
     _count,

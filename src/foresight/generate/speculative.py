@@ -30,14 +30,20 @@ separately, since τ is not a speed-up — wall-clock time against plain greedy 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 
 from foresight.errors import ForesightError
-from foresight.generate.drafters import Drafter, DraftVocab
+from foresight.generate.drafters import Drafter, DraftVocab, DSMTPDrafter, MTPDrafter
 from foresight.generate.sampling import _validate
+from foresight.generate.top_draft import TOPDrafter
 from foresight.model import TrunkOutput
 from foresight.modes import eval_mode
+
+# The drafter classes an objective picks from in ``Objective.drafter(..., forms)``: generate/ owns how drafting
+# runs, the objective which form its heads take. Passed in, so objectives/ never imports generate/.
+DRAFTER_FORMS = SimpleNamespace(MTPDrafter=MTPDrafter, DSMTPDrafter=DSMTPDrafter, TOPDrafter=TOPDrafter)
 
 
 @dataclass
@@ -121,7 +127,7 @@ def make_drafter(lm, kind: str = "auto", n_draft: int | None = None, stacked: bo
 
         check_int(n_draft, "the number of drafts", 1, MAX_DRAFTS)
     vocab = None if draft_vocab is None else DraftVocab(lm.model, torch.as_tensor(draft_vocab))
-    return found[kind][0].drafter(lm.model, n_draft, stacked, vocab)
+    return found[kind][0].drafter(lm.model, n_draft, stacked, vocab, DRAFTER_FORMS)
 
 
 def _slice(out: TrunkOutput, n: int) -> TrunkOutput:

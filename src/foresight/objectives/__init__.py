@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 from foresight.config import from_dict
 from foresight.errors import ForesightError
-from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective, shifted_labels
+from foresight.objectives.base import IGNORE_INDEX, Compute, LossOutput, Objective, shifted_labels
 from foresight.objectives.dsmtp import DSMTP, DSMTPConfig
 from foresight.objectives.fsp import FSP, FSPConfig
 from foresight.objectives.mtp import MTP, MTPConfig
@@ -141,13 +141,15 @@ def build_on_parts(spec, parts) -> Objective:
     """An objective from a recipe-style spec (``{"name": "top", "window": 1024}``) or a config object
     (``TOPConfig(window=1024)``), its heads built on a transformers model's ``parts`` (``foresight.wrap``):
     ``Objective.on_parts``, one line if it has none."""
+    import foresight.objectives.wrapped  # noqa: F401  (registers the built-in classes on parts: ``ON_PARTS``)
+
     spec = written_form(spec)
     cfg = objective_config(spec)
     return REGISTRY[spec["name"]][1].on_parts(cfg, parts)
 
 
 __all__ = [
-    "Batch", "Compute", "DSMTP", "DSMTPConfig", "FSP", "FSPConfig", "IGNORE_INDEX", "LossOutput", "MTP", "MTPConfig",
+    "Compute", "DSMTP", "DSMTPConfig", "FSP", "FSPConfig", "IGNORE_INDEX", "LossOutput", "MTP", "MTPConfig",
     "NTP", "NTPConfig", "NextLat", "NextLatConfig",
     "Objective", "ObjectiveSpec", "REGISTRY", "TOP", "TOPConfig", "as_written", "build_objective", "build_on_parts",
     "config_name", "drafting_objectives", "objective_config", "objective_label", "parse_objectives", "register",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from foresight.errors import ForesightError
 
-
 SCHEDULE_FORM = "[[{step: 0}, 1.0], [{step: 300}, 2.0]] or [[{frac: 0}, 0.3], [{frac: 0.7}, 0.1]]"
 
 

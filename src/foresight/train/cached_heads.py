@@ -30,9 +30,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
 from foresight.model import TrunkOutput
-from foresight.objectives import Batch
 from foresight.objectives.base import CACHED_HEADS, IGNORE_INDEX, Objective, shifted_labels, unsupported
 
 

@@ -9,9 +9,10 @@ from typing import Callable, ContextManager
 import torch
 from torch import nn
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig, Transformer, TrunkOutput
-from foresight.objectives import Batch, LossOutput, ObjectiveSpec, build_objective, parse_objectives
+from foresight.objectives import LossOutput, ObjectiveSpec, build_objective, parse_objectives
 
 _TRUNK_TENSORS = ("hidden", "final", "last_input")  # the TrunkOutput fields objectives may read
 
@@ -147,8 +148,7 @@ class TrainableLM(nn.Module):
         if check is not None:
             check(model_cfg, state)
         specs = parse_objectives(config["objectives"], f"{path}: objectives")
-        from foresight.model.limits import shapes_on_meta
-        from foresight.model.limits import state_mismatch
+        from foresight.model.limits import shapes_on_meta, state_mismatch
         from foresight.train.checkpoint import shapes_of
 
         # The shapes the config asks for, found without allocating, against the tensors the file holds: a tiny

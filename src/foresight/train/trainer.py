@@ -40,6 +40,8 @@ from foresight.batch import Batch
 from foresight.errors import ForesightError
 from foresight.model import Block
 from foresight.model.layers import training_forward
+from foresight.model.limits import state_mismatch
+from foresight.objectives.weights import weight_at
 from foresight.train import distributed
 from foresight.train.checkpoint import (
     UnreadableCheckpoint,
@@ -53,7 +55,6 @@ from foresight.train.checkpoint import (
     save_sharded,
     shapes_of,
 )
-from foresight.model.limits import state_mismatch
 from foresight.train.config import TrainConfig
 from foresight.train.distributed import DataParallel, clip_grad_norm
 from foresight.train.fingerprint import differences
@@ -62,7 +63,6 @@ from foresight.train.lm import TrainableLM
 from foresight.train.loggers import Loggers
 from foresight.train.metrics import MetricsWriter
 from foresight.train.progress import progress
-from foresight.objectives.weights import weight_at
 from foresight.train.schedule import lr_at, value_lr_multiplier
 
 

@@ -36,11 +36,12 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
 from foresight.objectives import build_on_parts
-from foresight.objectives.base import IGNORE_INDEX, Batch
+from foresight.objectives.base import IGNORE_INDEX
+from foresight.objectives.parts import Parts, WrapTrunkOutput
 from foresight.objectives.weights import check_weight, in_fractions, weight_at
-from foresight.wrapper.parts import Parts, WrapTrunkOutput
 
 _TRUNK_TENSORS = ("hidden", "final", "last_input")
 # Keyword arguments callers of a transformers model pass (PEFT's PeftModelForCausalLM, TRL's collators) that mean
