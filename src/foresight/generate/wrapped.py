@@ -13,8 +13,8 @@ ranking); this module runs the verification and keeps what the heads read. MTP h
 pass on the same positions with the mask and RoPE tables the model gave its last layer, and are cropped with
 it. DS-MTP modules and the TOP head draft from the trunk tensors of the committed positions (the last layer's
 input and output, the final hidden state): DS-MTP modules run over the whole committed prefix each step
-(``objectives.parts.prefix_layer_kwargs`` builds the mask and RoPE tables the model would give its last layer), exact and
-simple, at one module per draft over N positions per step (their inputs at the last k positions depend on the
+(``objectives.parts.prefix_layer_kwargs`` builds the mask and RoPE tables the model would give its last
+layer), exact and simple, at one module per draft over N positions per step (their inputs at the last k positions depend on the
 drafts, so a cache needs the carry scheme of ``generate/drafters.py``: not done yet).
 
 Rows decode one at a time (batch 1 each); a batch of B prompts of equal length gives B rows, padded after their
