@@ -14,8 +14,8 @@ pass on the same positions with the mask and RoPE tables the model gave its last
 it. DS-MTP modules and the TOP head draft from the trunk tensors of the committed positions (the last layer's
 input and output, the final hidden state): DS-MTP modules run over the whole committed prefix each step
 (``objectives.parts.prefix_layer_kwargs`` builds the mask and RoPE tables the model would give its last
-layer), exact and simple, at one module per draft over N positions per step (their inputs at the last k positions depend on the
-drafts, so a cache needs the carry scheme of ``generate/drafters.py``: not done yet).
+layer), exact and simple, at one module per draft over N positions per step (their inputs at the last k
+positions depend on the drafts, so a cache needs the carry scheme of ``generate/drafters.py``: not done yet).
 
 Rows decode one at a time (batch 1 each); a batch of B prompts of equal length gives B rows, padded after their
 eos with the model's pad token as ``generate`` pads them.
@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from foresight.errors import ForesightError
-from foresight.generate.speculative import SpecStats, _record
+from foresight.generate.spec_stats import SpecStats
 from foresight.modes import eval_mode
 from foresight.objectives.parts import HeadCache
 
@@ -100,7 +100,7 @@ def _decode_row(wrapped, drafter, ids: torch.Tensor, max_new_tokens: int, n_draf
         greedy = parts.logits(hidden).argmax(dim=-1)  # (1, 1 + d): greedy[:, i] is for x[N+i+1]
         match = (greedy[:, :d] == drafts).long().cumprod(dim=1)  # (1, d): prefix of agreeing drafts
         a = int(match.sum())
-        _record(stats, torch.ones_like(drafts, dtype=torch.bool), match)
+        stats.record(torch.ones_like(drafts, dtype=torch.bool), match)
         verifier.crop(d - a)  # keep x[N] and the a accepted drafts
         if cached is not None:
             cached.crop(d - a)
