@@ -18,15 +18,11 @@ ROOT = "foresight"
 # Bottom first. A package may import from any layer below its own, never from its own layer or above.
 LAYERS = [
     {"foresight", "errors", "batch", "modes"},  # the face (version, lazy names) and the shared leaves
-    {"config", "io"},  # one coercion path for recipes; atomic writes and completion records
-    {"paths", "environment", "plot"},  # confined folders; what ran where; figures
-    {"model", "ops"},  # the trunk and its limits; fused losses and kernels
-    {"objectives", "data"},  # losses, heads, weight schedules, objectives on a transformers model's parts
-    {"generate"},  # decoding and drafting with the objectives' heads
-    {"train"},  # the trainer, checkpoints, run folders
-    {"hf"},  # Hugging Face import and export of trained models
+    {"config", "io", "environment", "model", "ops"},  # recipes' coercion; atomic writes; the trunk; fused losses
+    {"objectives", "paths", "plot"},  # losses, heads, weight schedules, parts; confined folders; figures
+    {"generate", "train", "data"},  # decoding and drafting; the trainer and checkpoints; data sets and shards
+    {"hf", "compare"},  # Hugging Face import and export; tables of finished runs
     {"wrapper", "eval"},  # foresight.wrap on transformers models; evaluation
-    {"compare"},  # tables of finished runs
     {"tasks"},  # recipes and task runs (star graph, text)
     {"cli"},  # the command line
     {"__main__"},  # ``python -m foresight``
