@@ -3,16 +3,18 @@
 Every ``import`` under ``src/foresight`` counts, at any depth (inside functions and ``if TYPE_CHECKING:`` blocks
 too): a lazy import still ties the two packages together. Nodes are the first-level names ``foresight.X`` (a
 subpackage or a top-level module); ``foresight`` itself is the public face (``foresight/__init__.py``), which names
-the API lazily through ``importlib`` and imports nothing itself. ``LAYERS`` is the map of DEVELOPERS.md ("The
-package map"); this test keeps it true.
+the API lazily through ``importlib`` and imports nothing itself. ``LAYERS`` is the package map (docs/packages.md,
+summed up in DEVELOPERS.md); this test keeps both true.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE_MAP = Path(__file__).resolve().parents[1] / "docs" / "packages.md"
 ROOT = "foresight"
 
 # Bottom first. A package may import from any layer below its own, never from its own layer or above.
@@ -134,3 +136,12 @@ def test_every_import_runs_down_the_package_map():
     upward = [f"{a} -> {b} ({', '.join(files[:3])})" for a, targets in graph.items() for b, files in targets.items()
               if layer[b] >= layer[a]]
     assert not upward, "imports that do not run down the package map: " + "; ".join(upward)
+
+
+def test_the_package_map_page_shows_these_layers():
+    """docs/packages.md's table: one row per package (or a few leaves), its layer number first (1 = bottom)."""
+    written: dict[int, set[str]] = {}
+    for layer, cell in re.findall(r"^\| (\d+) \| ([^|]+) \|", PACKAGE_MAP.read_text(), re.M):
+        names = {n.removesuffix("/").removesuffix(".py") for n in re.findall(r"`([^`]+)`", cell)}
+        written.setdefault(int(layer), set()).update("foresight" if n == "__init__" else n for n in names)
+    assert written == {i + 1: names for i, names in enumerate(LAYERS)}
