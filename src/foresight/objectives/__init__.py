@@ -19,6 +19,7 @@ from foresight.objectives.nextlat import NextLat, NextLatConfig
 from foresight.objectives.ntp import NTP, NTPConfig
 from foresight.objectives.top import TOP, TOPConfig, top_loss, top_targets
 from foresight.objectives.weights import check_weight
+from foresight.objectives.wrapped import OnParts  # importing it fills ``ON_PARTS`` (``Objective.on_parts``)
 
 REGISTRY: dict[str, tuple[type, type[Objective]]] = {
     "ntp": (NTPConfig, NTP),
@@ -141,8 +142,6 @@ def build_on_parts(spec, parts) -> Objective:
     """An objective from a recipe-style spec (``{"name": "top", "window": 1024}``) or a config object
     (``TOPConfig(window=1024)``), its heads built on a transformers model's ``parts`` (``foresight.wrap``):
     ``Objective.on_parts``, one line if it has none."""
-    import foresight.objectives.wrapped  # noqa: F401  (registers the built-in classes on parts: ``ON_PARTS``)
-
     spec = written_form(spec)
     cfg = objective_config(spec)
     return REGISTRY[spec["name"]][1].on_parts(cfg, parts)
@@ -150,8 +149,8 @@ def build_on_parts(spec, parts) -> Objective:
 
 __all__ = [
     "Compute", "DSMTP", "DSMTPConfig", "FSP", "FSPConfig", "IGNORE_INDEX", "LossOutput", "MTP", "MTPConfig",
-    "NTP", "NTPConfig", "NextLat", "NextLatConfig",
-    "Objective", "ObjectiveSpec", "REGISTRY", "TOP", "TOPConfig", "as_written", "build_objective", "build_on_parts",
+    "NTP", "NTPConfig", "NextLat", "NextLatConfig", "Objective", "ObjectiveSpec", "OnParts",
+    "REGISTRY", "TOP", "TOPConfig", "as_written", "build_objective", "build_on_parts",
     "config_name", "drafting_objectives", "objective_config", "objective_label", "parse_objectives", "register",
     "shifted_labels", "top_loss", "top_targets", "written_form",
 ]

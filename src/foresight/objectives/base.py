@@ -25,8 +25,8 @@ from foresight.errors import ForesightError
 
 IGNORE_INDEX = -100
 # An objective class -> its class on a transformers model's parts (``Objective.on_parts``). Filled by
-# ``wrapped.py``, which owns those classes, when ``build_on_parts`` first imports it: the objective modules never
-# import ``wrapped.py``, so the imports inside objectives/ run one way.
+# ``wrapped.py``, which owns those classes, when the package (``objectives/__init__.py``) imports it: the objective
+# modules never import ``wrapped.py``, so the imports inside objectives/ run one way.
 ON_PARTS: dict[type, type] = {}
 
 
