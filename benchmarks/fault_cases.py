@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fault_table import leftovers, seen  # (beside this script, whose folder Python puts first on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["stargraph", "run", "smoke", "--runs", "ntp", "--set", "train.steps=4", "--set", "train.eval_every=0",
          "--set", "train.ckpt_every=2"]
@@ -93,17 +95,6 @@ def verdict(done) -> str:
     if "Traceback" in done.stderr:
         return f"[TRACEBACK] {line}"
     return line
-
-
-def seen(done) -> str:
-    lines = [line for line in done.stderr.splitlines() if line.strip() and "\r" not in line and "it/s" not in line
-             and "step/s" not in line]
-    return lines[-1] if lines else "(nothing on stderr)"
-
-
-def leftovers(root: Path) -> str:
-    tmp = [p for p in root.rglob("*") if ".tmp" in p.name]
-    return "none" if not tmp else ", ".join(str(p.relative_to(root)) for p in tmp[:3])
 
 
 def mount_tmpfs(point: Path, opts: str) -> bool:

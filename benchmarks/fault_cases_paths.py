@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fault_cases import leftovers, seen  # noqa: E402  (the sibling script's table helpers)
+from fault_table import leftovers, seen  # noqa: E402  (the table helpers it shares with fault_cases.py)
 
 WORDS = ["a", "b", "c", "ab", "<|endoftext|>"]
 EVIL = 'import pathlib\npathlib.Path({marker!r}).write_text("ran")\n'

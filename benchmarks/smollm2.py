@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     print(path)
     if args.out is None:
         return 0
-    from foresight.cli.main import main as cli
-
-    return cli(["import", str(path), "--out", str(args.out)] + (["--verify"] if args.verify else []))
+    # the command line, as its own process: hf/ sits below cli/ and does not import it
+    command = [sys.executable, "-m", "foresight", "import", str(path), "--out", str(args.out)]
+    return subprocess.call(command + (["--verify"] if args.verify else []))
 
 
 if __name__ == "__main__":

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import torch
 
+from foresight.batch import Batch
 from foresight.environment import describe
 from foresight.errors import ForesightError
-from foresight.objectives import Batch, as_written
+from foresight.objectives import as_written
 from foresight.tasks.recipe import complete_model, load_recipe, parse_model
 from foresight.train.flops import flops_per_token, peak_flops
 from foresight.train.lm import TrainableLM

@@ -1,6 +1,7 @@
 """foresight: train language models with future-aware objectives (TOP, MTP, DS-MTP) beside NTP.
 
-The public API, imported on first use so that ``import foresight`` stays fast (no torch until needed):
+The public API, imported on first use so that ``import foresight`` stays fast (no torch until needed); this
+module imports none of foresight's packages itself, so every package may read ``__version__`` from it:
 
 - ``wrap(model, objectives=[...])``: the objectives on any transformers decoder-only causal LM
   (``ForesightModel``; ``ForesightTrainer`` is transformers' ``Trainer`` saving wrapped checkpoints,
@@ -40,21 +41,13 @@ _LAZY = {
     "ModelConfig": "foresight.model",
     "Transformer": "foresight.model",
     "TrainableLM": "foresight.train.lm",
+    "load_model": "foresight.train.lm",
     "generate": "foresight.generate",
     "speculative_generate": "foresight.generate",
     "export_checkpoint": "foresight.hf",
     "import_hf": "foresight.hf",
     "ForesightError": "foresight.errors",
 }
-
-
-def load_model(path, map_location="cpu"):
-    """A trained foresight model (``TrainableLM``: the trunk ``.model`` plus its objective heads, in eval mode)
-    from a checkpoint file, a run folder (its newest checkpoint) or a sharded checkpoint folder."""
-    from foresight.train.lm import TrainableLM
-
-    lm, _ = TrainableLM.from_checkpoint(path, map_location=map_location)
-    return lm
 
 
 def __getattr__(name: str):
@@ -69,4 +62,4 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = sorted([*_LAZY, "load_model", "__version__"])
+__all__ = sorted([*_LAZY, "__version__"])

@@ -80,7 +80,7 @@ def test_generate_writes_the_original_format(tmp_path, capsys):
     (["stargraph", "run", "smoke", "--set", "train.lr=-1"], "train.lr must be in (0, 1]"),
     (["stargraph", "run", "smoke", "--set", "model.n_heads=3"], "divisible"),
     (["stargraph", "run", "smoke", "--set", "runs.top=[{name: topp}]"], "unknown objective 'topp'"),
-    (["stargraph", "run", "smoke", "--set", "runs.top=[{name: top, windw: 3}]"], "unknown key 'windw'"),
+    (["stargraph", "run", "smoke", "--set", "runs.top=[{name: top, windw: 3}]"], "unknown key runs.top.top.windw"),
     (["stargraph", "run", "smoke", "--set", "runs.top=[{name: ntp}, {name: top, weight: [[0, 0.0], [300, 2.0]]}]"],
      "runs.top.top.weight: a schedule time must say its unit; write [[{step: 0}, 0.0], [{step: 300}, 2.0]]"),
     (["stargraph", "run", "smoke", "--set", "runs.top=[{name: top, weight: [[{frac: 0}, 1.0], [{step: 9}, 2.0]]}]"],

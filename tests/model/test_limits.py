@@ -206,7 +206,7 @@ def test_objective_sizes_have_stated_limits():
     from foresight.objectives import parse_objectives
 
     for spec, needle in [({"name": "mtp", "n": MAX_MTP_N + 1}, "mtp.n must be <= 64"),
-                         ({"name": "mtp", "n": "4"}, "mtp.n must be an integer"),
+                         ({"name": "mtp", "n": "4"}, "objectives.mtp.n must be int, got '4'"),  # config.from_dict
                          ({"name": "dsmtp", "depth": 10**6}, "dsmtp.depth must be <= 64"),
                          ({"name": "top", "window": 0}, "TOP window must be >= 1")]:
         with pytest.raises(ForesightError, match=needle):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from foresight.batch import Batch
 from foresight.model import ModelConfig, Transformer
-from foresight.objectives import IGNORE_INDEX, Batch
+from foresight.objectives import IGNORE_INDEX
 from foresight.train.lm import TrainableLM
 
 B, T, V = 3, 9, 23

@@ -12,8 +12,9 @@ import math
 import pytest
 import torch
 
+from foresight.batch import Batch
 from foresight.model import ModelConfig
-from foresight.objectives import Batch, top_targets
+from foresight.objectives import top_targets
 from foresight.train.lm import TrainableLM
 
 V, T, BATCH, STEPS, TOP_WINDOW = 16, 32, 16, 200, 8

@@ -12,9 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from foresight.batch import Batch
 from foresight.model import ModelConfig, Transformer
 from foresight.model.layers import RMSNorm
-from foresight.objectives import DSMTP, MTP, NTP, Batch, DSMTPConfig, MTPConfig, NTPConfig
+from foresight.objectives import DSMTP, MTP, NTP, DSMTPConfig, MTPConfig, NTPConfig
 
 B, T, V = 3, 11, 37
 

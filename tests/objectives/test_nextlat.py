@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from foresight.batch import Batch
 from foresight.cli.main import main
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig
 from foresight.objectives import NextLatConfig, objective_label
-from foresight.objectives.base import IGNORE_INDEX, Batch
+from foresight.objectives.base import IGNORE_INDEX
 from foresight.train.lm import TrainableLM
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from foresight.batch import Batch
 from foresight.model import ModelConfig
-from foresight.objectives import IGNORE_INDEX, Batch, shifted_labels
+from foresight.objectives import IGNORE_INDEX, shifted_labels
 from foresight.train.lm import TrainableLM
 
 B, T, V = 3, 11, 37

@@ -15,9 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig, Transformer
-from foresight.objectives import TOP, Batch, TOPConfig, top_loss, top_targets
+from foresight.objectives import TOP, TOPConfig, top_loss, top_targets
 from foresight.objectives.top import top_has_target
 
 B, T, D = 3, 11, 13

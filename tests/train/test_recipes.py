@@ -75,6 +75,20 @@ def test_the_task_section_is_parsed_once_at_load():
         load_recipe("smoke", ["stargraph.nodez=3"], "stargraph")
 
 
+@pytest.mark.parametrize("override, said", [
+    ("runs.dsmtp3=[{name: dsmtp, proj_bias: yes please}]", "runs.dsmtp3.dsmtp.proj_bias must be bool or null, got"),
+    ("runs.top=[{name: top, scores: 3}]", "runs.top.top.scores must be str, got 3"),
+    ("runs.top=[{name: top, windw: 8}]", "unknown key runs.top.top.windw; known keys: "),
+])
+def test_objective_entries_go_through_the_one_coercion_path(override, said):
+    # config.from_dict, as every recipe section: typed, one line naming the key (a truthy string was a bool before)
+    with pytest.raises(ForesightError, match=f"^{said}"):
+        load_recipe("smoke", [override], "stargraph")
+    recipe = load_recipe("smoke", ["runs.top=[{name: ntp, weight: 1}, {name: top, window: 8.0}]"], "stargraph")
+    assert [s.config.weight for s in recipe.runs["top"]] == [1.0, 1.0] and recipe.runs["top"][1].config.window == 8
+    assert as_written(recipe.runs["top"])[1] == {"name": "top", "window": 8.0}  # stored as written
+
+
 def test_objective_specs_are_parsed_once_at_load(monkeypatch):
     import foresight.objectives as objectives
 

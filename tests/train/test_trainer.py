@@ -12,11 +12,12 @@ import yaml
 from foresight.data.stargraph import StarGraphData, StarGraphSpec, generate
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig
+from foresight.objectives.weights import check_weight, weight_at
 from foresight.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from foresight.train.config import TrainConfig
 from foresight.train.lm import TrainableLM
 from foresight.train.metrics import read_metrics
-from foresight.train.schedule import check_weight, lr_at, weight_at
+from foresight.train.schedule import lr_at
 from foresight.train.trainer import Trainer
 
 SPEC = StarGraphSpec(2, 3, 11)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig
-from foresight.objectives import Batch
 from foresight.train.checkpoint import load_checkpoint
 from foresight.train.config import TrainConfig
 from foresight.train.lm import TrainableLM

@@ -8,9 +8,9 @@ import types
 import pytest
 import torch
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig
-from foresight.objectives import Batch
 from foresight.train.config import TrainConfig
 from foresight.train.flops import flops_per_token, peak_flops
 from foresight.train.lm import TrainableLM

@@ -18,10 +18,10 @@ import torch
 from torch._dynamo.utils import counters
 
 import foresight.model.layers as layers
+from foresight.batch import Batch
 from foresight.config import from_dict
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig
-from foresight.objectives import Batch
 from foresight.train.checkpoint import load_checkpoint
 from foresight.train.config import TrainConfig
 from foresight.train.lm import TrainableLM

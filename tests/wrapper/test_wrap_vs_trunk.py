@@ -8,9 +8,9 @@ the heads read, the RoPE/mask they get, the embeddings DS-MTP reads, normalisati
 import pytest
 import torch
 
+from foresight.batch import Batch
 from foresight.hf.config import to_hf_config
 from foresight.model import ModelConfig
-from foresight.objectives import Batch
 from foresight.train.lm import TrainableLM
 from foresight.wrapper import wrap
 

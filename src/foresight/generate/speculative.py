@@ -29,58 +29,21 @@ separately, since τ is not a speed-up — wall-clock time against plain greedy 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 
 from foresight.errors import ForesightError
-from foresight.generate.drafters import Drafter, DraftVocab
+from foresight.generate.drafters import Drafter, DraftVocab, DSMTPDrafter, MTPDrafter
 from foresight.generate.sampling import _validate
+from foresight.generate.spec_stats import SpecStats
+from foresight.generate.top_draft import TOPDrafter
 from foresight.model import TrunkOutput
 from foresight.modes import eval_mode
 
-
-@dataclass
-class SpecStats:
-    """Counts over (row, step) pairs of unfinished rows; ``steps`` counts verification forwards.
-
-    A row is unfinished at a step when it has budget left and has not produced eos (finished rows leave the
-    batch); drafts past a row's remaining budget are not counted as drafted."""
-
-    n_draft: int
-    steps: int = 0
-    batch: int = 1  # rows decoded together
-    drafted: list[int] = field(default_factory=list)  # per draft position i: drafts proposed
-    accepted: list[int] = field(default_factory=list)  # per draft position i: drafts accepted (prefix)
-    reached: list[int] = field(default_factory=list)  # per draft position i: proposed with drafts < i accepted
-    row_steps: int = 0  # (row, step) pairs of unfinished rows
-    row_tokens: int = 0  # sum over those pairs of 1 + a_row: the tokens every row gained
-
-    def __post_init__(self) -> None:
-        self.drafted = self.drafted or [0] * self.n_draft
-        self.accepted = self.accepted or [0] * self.n_draft
-        self.reached = self.reached or [0] * self.n_draft
-
-    @property
-    def acceptance(self) -> list[float]:
-        """P(draft i is accepted), i = 1..n_draft: it and every draft before it matched."""
-        return [a / d if d else float("nan") for a, d in zip(self.accepted, self.drafted)]
-
-    @property
-    def conditional_acceptance(self) -> list[float]:
-        """P(draft i accepted | draft i-1 accepted): the drafter's accuracy at depth i on the right path."""
-        return [a / r if r else float("nan") for a, r in zip(self.accepted, self.reached)]
-
-    @property
-    def tau(self) -> float:
-        """Mean accepted length per row and step, the verified token included (1 .. n_draft + 1)."""
-        return self.row_tokens / max(self.row_steps, 1)
-
-    @property
-    def tokens_per_step(self) -> float:
-        """Tokens per row slot per verification forward, the slots of rows that had already finished counting
-        0: how much of the batch kept decoding (<= tau; = tau at batch size 1)."""
-        return self.row_tokens / max(self.steps * self.batch, 1)
+# The drafter classes an objective picks from in ``Objective.drafter(..., forms)``: generate/ owns how drafting
+# runs, the objective which form its heads take. Passed in, so objectives/ never imports generate/.
+DRAFTER_FORMS = SimpleNamespace(MTPDrafter=MTPDrafter, DSMTPDrafter=DSMTPDrafter, TOPDrafter=TOPDrafter)
 
 
 def make_drafter(lm, kind: str = "auto", n_draft: int | None = None, stacked: bool = True,
@@ -121,7 +84,7 @@ def make_drafter(lm, kind: str = "auto", n_draft: int | None = None, stacked: bo
 
         check_int(n_draft, "the number of drafts", 1, MAX_DRAFTS)
     vocab = None if draft_vocab is None else DraftVocab(lm.model, torch.as_tensor(draft_vocab))
-    return found[kind][0].drafter(lm.model, n_draft, stacked, vocab)
+    return found[kind][0].drafter(lm.model, n_draft, stacked, vocab, DRAFTER_FORMS)
 
 
 def _slice(out: TrunkOutput, n: int) -> TrunkOutput:
@@ -149,20 +112,6 @@ def _fill_after_eos(tokens: torch.Tensor, prompt_len: int, eos_id: int, max_new_
     return torch.cat([tokens[:, :prompt_len], gen[:, :length]], dim=1)
 
 
-def _record(stats: SpecStats, usable: torch.Tensor, match: torch.Tensor) -> None:
-    """Count one verification step of R rows: ``usable`` (R, d) the drafts within each row's budget, ``match``
-    (R, d) 0/1 the accepted prefix."""
-    reach = torch.cat([torch.ones_like(usable[:, :1]), match[:, :-1].bool()], dim=1)[:, : usable.shape[1]] & usable
-    stats.steps += 1
-    stats.row_steps += match.shape[0]
-    stats.row_tokens += match.shape[0] + int(match.sum())
-    counts = torch.stack([usable.sum(dim=0), match.sum(dim=0), reach.sum(dim=0)]).tolist()  # (3, d)
-    for i, (dr, ac, re) in enumerate(zip(*counts)):
-        stats.drafted[i] += dr
-        stats.accepted[i] += ac
-        stats.reached[i] += re
-
-
 def _decode_one_row(model, drafter: Drafter, caches, out: TrunkOutput, seq: torch.Tensor, p: int,
                     max_new_tokens: int, eos_id: int | None, stats: SpecStats) -> torch.Tensor:
     """B = 1: ints everywhere (the scalar cache path). ``seq`` (1, P + 1): the prompt and the pending token."""
@@ -181,7 +130,7 @@ def _decode_one_row(model, drafter: Drafter, caches, out: TrunkOutput, seq: torc
         greedy = model.lm_head(out.hidden).argmax(dim=-1)  # (1, 1 + d): greedy[:, i] is for x[N+i+1]
         match = (greedy[:, :d] == drafts).long().cumprod(dim=1)  # (1, d): prefix of agreeing drafts
         a = int(match.sum())
-        _record(stats, torch.ones_like(drafts, dtype=torch.bool), match)
+        stats.record(torch.ones_like(drafts, dtype=torch.bool), match)
         for cache in caches:
             cache.truncate(n + 1 + a)  # keep x[N] and the a accepted drafts
         seq = torch.cat([seq, greedy[:, : a + 1]], dim=1)  # accepted drafts equal the greedy tokens; greedy[a] is new
@@ -228,7 +177,7 @@ def _decode_rows(model, drafter: Drafter, caches, out: TrunkOutput, seq: torch.T
         usable = steps[:d] < limit[:, None]  # (R, d): drafts within each row's budget
         match = ((greedy[:, :d] == drafts) & usable).long().cumprod(dim=1)  # (R, d): prefix of agreeing drafts
         a = match.sum(dim=1)  # (R,)
-        _record(stats, usable, match)
+        stats.record(usable, match)
         # Row r's new tokens x[N+1..N+a+1] are greedy[r, :a+1] (accepted drafts equal the greedy tokens, greedy[a]
         # is the new pending). The rest of the block lands past the new N: padding, overwritten later.
         buf.scatter_(1, n[:, None] + 1 + steps[: d + 1], greedy)

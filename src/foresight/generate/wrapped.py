@@ -13,9 +13,9 @@ ranking); this module runs the verification and keeps what the heads read. MTP h
 pass on the same positions with the mask and RoPE tables the model gave its last layer, and are cropped with
 it. DS-MTP modules and the TOP head draft from the trunk tensors of the committed positions (the last layer's
 input and output, the final hidden state): DS-MTP modules run over the whole committed prefix each step
-(``prefix_layer_kwargs`` builds the mask and RoPE tables the model would give its last layer), exact and
-simple, at one module per draft over N positions per step (their inputs at the last k positions depend on the
-drafts, so a cache needs the carry scheme of ``generate/drafters.py``: not done yet).
+(``objectives.parts.prefix_layer_kwargs`` builds the mask and RoPE tables the model would give its last
+layer), exact and simple, at one module per draft over N positions per step (their inputs at the last k
+positions depend on the drafts, so a cache needs the carry scheme of ``generate/drafters.py``: not done yet).
 
 Rows decode one at a time (batch 1 each); a batch of B prompts of equal length gives B rows, padded after their
 eos with the model's pad token as ``generate`` pads them.
@@ -23,13 +23,12 @@ eos with the model's pad token as ``generate`` pads them.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from foresight.errors import ForesightError
-from foresight.generate.speculative import SpecStats, _record
+from foresight.generate.spec_stats import SpecStats
 from foresight.modes import eval_mode
+from foresight.objectives.parts import HeadCache
 
 
 def _drafting(wrapped, kind: str):
@@ -48,67 +47,6 @@ def _drafting(wrapped, kind: str):
         names = ", ".join(o.name for o in able) or "none"
         raise ForesightError(f"this wrapped model has no {kind} heads to draft with (it can draft with: {names})")
     return found[0]
-
-
-def prefix_layer_kwargs(parts, h: torch.Tensor) -> dict:
-    """The keyword arguments the model gives its last layer for a pass over positions 0..N-1 without a cache
-    (h: (B, N, D)): the causal (or sliding-window, by the last layer's type) mask and the RoPE tables, built by
-    the model's own mask functions and rotary embedding."""
-    from transformers import masking_utils
-
-    base, config = parts.model.base_model, parts.config
-    rotary = getattr(base, "rotary_emb", None)
-    if rotary is None:
-        raise ForesightError(f"{type(parts.model).__name__} has no base_model.rotary_emb: its heads cannot draft "
-                             f"from Python (supported: Llama, Qwen2, Qwen3, Mistral, Phi-3, Gemma 2)")
-    b, n = h.shape[:2]
-    position_ids = torch.arange(n, device=h.device)[None].expand(b, -1)  # (B, N)
-    types = getattr(config, "layer_types", None)
-    sliding = types is not None and types[parts.last_index] == "sliding_attention"
-    make = masking_utils.create_sliding_window_causal_mask if sliding else masking_utils.create_causal_mask
-    params = inspect.signature(make).parameters
-    mask_kwargs = dict(config=config, inputs_embeds=h, attention_mask=None, position_ids=position_ids)
-    if "cache" in params:  # transformers >= 5.2x
-        mask_kwargs["cache"] = None
-    else:  # older names
-        mask_kwargs.update(past_key_values=None, cache_position=torch.arange(n, device=h.device))
-    return {"attention_mask": make(**mask_kwargs), "position_ids": position_ids,
-            "position_embeddings": rotary(h, position_ids), "use_cache": False}
-
-
-class HeadCache:
-    """A transformers KV cache of the model's structure (``DynamicCache(config=...)``: Gemma 2's sliding-window
-    layers get sliding caches) that can be cropped back after a rejected draft: ``arg`` is the keyword the
-    model's layers take it by (``cache`` in transformers 5, ``past_key_values`` before), ``filled(m)`` is called
-    after every pass of m positions, ``crop(remove)`` drops the last ``remove`` positions."""
-
-    def __init__(self, parts) -> None:
-        from transformers import DynamicCache
-
-        base = parts.model.base_model
-        self.arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-        try:
-            self.cache = DynamicCache(config=parts.config)
-        except TypeError:
-            self.cache = DynamicCache()
-        self.length = 0
-        self.recording = False
-
-    def filled(self, m: int) -> None:
-        self.length += m
-        if not self.recording and hasattr(self.cache, "activate_past_recording"):
-            # after the prefill (as transformers does): sliding-window layers keep what a crop may need
-            self.cache.activate_past_recording(recurrent_states_to_keep=m)
-            self.recording = True
-
-    def crop(self, remove: int) -> None:
-        if hasattr(self.cache, "activate_past_recording"):  # transformers 5: crop(-tokens to remove)
-            for layer in self.cache.layers:  # a head's cache fills one layer only: the others stay empty
-                if getattr(layer, "is_initialized", True):
-                    layer.crop(-remove)
-        else:  # transformers 4: crop(length to keep)
-            self.cache.crop(self.length - remove)
-        self.length -= remove
 
 
 class _Verifier:
@@ -162,7 +100,7 @@ def _decode_row(wrapped, drafter, ids: torch.Tensor, max_new_tokens: int, n_draf
         greedy = parts.logits(hidden).argmax(dim=-1)  # (1, 1 + d): greedy[:, i] is for x[N+i+1]
         match = (greedy[:, :d] == drafts).long().cumprod(dim=1)  # (1, d): prefix of agreeing drafts
         a = int(match.sum())
-        _record(stats, torch.ones_like(drafts, dtype=torch.bool), match)
+        stats.record(torch.ones_like(drafts, dtype=torch.bool), match)
         verifier.crop(d - a)  # keep x[N] and the a accepted drafts
         if cached is not None:
             cached.crop(d - a)

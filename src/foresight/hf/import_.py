@@ -25,6 +25,7 @@ from foresight.hf.heads import HEADS_FILE, check_complete, dsmtp_from_deepseek, 
 from foresight.hf.weights import hf_key_to_trunk, read_hf_shapes, read_hf_weights
 from foresight.io import RECORD, read_record
 from foresight.paths import inside, note_ignored_code
+from foresight.train.checkpoint import IMPORT_FORMAT
 
 # ModelConfig fields that change the function or the parameter shapes (init_std and max_seq_len do not).
 _ARCH_FIELDS = ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
@@ -264,7 +265,6 @@ def import_hf(folder: Path, objectives: list[dict] | None = None):
     return lm.eval(), specs, report
 
 
-IMPORT_FORMAT = "foresight-import"
 IMPORT_NAMES = frozenset({"step_00000000.safetensors", "tokenizer", RECORD})  # what an import writes in --out
 
 
@@ -286,21 +286,6 @@ def check_import_target(out: Path, force: bool) -> None:
     record = read_record(out)
     if record is not None and record["format"] != IMPORT_FORMAT:
         raise ForesightError(f"{out} holds {record['format']!r}, not an import; choose another --out")
-
-
-def check_import_complete(state: dict, checkpoint: Path) -> None:
-    """An imported checkpoint (its config names ``imported_from``) is read only from a whole import folder: one
-    with its completion record (an import interrupted before ``foresight.io`` made imports transactions, or a
-    copy of the file alone, is refused in one line)."""
-    config = state.get("config")
-    source = config.get("imported_from") if isinstance(config, dict) else None
-    if not isinstance(source, dict) or source.get("format") != "huggingface":  # not written by foresight import
-        return
-    folder = Path(checkpoint).parent
-    record = read_record(folder)
-    if record is None or record["format"] != IMPORT_FORMAT:
-        raise ForesightError(f"{checkpoint} is an imported checkpoint but {folder} has no completion record "
-                             f"({RECORD}) of a foresight import, so it may be incomplete; import it again")
 
 
 def save_imported(lm, specs: list[dict], out: Path, source: Path, tokenizer=None, *, force: bool = False) -> Path:

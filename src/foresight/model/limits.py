@@ -78,14 +78,29 @@ def shapes_on_meta(build) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
+def state_mismatch(expected: dict[str, tuple], saved: dict[str, tuple], limit: int = 3) -> str | None:
+    """Where a checkpoint's tensors differ from a model's (names and shapes: ``{key: shape}``); None if they fit."""
+    missing = [k for k in expected if k not in saved]
+    extra = [k for k in saved if k not in expected]
+    shapes = [k for k in expected if k in saved and tuple(expected[k]) != tuple(saved[k])]
+    parts = []
+    if shapes:
+        parts.append("shape differs for " + ", ".join(f"{k} (checkpoint {tuple(saved[k])}, model "
+                                                      f"{tuple(expected[k])})" for k in shapes[:limit])
+                     + (f" and {len(shapes) - limit} more" if len(shapes) > limit else ""))
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) missing from the checkpoint, e.g. " + ", ".join(missing[:limit]))
+    if extra:
+        parts.append(f"{len(extra)} tensor(s) the model does not have, e.g. " + ", ".join(extra[:limit]))
+    return "; ".join(parts) or None
+
+
 def check_shapes(expected: dict[str, tuple], stored: dict[str, tuple], where: str, *, extra_ok: bool = False,
                  missing_ok: tuple[str, ...] = ()) -> None:
     """One line if the tensors a config asks for (``expected``: name -> shape) are not the ones a file holds
     (``stored``): checked before the model is built, so a config that asks for more than its files hold is
     refused instead of allocated. ``extra_ok``: stored tensors the model does not have are fine; ``missing_ok``:
     names the file may leave out (a tied output head)."""
-    from foresight.train.checkpoint import state_mismatch
-
     expected = {k: v for k, v in expected.items() if not (k in missing_ok and k not in stored)}
     if extra_ok:
         stored = {k: v for k, v in stored.items() if k in expected}

@@ -7,16 +7,19 @@ objective is a module here plus its tests. ``wrapped.py`` holds the objectives o
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
+from foresight.config import from_dict
 from foresight.errors import ForesightError
-from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective, shifted_labels
+from foresight.objectives.base import IGNORE_INDEX, Compute, LossOutput, Objective, shifted_labels
 from foresight.objectives.dsmtp import DSMTP, DSMTPConfig
 from foresight.objectives.fsp import FSP, FSPConfig
 from foresight.objectives.mtp import MTP, MTPConfig
 from foresight.objectives.nextlat import NextLat, NextLatConfig
 from foresight.objectives.ntp import NTP, NTPConfig
 from foresight.objectives.top import TOP, TOPConfig, top_loss, top_targets
+from foresight.objectives.weights import check_weight
+from foresight.objectives.wrapped import OnParts  # importing it fills ``ON_PARTS`` (``Objective.on_parts``)
 
 REGISTRY: dict[str, tuple[type, type[Objective]]] = {
     "ntp": (NTPConfig, NTP),
@@ -83,7 +86,8 @@ def written_form(entry):
 
 
 def objective_config(spec: dict, where: str = "objectives"):
-    """``{"name": "top", "window": 16, ...}`` -> TOPConfig(window=16, ...), with one clear error if wrong."""
+    """``{"name": "top", "window": 16, ...}`` -> TOPConfig(window=16, ...), each value checked against its field's
+    type (``foresight.config.from_dict``, as every recipe section), with one clear error if wrong."""
     spec = written_form(spec)
     if not isinstance(spec, dict) or "name" not in spec:
         configs = ", ".join(c.__name__ for c, _ in REGISTRY.values())
@@ -92,15 +96,8 @@ def objective_config(spec: dict, where: str = "objectives"):
     name = spec["name"]
     if name not in REGISTRY:
         raise ForesightError(f"{where}: unknown objective {name!r}; choose from {sorted(REGISTRY)}")
-    cfg_cls = REGISTRY[name][0]
-    known = {f.name for f in fields(cfg_cls)}
-    unknown = sorted(set(spec) - known - {"name"})
-    if unknown:
-        raise ForesightError(f"{where}.{name}: unknown key {unknown[0]!r}; known keys: {sorted(known)}")
-    try:
-        return cfg_cls(**{k: v for k, v in spec.items() if k != "name"})
-    except TypeError as e:
-        raise ForesightError(f"{where}.{name}: {e}") from None
+    # The one coercion path of recipes (config.from_dict): unknown keys and wrong types are one line naming the key.
+    return from_dict(REGISTRY[name][0], {k: v for k, v in spec.items() if k != "name"}, f"{where}.{name}")
 
 
 @dataclass(frozen=True)
@@ -118,8 +115,6 @@ def parse_objectives(specs: list, where: str = "objectives") -> list[ObjectiveSp
     """The one parse of an objective list (recipes at load, ``TrainableLM`` for library callers and checkpoints):
     ``[{"name": "top", "window": 16}, ...]`` -> ``ObjectiveSpec``s, every entry's keys and weight schedule
     checked, one clear error if wrong. Entries already parsed are kept as they are (never parsed twice)."""
-    from foresight.train.schedule import check_weight
-
     if not isinstance(specs, (list, tuple)) or not specs:
         raise ForesightError(f"{where}: at least one objective is needed (for example [{{name: ntp}}])")
     parsed = []
@@ -153,9 +148,9 @@ def build_on_parts(spec, parts) -> Objective:
 
 
 __all__ = [
-    "Batch", "Compute", "DSMTP", "DSMTPConfig", "FSP", "FSPConfig", "IGNORE_INDEX", "LossOutput", "MTP", "MTPConfig",
-    "NTP", "NTPConfig", "NextLat", "NextLatConfig",
-    "Objective", "ObjectiveSpec", "REGISTRY", "TOP", "TOPConfig", "as_written", "build_objective", "build_on_parts",
+    "Compute", "DSMTP", "DSMTPConfig", "FSP", "FSPConfig", "IGNORE_INDEX", "LossOutput", "MTP", "MTPConfig",
+    "NTP", "NTPConfig", "NextLat", "NextLatConfig", "Objective", "ObjectiveSpec", "OnParts",
+    "REGISTRY", "TOP", "TOPConfig", "as_written", "build_objective", "build_on_parts",
     "config_name", "drafting_objectives", "objective_config", "objective_label", "parse_objectives", "register",
     "shifted_labels", "top_loss", "top_targets", "written_form",
 ]

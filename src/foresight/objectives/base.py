@@ -1,5 +1,5 @@
 """What every objective shares: the (sum, count) it returns, label shifting (the batch it reads is
-``foresight.batch.Batch``, re-exported here).
+``foresight.batch.Batch``).
 
 Objectives return a *sum* of per-position losses and the *count* it should be divided by; the trainer
 divides once, by counts taken over the whole optimiser step, so gradient accumulation (and several
@@ -20,10 +20,14 @@ from typing import Callable, ContextManager, Iterator
 import torch
 from torch import nn
 
-from foresight.batch import Batch  # re-exported: objectives and their callers also name it here
+from foresight.batch import Batch
 from foresight.errors import ForesightError
 
 IGNORE_INDEX = -100
+# An objective class -> its class on a transformers model's parts (``Objective.on_parts``). Filled by
+# ``wrapped.py``, which owns those classes, when the package (``objectives/__init__.py``) imports it: the objective
+# modules never import ``wrapped.py``, so the imports inside objectives/ run one way.
+ON_PARTS: dict[type, type] = {}
 
 
 @dataclass
@@ -110,9 +114,11 @@ class Objective(nn.Module):
         """Blocks and head applications this objective adds per trained token (see ``Compute``)."""
         return Compute()
 
-    def drafter(self, model, n_draft: int | None, stacked: bool, vocab):
+    def drafter(self, model, n_draft: int | None, stacked: bool, vocab, forms):
         """A ``generate.drafters.Drafter`` proposing tokens with this objective's heads for ``model`` (a
-        ``Transformer``), or None if it cannot draft. ``vocab``: an optional ``DraftVocab``."""
+        ``Transformer``), or None if it cannot draft. ``vocab``: an optional ``DraftVocab``. ``forms``: the
+        drafter classes ``generate/`` offers (``generate.speculative.DRAFTER_FORMS``), passed in so that
+        objectives/ never imports generate/ (which imports objectives/)."""
         return None
 
     def warm_start(self, model, scale: float = 1.0) -> None:
@@ -134,8 +140,12 @@ class Objective(nn.Module):
     @classmethod
     def on_parts(cls, cfg, parts) -> "Objective":
         """This objective, configured by ``cfg``, with its heads built on a transformers model's ``parts``
-        (``foresight.wrap``; ``wrapper/parts.py``): an ``objectives.wrapped.OnParts``. Default: refused."""
-        raise unsupported(cls.name, "foresight.wrap")
+        (``foresight.wrap``; ``objectives/parts.py``): an ``objectives.wrapped.OnParts``, the class that
+        ``wrapped.py`` registered for it in ``ON_PARTS``. Default: that class, or refused if there is none."""
+        on_parts = ON_PARTS.get(cls)
+        if on_parts is None:
+            raise unsupported(cls.name, "foresight.wrap")
+        return on_parts(cfg, parts)
 
     def rows_needed(self, batch: Batch) -> torch.Tensor | None:
         """The positions (B, T) bool whose ``out.hidden`` this objective reads for ``batch``, if it reads nothing

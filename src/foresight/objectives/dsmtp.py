@@ -24,9 +24,10 @@ from typing import Callable, ContextManager
 import torch
 from torch import nn
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
 from foresight.model.layers import Block, RMSNorm, init_weights
-from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective, backward, shifted_labels
+from foresight.objectives.base import IGNORE_INDEX, Compute, LossOutput, Objective, backward, shifted_labels
 from foresight.ops import linear_cross_entropy
 
 PRESETS = {
@@ -125,16 +126,8 @@ class DSMTP(Objective):
         # D modules: a 2D -> D projection and a block each, each applying the shared output head once more
         return Compute(sum(p.numel() for p in self.layers.parameters()), len(self.layers), len(self.layers))
 
-    def drafter(self, model, n_draft, stacked, vocab):
-        from foresight.generate.drafters import DSMTPDrafter  # (lazy: only drafting needs generate/)
-
-        return DSMTPDrafter(model, self, n_draft, vocab)
-
-    @classmethod
-    def on_parts(cls, cfg: DSMTPConfig, parts) -> "DSMTP":
-        from foresight.objectives.wrapped import WrapDSMTP  # (lazy: only foresight.wrap needs it)
-
-        return WrapDSMTP(cfg, parts)
+    def drafter(self, model, n_draft, stacked, vocab, forms):
+        return forms.DSMTPDrafter(model, self, n_draft, vocab)
 
     def warm_start(self, model, scale: float = 1.0) -> None:
         """Each module's block starts as a copy of ``model``'s last block; its projection starts by passing the

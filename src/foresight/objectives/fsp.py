@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
-from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective, hidden_rows, shifted_labels
+from foresight.objectives.base import IGNORE_INDEX, Compute, LossOutput, Objective, hidden_rows, shifted_labels
 from foresight.ops.row_chunks import ROW_CHUNK, map_row_chunks
 
 MAX_WINDOW = 127  # the loader keeps 128 look-ahead tokens (data/loader.py RESERVE); FSP reads window + 1
@@ -32,7 +33,7 @@ MAX_WINDOW = 127  # the loader keeps 128 look-ahead tokens (data/loader.py RESER
 class FSPConfig:
     """Future summary prediction, BCE form (FSP paper §3; options in docs/objectives.md)."""
 
-    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (train/schedule.py)
+    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (objectives/weights.py)
     window: int = 16  # τ: the bag holds the distinct ids of x[t+2 .. t+1+window]
     reduction: str = "sum"  # over the vocabulary: "sum" (starts at V·ln 2 per position) or "mean" (ln 2)
     ignore_index: int = IGNORE_INDEX  # an id that is never in a bag (e.g. a pad id)
@@ -102,12 +103,6 @@ class FSP(Objective):
     @classmethod
     def paper_label(cls, spec: dict) -> str:
         return "FSP-BCE"
-
-    @classmethod
-    def on_parts(cls, cfg: FSPConfig, parts) -> "FSP":
-        from foresight.objectives.wrapped import WrapFSP  # (lazy: only foresight.wrap needs it)
-
-        return WrapFSP(cfg, parts)
 
     @property
     def lookahead(self) -> int:

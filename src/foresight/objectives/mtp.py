@@ -25,9 +25,10 @@ from typing import Callable, ContextManager
 import torch
 from torch import nn
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
 from foresight.model.layers import Block, init_weights
-from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective, backward, shifted_labels
+from foresight.objectives.base import IGNORE_INDEX, Compute, LossOutput, Objective, backward, shifted_labels
 from foresight.ops import linear_cross_entropy
 
 
@@ -71,16 +72,8 @@ class MTP(Objective):
         # heads 1..n-1: one block each, each applying the shared output head once more
         return Compute(sum(p.numel() for p in self.heads.parameters()), len(self.heads), len(self.heads))
 
-    def drafter(self, model, n_draft, stacked, vocab):
-        from foresight.generate.drafters import MTPDrafter  # (lazy: only drafting needs generate/)
-
-        return MTPDrafter(model, self.heads, n_draft, stacked, vocab)
-
-    @classmethod
-    def on_parts(cls, cfg: MTPConfig, parts) -> "MTP":
-        from foresight.objectives.wrapped import WrapMTP  # (lazy: only foresight.wrap needs it)
-
-        return WrapMTP(cfg, parts)
+    def drafter(self, model, n_draft, stacked, vocab, forms):
+        return forms.MTPDrafter(model, self.heads, n_draft, stacked, vocab)
 
     def warm_start(self, model, scale: float = 1.0) -> None:
         # Every head is a block reading the last block's input, so a copy of the last block is a working head.

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
-from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective
+from foresight.objectives.base import IGNORE_INDEX, Compute, LossOutput, Objective
 from foresight.ops.row_chunks import map_row_chunks
 
 MAX_HORIZON = 64
@@ -35,7 +36,7 @@ MAX_HORIZON = 64
 class NextLatConfig:
     """Next-latent prediction (NextLat paper §3; options in docs/objectives.md)."""
 
-    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (train/schedule.py)
+    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (objectives/weights.py)
     horizon: int = 1  # d: steps the dynamics network is rolled out from each position
     kl_weight: float = 1.0  # weight of the KL between the token distributions of h_{t+k} and ĥ_{t+k}
     hidden_mult: int = 2  # the dynamics MLP's width, in multiples of the model width D
@@ -114,12 +115,6 @@ class NextLat(Objective):
         self.cfg = cfg
         self.dynamics = LatentDynamics(model_cfg.hidden_size, cfg.hidden_mult, model_cfg.norm_eps)
         nn.init.normal_(self.dynamics.up.weight, std=model_cfg.init_std)
-
-    @classmethod
-    def on_parts(cls, cfg: NextLatConfig, parts) -> "NextLat":
-        from foresight.objectives.wrapped import WrapNextLat  # (lazy: only foresight.wrap needs it)
-
-        return WrapNextLat(cfg, parts)
 
     @classmethod
     def paper_label(cls, spec: dict) -> str:

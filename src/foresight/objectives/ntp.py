@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective, hidden_rows, shifted_labels
+from foresight.batch import Batch
+from foresight.objectives.base import IGNORE_INDEX, LossOutput, Objective, hidden_rows, shifted_labels
 from foresight.ops import linear_cross_entropy
 
 
@@ -14,7 +15,7 @@ from foresight.ops import linear_cross_entropy
 class NTPConfig:
     """Plain next-token prediction."""
 
-    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (train/schedule.py)
+    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (objectives/weights.py)
 
 
 class NTP(Objective):
@@ -24,12 +25,6 @@ class NTP(Objective):
     def __init__(self, cfg: NTPConfig, model_cfg=None) -> None:
         super().__init__()
         self.cfg = cfg
-
-    @classmethod
-    def on_parts(cls, cfg: NTPConfig, parts) -> "NTP":
-        from foresight.objectives.wrapped import WrapNTP  # (lazy: only foresight.wrap needs it)
-
-        return WrapNTP(cfg, parts)
 
     def count(self, batch: Batch) -> torch.Tensor:
         return (shifted_labels(batch, 0) != IGNORE_INDEX).sum()

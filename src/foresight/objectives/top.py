@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
-from foresight.objectives.base import IGNORE_INDEX, Batch, Compute, LossOutput, Objective, hidden_rows
+from foresight.objectives.base import IGNORE_INDEX, Compute, LossOutput, Objective, hidden_rows
 from foresight.ops import linear_soft_cross_entropy
 from foresight.ops.kernels import INDEX_DTYPES, resolve_impl
 
@@ -214,7 +215,7 @@ def top_loss(
 class TOPConfig:
     """Token order prediction head (TOP paper §3; options in docs/objectives.md)."""
 
-    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (train/schedule.py)
+    weight: float | list = 1.0  # loss weight: a number, or a schedule [[{step: s}, value], ...] (objectives/weights.py)
     window: int = 4096  # W: how many upcoming tokens are ranked
     scores: str = "exact"  # "exact" (-d) or "paper" (fp16-rounded W - d, as the reference runs)
     normalize: str = "valid"  # "valid": mean over positions with a target; "paper": over all positions
@@ -244,19 +245,11 @@ class TOP(Objective):
     def compute(self) -> Compute:
         return Compute(head_uses=1)  # W_top on the final hidden states: one more V×D head, no block
 
-    def drafter(self, model, n_draft, stacked, vocab):
-        from foresight.generate.top_draft import TOPDrafter  # (lazy: only drafting needs generate/)
-
-        return TOPDrafter(model, self.head, n_draft or 3)
+    def drafter(self, model, n_draft, stacked, vocab, forms):
+        return forms.TOPDrafter(model, self.head, n_draft or 3)
 
     def future_head(self) -> nn.Linear:
         return self.head  # W_top: scores (..., V) ranking the vocabulary by how soon each token follows
-
-    @classmethod
-    def on_parts(cls, cfg: TOPConfig, parts) -> "TOP":
-        from foresight.objectives.wrapped import WrapTOP  # (lazy: only foresight.wrap needs it)
-
-        return WrapTOP(cfg, parts)
 
     def _targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ids, w = top_targets(batch.tokens, batch.seq_len, self.cfg.window, ignore_index=self.cfg.ignore_index,

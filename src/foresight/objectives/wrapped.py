@@ -1,7 +1,8 @@
 """foresight's objectives on a transformers model (``foresight.wrap``): the same classes, with the heads built
-from the model's own parts (``foresight.wrapper.parts.Parts``) instead of foresight's trunk.
+from the model's own parts (``objectives/parts.py``: ``Parts``) instead of foresight's trunk.
 
-An objective that supports ``foresight.wrap`` says so with ``Objective.on_parts``, which builds its class here.
+An objective that supports ``foresight.wrap`` has its class here, registered with ``runs_on_parts``;
+``Objective.on_parts`` builds it (the objective modules never import this one).
 Each class subclasses the foresight objective and ``OnParts`` and overrides only what touches the model:
 building the heads, running them, and the module ``ForesightModel.heads`` shows. Targets, counts, loss sums,
 the per-head ``forward_backward`` (Meta MTP §2) and DS-MTP's exact module-by-module backward are inherited
@@ -23,22 +24,20 @@ and ``draft`` / ``cached_drafter`` (the heads drafting for ``foresight.speculati
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from foresight.objectives.base import IGNORE_INDEX, Batch, LossOutput, Objective, shifted_labels, unsupported
+from foresight.batch import Batch
+from foresight.objectives.base import IGNORE_INDEX, ON_PARTS, LossOutput, Objective, shifted_labels, unsupported
 from foresight.objectives.dsmtp import DSMTP, DSMTPConfig
 from foresight.objectives.fsp import FSP
 from foresight.objectives.mtp import MTP, MTPConfig
 from foresight.objectives.nextlat import LatentDynamics, NextLat
 from foresight.objectives.ntp import NTP
+from foresight.objectives.parts import HeadCache, Parts, WrapTrunkOutput, prefix_layer_kwargs
 from foresight.objectives.top import TOP
 from foresight.ops import linear_cross_entropy
-
-if TYPE_CHECKING:  # (annotations only: objectives/ does not import the wrapper package)
-    from foresight.wrapper.parts import Parts, WrapTrunkOutput
 
 
 class OnParts:
@@ -103,6 +102,15 @@ def _fresh_norm(parts: Parts) -> nn.Module:
     return norm
 
 
+def runs_on_parts(objective: type):
+    """Register the decorated class as ``objective`` on a transformers model's parts (``Objective.on_parts``)."""
+    def register(cls: type) -> type:
+        ON_PARTS[objective] = cls
+        return cls
+    return register
+
+
+@runs_on_parts(NTP)
 class WrapNTP(OnParts, NTP):
     """Next-token cross-entropy with the model's own head: equals the model's ``loss`` for the same labels (it
     reads the labels as given: ``next_token``)."""
@@ -115,6 +123,7 @@ class WrapNTP(OnParts, NTP):
         return LossOutput(head_loss_sum(parts, out.hidden, labels), (labels != IGNORE_INDEX).sum())
 
 
+@runs_on_parts(MTP)
 class WrapMTP(OnParts, MTP):
     """Meta MTP-n: ``heads[k - 1]`` (k = 1..n-1) is a decoder layer of the model's class reading the input of
     the model's last layer; its output goes through the model's final norm and output head to predict x[t+1+k]."""
@@ -144,8 +153,6 @@ class WrapMTP(OnParts, MTP):
 
     def draft(self, committed: dict, seq: torch.Tensor, parts: Parts, n_draft: int | None) -> torch.Tensor:
         """Head k at the last committed position N-1 guesses x[N+k] (Meta MTP §3.2): all heads in parallel."""
-        from foresight.generate.wrapped import prefix_layer_kwargs  # (lazy: only drafting needs generate/)
-
         x = committed["last_input"]  # (1, N, D)
         kwargs = prefix_layer_kwargs(parts, x)
         heads = self.heads[: n_draft or len(self.heads)]
@@ -166,8 +173,6 @@ class _CachedMTPDraft:
     index i of that pass (the last committed position) and guesses x[N+k]."""
 
     def __init__(self, heads, parts: Parts) -> None:
-        from foresight.generate.wrapped import HeadCache  # (lazy: only drafting needs generate/)
-
         self.heads, self.parts = list(heads), parts
         self.caches = [HeadCache(parts) for _ in self.heads]
         self.outputs: list[torch.Tensor] = []  # per head: (1, m, D) of the latest pass
@@ -211,6 +216,7 @@ class WrapDSMTPModule(nn.Module):
         return parts.run_layer(self.layer, self.eh_proj(joined), layer_kwargs)
 
 
+@runs_on_parts(DSMTP)
 class WrapDSMTP(OnParts, DSMTP):
     """DeepSeek-V3 §2.2 on the model: module k reads h_{k-1} and the model's embedding of input x[t+k]."""
 
@@ -273,8 +279,6 @@ class WrapDSMTP(OnParts, DSMTP):
     def draft(self, committed: dict, seq: torch.Tensor, parts: Parts, n_draft: int | None) -> torch.Tensor:
         """Module k at position j reads h_{k-1}[j] and the embedding of x[j+k] (DeepSeek-V3 §5.4.3): module 1 at
         N-1 reads the pending x[N] and guesses x[N+1], module k reads module k-1's guess."""
-        from foresight.generate.wrapped import prefix_layer_kwargs  # (lazy: only drafting needs generate/)
-
         h = committed["hidden"] if self.cfg.h0 == "post_norm" else committed["final"]  # h_0: (1, N, D)
         n = h.shape[1]
         kwargs = prefix_layer_kwargs(parts, h)
@@ -298,6 +302,7 @@ def _vocab_head(parts: Parts) -> nn.Linear:
     return head
 
 
+@runs_on_parts(TOP)
 class WrapTOP(OnParts, TOP):
     """TOP paper §3: the inherited objective; its head ``W_top`` (V×D, untied, no soft cap) is initialised
     with the model's ``initializer_range``, then (``wrap``'s default ``head_init="warm"``) copied from the output
@@ -328,6 +333,7 @@ class WrapTOP(OnParts, TOP):
         return scores.topk(n_draft or self.default_drafts, dim=-1).indices  # (1, d)
 
 
+@runs_on_parts(FSP)
 class WrapFSP(OnParts, FSP):
     """FSP-BCE (Mahajan et al. 2025 §3): the inherited objective; its head ``W_fsp`` (V×D, untied, no soft cap)
     reads the final normed hidden state and is initialised with the model's ``initializer_range``."""
@@ -341,6 +347,7 @@ class WrapFSP(OnParts, FSP):
         return self.head  # W_fsp (V×D)
 
 
+@runs_on_parts(NextLat)
 class WrapNextLat(OnParts, NextLat):
     """NextLat (Teoh et al. 2025 §3): the inherited objective on the model's last-layer outputs, embedding, final
     norm, output head and soft cap; ψ is created in the model's dtype on its device."""

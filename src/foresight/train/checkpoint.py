@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 
 from foresight.errors import ForesightError
-from foresight.io import fsync_folder
+from foresight.io import RECORD, fsync_folder, read_record
+from foresight.model.limits import state_mismatch
 from foresight.paths import inside
 from foresight.train.state_file import load_state, save_state
 
@@ -349,10 +350,26 @@ def read_checkpoint_file(path: Path, map_location="cpu") -> dict:
     if (not isinstance(state, dict) or not isinstance(state.get("lm"), dict)
             or not isinstance(state.get("config"), dict)):
         raise UnreadableCheckpoint(f"{path} is not a foresight checkpoint (missing model state or config)")
-    from foresight.hf.import_ import check_import_complete
-
     check_import_complete(state, path)  # an imported checkpoint is read only from a whole import folder
     return state
+
+
+IMPORT_FORMAT = "foresight-import"  # the completion record of a folder written by ``foresight import``
+
+
+def check_import_complete(state: dict, checkpoint: Path) -> None:
+    """An imported checkpoint (its config names ``imported_from``) is read only from a whole import folder: one
+    with its completion record (an import interrupted before ``foresight.io`` made imports transactions, or a
+    copy of the file alone, is refused in one line)."""
+    config = state.get("config")
+    source = config.get("imported_from") if isinstance(config, dict) else None
+    if not isinstance(source, dict) or source.get("format") != "huggingface":  # not written by foresight import
+        return
+    folder = Path(checkpoint).parent
+    record = read_record(folder)
+    if record is None or record["format"] != IMPORT_FORMAT:
+        raise ForesightError(f"{checkpoint} is an imported checkpoint but {folder} has no completion record "
+                             f"({RECORD}) of a foresight import, so it may be incomplete; import it again")
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
@@ -398,23 +415,6 @@ def newest_readable(paths: list[Path], read) -> tuple[Path, dict]:
             print(f"foresight: warning: skipped a broken checkpoint, using {p.name} instead: {e}", file=sys.stderr)
         return p, state
     raise broken[0][1]
-
-
-def state_mismatch(expected: dict[str, tuple], saved: dict[str, tuple], limit: int = 3) -> str | None:
-    """Where a checkpoint's tensors differ from a model's (names and shapes: ``{key: shape}``); None if they fit."""
-    missing = [k for k in expected if k not in saved]
-    extra = [k for k in saved if k not in expected]
-    shapes = [k for k in expected if k in saved and tuple(expected[k]) != tuple(saved[k])]
-    parts = []
-    if shapes:
-        parts.append("shape differs for " + ", ".join(f"{k} (checkpoint {tuple(saved[k])}, model "
-                                                      f"{tuple(expected[k])})" for k in shapes[:limit])
-                     + (f" and {len(shapes) - limit} more" if len(shapes) > limit else ""))
-    if missing:
-        parts.append(f"{len(missing)} tensor(s) missing from the checkpoint, e.g. " + ", ".join(missing[:limit]))
-    if extra:
-        parts.append(f"{len(extra)} tensor(s) the model does not have, e.g. " + ", ".join(extra[:limit]))
-    return "; ".join(parts) or None
 
 
 def shapes_of(state: dict) -> dict[str, tuple]:

@@ -9,9 +9,10 @@ from typing import Callable, ContextManager
 import torch
 from torch import nn
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig, Transformer, TrunkOutput
-from foresight.objectives import Batch, LossOutput, ObjectiveSpec, build_objective, parse_objectives
+from foresight.objectives import LossOutput, ObjectiveSpec, build_objective, parse_objectives
 
 _TRUNK_TENSORS = ("hidden", "final", "last_input")  # the TrunkOutput fields objectives may read
 
@@ -147,8 +148,8 @@ class TrainableLM(nn.Module):
         if check is not None:
             check(model_cfg, state)
         specs = parse_objectives(config["objectives"], f"{path}: objectives")
-        from foresight.model.limits import shapes_on_meta
-        from foresight.train.checkpoint import shapes_of, state_mismatch
+        from foresight.model.limits import shapes_on_meta, state_mismatch
+        from foresight.train.checkpoint import shapes_of
 
         # The shapes the config asks for, found without allocating, against the tensors the file holds: a tiny
         # file whose config asks for a huge model is refused here, before the model is built.
@@ -158,3 +159,10 @@ class TrainableLM(nn.Module):
         lm = cls(model_cfg, specs)
         lm.load_state_dict(state["lm"])
         return lm.eval(), state
+
+
+def load_model(path, map_location="cpu") -> TrainableLM:
+    """A trained foresight model (``TrainableLM``: the trunk ``.model`` plus its objective heads, in eval mode)
+    from a checkpoint file, a run folder (its newest checkpoint) or a sharded checkpoint folder."""
+    lm, _ = TrainableLM.from_checkpoint(path, map_location=map_location)
+    return lm

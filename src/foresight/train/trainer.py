@@ -40,6 +40,8 @@ from foresight.batch import Batch
 from foresight.errors import ForesightError
 from foresight.model import Block
 from foresight.model.layers import training_forward
+from foresight.model.limits import state_mismatch
+from foresight.objectives.weights import weight_at
 from foresight.train import distributed
 from foresight.train.checkpoint import (
     UnreadableCheckpoint,
@@ -52,7 +54,6 @@ from foresight.train.checkpoint import (
     save_checkpoint,
     save_sharded,
     shapes_of,
-    state_mismatch,
 )
 from foresight.train.config import TrainConfig
 from foresight.train.distributed import DataParallel, clip_grad_norm
@@ -62,7 +63,7 @@ from foresight.train.lm import TrainableLM
 from foresight.train.loggers import Loggers
 from foresight.train.metrics import MetricsWriter
 from foresight.train.progress import progress
-from foresight.train.schedule import lr_at, value_lr_multiplier, weight_at
+from foresight.train.schedule import lr_at, value_lr_multiplier
 
 
 def pick_device(name: str) -> torch.device:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from foresight.errors import ForesightError
 from foresight.wrapper.checks import checked
-from foresight.wrapper.io import from_pretrained
 from foresight.wrapper.model import ForesightModel, ForesightOutput
+
+from_pretrained = ForesightModel.from_pretrained  # foresight.wrapper.from_pretrained(DIR): the same
 
 HEAD_INITS = ("warm", "random")
 

@@ -64,3 +64,13 @@ def check_saveable(model) -> None:
         config = getattr(module, "config", None)
         if config is not None and "_is_quantized" in vars(config):
             del config._is_quantized
+
+
+def is_peft_model(model) -> bool:
+    """A PEFT ``PeftModel`` (found by its attributes, so peft need not be installed)."""
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def has_adapter_layers(model) -> bool:
+    """Whether PEFT injected adapter layers (LoRA's ``base_layer`` + ``lora_A`` ...) into ``model``'s modules."""
+    return any(c.__name__ == "BaseTunerLayer" for m in model.modules() for c in type(m).__mro__)

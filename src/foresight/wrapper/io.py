@@ -41,6 +41,7 @@ from foresight.io import (
     written_files,
 )
 from foresight.paths import NO_REMOTE_CODE, confine_folder, index_shards, note_ignored_code, refuse_remote_code
+from foresight.wrapper.checks import has_adapter_layers, is_peft_model
 
 
 def _head_tensors(wrapped) -> dict[str, torch.Tensor]:
@@ -61,8 +62,6 @@ def save_pretrained(wrapped, directory, **kwargs) -> None:
     (``foresight.io.folder_transaction``): beside it, then swapped into place whole. A folder with other content
     (a ``Trainer``'s output folder with its ``checkpoint-*`` folders) cannot be swapped without taking that
     content along, so the save goes in file by file (``_save_into``)."""
-    from foresight.wrapper.model import has_adapter_layers, is_peft_model
-
     if not is_peft_model(wrapped.model) and has_adapter_layers(wrapped.model):
         # get_peft_model(wrapped, cfg) put adapters inside: the model's own save would write adapter-injected keys
         raise ForesightError("save_pretrained: the wrapped model holds PEFT adapter layers; save the PeftModel "
@@ -132,9 +131,10 @@ def _save_into(wrapped, directory: Path, **kwargs) -> None:
     write_record(directory, WRAPPER_FORMAT, files)
 
 
-def from_pretrained(directory, *, return_logits: bool = True, base_model=None, is_trainable: bool = False,
+def from_pretrained(cls, directory, *, return_logits: bool = True, base_model=None, is_trainable: bool = False,
                     **model_kwargs):
-    """A ``ForesightModel`` from a folder written by ``save_pretrained``: the model through
+    """A ``cls`` (``ForesightModel``, passed in by its ``from_pretrained``: this module sits below it) from a
+    folder written by ``save_pretrained``: the model through
     ``AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)``, the heads from the heads file.
 
     For a PEFT adapter folder: ``base_model`` (a model, or a path loaded as above; default: the
@@ -142,8 +142,6 @@ def from_pretrained(directory, *, return_logits: bool = True, base_model=None, i
     (``is_trainable`` as in ``PeftModel.from_pretrained``), then the heads. Missing or unexpected weights (in the
     model, the adapter or the heads) raise ``ForesightError`` naming them."""
     from safetensors import SafetensorError, safe_open
-
-    from foresight.wrapper.model import ForesightModel
 
     directory = Path(directory)
     if model_kwargs.get("trust_remote_code"):
@@ -171,7 +169,7 @@ def from_pretrained(directory, *, return_logits: bool = True, base_model=None, i
         model = _load_adapter(directory, base_model, is_trainable, model_kwargs)
     else:
         model = load_model_strict(directory, **model_kwargs)
-    wrapped = ForesightModel(model, specs, return_logits=return_logits)
+    wrapped = cls(model, specs, return_logits=return_logits)
     _copy_heads(wrapped, tensors, heads_path)
     return wrapped
 
@@ -315,8 +313,6 @@ def load_into(wrapped, directory) -> None:
     what ``ForesightTrainer`` does on ``resume_from_checkpoint``. A wrapped ``PeftModel`` reads the folder's
     adapter; a ``PeftModel`` around the wrapper (wrap first) reads its adapter, heads included."""
     from safetensors import safe_open
-
-    from foresight.wrapper.model import is_peft_model
 
     directory = Path(directory)
     confine_folder(directory)  # every file and index shard transformers or we may read stays inside

@@ -36,11 +36,14 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from foresight.batch import Batch
 from foresight.errors import ForesightError
 from foresight.objectives import build_on_parts
-from foresight.objectives.base import IGNORE_INDEX, Batch
-from foresight.train.schedule import check_weight, in_fractions, weight_at
-from foresight.wrapper.parts import Parts, WrapTrunkOutput
+from foresight.objectives.base import IGNORE_INDEX
+from foresight.objectives.parts import Parts, WrapTrunkOutput
+from foresight.objectives.weights import check_weight, in_fractions, weight_at
+from foresight.wrapper.checks import has_adapter_layers, is_peft_model
+from foresight.wrapper.io import from_pretrained, save_pretrained
 
 _TRUNK_TENSORS = ("hidden", "final", "last_input")
 # Keyword arguments callers of a transformers model pass (PEFT's PeftModelForCausalLM, TRL's collators) that mean
@@ -58,16 +61,6 @@ def is_trl_fused_forward(fn) -> bool:
     replaces, so it is recognised by its code object)."""
     code = getattr(getattr(fn, "__func__", fn), "__code__", None)
     return code is not None and code.co_name == "_fused_forward" and "trl" in Path(code.co_filename).parts
-
-
-def is_peft_model(model: nn.Module) -> bool:
-    """A PEFT ``PeftModel`` (found by its attributes, so peft need not be installed)."""
-    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
-
-
-def has_adapter_layers(model: nn.Module) -> bool:
-    """Whether PEFT injected adapter layers (LoRA's ``base_layer`` + ``lora_A`` ...) into ``model``'s modules."""
-    return any(c.__name__ == "BaseTunerLayer" for m in model.modules() for c in type(m).__mro__)
 
 
 def inner_model(model: nn.Module) -> nn.Module:
@@ -270,8 +263,6 @@ class ForesightModel(nn.Module):
     def save_pretrained(self, directory, **kwargs) -> None:
         """The model in its own format (``model.save_pretrained``) plus the heads in
         ``foresight_heads.safetensors`` (see ``foresight.wrapper.io``)."""
-        from foresight.wrapper.io import save_pretrained
-
         save_pretrained(self, directory, **kwargs)  # with a model card, README.md (wrapper/report.py)
 
     def print_trainable_parameters(self) -> None:
@@ -288,9 +279,7 @@ class ForesightModel(nn.Module):
         ``AutoModelForCausalLM.from_pretrained``); for a PEFT adapter folder, ``base_model`` (a model or a path;
         default: the one ``adapter_config.json`` names) with the adapter on it. Weights that do not fit raise
         ``ForesightError`` naming them."""
-        from foresight.wrapper.io import from_pretrained
-
-        return from_pretrained(directory, return_logits=return_logits, base_model=base_model,
+        return from_pretrained(cls, directory, return_logits=return_logits, base_model=base_model,
                                is_trainable=is_trainable, **model_kwargs)
 
     # --- passes ----------------------------------------------------------------------------------------

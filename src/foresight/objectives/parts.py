@@ -1,5 +1,6 @@
-"""What ``foresight.wrapper`` needs from a Hugging Face causal LM, found by structure, and one trunk pass that
-leaves the tensors the objectives read.
+"""What the objectives need from a Hugging Face causal LM (``foresight.wrap``), found by structure, and one trunk
+pass that leaves the tensors they read. It sits in ``objectives/`` because the objectives on a transformers model
+(``wrapped.py``) build on it; ``foresight.wrapper`` and ``generate/wrapped.py`` use it from here.
 
 A decoder-only ``...ForCausalLM`` in transformers is ``base_model`` (embedding, ``layers``, final ``norm``) plus
 ``lm_head``; the architecture's own code turns the last layer's output into logits (final norm, head, and for
@@ -19,6 +20,7 @@ caught with forward hooks on the last layer for the duration of one pass; nothin
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -143,3 +145,64 @@ class Parts:
                                  f"supported: {SUPPORTED}")
         return WrapTrunkOutput(hidden=hidden, final=caught["final"], last_input=caught["last_input"], cos=None,
                                sin=None, layer_kwargs=caught["layer_kwargs"], input_ids=input_ids)
+
+
+def prefix_layer_kwargs(parts, h: torch.Tensor) -> dict:
+    """The keyword arguments the model gives its last layer for a pass over positions 0..N-1 without a cache
+    (h: (B, N, D)): the causal (or sliding-window, by the last layer's type) mask and the RoPE tables, built by
+    the model's own mask functions and rotary embedding."""
+    from transformers import masking_utils
+
+    base, config = parts.model.base_model, parts.config
+    rotary = getattr(base, "rotary_emb", None)
+    if rotary is None:
+        raise ForesightError(f"{type(parts.model).__name__} has no base_model.rotary_emb: its heads cannot draft "
+                             f"from Python (supported: Llama, Qwen2, Qwen3, Mistral, Phi-3, Gemma 2)")
+    b, n = h.shape[:2]
+    position_ids = torch.arange(n, device=h.device)[None].expand(b, -1)  # (B, N)
+    types = getattr(config, "layer_types", None)
+    sliding = types is not None and types[parts.last_index] == "sliding_attention"
+    make = masking_utils.create_sliding_window_causal_mask if sliding else masking_utils.create_causal_mask
+    params = inspect.signature(make).parameters
+    mask_kwargs = dict(config=config, inputs_embeds=h, attention_mask=None, position_ids=position_ids)
+    if "cache" in params:  # transformers >= 5.2x
+        mask_kwargs["cache"] = None
+    else:  # older names
+        mask_kwargs.update(past_key_values=None, cache_position=torch.arange(n, device=h.device))
+    return {"attention_mask": make(**mask_kwargs), "position_ids": position_ids,
+            "position_embeddings": rotary(h, position_ids), "use_cache": False}
+
+
+class HeadCache:
+    """A transformers KV cache of the model's structure (``DynamicCache(config=...)``: Gemma 2's sliding-window
+    layers get sliding caches) that can be cropped back after a rejected draft: ``arg`` is the keyword the
+    model's layers take it by (``cache`` in transformers 5, ``past_key_values`` before), ``filled(m)`` is called
+    after every pass of m positions, ``crop(remove)`` drops the last ``remove`` positions."""
+
+    def __init__(self, parts) -> None:
+        from transformers import DynamicCache
+
+        base = parts.model.base_model
+        self.arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        try:
+            self.cache = DynamicCache(config=parts.config)
+        except TypeError:
+            self.cache = DynamicCache()
+        self.length = 0
+        self.recording = False
+
+    def filled(self, m: int) -> None:
+        self.length += m
+        if not self.recording and hasattr(self.cache, "activate_past_recording"):
+            # after the prefill (as transformers does): sliding-window layers keep what a crop may need
+            self.cache.activate_past_recording(recurrent_states_to_keep=m)
+            self.recording = True
+
+    def crop(self, remove: int) -> None:
+        if hasattr(self.cache, "activate_past_recording"):  # transformers 5: crop(-tokens to remove)
+            for layer in self.cache.layers:  # a head's cache fills one layer only: the others stay empty
+                if getattr(layer, "is_initialized", True):
+                    layer.crop(-remove)
+        else:  # transformers 4: crop(length to keep)
+            self.cache.crop(self.length - remove)
+        self.length -= remove
