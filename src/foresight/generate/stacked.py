@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from foresight.model import KVCache
-from foresight.model.layers import apply_rotary, causal_attention
+from foresight.model.layers import attend
 
 
 class StackedBlocks:
@@ -62,20 +62,10 @@ class StackedBlocks:
         xs = x.reshape(1, b * m, d).expand(n, b * m, d)  # the same input for every head
         h = self._norm(xs, self.ln1, self.eps1)
         qkv = torch.bmm(h, self.w_qkv) if self.b_qkv is None else torch.baddbmm(self.b_qkv, h, self.w_qkv)
-        q, k, v = qkv.split([d, kv, kv], dim=-1)  # (n, B·m, ·)
-        q = q.reshape(n, b, m, self.n_heads, self.head_dim).transpose(2, 3)  # (n, B, H, m, Dh)
-        k = k.reshape(n, b, m, self.n_kv_heads, self.head_dim).transpose(2, 3)  # (n, B, G, m, Dh)
-        v = v.reshape(n * b, m, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (n·B, G, m, Dh)
-        # RoPE tables (m, Dh), or per row (B, 1, m, Dh), broadcast over the n heads' copies of the batch.
-        q, k = apply_rotary(q, cos, sin).flatten(0, 1), apply_rotary(k, cos, sin).flatten(0, 1)  # (n·B, ·, m, Dh)
-        past = cache.offset  # int, or (n·B,) on the per-row path
-        step = cache.row_step(m)  # per-row path: the mask and write positions of this forward; else None
-        k, v = cache.append(k, v, step)  # (n·B, G, S, Dh)
-        if self.n_kv_heads != self.n_heads:
-            rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = causal_attention(q, k, v, past, None if step is None else step.mask)  # query i sees keys 0 .. past + i
-        y = y.transpose(1, 2).reshape(n, b * m, d)
+        q, k, v = qkv.view(n, b, m, -1).split([d, kv, kv], dim=-1)  # (n, B, m, ·)
+        # RoPE tables (m, Dh), or per row (B, 1, m, Dh), broadcast over the n heads' copies of the batch; the
+        # cache's rows are head·B + b (a per-row cache: (n·B,) lengths).
+        y = attend(q, k, v, cos, sin, self.n_heads, self.n_kv_heads, cache).view(n, b * m, d)
         x2 = xs + torch.bmm(y, self.w_o)
         gate, up = torch.bmm(self._norm(x2, self.ln2, self.eps2), self.w_gu).chunk(2, dim=-1)  # (n, B·m, I) each
         out = x2 + torch.bmm(F.silu(gate) * up, self.w_down)
