@@ -214,21 +214,21 @@ def test_explicit_mask_and_positions():
     a, rope = _attn("gqa", False)
     x = torch.randn(2, 5, 36)
     cos, sin = rope(5, x.device)
-    q, k, v = a.q_proj(x), a.k_proj(x), a.v_proj(x)
+    q, k, v = a._heads(a.q_proj(x), 6), a._heads(a.k_proj(x), 2), a._heads(a.v_proj(x), 2)
     causal = torch.ones(5, 5, dtype=torch.bool).tril()
-    assert torch.equal(attend(q, k, v, cos, sin, 6, 2, mask=causal), _sdpa_reference(q, k, v, cos, sin, causal))
-    torch.testing.assert_close(attend(q, k, v, cos, sin, 6, 2, mask=causal), attend(q, k, v, cos, sin, 6, 2))
+    assert torch.equal(attend(q, k, v, cos, sin, mask=causal), _sdpa_reference(q, k, v, cos, sin, causal))
+    torch.testing.assert_close(attend(q, k, v, cos, sin, mask=causal), attend(q, k, v, cos, sin))
     pos = torch.tensor([[0, 1, 1, 2, 3], [0, 0, 1, 2, 2]])  # per-token positions, e.g. registers beside tokens
     full_cos, full_sin = rope(4, x.device)
     cos_t, sin_t = full_cos[pos][:, None], full_sin[pos][:, None]  # (B, 1, T, Dh)
     odd = torch.rand(2, 1, 5, 5) < 0.6
     odd[..., 0] = True  # every query sees some key
-    assert torch.equal(attend(q, k, v, cos_t, sin_t, 6, 2, mask=odd), _sdpa_reference(q, k, v, cos_t, sin_t, odd))
+    assert torch.equal(attend(q, k, v, cos_t, sin_t, mask=odd), _sdpa_reference(q, k, v, cos_t, sin_t, odd))
 
 
 def _sdpa_reference(q, k, v, cos, sin, mask):
-    b, t, _ = q.shape
-    q = apply_rotary(q.view(b, t, 6, 6).transpose(1, 2), cos, sin)
-    k = apply_rotary(k.view(b, t, 2, 6).transpose(1, 2), cos, sin).repeat_interleave(3, dim=1)
-    v = v.view(b, t, 2, 6).transpose(1, 2).repeat_interleave(3, dim=1)
+    b, _, t, _ = q.shape
+    q = apply_rotary(q, cos, sin)
+    k = apply_rotary(k, cos, sin).repeat_interleave(3, dim=1)
+    v = v.repeat_interleave(3, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, t, -1)

@@ -62,10 +62,13 @@ class StackedBlocks:
         xs = x.reshape(1, b * m, d).expand(n, b * m, d)  # the same input for every head
         h = self._norm(xs, self.ln1, self.eps1)
         qkv = torch.bmm(h, self.w_qkv) if self.b_qkv is None else torch.baddbmm(self.b_qkv, h, self.w_qkv)
-        q, k, v = qkv.view(n, b, m, -1).split([d, kv, kv], dim=-1)  # (n, B, m, ·)
+        q, k, v = qkv.split([d, kv, kv], dim=-1)  # (n, B·m, ·)
+        q = q.reshape(n, b, m, self.n_heads, self.head_dim).transpose(2, 3)  # (n, B, H, m, Dh)
+        k = k.reshape(n, b, m, self.n_kv_heads, self.head_dim).transpose(2, 3)  # (n, B, G, m, Dh)
+        v = v.reshape(n, b, m, self.n_kv_heads, self.head_dim).transpose(2, 3)
         # RoPE tables (m, Dh), or per row (B, 1, m, Dh), broadcast over the n heads' copies of the batch; the
         # cache's rows are head·B + b (a per-row cache: (n·B,) lengths).
-        y = attend(q, k, v, cos, sin, self.n_heads, self.n_kv_heads, cache).view(n, b * m, d)
+        y = attend(q, k, v, cos, sin, cache).view(n, b * m, d)
         x2 = xs + torch.bmm(y, self.w_o)
         gate, up = torch.bmm(self._norm(x2, self.ln2, self.eps2), self.w_gu).chunk(2, dim=-1)  # (n, B·m, I) each
         out = x2 + torch.bmm(F.silu(gate) * up, self.w_down)

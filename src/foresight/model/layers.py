@@ -112,53 +112,55 @@ class Attention(nn.Module):
                 step: "RowStep | None" = None) -> torch.Tensor:
         """x (B, T, D) -> (B, T, D). ``step``: the forward's RowStep when ``cache`` is on its per-row path (built
         here if not given)."""
-        out = attend(self.q_proj(x), self.k_proj(x), self.v_proj(x), cos, sin, self.n_heads, self.n_kv_heads,
-                     cache, step)
-        return self.o_proj(out)
+        q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, Dh)
+        k, v = self._heads(self.k_proj(x), self.n_kv_heads), self._heads(self.v_proj(x), self.n_kv_heads)
+        return self.o_proj(attend(q, k, v, cos, sin, cache, step))
 
     def forward_rows(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """The outputs (B, n, D) at positions ``cols`` (n,) ascending only: their queries over the keys and values
         of all T positions (training, no cache; cos/sin (T, Dh)). Row i equals ``forward(x, cos, sin)[:, cols[i]]``
         (the rows a loss reads, when only some are trained)."""
-        out = attend(self.q_proj(x[:, cols]), self.k_proj(x), self.v_proj(x), cos, sin, self.n_heads,
-                     self.n_kv_heads, cols=cols)
-        return self.o_proj(out)
+        q = self._heads(self.q_proj(x[:, cols]), self.n_heads)  # (B, H, n, Dh)
+        k, v = self._heads(self.k_proj(x), self.n_kv_heads), self._heads(self.v_proj(x), self.n_kv_heads)
+        return self.o_proj(attend(q, k, v, cos, sin, cols=cols))
+
+    def _heads(self, y: torch.Tensor, heads: int) -> torch.Tensor:
+        """(B, T, heads·Dh) -> (B, heads, T, Dh), a view."""
+        b, t, _ = y.shape
+        return y.view(b, t, heads, self.head_dim).transpose(1, 2)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-           n_heads: int, n_kv_heads: int, cache: "KVCache | None" = None, step: "RowStep | None" = None,
-           cols: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention between projections: split heads, RoPE, cache, grouped-query attention, merge heads.
+           cache: "KVCache | None" = None, step: "RowStep | None" = None, cols: torch.Tensor | None = None,
+           mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention from projected heads: RoPE, KV cache, grouped-query attention, causal or given mask, heads merged.
 
     The one attention of the library (issue 25): ``Attention.forward`` (causal, or after a KV cache),
     ``Attention.forward_rows`` (queries at some columns only) and ``generate/stacked.py`` (n blocks' weights
     batched) differ only in how they project in and out, and call this between.
 
-    q (*L, Tq, H·Dh), k and v (*L, T, G·Dh): projected queries, keys and values, any leading dims L (the batch B,
-    or the stacked form's (n, B), flattened into one batch N = prod(L) after RoPE so that per-row tables broadcast
-    over n). cos/sin: RoPE tables (T, Dh), or (B, 1, T, Dh) with positions per row (per-row cache) or per token
-    (gathered ``Rotary`` rows: any positions, e.g. registers sharing their target's position). ``cache``/``step``:
-    append k, v to the KV cache (``KVCache.append``); the queries sit after its ``offset``. ``cols`` (Tq,): the
-    queries are those at positions ``cols`` of T (no cache): RoPE at ``cols`` and query i sees keys 0..cols[i].
-    ``mask``: an explicit boolean mask (Tq, S) or (N, 1, Tq, S), True = may attend, used instead of the causal
-    rule (nothing else uses it yet; the hook for MuToR's interleaved registers, notes/issue24.md).
+    q (*L, H, Tq, Dh), k and v (*L, G, T, Dh) with H a multiple of G: any leading dims L (the batch B, or the
+    stacked form's (n, B), made one batch N = prod(L) after RoPE so that per-row tables broadcast over n).
+    cos/sin: RoPE tables (T, Dh), or (B, 1, T, Dh) with positions per row (per-row cache) or per token (rows of
+    ``Rotary`` gathered at any positions, e.g. registers sharing their target's position). ``cache``/``step``:
+    k, v go into the KV cache (``KVCache.append``) and the queries sit after its ``offset``. ``cols`` (Tq,): the
+    queries are those of positions ``cols`` of T (no cache): RoPE at ``cols``, query i sees keys 0..cols[i].
+    ``mask``: an explicit boolean mask, (Tq, S) or (N, 1, Tq, S), True = may attend, used instead of the rules
+    above (nothing in the library passes one yet: the hook for MuToR's interleaved registers, notes/issue24.md).
     Returns (N, Tq, H·Dh).
     """
-    dh = k.shape[-1] // n_kv_heads
-    q = q.unflatten(-1, (n_heads, dh)).transpose(-3, -2)  # (*L, H, Tq, Dh)
-    k = k.unflatten(-1, (n_kv_heads, dh)).transpose(-3, -2)  # (*L, G, T, Dh)
-    v = v.unflatten(-1, (n_kv_heads, dh)).transpose(-3, -2).flatten(0, -4)  # (N, G, T, Dh)
     q_cos, q_sin = (cos, sin) if cols is None else (cos[cols], sin[cols])
-    q = apply_rotary(q, q_cos, q_sin).flatten(0, -4)  # (N, H, Tq, Dh)
-    k = apply_rotary(k, cos, sin).flatten(0, -4)
+    q, k = apply_rotary(q, q_cos, q_sin), apply_rotary(k, cos, sin)
+    if q.dim() > 4:  # leading dims (n, B): one batch N, after RoPE (views; skipped on the decode path)
+        q, k, v = q.flatten(0, -4), k.flatten(0, -4), v.flatten(0, -4)  # (N, H, Tq, Dh), (N, G, T, Dh)
     past = 0
     if cache is not None:
         past = cache.offset
         if step is None:
             step = cache.row_step(q.shape[2])  # None on the scalar path
         k, v = cache.append(k, v, step)  # (N, G, S, Dh): S = past + T, or the longest row's on the per-row path
-    if n_kv_heads != n_heads:
-        rep = n_heads // n_kv_heads
+    if k.shape[1] != q.shape[1]:
+        rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     if mask is None and step is not None:
         mask = step.mask
