@@ -5,7 +5,8 @@ models anywhere) the cost of a block on a few positions is mostly per-operator o
 one after another costs about n-1 times one head. Stacking their weights and using batched matrix products
 (``torch.bmm``: one call per projection for all heads) pays that overhead once. This is a drafting fast path:
 the per-head ``Block`` modules stay the reference (``MTPDrafter(stacked=False)``), and the tests check that
-both give the same drafts. Weights are copied when the stack is built: rebuild it after changing them.
+both give the same drafts. Weights are copied when the stack is built: rebuild it after changing them. Only the
+norms, projections and MLP are batched here; attention is ``layers.attend``, the blocks' own, on (n, B) leading dims.
 
 Shapes: n heads, B batch, m new positions, D hidden, H query heads, G key/value heads, Dh head dim,
 I SwiGLU width, KV = G·Dh.
