@@ -6,9 +6,12 @@ the per-row cache (with and without a shared RowStep), rows-restricted queries, 
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from foresight.generate.stacked import StackedBlocks
 from foresight.model import KVCache, ModelConfig
@@ -232,3 +235,49 @@ def _sdpa_reference(q, k, v, cos, sin, mask):
     k = apply_rotary(k, cos, sin).repeat_interleave(3, dim=1)
     v = v.repeat_interleave(3, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, t, -1)
+
+
+class _CountOps(TorchDispatchMode):
+    """Counts the aten operators a forward dispatches (views included): a cost that does not depend on the load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _ops(fn) -> collections.Counter:
+    with torch.no_grad(), _CountOps() as count:
+        fn()
+    return count.ops
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_decode_paths_dispatch_the_same_operators(per_row):
+    """The fast paths cost what they did: a single-token decode step (B = 1, scalar cache) and a per-row step
+    dispatch exactly the old copy's operators; the stacked step at most two more views (no copy, no kernel)."""
+    a, rope = _attn("gqa", True)
+    b = 2 if per_row else 1
+    new, old = KVCache(), KVCache()
+    x = torch.randn(b, 6, 36)
+    cos, sin = rope(6, x.device)
+    a(x, cos, sin, new), _old_forward(a, x, cos, sin, old)
+    if per_row:
+        new.truncate(torch.tensor([6, 3])), old.truncate(torch.tensor([6, 3]))
+    x = torch.randn(b, 1, 36)
+    cos, sin = rope(1, x.device, new.offset)
+    assert _ops(lambda: a(x, cos, sin, new)) == _ops(lambda: _old_forward(a, x, cos, sin, old))
+
+    s, rope = _stack("gqa", True)
+    new, old = KVCache(), KVCache()
+    x = torch.randn(b, 4, 36)
+    cos, sin = rope(4, x.device)
+    s(x, cos, sin, new), _old_stacked(s, x, cos, sin, old)
+    x = torch.randn(b, 1, 36)
+    cos, sin = rope(1, x.device, 4)
+    extra = _ops(lambda: s(x, cos, sin, new))
+    extra.subtract(_ops(lambda: _old_stacked(s, x, cos, sin, old)))
+    assert {k: n for k, n in extra.items() if n} in ({}, {"view": 1}, {"view": 2})

@@ -159,8 +159,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
         if step is None:
             step = cache.row_step(q.shape[2])  # None on the scalar path
         k, v = cache.append(k, v, step)  # (N, G, S, Dh): S = past + T, or the longest row's on the per-row path
-    if k.shape[1] != q.shape[1]:
-        rep = q.shape[1] // k.shape[1]
+    rep = q.shape[1] // k.shape[1]  # H / G query heads per key/value head
+    if rep > 1:
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     if mask is None and step is not None:
         mask = step.mask
