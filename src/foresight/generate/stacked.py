@@ -5,7 +5,8 @@ models anywhere) the cost of a block on a few positions is mostly per-operator o
 one after another costs about n-1 times one head. Stacking their weights and using batched matrix products
 (``torch.bmm``: one call per projection for all heads) pays that overhead once. This is a drafting fast path:
 the per-head ``Block`` modules stay the reference (``MTPDrafter(stacked=False)``), and the tests check that
-both give the same drafts. Weights are copied when the stack is built: rebuild it after changing them.
+both give the same drafts. Weights are copied when the stack is built: rebuild it after changing them. Only the
+norms, projections and MLP are batched here; attention is ``layers.attend``, the blocks' own, on (n, B) leading dims.
 
 Shapes: n heads, B batch, m new positions, D hidden, H query heads, G key/value heads, Dh head dim,
 I SwiGLU width, KV = G·Dh.
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from foresight.model import KVCache
-from foresight.model.layers import apply_rotary, causal_attention
+from foresight.model.layers import attend
 
 
 class StackedBlocks:
@@ -65,17 +66,10 @@ class StackedBlocks:
         q, k, v = qkv.split([d, kv, kv], dim=-1)  # (n, B·m, ·)
         q = q.reshape(n, b, m, self.n_heads, self.head_dim).transpose(2, 3)  # (n, B, H, m, Dh)
         k = k.reshape(n, b, m, self.n_kv_heads, self.head_dim).transpose(2, 3)  # (n, B, G, m, Dh)
-        v = v.reshape(n * b, m, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (n·B, G, m, Dh)
-        # RoPE tables (m, Dh), or per row (B, 1, m, Dh), broadcast over the n heads' copies of the batch.
-        q, k = apply_rotary(q, cos, sin).flatten(0, 1), apply_rotary(k, cos, sin).flatten(0, 1)  # (n·B, ·, m, Dh)
-        past = cache.offset  # int, or (n·B,) on the per-row path
-        step = cache.row_step(m)  # per-row path: the mask and write positions of this forward; else None
-        k, v = cache.append(k, v, step)  # (n·B, G, S, Dh)
-        if self.n_kv_heads != self.n_heads:
-            rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = causal_attention(q, k, v, past, None if step is None else step.mask)  # query i sees keys 0 .. past + i
-        y = y.transpose(1, 2).reshape(n, b * m, d)
+        v = v.reshape(n, b, m, self.n_kv_heads, self.head_dim).transpose(2, 3)
+        # RoPE tables (m, Dh), or per row (B, 1, m, Dh), broadcast over the n heads' copies of the batch; the
+        # cache's rows are head·B + b (a per-row cache: (n·B,) lengths).
+        y = attend(q, k, v, cos, sin, cache).view(n, b * m, d)
         x2 = xs + torch.bmm(y, self.w_o)
         gate, up = torch.bmm(self._norm(x2, self.ln2, self.eps2), self.w_gu).chunk(2, dim=-1)  # (n, B·m, I) each
         out = x2 + torch.bmm(F.silu(gate) * up, self.w_down)

@@ -110,40 +110,63 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: "KVCache | None" = None,
                 step: "RowStep | None" = None) -> torch.Tensor:
-        """``step``: the forward's RowStep when ``cache`` is on its per-row path (built here if not given)."""
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, G, T, Dh)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        past = 0
-        if cache is not None:
-            past = cache.offset
-            if step is None:
-                step = cache.row_step(t)  # None on the scalar path
-            k, v = cache.append(k, v, step)  # (B, G, S, Dh): S = past + T, or the longest row's on the per-row path
-        if self.n_kv_heads != self.n_heads:
-            rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        mask = None if step is None else step.mask
-        return self.o_proj(causal_attention(q, k, v, past, mask).transpose(1, 2).reshape(b, t, -1))
+        """x (B, T, D) -> (B, T, D). ``step``: the forward's RowStep when ``cache`` is on its per-row path (built
+        here if not given)."""
+        q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, Dh)
+        k, v = self._heads(self.k_proj(x), self.n_kv_heads), self._heads(self.v_proj(x), self.n_kv_heads)
+        return self.o_proj(attend(q, k, v, cos, sin, cache, step))
 
     def forward_rows(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """The outputs (B, n, D) at positions ``cols`` (n,) ascending only: their queries over the keys and values
         of all T positions (training, no cache; cos/sin (T, Dh)). Row i equals ``forward(x, cos, sin)[:, cols[i]]``
         (the rows a loss reads, when only some are trained)."""
-        b, t, _ = x.shape
-        n = cols.shape[0]
-        q = self.q_proj(x[:, cols]).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, n, Dh)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, G, T, Dh)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos[cols], sin[cols]), apply_rotary(k, cos, sin)
-        if self.n_kv_heads != self.n_heads:
-            rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        mask = torch.arange(t, device=x.device) <= cols[:, None]  # (n, T): query at cols[i] sees keys 0..cols[i]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, n, Dh)
-        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+        q = self._heads(self.q_proj(x[:, cols]), self.n_heads)  # (B, H, n, Dh)
+        k, v = self._heads(self.k_proj(x), self.n_kv_heads), self._heads(self.v_proj(x), self.n_kv_heads)
+        return self.o_proj(attend(q, k, v, cos, sin, cols=cols))
+
+    def _heads(self, y: torch.Tensor, heads: int) -> torch.Tensor:
+        """(B, T, heads·Dh) -> (B, heads, T, Dh), a view."""
+        b, t, _ = y.shape
+        return y.view(b, t, heads, self.head_dim).transpose(1, 2)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+           cache: "KVCache | None" = None, step: "RowStep | None" = None, cols: torch.Tensor | None = None,
+           mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention from projected heads: RoPE, KV cache, grouped-query attention, causal or given mask, heads merged.
+
+    The one attention of the library (issue 25): ``Attention.forward`` (causal, or after a KV cache),
+    ``Attention.forward_rows`` (queries at some columns only) and ``generate/stacked.py`` (n blocks' weights
+    batched) differ only in how they project in and out, and call this between.
+
+    q (*L, H, Tq, Dh), k and v (*L, G, T, Dh) with H a multiple of G: any leading dims L (the batch B, or the
+    stacked form's (n, B), made one batch N = prod(L) after RoPE so that per-row tables broadcast over n).
+    cos/sin: RoPE tables (T, Dh), or (B, 1, T, Dh) with positions per row (per-row cache) or per token (rows of
+    ``Rotary`` gathered at any positions, e.g. registers sharing their target's position). ``cache``/``step``:
+    k, v go into the KV cache (``KVCache.append``) and the queries sit after its ``offset``. ``cols`` (Tq,): the
+    queries are those of positions ``cols`` of T (no cache): RoPE at ``cols``, query i sees keys 0..cols[i].
+    ``mask``: an explicit boolean mask, (Tq, S) or (N, 1, Tq, S), True = may attend, used instead of the rules
+    above (nothing in the library passes one yet: the hook for MuToR's interleaved registers, notes/issue24.md).
+    Returns (N, Tq, H·Dh).
+    """
+    q_cos, q_sin = (cos, sin) if cols is None else (cos[cols], sin[cols])
+    q, k = apply_rotary(q, q_cos, q_sin), apply_rotary(k, cos, sin)
+    if q.dim() > 4:  # leading dims (n, B): one batch N, after RoPE (views; skipped on the decode path)
+        q, k, v = q.flatten(0, -4), k.flatten(0, -4), v.flatten(0, -4)  # (N, H, Tq, Dh), (N, G, T, Dh)
+    past = 0
+    if cache is not None:
+        past = cache.offset
+        if step is None:
+            step = cache.row_step(q.shape[2])  # None on the scalar path
+        k, v = cache.append(k, v, step)  # (N, G, S, Dh): S = past + T, or the longest row's on the per-row path
+    rep = q.shape[1] // k.shape[1]  # H / G query heads per key/value head
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    if mask is None and step is not None:
+        mask = step.mask
+    elif mask is None and cols is not None:
+        mask = torch.arange(k.shape[2], device=k.device) <= cols[:, None]  # (Tq, T): query at cols[i] sees 0..cols[i]
+    return causal_attention(q, k, v, past, mask).transpose(1, 2).flatten(2)  # (N, Tq, H·Dh)
 
 
 @dataclass(frozen=True)
@@ -177,17 +200,18 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: in
                      mask: torch.Tensor | None = None) -> torch.Tensor:
     """SDPA of queries q (B, H, T, Dh) at positions past + i over keys/values (B, H, S, Dh) at positions 0..S-1.
 
-    ``past`` is an int (every row alike: masks only where needed) or a (B,) tensor (each row at its own
-    position, a per-row KVCache): query i of row b sees keys j <= past[b] + i. On that path the keys past a
-    row's own end — another row's later positions, or this row's rejected drafts — lie beyond that bound
-    and are hidden by the same comparison, so the mask is always used, even for T = 1: ``mask``, the
-    forward's ``RowStep.mask`` (B, 1, T, S) when the caller has it, else built here.
+    ``mask`` (boolean, True = may attend), when given, decides alone: the forward's ``RowStep.mask``
+    (B, 1, T, S) on the per-row path, the rows-restricted mask, or a caller's own. Without it, ``past`` is an int
+    (every row alike: masks only where needed) or a (B,) tensor (each row at its own position, a per-row
+    KVCache): query i of row b sees keys j <= past[b] + i. On that path the keys past a row's own end — another
+    row's later positions, or this row's rejected drafts — lie beyond that bound and are hidden by the same
+    comparison, so the mask is always used, even for T = 1 (built here when the caller has none).
     """
     t = q.shape[2]
-    if isinstance(past, torch.Tensor):
-        if mask is None:
-            mask = row_mask(past, t, k.shape[2])
+    if mask is not None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if isinstance(past, torch.Tensor):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=row_mask(past, t, k.shape[2]))
     if past == 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if t == 1:
