@@ -88,7 +88,7 @@ class Objective(nn.Module):
     (``next_token``), its per-head metric names (``head_metric``) and, if it can draft for speculative
     decoding, its drafter (``drafter``; ``draft_order`` ranks it for ``--speculative auto``). Optional
     capabilities, each refused in one line by default: heads trained on a frozen trunk's cached states
-    (``cached_heads``: ``warm_start``, ``head_states``; ``train/cached_heads.py``), a head ranking upcoming
+    (``cached_heads``: ``warm_start``, ``head_states``; ``benchmarks/cached_heads.py``), a head ranking upcoming
     tokens (``future_head``; ``generate/top_draft.py``) and the objective on a transformers model (``on_parts``;
     ``foresight.wrap``). Export formats map weights by name in ``hf/`` (a file format's layout belongs with the
     format).
@@ -122,7 +122,7 @@ class Objective(nn.Module):
         return None
 
     def warm_start(self, model, scale: float = 1.0) -> None:
-        """Start its head blocks as copies of ``model``'s last trunk block (``train/cached_heads.py``); ``scale``:
+        """Start its head blocks as copies of ``model``'s last trunk block (``benchmarks/cached_heads.py``); ``scale``:
         the size of that block's input, for heads that feed a block a projection of the hidden state."""
         raise unsupported(self.name, CACHED_HEADS)
 
