@@ -145,21 +145,29 @@ def _fail(folder: Path, what: str) -> None:
     raise ForesightError(f"prepared data {folder}: {what}; re-run foresight prepare to rebuild it")
 
 
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def _count(folder: Path, value, where: str, low: int, high: int) -> int:
+    """``value`` as a whole number in ``low .. high``, else one line naming the key: a wrong type or a value below
+    ``low`` as "must be an integer >= low", one above ``high`` as "must be an integer in low .. high"."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        _fail(folder, f"{META}: {where} must be an integer >= {low}, got {json.dumps(value)}")
+    if value > high:
+        _fail(folder, f"{META}: {where} must be an integer in {low:,} .. {high:,}, got {value!r}")
+    return value
 
 
 def _check_meta(folder: Path, meta: dict) -> None:
-    """Every field ``open`` and the loader read has its type before anything uses it (issue 21: a list, a string
-    or a missing key there used to end in a traceback): one line naming the key."""
+    """Every field ``open`` and the loader read, with its type and its range, before anything uses it: a list, a
+    string or a missing key there used to end in a traceback, and a count sizes a model (the vocabulary) or a
+    memory map (token counts, then checked against the shard files' sizes, so a map never reaches past a file)."""
+    from foresight.model.limits import MAX_VOCAB
+
     tok = meta.get("tokenizer")
     if not isinstance(tok, dict):
         _fail(folder, f"{META}: tokenizer must be an object (vocab_size, eos_id, sha256)")
-    if not _is_count(tok.get("vocab_size")) or tok["vocab_size"] < 1:
-        _fail(folder, f"{META}: tokenizer.vocab_size must be an integer >= 1, got {json.dumps(tok.get('vocab_size'))}")
-    if not _is_count(tok.get("eos_id")) or tok["eos_id"] >= tok["vocab_size"]:
-        _fail(folder, f"{META}: tokenizer.eos_id must be an integer in 0 .. vocab_size - 1, got "
-                      f"{json.dumps(tok.get('eos_id'))}")
+    vocab = _count(folder, tok.get("vocab_size"), "tokenizer.vocab_size", 1, MAX_VOCAB)
+    eos = tok.get("eos_id")
+    if isinstance(eos, bool) or not isinstance(eos, int) or not 0 <= eos < vocab:
+        _fail(folder, f"{META}: tokenizer.eos_id must be an integer in 0 .. vocab_size - 1, got {json.dumps(eos)}")
     splits = meta.get("splits")
     if not isinstance(splits, dict):
         _fail(folder, f"{META}: splits must be an object with train and val")
@@ -167,47 +175,17 @@ def _check_meta(folder: Path, meta: dict) -> None:
         info = splits.get(split)
         if not isinstance(info, dict) or not isinstance(info.get("shards"), list):
             _fail(folder, f"{META} has no '{split}' split")
-        for key in ("tokens", "documents"):
-            if not _is_count(info.get(key)):
-                _fail(folder, f"{META}: splits.{split}.{key} must be an integer >= 0, got {json.dumps(info.get(key))}")
-        for i, shard in enumerate(info["shards"]):
-            where = f"{META}: splits.{split}.shards[{i}]"
-            if not isinstance(shard, dict):
-                _fail(folder, f"{where} must be an object (file, tokens, sha256)")
-            if not isinstance(shard.get("file"), str) or not shard["file"] or "\0" in shard["file"]:
-                _fail(folder, f"{where}.file must be a file name, got {json.dumps(shard.get('file'))}")
-            if not _is_count(shard.get("tokens")):
-                _fail(folder, f"{where}.tokens must be an integer >= 0, got {json.dumps(shard.get('tokens'))}")
-            if not isinstance(shard.get("sha256"), str):
-                _fail(folder, f"{where}.sha256 must be a string")
-
-
-def _count(folder: Path, value, where: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        _fail(folder, f"{META}: {where} must be an integer in {low:,} .. {high:,}, got {value!r}")
-    return value
-
-
-def _check_counts(folder: Path, meta: dict) -> None:
-    """Every count in ``meta.json`` is a whole number in range before any of them sizes a memory map or a model
-    (the vocabulary becomes the model's; token counts are then checked against the shard files' sizes, so a
-    memory map never reaches past a file)."""
-    from foresight.model.limits import MAX_VOCAB
-
-    tok = meta["tokenizer"]
-    vocab = _count(folder, tok["vocab_size"], "tokenizer.vocab_size", 1, MAX_VOCAB)
-    _count(folder, tok["eos_id"], "tokenizer.eos_id", 0, vocab - 1)
-    splits = meta.get("splits")
-    for split in SPLITS:
-        info = splits.get(split) if isinstance(splits, dict) else None
-        if not isinstance(info, dict) or not isinstance(info.get("shards"), list):
-            _fail(folder, f"{META} has no '{split}' split")
         tokens = _count(folder, info.get("tokens"), f"splits.{split}.tokens", 0, 1 << 62)
         _count(folder, info.get("documents"), f"splits.{split}.documents", 0, tokens)  # every document ends in EOS
         for i, shard in enumerate(info["shards"]):
-            if not isinstance(shard, dict) or not isinstance(shard.get("file"), str):
-                _fail(folder, f"{META}: splits.{split}.shards[{i}] must be a mapping with a 'file' name")
-            _count(folder, shard.get("tokens"), f"splits.{split}.shards[{i}].tokens", 0, 1 << 62)
+            where = f"splits.{split}.shards[{i}]"
+            if not isinstance(shard, dict):
+                _fail(folder, f"{META}: {where} must be an object (file, tokens, sha256)")
+            if not isinstance(shard.get("file"), str) or not shard["file"] or "\0" in shard["file"]:
+                _fail(folder, f"{META}: {where}.file must be a file name, got {json.dumps(shard.get('file'))}")
+            _count(folder, shard.get("tokens"), f"{where}.tokens", 0, 1 << 62)
+            if not isinstance(shard.get("sha256"), str):
+                _fail(folder, f"{META}: {where}.sha256 must be a string")
 
 
 @dataclass
@@ -265,7 +243,6 @@ class PreparedData:
             _fail(folder, f"{META} lacks a valid dtype or tokenizer vocab_size / eos_id")
         if tok["vocab_size"] > np.iinfo(DTYPES[dtype]).max + 1:
             _fail(folder, f"dtype {dtype} cannot hold a vocabulary of {tok['vocab_size']}")
-        _check_counts(folder, meta)
         tok_file = inside(folder, "tokenizer/tokenizer.json")
         if not tok_file.is_file():
             _fail(folder, "the tokenizer copy (tokenizer/tokenizer.json) is missing")
