@@ -321,6 +321,30 @@ def folder_transaction(target: Path, kind: str) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_replaceable(out: Path, force: bool, kind: str, names: frozenset[str], what: str) -> None:
+    """``out`` may be written by a ``folder_transaction`` of ``kind``: it does not exist, is empty, or (with
+    ``force``) holds an earlier ``what`` (only the ``names`` it writes, its record of ``kind``) and nothing else:
+    anything of the user's in it is never replaced. One line otherwise."""
+    from foresight.errors import ForesightError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ForesightError(f"--out {out} exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        held = "a model (config.json)" if (out / "config.json").exists() else "files"
+        raise ForesightError(f"{out} already holds {held}; choose another --out, or pass --force to replace an "
+                             f"earlier {what} as a whole")
+    foreign = sorted(n for n in os.listdir(out) if n not in names)
+    if foreign:
+        raise ForesightError(f"{out} holds {foreign[0]!r}, which foresight {what} does not write; --force replaces "
+                             f"only a folder holding an earlier {what} and nothing else: choose another --out")
+    record = read_record(out)
+    if record is not None and record["format"] != kind:
+        raise ForesightError(f"{out} holds {record['format']!r}, not an {what}; choose another --out")
+
+
 def read_record(folder: Path) -> dict | None:
     """The completion record of ``folder``, None when it has none; ``ForesightError`` (one line) when it is
     damaged or a file it lists is missing."""

@@ -10,7 +10,6 @@ completion record ``foresight_complete.json`` that foresight's readers require o
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,24 +71,10 @@ def export_lm(lm, specs: list[dict], out: Path, *, with_heads: bool = False, dty
 
 def check_export_target(out: Path, force: bool) -> None:
     """``out`` may be written: it does not exist, is empty, or (with ``force``) holds an earlier export and nothing
-    else; anything of the user's in it is never replaced."""
-    from foresight.io import RECORD, read_record
+    else; anything of the user's in it is never replaced (``foresight.io.check_replaceable``)."""
+    from foresight.io import check_replaceable
 
-    if out.exists() and not out.is_dir():
-        raise ForesightError(f"--out {out} exists and is not a folder")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not force:
-        what = "a model (config.json)" if (out / "config.json").exists() else "files"
-        raise ForesightError(f"{out} already holds {what}; choose another --out, or pass --force to replace an "
-                             f"earlier export as a whole")
-    foreign = sorted(n for n in os.listdir(out) if n not in EXPORT_NAMES)
-    if foreign:
-        raise ForesightError(f"{out} holds {foreign[0]!r}, which foresight export does not write; --force replaces "
-                             f"only a folder holding an earlier export and nothing else: choose another --out")
-    record = read_record(out) if (out / RECORD).is_file() else None
-    if record is not None and record["format"] != EXPORT_FORMAT:
-        raise ForesightError(f"{out} holds {record['format']!r}, not an export; choose another --out")
+    check_replaceable(out, force, EXPORT_FORMAT, EXPORT_NAMES, "export")
 
 
 def _export_lm(lm, specs: list[dict], out: Path, *, with_heads: bool, dtype: str, tokenizer: Path | None,

@@ -13,7 +13,6 @@ already built ``TrainableLM``, after checking that the architectures agree.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from foresight.errors import ForesightError
 from foresight.hf.config import from_hf_config
 from foresight.hf.heads import HEADS_FILE, check_complete, dsmtp_from_deepseek, dsmtp_spec_from_hf, specs_from_metadata
 from foresight.hf.weights import hf_key_to_trunk, read_hf_shapes, read_hf_weights
-from foresight.io import RECORD, read_record
+from foresight.io import RECORD, check_replaceable
 from foresight.paths import inside, note_ignored_code
 from foresight.train.checkpoint import IMPORT_FORMAT
 
@@ -271,21 +270,7 @@ IMPORT_NAMES = frozenset({"step_00000000.safetensors", "tokenizer", RECORD})  # 
 def check_import_target(out: Path, force: bool) -> None:
     """``out`` may be written: it does not exist, is empty, or (with ``force``) holds an earlier import and
     nothing else (a folder a run has trained into holds more, and is never replaced)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ForesightError(f"--out {out} exists and is not a folder")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not force:
-        raise ForesightError(f"{out} already exists and is not empty; choose another --out, or pass --force to "
-                             f"replace an earlier import as a whole")
-    foreign = sorted(n for n in os.listdir(out) if n not in IMPORT_NAMES)
-    if foreign:
-        raise ForesightError(f"{out} holds {foreign[0]!r}, which foresight import does not write; --force replaces "
-                             f"only a folder holding an earlier import and nothing else: choose another --out")
-    record = read_record(out)
-    if record is not None and record["format"] != IMPORT_FORMAT:
-        raise ForesightError(f"{out} holds {record['format']!r}, not an import; choose another --out")
+    check_replaceable(out, force, IMPORT_FORMAT, IMPORT_NAMES, "import")
 
 
 def save_imported(lm, specs: list[dict], out: Path, source: Path, tokenizer=None, *, force: bool = False) -> Path:
