@@ -189,7 +189,8 @@ def load_model_strict(directory, **model_kwargs):
     fit the model (transformers would initialise the missing ones at random and only log it)."""
     from transformers import AutoModelForCausalLM
 
-    if isinstance(directory, (str, os.PathLike)) and Path(directory).is_dir():
+    local = isinstance(directory, (str, os.PathLike)) and Path(directory).is_dir()  # (else a hub name)
+    if local:
         _check_config_fits(Path(directory))  # before transformers allocates what config.json asks for
     try:
         model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True,
@@ -197,14 +198,14 @@ def load_model_strict(directory, **model_kwargs):
     except (ForesightError, MemoryError):
         raise
     except Exception as e:
-        if isinstance(directory, (str, os.PathLike)) and Path(directory).is_dir():
+        if local:
             # transformers' refusal of auto_map code, said as what to do instead
             refuse_remote_code(directory, "load the model yourself and wrap it: foresight.wrap(model, objectives)")
         # a malformed config.json or weights: transformers' reason, in one line (issue 21)
         detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise ForesightError(f"{directory}: transformers cannot load the model ({type(e).__name__}: "
                              f"{detail})") from None
-    if isinstance(directory, (str, os.PathLike)) and Path(directory).is_dir():
+    if local:
         note_ignored_code(directory)  # loaded with transformers' own class
     mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
     _mismatch(directory, info.get("missing_keys", []), info.get("unexpected_keys", []), mismatched)
