@@ -26,11 +26,15 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from fault_table import leftovers, seen  # (beside this script, whose folder Python puts first on sys.path)
+from fault_table import (  # (beside this script, whose folder Python puts first on sys.path)
+    COLUMNS,
+    leftovers,
+    run_table,
+    seen,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["stargraph", "run", "smoke", "--runs", "ntp", "--set", "train.steps=4", "--set", "train.eval_every=0",
@@ -697,19 +701,13 @@ def main() -> None:
             f"commit {env.get('git_commit')}, "
             f"{env.get('date')}; command: `python benchmarks/fault_cases.py" + (f" --out {args.out}`" if args.out else
                                                                                   "`") + "\n",
-            "| case | exit | what the user sees (last stderr line) | temporaries left |", "|---|---|---|---|"]
-    print("\n".join(head), flush=True)
-    rows = []
-    with tempfile.TemporaryDirectory() as work:
-        earlier = cases(Path(work)) if args.only is None or args.only in "earlier" else iter(())
-        for case, code, line, left in itertools.chain(earlier, issue21_cases(Path(work), args.only)):
-            line = line.replace(work, "<tmp>").replace("|", "\\|")
-            rows.append(f"| {case} | {code} | {line} | {left} |")
-            print(rows[-1], flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(head + rows) + "\n")
+            *COLUMNS]
 
+    def all_cases(work: Path):
+        earlier = cases(work) if args.only is None or args.only in "earlier" else iter(())
+        return itertools.chain(earlier, issue21_cases(work, args.only))
+
+    run_table(head, all_cases, args.out)
 
 if __name__ == "__main__":
     main()

@@ -16,13 +16,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fault_table import leftovers, seen  # noqa: E402  (the table helpers it shares with fault_cases.py)
+from fault_table import COLUMNS, leftovers, run_table, seen  # noqa: E402  (the table helpers it shares with fault_cases.py)
 
 WORDS = ["a", "b", "c", "ab", "<|endoftext|>"]
 EVIL = 'import pathlib\npathlib.Path({marker!r}).write_text("ran")\n'
@@ -191,18 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     args = parser.parse_args()
-    head = ["| case | exit | what the user sees (last stderr line) | temporaries left |", "|---|---|---|---|"]
-    print("\n".join(head), flush=True)
-    rows = []
-    with tempfile.TemporaryDirectory() as work:
-        for case, code, line, left in cases(Path(work)):
-            line = line.replace(work, "<tmp>").replace("|", "\\|")
-            rows.append(f"| {case} | {code} | {line} | {left} |")
-            print(rows[-1], flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(head + rows) + "\n")
-
+    run_table(COLUMNS, cases, args.out)
 
 if __name__ == "__main__":
     main()
