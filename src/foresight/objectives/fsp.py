@@ -71,7 +71,7 @@ def fsp_bags(tokens: torch.Tensor, seq_len: int, window: int, *, ignore_index: i
     return ids.clamp(min=0), keep
 
 
-def _bce_rows(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def _bce_rows(hidden: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """(n,) Σ_v softplus(z_v) − Σ_kept z_id with z = hidden @ weight.T, in fp32 at least (fp64 stays fp64)."""
     z = hidden @ weight.t()  # (n, V)
     if z.dtype in (torch.float16, torch.bfloat16):
@@ -86,7 +86,7 @@ def fsp_bce_rows(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, 
     Rows go through in chunks whose (chunk, V) logits are recomputed in the backward (activation checkpointing),
     so memory stays O(chunk · V) however many rows there are.
     """
-    return map_row_chunks(lambda h, i, k, w: _bce_rows(h, w, i, k), (hidden, ids, keep), (weight,), chunk)
+    return map_row_chunks(_bce_rows, (hidden, ids, keep), (weight,), chunk)  # row arguments first, then shared
 
 
 class FSP(Objective):
