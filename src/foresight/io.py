@@ -60,40 +60,49 @@ MANIFEST = ".foresight-written"
 _MANIFEST_DEPTH = 4  # out/run/checkpoints/step_*.safetensors: the manifest is at most this many folders up
 
 
-def note_written(path: Path, kind: str = "file") -> None:
-    """Add ``path`` to the manifest of the run folder it lies in (the nearest ancestor, within
-    ``_MANIFEST_DEPTH``, that holds one); nothing when it lies in none, or inside a temporary folder (what is
-    written there reaches its real name by a rename that is noted itself)."""
-    path = Path(os.path.abspath(path))
-    if any(_TMP_NAME.match(part) for part in path.parts[:-1]):
-        return
+def _manifest_of(path: Path) -> tuple[Path, Path] | None:
+    """(run folder, its manifest) governing ``path``: the nearest ancestor within ``_MANIFEST_DEPTH`` that holds a
+    manifest (a real file, never a link), or None."""
     for folder in list(path.parents)[:_MANIFEST_DEPTH]:
         manifest = folder / MANIFEST
         if manifest.is_file() and not manifest.is_symlink():
-            line = json.dumps({"path": path.relative_to(folder).as_posix(), "kind": kind}) + "\n"
-            fd = os.open(manifest, os.O_WRONLY | os.O_APPEND)
-            try:
-                os.write(fd, line.encode("utf-8"))  # one small O_APPEND write: whole even with several writers
-            finally:
-                os.close(fd)
-            return
+            return folder, manifest
+    return None
+
+
+def note_written(path: Path, kind: str = "file") -> None:
+    """Add ``path`` to the manifest of the run folder it lies in (``_manifest_of``); nothing when it lies in none,
+    or inside a temporary folder (what is written there reaches its real name by a rename that is noted itself)."""
+    path = Path(os.path.abspath(path))
+    if any(_TMP_NAME.match(part) for part in path.parts[:-1]):
+        return
+    found = _manifest_of(path)
+    if found is None:
+        return
+    folder, manifest = found
+    line = json.dumps({"path": path.relative_to(folder).as_posix(), "kind": kind}) + "\n"
+    fd = os.open(manifest, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line.encode("utf-8"))  # one small O_APPEND write: whole even with several writers
+    finally:
+        os.close(fd)
 
 
 def is_recorded(path: Path) -> bool | None:
     """Whether the manifest of the run folder ``path`` lies in lists it (None: no manifest governs ``path``)."""
     path = Path(os.path.abspath(path))
-    for folder in list(path.parents)[:_MANIFEST_DEPTH]:
-        manifest = folder / MANIFEST
-        if manifest.is_file() and not manifest.is_symlink():
-            rel = path.relative_to(folder).as_posix()
-            for line in manifest.read_text(encoding="utf-8").splitlines():
-                try:
-                    if json.loads(line).get("path") == rel:
-                        return True
-                except (ValueError, AttributeError):
-                    continue
-            return False
-    return None
+    found = _manifest_of(path)
+    if found is None:
+        return None
+    folder, manifest = found
+    rel = path.relative_to(folder).as_posix()
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("path") == rel:
+                return True
+        except (ValueError, AttributeError):
+            continue
+    return False
 
 
 def atomic_write(path: Path, write: Callable[[Path], None] | bytes | str) -> Path:
