@@ -88,21 +88,32 @@ def note_written(path: Path, kind: str = "file") -> None:
         os.close(fd)
 
 
+def read_manifest(out: Path) -> dict[str, str] | None:
+    """What foresight recorded writing in ``out`` (relative path -> "file" | "tree"), None without a manifest;
+    a line cut short by a kill, or damaged, is skipped (it names nothing to remove)."""
+    try:
+        text = (out / MANIFEST).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    entries: dict[str, str] = {}
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str) and entry.get("kind") in ("file", "tree"):
+            entries[entry["path"]] = "tree" if entries.get(entry["path"]) == "tree" else entry["kind"]
+    return entries
+
+
 def is_recorded(path: Path) -> bool | None:
     """Whether the manifest of the run folder ``path`` lies in lists it (None: no manifest governs ``path``)."""
     path = Path(os.path.abspath(path))
     found = _manifest_of(path)
     if found is None:
         return None
-    folder, manifest = found
-    rel = path.relative_to(folder).as_posix()
-    for line in manifest.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("path") == rel:
-                return True
-        except (ValueError, AttributeError):
-            continue
-    return False
+    folder, _ = found
+    return path.relative_to(folder).as_posix() in (read_manifest(folder) or {})
 
 
 def atomic_write(path: Path, write: Callable[[Path], None] | bytes | str) -> Path:

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from foresight.errors import ForesightError
-from foresight.io import MANIFEST, pid_alive
+from foresight.io import MANIFEST, pid_alive, read_manifest
 
 LOCK = ".foresight.lock"
 PID_MAX = 2**31 - 1  # the largest pid_t
@@ -52,24 +52,6 @@ def has_checkpoints(out: Path) -> bool:
     from foresight.train.checkpoint import list_checkpoints
 
     return any(list_checkpoints(d / "checkpoints") for d in run_dirs(out))
-
-
-def read_manifest(out: Path) -> dict[str, str] | None:
-    """What foresight recorded writing in ``out`` (relative path -> "file" | "tree"), None without a manifest;
-    a line cut short by a kill, or damaged, is skipped (it names nothing to remove)."""
-    try:
-        text = (out / MANIFEST).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    entries: dict[str, str] = {}
-    for line in text.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and isinstance(entry.get("path"), str) and entry.get("kind") in ("file", "tree"):
-            entries[entry["path"]] = "tree" if entries.get(entry["path"]) == "tree" else entry["kind"]
-    return entries
 
 
 def _inside(out: Path, rel: str) -> Path | None:
