@@ -16,7 +16,7 @@ import torch
 
 from foresight.errors import ForesightError
 from foresight.generate.drafters import Drafter
-from foresight.generate.rows import Index
+from foresight.generate.rows import Index, pick
 
 MAX_NGRAM = 16
 
@@ -28,9 +28,9 @@ def lookup(context: torch.Tensor, n_draft: int, max_ngram: int, min_ngram: int) 
     length = context.shape[0]
     for k in range(min(max_ngram, length - 1), min_ngram - 1, -1):
         suffix = context[length - k:]  # (k,)
-        windows = context[: length - 1].unfold(0, k, 1)  # (L - k, k): every k-gram that ends before the suffix ends
+        # (L - k, k): every k-gram that ends before the suffix ends, so something always follows it
+        windows = context[: length - 1].unfold(0, k, 1)
         hits = (windows == suffix).all(-1).nonzero().flatten()  # start indices
-        hits = hits[hits + k < length]  # something must follow the earlier occurrence
         if hits.numel():
             start = int(hits[-1]) + k  # the most recent match: what followed it
             follow = context[start : start + n_draft]
@@ -72,8 +72,7 @@ class NgramDrafter(Drafter):
         if self.fallback is not None:
             drafts = self.fallback.propose(out, seq, pos0, n).clone()
         else:
-            ends = n if isinstance(n, torch.Tensor) else torch.full((seq.shape[0],), n, device=seq.device)
-            drafts = seq.gather(1, ends[:, None]).expand(-1, self.n_draft).clone()  # the pending token, repeated
+            drafts = pick(seq, n)[:, None].expand(-1, self.n_draft).clone()  # the pending token x[N], repeated
         for b in range(seq.shape[0]):
             end = int(n[b]) if isinstance(n, torch.Tensor) else n  # x[0..N] of this row: committed + pending
             found = lookup(seq[b, : end + 1], self.n_draft, self.max_ngram, self.min_ngram)
