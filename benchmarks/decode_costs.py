@@ -1,0 +1,158 @@
+"""What a decoding forward over T new tokens costs, plain (MKL) Linears vs oneDNN pre-packed ones, against the
+memory-bandwidth floor.
+
+    python benchmarks/decode_costs.py CHECKPOINT [--max-t 16] [--cache 200] [--threads 1,2] [--repeats 15]
+        [--out results/decode/costs-packed-cpu.md]
+
+For each thread count: the model's weights are read once per forward, so the floor of a decoding step is
+(bytes of the Linears' weights) / (read bandwidth). Read bandwidth is measured here with a big copy (512 MiB
+source: bytes read / time, the written bytes not counted, best of 5) and with a big sum (reads only). Then, after a
+prefill of ``--cache`` tokens, one forward over T = 1..max_t new tokens (trunk + output head + argmax, batch 1;
+the cache is cut back after each) is timed for the plain model and for a copy whose Linears are packed
+(``foresight.generate.packed``; the copy shares the weights). Variants and T are interleaved in every round, so
+load on a shared machine hits all alike; medians of ``--repeats`` rounds. Costs are given in units of the plain
+T = 1 step (the speculative decoder's unit) and of each variant's own T = 1 step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from foresight.environment import cpu_name, describe
+from foresight.generate.packed import pack_linears
+from foresight.train.lm import TrainableLM
+
+
+def read_bandwidth(mib: int = 512, repeats: int = 5) -> tuple[float, float]:
+    """(copy, sum) read bandwidth in GB/s, best of ``repeats``: a copy reads and writes ``mib`` MiB (we count the
+    bytes read), a sum only reads them."""
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    copy_t, sum_t = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        copy_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        src.sum()
+        sum_t.append(time.perf_counter() - t0)
+    nbytes = src.numel() * 4
+    return nbytes / min(copy_t) / 1e9, nbytes / min(sum_t) / 1e9
+
+
+def linear_bytes(model: nn.Module) -> int:
+    """Bytes of the distinct Linear weights and biases (read once per forward; a tied head counts once)."""
+    seen = {}
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            for p in (m.weight, m.bias):
+                if p is not None:
+                    seen[id(p)] = p.numel() * p.element_size()
+    return sum(seen.values())
+
+
+def step_fn(model, caches, block: torch.Tensor, keep: int):
+    def step():
+        out = model.trunk(block, caches)
+        model.lm_head(out.hidden).argmax(-1)
+        for c in caches:
+            c.truncate(keep)
+    return step
+
+
+@torch.no_grad()
+def measure(lm, threads: int, max_t: int, cache: int, repeats: int) -> dict:
+    torch.set_num_threads(threads)
+    plain = lm.model
+    packed = pack_linears(copy.deepcopy(plain, memo={id(p): p for p in plain.parameters()}))  # shares the weights
+    ids = torch.randint(0, plain.cfg.vocab_size, (1, cache + max_t), generator=torch.Generator().manual_seed(0))
+    steps = {}
+    for name, model in (("mkl", plain), ("packed", packed)):
+        caches = model.new_caches()
+        model.trunk(ids[:, :cache], caches)
+        for t in range(1, max_t + 1):
+            steps[name, t] = step_fn(model, caches, ids[:, cache : cache + t], cache)
+    for fn in steps.values():  # warm-up (oneDNN builds its kernels on first use per shape)
+        fn()
+    times = {key: [] for key in steps}
+    for _ in range(repeats):
+        for t in range(1, max_t + 1):
+            for name in ("mkl", "packed"):
+                t0 = time.perf_counter()
+                steps[name, t]()
+                times[name, t].append(time.perf_counter() - t0)
+    ms = {key: 1000 * statistics.median(v) for key, v in times.items()}
+    # The two variants' outputs agree (greedy tokens of the longest block) - a sanity check, the tests check more.
+    outs = []
+    for model in (plain, packed):
+        caches = model.new_caches()
+        model.trunk(ids[:, :cache], caches)
+        outs.append(model.lm_head(model.trunk(ids[:, cache:], caches).hidden))
+    copy_bw, sum_bw = read_bandwidth()
+    return {"threads": threads, "ms": ms, "copy_gbs": copy_bw, "sum_gbs": sum_bw,
+            "same_tokens": bool(torch.equal(outs[0].argmax(-1), outs[1].argmax(-1))),
+            "max_logit_diff": float((outs[0] - outs[1]).abs().max())}
+
+
+def report(r: dict, weight_bytes: int, max_t: int, cache: int) -> str:
+    ms = r["ms"]
+    base, pbase = ms["mkl", 1], ms["packed", 1]
+    bw = max(r["copy_gbs"], r["sum_gbs"])
+    floor = weight_bytes / bw / 1e6  # ms
+    lines = [f"### {r['threads']} thread(s)", "",
+             f"Read bandwidth: copy {r['copy_gbs']:.1f} GB/s, sum {r['sum_gbs']:.1f} GB/s; weights read per step "
+             f"{weight_bytes / 1e6:.0f} MB -> floor {floor:.1f} ms per step (at the higher bandwidth).",
+             f"Plain step (T = 1): MKL {base:.1f} ms = **{base / floor:.2f}x the floor**; packed {pbase:.1f} ms = "
+             f"**{pbase / floor:.2f}x the floor** (target: within 1.5x).",
+             f"Packed vs plain logits over a {max_t}-token block: max |diff| {r['max_logit_diff']:.2e}, greedy tokens "
+             f"{'identical' if r['same_tokens'] else 'DIFFERENT'}.", "",
+             "| T | MKL ms | packed ms | MKL / plain step | packed / plain step | packed / packed T=1 |",
+             "|---|---|---|---|---|---|"]
+    for t in range(1, max_t + 1):
+        lines.append(f"| {t} | {ms['mkl', t]:.1f} | {ms['packed', t]:.1f} | {ms['mkl', t] / base:.2f} | "
+                     f"**{ms['packed', t] / base:.2f}** | {ms['packed', t] / pbase:.2f} |")
+    worst = max(ms["packed", t] / base for t in range(1, min(max_t, 9) + 1))
+    lines += ["", f"Verifying up to 8 drafts (T <= 9) with packed Linears: at most {worst:.2f} plain steps "
+              "(target: <= 1.2).", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--max-t", type=int, default=16)
+    ap.add_argument("--cache", type=int, default=200, help="tokens in the KV cache before the timed forward")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    args = ap.parse_args(argv)
+    lm, _ = TrainableLM.from_checkpoint(args.checkpoint)
+    lm.model.eval()
+    weight_bytes = linear_bytes(lm.model)
+    env = describe("cpu")
+    header = [f"# Decoding forward cost: plain (MKL) vs pre-packed (oneDNN) Linears, {args.checkpoint}", "",
+              f"Command: `python {' '.join(sys.argv)}`", "",
+              f"Machine: {cpu_name()}, {torch.get_num_threads()} threads available to torch; torch {env['torch']}, "
+              f"python {env['python']}, foresight {env['foresight']} ({env['git_commit']}), {env['date']}. "
+              f"Batch 1, fp32, {args.cache} tokens cached, medians of {args.repeats} interleaved rounds. "
+              "MKL = PyTorch's default CPU Linear; packed = `foresight.generate.packed.pack_linears`.", ""]
+    parts = []
+    for threads in (int(t) for t in args.threads.split(",")):
+        r = measure(lm, threads, args.max_t, args.cache, args.repeats)
+        parts.append(report(r, weight_bytes, args.max_t, args.cache))
+        print(parts[-1], flush=True)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text("\n".join(header + parts))
+
+
+if __name__ == "__main__":
+    main()
