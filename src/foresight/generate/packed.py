@@ -8,12 +8,15 @@ slowly than its kernel for one row, and verifying a few tokens costs 1.4-2.0 pla
 product on a weight *reordered once* into its blocked layout (``torch.ops.mkldnn._reorder_linear_weight``)
 streams the weight at about the same speed for 1..16 rows.
 
-``pack_linears(model)`` swaps every ``nn.Linear`` of a foresight model (trunk, output head, MTP heads, DS-MTP
-modules, TOP head) for a ``PackedLinear``: still an ``nn.Linear`` holding the *same* ``weight`` and ``bias``
-Parameters (so a tied output head stays tied, state dicts, checkpoints and ``isinstance`` checks are
-unchanged), plus the packed copy that its forward uses. The packed copy is fp32 like the weight; outputs
-differ from ``F.linear`` only by summation order (about 1e-6 relative), the same as between two BLAS kernels.
-Costs: one more copy of the Linears' weights in memory while packed.
+Pass the ``TrainableLM`` (``pack_linears(lm)``) to pack the trunk, the output head and the objectives' heads
+(MTP heads, DS-MTP modules, TOP head: they live in ``lm.objectives``); ``pack_linears(lm.model)`` packs the
+trunk and the output head only.
+
+``pack_linears(module)`` swaps every ``nn.Linear`` under ``module`` for a ``PackedLinear``: still an
+``nn.Linear`` holding the *same* ``weight`` and ``bias`` Parameters (so a tied output head stays tied, state
+dicts, checkpoints and ``isinstance`` checks are unchanged), plus the packed copy that its forward uses. The
+packed copy is fp32 like the weight; outputs differ from ``F.linear`` only by summation order (about 1e-6
+relative), as between any two BLAS kernels. Costs: one more copy of the Linears' weights in memory.
 
 Inference only: a ``PackedLinear`` in training mode raises a one-line error (``unpack_linears`` turns the
 model back into plain Linears); with autograd recording it runs ``F.linear`` (the op has no backward). If the
@@ -113,7 +116,8 @@ def _replace(model: nn.Module, convert) -> int:
 
 
 def pack_linears(model: nn.Module, rows: int = ROWS_HINT, quiet: bool = False) -> nn.Module:
-    """Every ``nn.Linear`` of ``model`` (in place) -> ``PackedLinear`` (module doc); returns ``model``.
+    """Every ``nn.Linear`` under ``model`` (in place) -> ``PackedLinear`` (module doc); returns ``model``. Give
+    a ``TrainableLM`` to include the objectives' heads.
 
     Where packing cannot apply, ``model`` is returned unchanged and one note line goes to stderr (unless
     ``quiet``). Packing twice is a no-op. ``is_packed(model)`` says whether its Linears are packed."""

@@ -23,6 +23,7 @@ class SpecStats:
     reached: list[int] = field(default_factory=list)  # per draft position i: proposed with drafts < i accepted
     row_steps: int = 0  # (row, step) pairs of unfinished rows
     row_tokens: int = 0  # sum over those pairs of 1 + a_row: the tokens every row gained
+    block_sizes: list[int] = field(default_factory=list)  # drafts verified per step, when chosen per step
 
     def __post_init__(self) -> None:
         self.drafted = self.drafted or [0] * self.n_draft

@@ -34,6 +34,7 @@ from types import SimpleNamespace
 import torch
 
 from foresight.errors import ForesightError
+from foresight.generate.block_size import BlockChooser, cost_curve
 from foresight.generate.drafters import Drafter, DraftVocab, DSMTPDrafter, MTPDrafter
 from foresight.generate.sampling import _validate
 from foresight.generate.spec_stats import SpecStats
@@ -44,6 +45,8 @@ from foresight.modes import eval_mode
 # The drafter classes an objective picks from in ``Objective.drafter(..., forms)``: generate/ owns how drafting
 # runs, the objective which form its heads take. Passed in, so objectives/ never imports generate/.
 DRAFTER_FORMS = SimpleNamespace(MTPDrafter=MTPDrafter, DSMTPDrafter=DSMTPDrafter, TOPDrafter=TOPDrafter)
+# The most n-gram drafts per step when the block size is chosen from measured costs (``n_draft="auto"``).
+AUTO_NGRAM_DRAFTS = 8
 
 
 def make_drafter(lm, kind: str = "auto", n_draft: int | None = None, stacked: bool = True,
@@ -113,8 +116,10 @@ def _fill_after_eos(tokens: torch.Tensor, prompt_len: int, eos_id: int, max_new_
 
 
 def _decode_one_row(model, drafter: Drafter, caches, out: TrunkOutput, seq: torch.Tensor, p: int,
-                    max_new_tokens: int, eos_id: int | None, stats: SpecStats) -> torch.Tensor:
-    """B = 1: ints everywhere (the scalar cache path). ``seq`` (1, P + 1): the prompt and the pending token."""
+                    max_new_tokens: int, eos_id: int | None, stats: SpecStats,
+                    chooser: BlockChooser | None = None) -> torch.Tensor:
+    """B = 1: ints everywhere (the scalar cache path). ``seq`` (1, P + 1): the prompt and the pending token.
+    ``chooser``: verify only the first ``chooser.choose()`` drafts of each step (block size from measured costs)."""
     pos0 = 0
     while True:
         if eos_id is not None and bool((seq[:, p:] == eos_id).any()):
@@ -124,6 +129,8 @@ def _decode_one_row(model, drafter: Drafter, caches, out: TrunkOutput, seq: torc
             break
         n = seq.shape[1] - 1
         drafts = drafter.propose(out, seq, pos0, n)[:, : remaining - 1]  # (1, d), d <= remaining - 1
+        if chooser is not None:
+            drafts = drafts[:, : chooser.choose()]
         d = drafts.shape[1]
         block = torch.cat([seq[:, -1:], drafts], dim=1)  # (1, 1 + d): positions N..N+d
         out = model.trunk(block, caches)
@@ -131,6 +138,8 @@ def _decode_one_row(model, drafter: Drafter, caches, out: TrunkOutput, seq: torc
         match = (greedy[:, :d] == drafts).long().cumprod(dim=1)  # (1, d): prefix of agreeing drafts
         a = int(match.sum())
         stats.record(torch.ones_like(drafts, dtype=torch.bool), match)
+        if chooser is not None:
+            chooser.observe(torch.ones_like(drafts, dtype=torch.bool), match)
         for cache in caches:
             cache.truncate(n + 1 + a)  # keep x[N] and the a accepted drafts
         seq = torch.cat([seq, greedy[:, : a + 1]], dim=1)  # accepted drafts equal the greedy tokens; greedy[a] is new
@@ -139,7 +148,8 @@ def _decode_one_row(model, drafter: Drafter, caches, out: TrunkOutput, seq: torc
 
 
 def _decode_rows(model, drafter: Drafter, caches, out: TrunkOutput, seq: torch.Tensor, p: int,
-                 max_new_tokens: int, eos_id: int | None, stats: SpecStats) -> torch.Tensor:
+                 max_new_tokens: int, eos_id: int | None, stats: SpecStats,
+                 chooser: BlockChooser | None = None) -> torch.Tensor:
     """B > 1: every row at its own position (per-row caches, RoPE and masks); a row that finishes leaves the
     batch (its caches and drafter state are dropped), so later steps run on the unfinished rows only."""
     b = seq.shape[0]
@@ -169,7 +179,7 @@ def _decode_rows(model, drafter: Drafter, caches, out: TrunkOutput, seq: torch.T
             drafter.keep_rows(keep)
         limit = max_new_tokens - made - 1  # (R,) drafts each row can still use (>= 0)
         drafts = drafter.propose(out, buf, pos0, n)
-        d = min(drafts.shape[1], int(limit.max()))
+        d = min(drafts.shape[1], int(limit.max()), drafts.shape[1] if chooser is None else chooser.choose())
         drafts = drafts[:, :d]  # (R, d)
         block = torch.cat([buf.gather(1, n[:, None]), drafts], dim=1)  # (R, 1 + d): positions N..N+d per row
         out = model.trunk(block, caches)
@@ -178,6 +188,8 @@ def _decode_rows(model, drafter: Drafter, caches, out: TrunkOutput, seq: torch.T
         match = ((greedy[:, :d] == drafts) & usable).long().cumprod(dim=1)  # (R, d): prefix of agreeing drafts
         a = match.sum(dim=1)  # (R,)
         stats.record(usable, match)
+        if chooser is not None:
+            chooser.observe(usable, match)
         # Row r's new tokens x[N+1..N+a+1] are greedy[r, :a+1] (accepted drafts equal the greedy tokens, greedy[a]
         # is the new pending). The rest of the block lands past the new N: padding, overwritten later.
         buf.scatter_(1, n[:, None] + 1 + steps[: d + 1], greedy)
@@ -190,10 +202,17 @@ def _decode_rows(model, drafter: Drafter, caches, out: TrunkOutput, seq: torch.T
 
 @torch.no_grad()
 def speculative_generate(lm, input_ids: torch.Tensor, max_new_tokens: int, drafter: Drafter | str = "auto", *,
-                         n_draft: int | None = None, eos_id: int | None = None) -> tuple[torch.Tensor, SpecStats]:
+                         n_draft: int | str | None = None, eos_id: int | None = None,
+                         packed: bool = False) -> tuple[torch.Tensor, SpecStats]:
     """Greedy decoding of ``lm.model`` accelerated by ``drafter``: (B, P) -> ((B, P + n), stats).
 
     The output equals ``generate(lm.model, input_ids, max_new_tokens, eos_id=eos_id)`` (greedy), row by row.
+
+    ``n_draft="auto"``: the drafter proposes its most drafts (``AUTO_NGRAM_DRAFTS`` for ngram) and each step
+    verifies the number that maximises the expected tokens per unit of measured time (``generate/block_size.py``;
+    a short calibration of the forward's cost per block size, once per model, threads and batch size);
+    ``stats.block_sizes`` lists the choices. ``packed``: pack the model's Linears for CPU inference first
+    (``generate/packed.py``; in place, kept afterwards; a note and no change where it does not apply).
 
     ``lm`` may also be a wrapped transformers model (``foresight.wrap``): then its own heads draft and the model
     verifies with its KV cache (``generate/wrapped.py``; ``drafter`` is 'auto' or an objective name), and the
@@ -202,15 +221,25 @@ def speculative_generate(lm, input_ids: torch.Tensor, max_new_tokens: int, draft
     if hasattr(lm, "parts"):  # a ForesightModel: the transformers model verifies
         from foresight.generate.wrapped import speculative_generate_wrapped
 
+        if n_draft == "auto" or packed:
+            raise ForesightError("n_draft='auto' and packed=True are for foresight models, not wrapped ones")
         return speculative_generate_wrapped(lm, input_ids, max_new_tokens, drafter, n_draft=n_draft, eos_id=eos_id)
     _validate(input_ids, max_new_tokens, 0.0, None, None)
     model = lm.model
+    if packed:
+        from foresight.generate.packed import pack_linears
+
+        pack_linears(lm)  # the trunk, the output head and the objectives' heads
+    auto = n_draft == "auto"
+    if isinstance(n_draft, str) and not auto:
+        raise ForesightError(f"the number of drafts must be an integer or 'auto', got {n_draft!r}")
     device = next(model.parameters()).device
     ids = input_ids.long().to(device)
     if max_new_tokens == 0:
         return ids.clone(), SpecStats(0)
     if isinstance(drafter, str):
-        drafter = make_drafter(lm, drafter, n_draft)
+        most = AUTO_NGRAM_DRAFTS if drafter == "ngram" else None  # heads: all of them
+        drafter = make_drafter(lm, drafter, most if auto else n_draft)
     b, p = ids.shape
     stats = SpecStats(drafter.n_draft, batch=b)
     with eval_mode(lm):
@@ -219,8 +248,12 @@ def speculative_generate(lm, input_ids: torch.Tensor, max_new_tokens: int, draft
         out = model.trunk(ids, caches)  # prefill: positions 0..P-1
         pending = model.lm_head(out.hidden[:, -1]).argmax(dim=-1)  # (B,) the greedy x[P]
         seq = torch.cat([ids, pending[:, None]], dim=1)  # (B, P + 1)
+        chooser = None
+        if auto:
+            chooser = BlockChooser(cost_curve(model, caches, pending[:, None], drafter.n_draft), drafter.n_draft)
+            stats.block_sizes = chooser.chosen
         decode = _decode_one_row if b == 1 else _decode_rows
-        tokens = decode(model, drafter, caches, out, seq, p, max_new_tokens, eos_id, stats)
+        tokens = decode(model, drafter, caches, out, seq, p, max_new_tokens, eos_id, stats, chooser)
         if eos_id is not None:
             tokens = _fill_after_eos(tokens, p, eos_id, max_new_tokens)
         return tokens, stats
