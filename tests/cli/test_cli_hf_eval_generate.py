@@ -199,3 +199,16 @@ def test_generate_speculative_reads_the_draft_vocabulary(run_dir, tmp_path, caps
                    tmp_path / "bad" / "step_00000003.safetensors")
         _error_line(*_run(["generate", tmp_path / "bad" / "step_00000003.safetensors", "--prompt-ids", "2 3",
                            "--speculative"], capsys)[::2], "draft_vocab must be a non-empty list")
+
+
+def test_generate_packed_and_auto_drafts(run_dir, capsys):
+    """--packed (oneDNN pre-packed Linears) and --drafts auto (block size from measured costs): same output."""
+    code, out, err = _run(["generate", run_dir, "--prompt-ids", "2 3 4", "--max-new-tokens", "12", "--speculative",
+                           "ngram+mtp", "--drafts", "auto", "--packed", "--compare"], capsys)
+    assert code == 0, err
+    assert "identical" in err and "drafts verified per step (auto)" in err
+    _error_line(*_run(["generate", run_dir, "--prompt-ids", "2 3", "--drafts", "auto"], capsys)[::2],
+                "--drafts auto needs --speculative")
+    with pytest.raises(SystemExit) as exc:  # argparse's own usage error
+        main(["generate", str(run_dir), "--prompt-ids", "2 3", "--drafts", "many"])
+    assert exc.value.code == 2 and "expected an integer or auto" in capsys.readouterr().err

@@ -37,8 +37,14 @@ def register(sub) -> None:
                    help="self-speculative greedy decoding with the model's own heads (default: auto = MTP, else "
                    "DS-MTP, else TOP); ngram: drafts copied from earlier in the text (prompt lookup, no heads); "
                    "ngram+mtp (or +dsmtp, +top): prompt lookup where an n-gram matches, else the heads")
-    g.add_argument("--drafts", type=int,
-                   help="drafts per step (default: every MTP head / DS-MTP module; 3 for TOP; 4 for ngram)")
+    g.add_argument("--drafts", type=_drafts,
+                   help="drafts per step (default: every MTP head / DS-MTP module; 3 for TOP; 4 for ngram), or auto: "
+                   "each step verifies the number that maximises expected tokens per measured second (a short "
+                   "calibration of this machine's forward cost per block size first; at most 8 for ngram)")
+    g.add_argument("--packed", action="store_true",
+                   help="CPU: run the Linears on oneDNN pre-packed weights (same fp32 weights, outputs equal up to "
+                   "summation order; verifying a few drafts costs about one plain step); a note and no change where "
+                   "it does not apply")
     g.add_argument("--draft-vocab", choices=("auto", "none"), default="auto",
                    help="with --speculative: MTP / DS-MTP drafts over the checkpoint's reduced draft vocabulary "
                    "(its config's draft_vocab, as benchmarks/smollm2_heads.py writes it) when it has one (auto, "
@@ -49,6 +55,16 @@ def register(sub) -> None:
     g.add_argument("--no-eos", action="store_true", help="do not stop at the end-of-document token")
     g.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     g.set_defaults(func=_generate)
+
+
+def _drafts(text: str):
+    """--drafts: an integer or 'auto' (range checked in _check_options)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
 
 
 def _prompt(args, state):
@@ -113,7 +129,7 @@ def _check_options(args) -> None:
     check_int(args.seed, "--seed", -(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
     if args.top_k is not None:
         check_int(args.top_k, "--top-k", 1, 1 << 62)
-    if args.drafts is not None:
+    if args.drafts is not None and args.drafts != "auto":
         check_int(args.drafts, "--drafts", 1, MAX_DRAFTS)  # each draft is a position of every verification block
     if args.prompt_ids is not None:
         _prompt_ids(args.prompt_ids)
@@ -164,7 +180,7 @@ def _generate(args: argparse.Namespace) -> None:
     import torch
 
     from foresight.generate import generate, speculative_generate
-    from foresight.generate.speculative import make_drafter
+    from foresight.generate.speculative import AUTO_NGRAM_DRAFTS, make_drafter
     from foresight.train.lm import TrainableLM
 
     _check_options(args)
@@ -173,8 +189,14 @@ def _generate(args: argparse.Namespace) -> None:
                              "drop --temperature/--top-k/--top-p or drop --speculative")
     if args.compare and not args.speculative:
         raise ForesightError("--compare needs --speculative")
+    if args.drafts == "auto" and not args.speculative:
+        raise ForesightError("--drafts auto needs --speculative")
     lm, state = TrainableLM.from_checkpoint(args.checkpoint)
     lm = lm.to(args.device)
+    if args.packed:
+        from foresight.generate.packed import pack_linears
+
+        pack_linears(lm.eval())  # the trunk, the output head and the objectives' heads
     draft_vocab = None
     if args.speculative and args.draft_vocab == "auto":
         draft_vocab = _draft_vocab(state, lm.model.cfg.vocab_size, args.checkpoint)
@@ -194,8 +216,11 @@ def _generate(args: argparse.Namespace) -> None:
     try:
         t0 = time.perf_counter()
         if args.speculative:
-            drafter = make_drafter(lm, args.speculative, args.drafts, draft_vocab=draft_vocab)
-            out, stats = speculative_generate(lm, ids, args.max_new_tokens, drafter, eos_id=eos)
+            auto = args.drafts == "auto"
+            most = AUTO_NGRAM_DRAFTS if auto and args.speculative == "ngram" else None
+            drafter = make_drafter(lm, args.speculative, most if auto else args.drafts, draft_vocab=draft_vocab)
+            out, stats = speculative_generate(lm, ids, args.max_new_tokens, drafter, eos_id=eos,
+                                              n_draft="auto" if auto else None)
         else:
             out = generate(lm.model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, generator=gen, eos_id=eos, on_token=stream)
@@ -216,6 +241,9 @@ def _generate(args: argparse.Namespace) -> None:
         vocab = "" if used is None else f", drafts over the checkpoint's draft vocabulary of {len(used.ids):,} ids"
         print(f"[speculative: tau = {stats.tau:.2f} tokens per forward, acceptance per draft position: {acc}{vocab}]",
               file=sys.stderr)
+        if stats.block_sizes:
+            sizes = torch.bincount(torch.tensor(stats.block_sizes), minlength=drafter.n_draft + 1).tolist()
+            print(f"[drafts verified per step (auto), steps with 0..{drafter.n_draft}: {sizes}]", file=sys.stderr)
         if args.compare:
             t0 = time.perf_counter()
             plain = generate(lm.model, ids, args.max_new_tokens, eos_id=eos)
