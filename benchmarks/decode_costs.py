@@ -2,7 +2,7 @@
 memory-bandwidth floor.
 
     python benchmarks/decode_costs.py CHECKPOINT [--max-t 16] [--cache 200] [--threads 1,2] [--repeats 15]
-        [--out results/decode/costs-packed-cpu.md]
+        [--hints 1,16] [--out results/decode/costs-packed-cpu.md]
 
 For each thread count: the model's weights are read once per forward, so the floor of a decoding step is
 (bytes of the Linears' weights) / (read bandwidth). Read bandwidth is measured here with a big copy (512 MiB
@@ -69,13 +69,16 @@ def step_fn(model, caches, block: torch.Tensor, keep: int):
 
 
 @torch.no_grad()
-def measure(lm, threads: int, max_t: int, cache: int, repeats: int) -> dict:
+def measure(lm, threads: int, max_t: int, cache: int, repeats: int, hints: list[int]) -> dict:
     torch.set_num_threads(threads)
     plain = lm.model
-    packed = pack_linears(copy.deepcopy(plain, memo={id(p): p for p in plain.parameters()}))  # shares the weights
+    variants = {"mkl": plain}
+    for h in hints:  # copies sharing the weights, packed for h rows
+        twin = copy.deepcopy(plain, memo={id(p): p for p in plain.parameters()})
+        variants[f"packed{h}"] = pack_linears(twin, rows=h)
     ids = torch.randint(0, plain.cfg.vocab_size, (1, cache + max_t), generator=torch.Generator().manual_seed(0))
     steps = {}
-    for name, model in (("mkl", plain), ("packed", packed)):
+    for name, model in variants.items():
         caches = model.new_caches()
         model.trunk(ids[:, :cache], caches)
         for t in range(1, max_t + 1):
@@ -85,44 +88,47 @@ def measure(lm, threads: int, max_t: int, cache: int, repeats: int) -> dict:
     times = {key: [] for key in steps}
     for _ in range(repeats):
         for t in range(1, max_t + 1):
-            for name in ("mkl", "packed"):
+            for name in variants:
                 t0 = time.perf_counter()
                 steps[name, t]()
                 times[name, t].append(time.perf_counter() - t0)
     ms = {key: 1000 * statistics.median(v) for key, v in times.items()}
-    # The two variants' outputs agree (greedy tokens of the longest block) - a sanity check, the tests check more.
-    outs = []
-    for model in (plain, packed):
+    # The variants' outputs agree (greedy tokens of the longest block) - a sanity check, the tests check more.
+    logits = {}
+    for name, model in variants.items():
         caches = model.new_caches()
         model.trunk(ids[:, :cache], caches)
-        outs.append(model.lm_head(model.trunk(ids[:, cache:], caches).hidden))
+        logits[name] = model.lm_head(model.trunk(ids[:, cache:], caches).hidden)
     copy_bw, sum_bw = read_bandwidth()
-    return {"threads": threads, "ms": ms, "copy_gbs": copy_bw, "sum_gbs": sum_bw,
-            "same_tokens": bool(torch.equal(outs[0].argmax(-1), outs[1].argmax(-1))),
-            "max_logit_diff": float((outs[0] - outs[1]).abs().max())}
+    return {"threads": threads, "variants": list(variants), "ms": ms, "copy_gbs": copy_bw, "sum_gbs": sum_bw,
+            "same_tokens": all(torch.equal(v.argmax(-1), logits["mkl"].argmax(-1)) for v in logits.values()),
+            "max_logit_diff": max(float((v - logits["mkl"]).abs().max()) for v in logits.values())}
 
 
-def report(r: dict, weight_bytes: int, max_t: int, cache: int) -> str:
-    ms = r["ms"]
-    base, pbase = ms["mkl", 1], ms["packed", 1]
+def report(r: dict, weight_bytes: int, max_t: int) -> str:
+    ms, names = r["ms"], r["variants"]
+    base = ms["mkl", 1]
     bw = max(r["copy_gbs"], r["sum_gbs"])
     floor = weight_bytes / bw / 1e6  # ms
+    steps = "; ".join(f"{n} {ms[n, 1]:.1f} ms = **{ms[n, 1] / floor:.2f}x**" for n in names)
     lines = [f"### {r['threads']} thread(s)", "",
              f"Read bandwidth: copy {r['copy_gbs']:.1f} GB/s, sum {r['sum_gbs']:.1f} GB/s; weights read per step "
-             f"{weight_bytes / 1e6:.0f} MB -> floor {floor:.1f} ms per step (at the higher bandwidth).",
-             f"Plain step (T = 1): MKL {base:.1f} ms = **{base / floor:.2f}x the floor**; packed {pbase:.1f} ms = "
-             f"**{pbase / floor:.2f}x the floor** (target: within 1.5x).",
-             f"Packed vs plain logits over a {max_t}-token block: max |diff| {r['max_logit_diff']:.2e}, greedy tokens "
-             f"{'identical' if r['same_tokens'] else 'DIFFERENT'}.", "",
-             "| T | MKL ms | packed ms | MKL / plain step | packed / plain step | packed / packed T=1 |",
-             "|---|---|---|---|---|---|"]
+             f"{weight_bytes / 1e6:.0f} MB -> floor {floor:.1f} ms per step (at the higher bandwidth).", "",
+             f"Plain step (T = 1) against the floor (target: within 1.5x): {steps}.", "",
+             f"All variants vs MKL logits over a {max_t}-token block: max |diff| {r['max_logit_diff']:.2e}, greedy "
+             f"tokens {'identical' if r['same_tokens'] else 'DIFFERENT'}.", "",
+             "Cost of a forward over T new tokens in plain (MKL, T = 1) steps, and each variant's ms:", "",
+             "| T | " + " | ".join(f"{n} / plain step" for n in names) + " | " + " | ".join(f"{n} ms" for n in names)
+             + " |", "|---|" + "---|" * (2 * len(names))]
     for t in range(1, max_t + 1):
-        lines.append(f"| {t} | {ms['mkl', t]:.1f} | {ms['packed', t]:.1f} | {ms['mkl', t] / base:.2f} | "
-                     f"**{ms['packed', t] / base:.2f}** | {ms['packed', t] / pbase:.2f} |")
-    worst = max(ms["packed", t] / base for t in range(1, min(max_t, 9) + 1))
-    lines += ["", f"Verifying up to 8 drafts (T <= 9) with packed Linears: at most {worst:.2f} plain steps "
-              "(target: <= 1.2).", ""]
-    return "\n".join(lines)
+        lines.append(f"| {t} | " + " | ".join(f"{ms[n, t] / base:.2f}" for n in names) + " | "
+                     + " | ".join(f"{ms[n, t]:.1f}" for n in names) + " |")
+    lines.append("")
+    for n in names:
+        worst = max(ms[n, t] / base for t in range(2, min(max_t, 9) + 1))
+        lines.append(f"- {n}: verifying 1..8 drafts (T = 2..9) costs at most **{worst:.2f}** plain steps "
+                     "(target: <= 1.2).")
+    return "\n".join(lines + [""])
 
 
 def main(argv=None) -> None:
@@ -132,6 +138,7 @@ def main(argv=None) -> None:
     ap.add_argument("--cache", type=int, default=200, help="tokens in the KV cache before the timed forward")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--hints", default="1,16", help="packed variants: the row counts oneDNN's layout is tuned for")
     ap.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = ap.parse_args(argv)
     lm, _ = TrainableLM.from_checkpoint(args.checkpoint)
@@ -143,11 +150,13 @@ def main(argv=None) -> None:
               f"Machine: {cpu_name()}, {torch.get_num_threads()} threads available to torch; torch {env['torch']}, "
               f"python {env['python']}, foresight {env['foresight']} ({env['git_commit']}), {env['date']}. "
               f"Batch 1, fp32, {args.cache} tokens cached, medians of {args.repeats} interleaved rounds. "
-              "MKL = PyTorch's default CPU Linear; packed = `foresight.generate.packed.pack_linears`.", ""]
+              "mkl = PyTorch's default CPU Linear; packedH = `foresight.generate.packed.pack_linears(model, rows=H)` "
+              "(oneDNN layout tuned for H rows). The machine was shared with other jobs (2 cores): numbers are "
+              "noisy; rerun on a quiet machine for the final table.", ""]
     parts = []
     for threads in (int(t) for t in args.threads.split(",")):
-        r = measure(lm, threads, args.max_t, args.cache, args.repeats)
-        parts.append(report(r, weight_bytes, args.max_t, args.cache))
+        r = measure(lm, threads, args.max_t, args.cache, args.repeats, [int(h) for h in args.hints.split(",")])
+        parts.append(report(r, weight_bytes, args.max_t))
         print(parts[-1], flush=True)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,9 @@ import torch
 from foresight.environment import cpu_name
 from foresight.generate import generate, make_drafter, speculative_generate, top_draft_acceptance
 from foresight.generate.drafters import Drafter
+from foresight.generate.packed import is_packed, pack_linears
 from foresight.generate.rows import window
+from foresight.generate.speculative import AUTO_NGRAM_DRAFTS
 from foresight.train.lm import TrainableLM
 
 
@@ -88,7 +90,8 @@ def bench(lm, prompts: torch.Tensor, new_tokens: int, batch: int, drafter: str, 
     """Median wall-clock of plain vs speculative greedy decoding of every prompt, ``batch`` rows at a time.
 
     ``drafter``: mtp, dsmtp, top, auto, or oracle-<kind> (perfect drafts at the cost of that drafter),
-    optionally with ``:k`` drafts per step (``mtp:1`` uses MTP head 1 only)."""
+    optionally with ``:k`` drafts per step (``mtp:1`` uses MTP head 1 only) or ``:auto`` (the block size chosen
+    per step from measured costs and running acceptance; ngram then drafts up to AUTO_NGRAM_DRAFTS)."""
     batches = [prompts[i : i + batch] for i in range(0, prompts.shape[0] - batch + 1, batch)]
     # The true continuations feed the oracle drafter only (one more plain pass); otherwise warm up briefly.
     oracle = drafter.startswith("oracle")
@@ -96,8 +99,10 @@ def bench(lm, prompts: torch.Tensor, new_tokens: int, batch: int, drafter: str, 
     if not oracle:
         generate(lm.model, batches[0], 8)
 
-    kind, _, k = drafter.partition(":")  # "mtp:2" = the first 2 MTP heads only
-    n_draft = int(k) if k else None
+    kind, _, k = drafter.partition(":")  # "mtp:2" = the first 2 MTP heads only; "ngram:auto" = block size chosen
+    auto = k == "auto"  # per step from measured costs (generate/block_size.py)
+    n_draft = (AUTO_NGRAM_DRAFTS if kind == "ngram" else None) if auto else int(k) if k else None
+    block = "auto" if auto else None
 
     def make(i):
         if kind.startswith("oracle"):
@@ -106,7 +111,7 @@ def bench(lm, prompts: torch.Tensor, new_tokens: int, batch: int, drafter: str, 
             return OracleDrafter(inner, truths[i])
         return make_drafter(lm, kind, n_draft, draft_vocab=draft_vocab)
 
-    speculative_generate(lm, batches[0], 8, make(0))  # warm-up
+    speculative_generate(lm, batches[0], 8, make(0), n_draft=block)  # warm-up (and the cost calibration)
     plain_t, spec_t, identical, stats_all, draft_total = [], [], True, [], 0.0
     for _ in range(repeats):
         p_total = s_total = 0.0
@@ -114,7 +119,7 @@ def bench(lm, prompts: torch.Tensor, new_tokens: int, batch: int, drafter: str, 
             want, t = timed(lambda ids=ids: generate(lm.model, ids, new_tokens))
             p_total += t
             d = TimedDrafter(make(i))
-            (got, stats), t = timed(lambda ids=ids, d=d: speculative_generate(lm, ids, new_tokens, d))
+            (got, stats), t = timed(lambda ids=ids, d=d: speculative_generate(lm, ids, new_tokens, d, n_draft=block))
             s_total += t
             draft_total += d.seconds
             identical &= torch.equal(got, want)
@@ -138,7 +143,8 @@ def bench(lm, prompts: torch.Tensor, new_tokens: int, batch: int, drafter: str, 
             "tokens_per_step": row_tokens / sum(s.steps * s.batch for s in stats_all),
             "acceptance": [a / d for a, d in zip(accepted, drafted)],
             "plain_tok_s": tokens / plain, "spec_tok_s": tokens / spec, "speedup": plain / spec,
-            "identical": identical, "plain_s": plain, "spec_s": spec}
+            "identical": identical, "plain_s": plain, "spec_s": spec,
+            "block_sizes": [sum(s.block_sizes) / max(len(s.block_sizes), 1) for s in stats_all]}
 
 
 def table(rows: list[dict], header: str) -> str:
@@ -148,7 +154,9 @@ def table(rows: list[dict], header: str) -> str:
              "speed-up | identical |", "|" + "---|" * (8 + width)]
     for r in rows:
         acc = " | ".join([f"{a:.1%}" for a in r["acceptance"]] + ["—"] * (width - len(r["acceptance"])))
-        lines.append(f"| {r['drafter']} | {r['batch']} | {r['tau']:.2f} | {r['tokens_per_step']:.2f} | {acc} | "
+        k = statistics.mean(r["block_sizes"]) if r.get("block_sizes") and any(r["block_sizes"]) else None
+        name = r["drafter"] if k is None else f"{r['drafter']} (mean k {k:.1f})"
+        lines.append(f"| {name} | {r['batch']} | {r['tau']:.2f} | {r['tokens_per_step']:.2f} | {acc} | "
                      f"{r['plain_tok_s']:.1f} | {r['spec_tok_s']:.1f} | **{r['speedup']:.2f}x** | "
                      f"{'yes' if r['identical'] else 'NO'} |")
     return "\n".join(lines) + "\n"
@@ -187,7 +195,7 @@ def main(argv=None) -> None:
     ap.add_argument("--data", type=Path, required=True, help="prepared data folder (prompts from its val split)")
     ap.add_argument("--drafters", default="auto", help="comma-separated: mtp, dsmtp, top, auto, or oracle-mtp etc. "
                     "(perfect drafts at that drafter's cost: the method's ceiling here); ':k' = k drafts per step, "
-                    "e.g. mtp:1 (default auto)")
+                    "e.g. mtp:1, ':auto' = chosen per step from measured costs, e.g. ngram:auto (default auto)")
     ap.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default 1)")
     ap.add_argument("--prompts", type=int, default=8, help="number of prompts (default 8)")
     ap.add_argument("--prompt-len", type=int, default=64, help="prompt tokens (default 64)")
@@ -198,12 +206,16 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, help="also write the table to this markdown file")
     ap.add_argument("--draft-vocab", default="auto", help="drafts over a reduced vocabulary: auto (the checkpoint's "
                     "config draft_vocab, if any), none, or N (the N most frequent ids of the data's train split)")
+    ap.add_argument("--packed", action="store_true", help="run the model (plain and speculative alike) on oneDNN "
+                    "pre-packed Linears (foresight.generate.packed)")
     ap.add_argument("--results", type=Path, help="also write one JSON per (drafter, batch) into this folder")
     ap.add_argument("--name", default=None, help="results: file-name prefix and model name (default: checkpoint)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     lm, state = TrainableLM.from_checkpoint(args.checkpoint)
+    if args.packed:
+        pack_linears(lm)  # trunk, output head and the objectives' heads
     prompts = prompts_from(args.data, args.prompts, args.prompt_len)
     draft_vocab = None
     if args.draft_vocab == "auto" and state["config"].get("draft_vocab"):
@@ -218,7 +230,8 @@ def main(argv=None) -> None:
                                    int(args.draft_vocab), lm.model.cfg.vocab_size)
     header = (f"Self-speculative greedy decoding, {args.checkpoint} (step {state.get('step')}): {args.prompts} "
               f"prompts x {args.prompt_len} tokens from {args.data} (val), {args.new_tokens} new tokens each; "
-              f"{cpu_name()}, {args.threads} thread(s), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
+              f"{cpu_name()}, {args.threads} thread(s), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, "
+              f"{'pre-packed (oneDNN)' if is_packed(lm) else 'plain (MKL)'} Linears; "
               f"median of {args.repeats} rounds")
     rows = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
