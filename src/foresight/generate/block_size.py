@@ -8,10 +8,11 @@ acceptance rate of draft i given that drafts 1..i-1 were accepted, the expected 
 
 and the chooser picks the k in 0..K that maximises E[1 + a(k)] / cost(k + 1), the expected tokens per unit of
 time (drafting time is the same for every k, since a drafter proposes all K and the step keeps k; it is not in
-the formula). k = 0 is a plain step. This is the block-size rule of SpecDec++ / "adaptive draft length"
-papers reduced to its measured inputs (no learned predictor): the cost curve of *this* machine (under MKL a
-forward over 2-3 tokens costs more than over 4, so the best k is not monotone in the acceptance) and the
-acceptance that *this* text is giving.
+the formula). k = 0 is a plain step. Adaptive draft lengths have been proposed with learned stopping
+predictors (e.g. SpecDec++, Huang et al. 2024); this rule uses two measured inputs only: the cost curve of
+*this* machine (under MKL a forward over 2-3 tokens can cost more than over 4, so the best k need not grow
+with the acceptance) and the acceptance that *this* text is giving. Acceptance rates are assumed independent
+of k (true here: the drafts for depths 1..k do not depend on how many are verified).
 
 ``cost_curve`` measures cost(T) for T = 1..K+1 once per (model, threads, packed or not, batch size) in a short
 calibration on the live KV cache (a few forwards per T, cut back after each), cached on the model object.
