@@ -101,3 +101,21 @@ def test_bad_n_draft_is_one_line():
     lm = _lm([{"name": "ntp"}, {"name": "mtp", "n": 3}])
     with pytest.raises(ForesightError, match="integer or 'auto'"):
         speculative_generate(lm, torch.tensor([[1, 2]]), 4, "mtp", n_draft="many")
+
+
+@pytest.mark.parametrize("curve", ["steep", "mkl-like"])
+@pytest.mark.parametrize("b", [1, 3])
+def test_exact_whatever_the_cost_curve_picks(monkeypatch, curve, b):
+    """Forced cost curves make the chooser vary k (0 = a plain step, K on explore steps): still plain greedy."""
+    import foresight.generate.speculative as spec
+
+    costs = {"steep": lambda k: [1.0 + t for t in range(k + 1)],
+             "mkl-like": lambda k: ([1.0, 1.6, 2.0, 1.4] + [1.5] * k)[: k + 1]}[curve]
+    monkeypatch.setattr(spec, "cost_curve", lambda model, caches, pending, k: costs(k))
+    lm = _lm([{"name": "ntp"}, {"name": "mtp", "n": 4}])
+    ids = torch.randint(0, 13, (b, 3), generator=torch.Generator().manual_seed(b)).repeat(1, 3)
+    want = generate(lm.model, ids, 30)
+    for drafter in ("mtp", "ngram"):
+        got, stats = speculative_generate(lm, ids, 30, drafter, n_draft="auto")
+        assert torch.equal(got, want)
+        assert len(set(stats.block_sizes)) >= 2  # the choice changed during the run
