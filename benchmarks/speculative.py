@@ -206,8 +206,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, help="also write the table to this markdown file")
     ap.add_argument("--draft-vocab", default="auto", help="drafts over a reduced vocabulary: auto (the checkpoint's "
                     "config draft_vocab, if any), none, or N (the N most frequent ids of the data's train split)")
-    ap.add_argument("--packed", action="store_true", help="run the model (plain and speculative alike) on oneDNN "
-                    "pre-packed Linears (foresight.generate.packed)")
+    ap.add_argument("--packed", nargs="?", const="fp32", choices=("fp32", "bf16"), help="run the model (plain and "
+                    "speculative alike) on oneDNN pre-packed Linears (foresight.generate.packed); bf16: not exact")
     ap.add_argument("--results", type=Path, help="also write one JSON per (drafter, batch) into this folder")
     ap.add_argument("--name", default=None, help="results: file-name prefix and model name (default: checkpoint)")
     args = ap.parse_args(argv)
@@ -215,7 +215,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     lm, state = TrainableLM.from_checkpoint(args.checkpoint)
     if args.packed:
-        pack_linears(lm)  # trunk, output head and the objectives' heads
+        pack_linears(lm, dtype=torch.bfloat16 if args.packed == "bf16" else torch.float32)  # and the heads
     prompts = prompts_from(args.data, args.prompts, args.prompt_len)
     draft_vocab = None
     if args.draft_vocab == "auto" and state["config"].get("draft_vocab"):
@@ -231,7 +231,7 @@ def main(argv=None) -> None:
     header = (f"Self-speculative greedy decoding, {args.checkpoint} (step {state.get('step')}): {args.prompts} "
               f"prompts x {args.prompt_len} tokens from {args.data} (val), {args.new_tokens} new tokens each; "
               f"{cpu_name()}, {args.threads} thread(s), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, "
-              f"{'pre-packed (oneDNN)' if is_packed(lm) else 'plain (MKL)'} Linears; "
+              f"{f'pre-packed (oneDNN, {args.packed})' if is_packed(lm) else 'plain (MKL)'} Linears; "
               f"median of {args.repeats} rounds")
     rows = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):

@@ -207,6 +207,9 @@ def test_generate_packed_and_auto_drafts(run_dir, capsys):
                            "ngram+mtp", "--drafts", "auto", "--packed", "--compare"], capsys)
     assert code == 0, err
     assert "identical" in err and "drafts verified per step (auto)" in err
+    code, out, err = _run(["generate", run_dir, "--prompt-ids", "2 3 4", "--max-new-tokens", "5", "--packed", "bf16"],
+                          capsys)
+    assert code == 0 and len(out.split()) == 5, err
     _error_line(*_run(["generate", run_dir, "--prompt-ids", "2 3", "--drafts", "auto"], capsys)[::2],
                 "--drafts auto needs --speculative")
     with pytest.raises(SystemExit) as exc:  # argparse's own usage error

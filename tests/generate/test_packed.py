@@ -129,3 +129,20 @@ def test_fallback_without_mkldnn(monkeypatch, capsys):
     pack_linears(lm.model)
     assert not is_packed(lm.model)
     assert "no oneDNN" in capsys.readouterr().err
+
+
+@needs_mkldnn
+def test_bf16_packing_is_close_and_opt_in():
+    """bf16 packed weights: not exact (stated), but close; fp32 stays the default; other dtypes refused."""
+    lm = _lm(True, True, [{"name": "ntp"}])
+    twin = copy.deepcopy(lm, memo={id(p): p for p in lm.parameters()})
+    pack_linears(twin, dtype=torch.bfloat16)
+    assert "bfloat16" in repr(twin.model.lm_head) and twin.model.lm_head.weight.dtype == torch.float32
+    ids = torch.randint(0, 29, (2, 13), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want, got = lm.model(ids), twin.model(ids)
+    assert got.dtype == torch.float32
+    err = float((got - want).abs().max() / want.abs().max())
+    assert 1e-5 < err < 3e-2  # bf16 rounding: visibly not exact, still close
+    with pytest.raises(ForesightError, match="fp32 or bf16"):
+        pack_linears(lm, dtype=torch.float16)

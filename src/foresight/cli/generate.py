@@ -41,10 +41,11 @@ def register(sub) -> None:
                    help="drafts per step (default: every MTP head / DS-MTP module; 3 for TOP; 4 for ngram), or auto: "
                    "each step verifies the number that maximises expected tokens per measured second (a short "
                    "calibration of this machine's forward cost per block size first; at most 8 for ngram)")
-    g.add_argument("--packed", action="store_true",
-                   help="CPU: run the Linears on oneDNN pre-packed weights (same fp32 weights, outputs equal up to "
-                   "summation order; verifying a few drafts costs about one plain step); a note and no change where "
-                   "it does not apply")
+    g.add_argument("--packed", nargs="?", const="fp32", choices=("fp32", "bf16"),
+                   help="CPU: run the Linears on oneDNN pre-packed weights: fp32 (default) = the same weights, outputs "
+                   "equal up to summation order, verifying a few drafts costs about one plain step; bf16 = half the "
+                   "bytes per step but NOT exact (greedy tokens can differ from fp32); a note and no change where "
+                   "packing does not apply (docs/decoding.md)")
     g.add_argument("--draft-vocab", choices=("auto", "none"), default="auto",
                    help="with --speculative: MTP / DS-MTP drafts over the checkpoint's reduced draft vocabulary "
                    "(its config's draft_vocab, as benchmarks/smollm2_heads.py writes it) when it has one (auto, "
@@ -196,7 +197,8 @@ def _generate(args: argparse.Namespace) -> None:
     if args.packed:
         from foresight.generate.packed import pack_linears
 
-        pack_linears(lm.eval())  # the trunk, the output head and the objectives' heads
+        dtype = torch.bfloat16 if args.packed == "bf16" else torch.float32
+        pack_linears(lm.eval(), dtype=dtype)  # the trunk, the output head and the objectives' heads
     draft_vocab = None
     if args.speculative and args.draft_vocab == "auto":
         draft_vocab = _draft_vocab(state, lm.model.cfg.vocab_size, args.checkpoint)

@@ -18,6 +18,10 @@ dicts, checkpoints and ``isinstance`` checks are unchanged), plus the packed cop
 packed copy is fp32 like the weight; outputs differ from ``F.linear`` only by summation order (about 1e-6
 relative), as between any two BLAS kernels. Costs: one more copy of the Linears' weights in memory.
 
+``dtype=torch.bfloat16`` packs a bf16 copy instead: half the bytes per step, but *not* exact (activations are
+rounded to bf16 on the way in; logits move by about 1e-2 relative, greedy tokens can differ from fp32), measured
+and stated in ``results/decode/costs-packed-cpu.md``; opt-in only.
+
 Inference only: a ``PackedLinear`` in training mode raises a one-line error (``unpack_linears`` turns the
 model back into plain Linears); with autograd recording it runs ``F.linear`` (the op has no backward). If the
 weight is changed in place after packing (an optimizer step, ``load_state_dict``) it is re-packed at the next
@@ -47,26 +51,27 @@ def mkldnn_linear_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def _pack(weight: torch.Tensor, rows: int) -> torch.Tensor:
-    """(out, in) fp32 weight -> the same matrix in oneDNN's blocked layout (an opaque mkldnn tensor)."""
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+def _pack(weight: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """(out, in) fp32 weight -> the same matrix (rounded to ``dtype``) in oneDNN's blocked layout (opaque)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), rows)
 
 
 class PackedLinear(nn.Linear):
     """An ``nn.Linear`` whose inference forward uses a oneDNN pre-packed copy of its weight (module doc)."""
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rows: int = ROWS_HINT) -> PackedLinear:
+    def from_linear(cls, linear: nn.Linear, rows: int = ROWS_HINT, dtype: torch.dtype = torch.float32) -> PackedLinear:
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.in_features, new.out_features = linear.in_features, linear.out_features
         new.weight, new.bias = linear.weight, linear.bias  # the same Parameters: ties and state dicts unchanged
-        new.training, new.rows = linear.training, rows
+        new.training, new.rows, new.dtype = linear.training, rows, dtype
         new.repack()
         return new
 
     def repack(self) -> None:
-        self._packed = _pack(self.weight, self.rows)
+        self._packed = _pack(self.weight, self.rows, self.dtype)
+        self._bias = None if self.bias is None else self.bias.detach().to(self.dtype)
         self._packed_from = (self.weight.data_ptr(), self.weight._version)  # what the packed copy was made from
 
     def to_linear(self) -> nn.Linear:
@@ -85,10 +90,14 @@ class PackedLinear(nn.Linear):
             return F.linear(x, self.weight, self.bias)  # autograd (or another dtype): the plain op
         if (self.weight.data_ptr(), self.weight._version) != self._packed_from:
             self.repack()  # the weight was replaced or written in place since packing
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self._packed, self.bias, "none", [], "")
+        if self.dtype == torch.float32:
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self._packed, self.bias, "none", [], "")
+        # bf16 weights: activations rounded to bf16 in, fp32 out (oneDNN accumulates in fp32)
+        y = torch.ops.mkldnn._linear_pointwise(x.to(self.dtype).contiguous(), self._packed, self._bias, "none", [], "")
+        return y.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", packed=oneDNN"
+        return super().extra_repr() + f", packed=oneDNN {str(self.dtype).removeprefix('torch.')}"
 
 
 def _why_not(model: nn.Module) -> str | None:
@@ -116,19 +125,24 @@ def _replace(model: nn.Module, convert) -> int:
     return count
 
 
-def pack_linears(model: nn.Module, rows: int = ROWS_HINT, quiet: bool = False) -> nn.Module:
+def pack_linears(model: nn.Module, rows: int = ROWS_HINT, quiet: bool = False,
+                 dtype: torch.dtype = torch.float32) -> nn.Module:
     """Every ``nn.Linear`` under ``model`` (in place) -> ``PackedLinear`` (module doc); returns ``model``. Give
-    a ``TrainableLM`` to include the objectives' heads.
+    a ``TrainableLM`` to include the objectives' heads. ``dtype=torch.bfloat16``: the packed copy in bf16 (half
+    the bytes per step; *not* exact: logits move by ~1e-2 relative and greedy tokens can differ from fp32 - see
+    results/decode/costs-packed-cpu.md); fp32 (default) is exact up to summation order.
 
     Where packing cannot apply, ``model`` is returned unchanged and one note line goes to stderr (unless
     ``quiet``). Packing twice is a no-op. ``is_packed(model)`` says whether its Linears are packed."""
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ForesightError(f"packed Linears are fp32 or bf16, got {dtype}")
     why = _why_not(model)
     if why is not None:
         if not quiet:
             print(f"foresight: note: Linears not packed: {why}; decoding uses the plain Linears", file=sys.stderr)
         return model
     with torch.no_grad():
-        _replace(model, lambda m: PackedLinear.from_linear(m, rows)
+        _replace(model, lambda m: PackedLinear.from_linear(m, rows, dtype)
                  if isinstance(m, nn.Linear) and not isinstance(m, PackedLinear) else None)
     return model
 
