@@ -34,6 +34,10 @@ def register(sub) -> None:
     sg.add_argument("--results", type=Path, metavar="DIR", help="default: results/benchmark/<grid>")
     sg.add_argument("--out", type=Path, metavar="DIR",
                     help="run folders (checkpoints, logs), one per graph (default: runs/bench-<grid>)")
+    sg.add_argument("--reuse", action="append", type=Path, default=[], metavar="DIR",
+                    help="a folder of cells run before with `foresight stargraph run --results DIR`: a missing cell "
+                         "found there under the same name and with the same settings is copied in, not rerun "
+                         "(repeatable)")
     sg.add_argument("--time-limit", type=float, metavar="SECONDS",
                     help="stop before this many seconds of wall-clock (a cell that would not finish is not started; "
                          "one still running at the limit ends with a partial result)")
@@ -56,7 +60,7 @@ def cell_command(grid: str, results: Path, default_results: bool, graph: str, ob
 
 
 def _stargraph(args: argparse.Namespace) -> None:
-    from foresight.tasks.bench import estimate, load_grid, plan, plan_table, run_grid, select
+    from foresight.tasks.bench import estimate, load_grid, plan, plan_table, reuse_cells, run_grid, select
     from foresight.tasks.bench_report import write_leaderboard
 
     if args.jobs is not None and not 0 <= args.jobs <= 1024:
@@ -66,7 +70,7 @@ def _stargraph(args: argparse.Namespace) -> None:
     grid = select(load_grid(args.grid), args.only, args.seeds)
     results = args.results or Path("results") / "benchmark" / grid.name
     extra = [] if args.jobs is None else [f"stargraph.jobs={args.jobs}"]
-    plans = plan(grid, results, extra)
+    plans = plan(grid, results, extra, args.reuse)
     if args.dry_run:
         import os
 
@@ -75,6 +79,12 @@ def _stargraph(args: argparse.Namespace) -> None:
         print(f"grid {grid.path}: results in {results}")
         print(plan_table(plans, jobs))
         return
+    for c in reuse_cells(plans):
+        print(f"reused {c.source} -> {c.file}")
+    cells = [c for gp in plans for c in gp.cells]
+    print(f"grid {grid.path}: {len(cells)} cells, {sum(c.status == 'done' for c in cells)} done, "
+          f"{sum(c.status == 'partial' for c in cells)} partial (continued from their checkpoints), "
+          f"{sum(c.status == 'to run' for c in cells)} to run; results in {results}")
     finished = run_grid(grid, plans, args.out or Path("runs") / f"bench-{grid.name}", time_limit_s=args.time_limit,
                         cell_command=lambda g, o, s: cell_command(args.grid, results, args.results is None, g, o, s))
     if not any(results.glob("*/*.json")):

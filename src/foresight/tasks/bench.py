@@ -74,11 +74,13 @@ class PlannedCell:
     objective: str
     seed: int
     file: Path  # its results JSON
-    status: str = "to run"  # "done" (JSON there, same settings), "partial" (a -partial JSON: continues), "to run"
+    status: str = "to run"  # "done" (JSON there, same settings), "partial" (a -partial JSON: continues), "to run",
+    # or "reuse" (the same cell, same settings, in a --reuse folder: ``source``, copied in by ``reuse_cells``)
     flops: float = 0.0  # training FLOPs of the full schedule
     params: int = 0
     steps: int = 0
     estimate_s: float | None = None
+    source: Path | None = None  # a "reuse" cell's JSON in the --reuse folder
 
 
 @dataclass
@@ -265,9 +267,13 @@ def cell_raw(recipe: Recipe, seed: int) -> dict:
     return raw
 
 
-def plan(grid: Grid, results: Path, extra: list[str] = ()) -> list[GraphPlan]:
+def plan(grid: Grid, results: Path, extra: list[str] = (), reuse: list[Path] = ()) -> list[GraphPlan]:
     """Every selected cell with its results file, status, size and training FLOPs; refuses (one line) a cell file
-    that exists with other settings."""
+    that exists with other settings. ``reuse``: folders of cells run before (``foresight stargraph run --results``);
+    a cell missing here whose JSON is there under the same name with the same settings is marked "reuse"."""
+    for folder in reuse:
+        if not Path(folder).is_dir():
+            raise ForesightError(f"--reuse {folder}: no such folder")
     plans = []
     for graph in grid.graphs:
         recipe = graph_recipe(grid, graph, extra)
@@ -293,11 +299,30 @@ def plan(grid: Grid, results: Path, extra: list[str] = ()) -> list[GraphPlan]:
                     status = "done"
                 elif file.with_name(file.stem + "-partial.json").is_file():
                     status = "partial"
+                source = next((Path(d) / file.name for d in reuse if (Path(d) / file.name).is_file()
+                               and same_settings(Path(d) / file.name, cell_raw(recipe, seed), obj) is None), None)
+                if status != "done" and source is not None:
+                    status = "reuse"
                 gp.cells.append(PlannedCell(graph.name, obj, seed, file, status,
                                             per_token * train.batch_size * spec.seq_len * train.steps,
-                                            params, train.steps))
+                                            params, train.steps,
+                                            source=source if status == "reuse" else None))
         plans.append(gp)
     return plans
+
+
+def reuse_cells(plans: list[GraphPlan]) -> list[PlannedCell]:
+    """Copy the "reuse" cells into the results folder (atomic writes); they are "done" from then on."""
+    from foresight.io import write_text
+
+    copied = []
+    for gp in plans:
+        for c in gp.cells:
+            if c.status == "reuse":
+                write_text(c.file, c.source.read_text())
+                c.status = "done"
+                copied.append(c)
+    return copied
 
 
 def calibrate(plans: list[GraphPlan]) -> dict[str, float]:
@@ -306,10 +331,10 @@ def calibrate(plans: list[GraphPlan]) -> dict[str, float]:
     rates: dict[str, list[float]] = {}
     for gp in plans:
         for c in gp.cells:
-            if c.status != "done":
+            if c.status not in ("done", "reuse"):
                 continue
             try:
-                stored = json.loads(c.file.read_text())
+                stored = json.loads((c.source or c.file).read_text())
                 rate = float(stored["wall_clock_s"]) / (c.flops * stored["steps"] / max(c.steps, 1))
             except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
                 continue
@@ -339,10 +364,10 @@ def plan_table(plans: list[GraphPlan], jobs: int) -> str:
         for c in gp.cells:
             lines.append(f"| {c.graph} | {c.objective} | {c.seed} | {c.params / 1e6:.2f}M | {c.steps} | "
                          f"{(c.estimate_s or 0) / 60:.1f} | {c.status} | {c.file} |")
-            if c.status != "done":
+            if c.status not in ("done", "reuse"):
                 todo += c.estimate_s or 0
     n = sum(len(gp.cells) for gp in plans)
-    left = sum(c.status != "done" for gp in plans for c in gp.cells)
+    left = sum(c.status not in ("done", "reuse") for gp in plans for c in gp.cells)
     lines += ["", f"{n} cells, {left} to run: about {todo / 60:.0f} CPU-minutes, about {todo / 60 / max(jobs, 1):.0f} "
               f"minutes of wall-clock at {jobs} cell(s) at once (estimate; early stopping not counted)"]
     return "\n".join(lines)
