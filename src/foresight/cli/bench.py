@@ -74,10 +74,10 @@ def _stargraph(args: argparse.Namespace) -> None:
     if args.dry_run:
         import os
 
-        estimate(plans)
+        rates = estimate(plans)
         jobs = max((gp.recipe.task_config.jobs for gp in plans), default=1) or (os.cpu_count() or 1)
         print(f"grid {grid.path}: results in {results}")
-        print(plan_table(plans, jobs))
+        print(plan_table(plans, jobs, rates))
         return
     for c in reuse_cells(plans):
         print(f"reused {c.source} -> {c.file}")

@@ -354,7 +354,7 @@ def estimate(plans: list[GraphPlan]) -> dict[str, float]:
     return rates
 
 
-def plan_table(plans: list[GraphPlan], jobs: int) -> str:
+def plan_table(plans: list[GraphPlan], jobs: int, rates: dict[str, float] | None = None) -> str:
     """``--dry-run``: one line per cell, then the CPU time still to run and the wall-clock at ``jobs`` cells at
     once (an estimate: early stopping, evaluation and the machine's load are not counted)."""
     lines = ["| graph | objective | seed | params | steps | estimated CPU-min | status | results file |",
@@ -370,6 +370,11 @@ def plan_table(plans: list[GraphPlan], jobs: int) -> str:
     left = sum(c.status not in ("done", "reuse") for gp in plans for c in gp.cells)
     lines += ["", f"{n} cells, {left} to run: about {todo / 60:.0f} CPU-minutes, about {todo / 60 / max(jobs, 1):.0f} "
               f"minutes of wall-clock at {jobs} cell(s) at once (estimate; early stopping not counted)"]
+    measured = sorted(k for k in (rates or {}) if k)
+    lines.append("rate: seconds per training FLOP of the finished cells here (" + ", ".join(measured) + ")" if measured
+                 else "rate: the demo's NTP cells (0.09M parameters); it overestimates larger models, whose larger "
+                      "matrices run more FLOPs a second (G(2,5)/50 at width 96: 0.41 CPU-s a step measured, 0.76 "
+                      "estimated)")
     return "\n".join(lines)
 
 
