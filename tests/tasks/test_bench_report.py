@@ -123,3 +123,10 @@ def test_empty_or_missing_folder(tmp_path, capsys):
     assert main(["bench", "report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such results folder" in err
+
+
+def test_rows_put_the_baseline_first():
+    from foresight.tasks.bench_report import _row_rank
+
+    runs = ["zz", "top", "dsmtp2", "nextlat", "mtp2", "fsp", "ntp", "mutor"]
+    assert sorted(runs, key=_row_rank) == ["ntp", "top", "mtp2", "dsmtp2", "fsp", "nextlat", "mutor", "zz"]

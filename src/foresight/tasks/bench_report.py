@@ -134,9 +134,18 @@ def _outcome_words(counts: Counter) -> str:
     return ", ".join(f"{word} ×{n}" if n > 1 else word for word, n in counts.most_common()) or "–"
 
 
+ORDER = ("ntp", "top", "mtp", "dsmtp", "fsp", "nextlat", "mutor", "trelawney")  # rows: the baseline first
+
+
+def _row_rank(run: str) -> tuple:
+    """NTP, TOP, MTP..., DS-MTP..., FSP, NextLat, MuToR, TRELAWNEY (by run-name prefix), then the rest by name."""
+    rank = next((i for i, prefix in enumerate(ORDER) if run.lower().startswith(prefix)), len(ORDER))
+    return rank, run
+
+
 def group_table(cells: list[dict]) -> str:
     runs: dict[str, list[dict]] = {}
-    for c in cells:
+    for c in sorted(cells, key=lambda c: _row_rank(c["run"])):
         runs.setdefault(c["run"], []).append(c)
     lines = [f"| objective | objectives | seeds | solved (≥ {SOLVED:.0%}) | exact match % mean [95 % CI] | per seed "
              "(seed: %) | valid arm % | outcome | steps to solve (median) | wall-clock s / cell |",
