@@ -116,7 +116,7 @@ def test_a_stopped_cell_is_partial_and_continues_from_its_checkpoint(tmp_path, m
     res = tmp_path / "results" / "benchmark" / "tiny" / "g23"
     partial = json.loads((res / "smoke-g2x3-ntp-60steps-full-seed1-partial.json").read_text())
     assert partial["partial"] is True and 10 < partial["steps"] < 30
-    assert f"partial: 1 (step {partial['steps']} of 60)" in (res.parent / "README.md").read_text()
+    assert f"partial: 1 (step {partial['steps']} of 60: " in (res.parent / "README.md").read_text()
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     code, out, err = _bench(grid, "--only", "g23/ntp", capsys=capsys)

@@ -68,7 +68,7 @@ def test_summary_numbers_by_hand(tmp_path):
     assert s["wall_s"] == 400.0
     assert s["per_seed"] == [(20, 1.0), (21, 0.95), (22, 0.5)]
     assert dict(s["outcomes"]) == {"solved": 2, "chance with shortcut": 1}
-    assert s["partial"] == [(23, 1200, 3500)]
+    assert s["partial"] == [(23, 1200, 3500, 0.99)]
 
 
 def test_leaderboard_per_graph_folder(tmp_path, capsys):
@@ -88,8 +88,8 @@ def test_leaderboard_per_graph_folder(tmp_path, capsys):
     assert "## g24_20: G(2,4), N = 20" in readme
     assert ("| top | TOP | 3 | 2 | 81.7 [13.3, 100.0] | 20: 100.0, 21: 95.0, 22: 50.0 | 99.3 | solved ×2, chance "
             "with shortcut | 750 | 400 |") in readme
-    assert ("| ntp | NTP | 1 | 0 | 51.6 | 20: 51.6; partial: 21 (step 1200 of 3500) | 100.0 | chance with shortcut "
-            "| – |") in readme
+    assert ("| ntp | NTP | 1 | 0 | 51.6 | 20: 51.6; partial: 21 (step 1200 of 3500: 50.0) | 100.0 | chance with "
+            "shortcut | – |") in readme
     assert "| ntp | NTP | 1 | 0 | 25.0 | 20: 25.0 | 100.0 | chance with shortcut |" in readme
     assert "seed20-partial" not in readme and "`g24_10/demo-g2x4-ntp-3500steps-full-seed21-partial.json`" in readme
     assert "foresight bench stargraph g24 --only g24_10/top --seeds 22" in readme

@@ -122,7 +122,7 @@ def summarize(cells: list[dict]) -> dict:
         "outcomes": outcomes,
         "steps_to_solve": median(steps) if steps else None,
         "wall_s": median(float(c["wall_clock_s"]) for c in done) if done else None,
-        "partial": [(c["seed"], c["steps"], c["schedule_steps"]) for c in partial],
+        "partial": [(c["seed"], c["steps"], c["schedule_steps"], c["final_exact_match"]) for c in partial],
     }
 
 
@@ -155,7 +155,8 @@ def group_table(cells: list[dict]) -> str:
         ci = f" [{_pct(s['interval'][0])}, {_pct(s['interval'][1])}]" if s["interval"] else ""
         per = ", ".join(f"{seed}: {100 * v:.1f}" for seed, v in s["per_seed"]) or "–"
         if s["partial"]:
-            per += "; partial: " + ", ".join(f"{seed} (step {st} of {sch})" for seed, st, sch in s["partial"])
+            per += "; partial: " + ", ".join(f"{seed} (step {st} of {sch}: {_pct(em)})"
+                                             for seed, st, sch, em in s["partial"])
         steps = "–" if s["steps_to_solve"] is None else f"{s['steps_to_solve']:g}"
         wall = "–" if s["wall_s"] is None else f"{s['wall_s']:.0f}"
         lines.append(f"| {run} | {s['objective']} | {s['seeds']} | {s['solved']} | {_pct(s['mean'])}{ci} | {per} | "
