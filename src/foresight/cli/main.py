@@ -12,12 +12,13 @@ import os
 import sys
 
 from foresight import __version__
-from foresight.cli import compare, generate, hf, prepare, stargraph, tokenizer, train
+from foresight.cli import bench, compare, generate, hf, prepare, stargraph, tokenizer, train
 from foresight.cli import eval as evaluate
 from foresight.cli.common import Parser
 from foresight.errors import ForesightError, os_error_line
 
-COMMANDS = [stargraph, train, tokenizer, prepare, compare, hf, evaluate, generate]  # order of appearance in --help
+# order of appearance in --help
+COMMANDS = [stargraph, bench, train, tokenizer, prepare, compare, hf, evaluate, generate]
 
 
 def build_parser() -> argparse.ArgumentParser:

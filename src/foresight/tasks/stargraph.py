@@ -217,7 +217,7 @@ def run_stargraph(
     recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume: bool = False, *,
     seeds: list[int] | None = None, results_dir: Path | None = None,
     cell_command: Callable[[str, int], str] | None = None, skip_existing: bool = False,
-    time_limit_s: float | None = None, allow_changes: bool = False,
+    time_limit_s: float | None = None, allow_changes: bool = False, only: set[tuple[int, str]] | None = None,
 ) -> list[dict]:
     """Train every run of ``runs`` for every seed (seed-major order) and evaluate it.
 
@@ -225,7 +225,8 @@ def run_stargraph(
     ``out_dir/<run>-seed<s>``). ``results_dir``: also write each finished cell's JSON there; with
     ``skip_existing`` a cell whose JSON is already there is not run again. ``cell_command(run, seed)``: the
     command line stored in each cell's JSON. ``time_limit_s``: see ``tasks.pool.Clock``. ``allow_changes``: resume
-    cells whose settings changed (``foresight.train.fingerprint``), with a warning.
+    cells whose settings changed (``foresight.train.fingerprint``), with a warning. ``only``: run just these
+    (seed, run) cells of the runs x seeds product (``foresight bench``: objectives with different seed lists).
     """
     distributed.init(recipe.train)  # under torchrun: join the job (the CLI has already)
     main = distributed.is_main()  # only rank 0 prints and writes files
@@ -237,7 +238,7 @@ def run_stargraph(
     model_cfgs = {name: complete_model(recipe.run_models[name], vocab_size=spec.vocab_size,
                                        max_seq_len=spec.seq_len + 1) for name in runs}
     seed_list = list(seeds) if seeds else [recipe.train.seed]
-    cells = [(seed, name) for seed in seed_list for name in runs]
+    cells = [(seed, name) for seed in seed_list for name in runs if only is None or (seed, name) in only]
     cfgs = {seed: replace(recipe.train, seed=seed) for seed in seed_list}
     if results_dir is not None and skip_existing:
         done = [(s, n) for s, n in cells if (results_dir / cell_name(recipe.path.stem, spec, n, cfgs[s])).is_file()]
