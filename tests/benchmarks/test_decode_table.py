@@ -1,0 +1,94 @@
+"""benchmarks/decode_table.py runs end to end on a tiny random model: foresight and HF rows; without a GGUF the
+llama.cpp rows are skipped."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from foresight.model import ModelConfig
+from foresight.train.lm import TrainableLM
+
+from helpers import randomize_weights
+
+pytest.importorskip("transformers")
+ROOT = Path(__file__).resolve().parents[2]
+WORDS = "def return x y if else for in range print the a of to is what".split()
+
+
+def _import(name):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def _folders(tmp_path):
+    """A tiny exported HF folder with a word-level tokenizer, and a fake HumanEval file of 3 problems."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from foresight.hf import export_lm
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    (tmp_path / "tok").mkdir()
+    tok.save(str(tmp_path / "tok" / "tokenizer.json"))
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=len(vocab), hidden_size=24, n_layers=2, n_heads=3, n_kv_heads=1,
+                      intermediate_size=40, max_seq_len=256)
+    lm = TrainableLM(cfg, [{"name": "ntp"}])
+    randomize_weights(lm, 1)
+    export_lm(lm.eval(), [{"name": "ntp"}], tmp_path / "hf", tokenizer=tmp_path / "tok")
+    problems = [{"task_id": f"T/{i}", "entry_point": "f", "prompt": "def f ( x ) : \n for y in range ( x ) :",
+                 "canonical_solution": " return x if y else x"} for i in range(3)]
+    data = tmp_path / "HumanEval.jsonl.gz"
+    data.write_bytes(gzip.compress("".join(json.dumps(p) + "\n" for p in problems).encode()))
+    return tmp_path / "hf", data
+
+
+def test_decode_table_runs_end_to_end_and_checks_outputs(tmp_path):
+    table = _import("decode_table")
+    hf, data = _folders(tmp_path)
+    out = tmp_path / "table.md"
+    text = table.main(["--hf", str(hf), "--humaneval", "2", "--humaneval-data", str(data), "--edit", "1",
+                       "--chat", "1", "--new-tokens", "5", "--repeats", "1", "--threads", "1", "--out", str(out),
+                       "--json", str(tmp_path / "t.json")])
+    assert out.read_text() == text
+    assert "llama.cpp rows skipped: no --gguf given" in text
+    summary = json.loads((tmp_path / "t.json").read_text())["1"]["summary"]
+    assert set(summary) == {"humaneval", "edit", "chat"}
+    for c, rows in summary.items():
+        # foresight + ngram and HF greedy decode the same fp32 model greedily: the same tokens on every prompt
+        for name in ("foresight greedy", "foresight + ngram", "HF greedy", "HF prompt lookup"):
+            assert rows[name]["identical"] == rows[name]["prompts"], (c, name)
+        assert rows["foresight greedy"]["ratio"] == 1.0
+        assert 0 < rows["foresight greedy"]["tokens"] <= 5
+    assert "| foresight + ngram |" in text and "| HF prompt lookup |" in text and "Targets at 1 thread(s)" in text
+
+
+def test_prompt_rules_are_fixed_and_edits_copy_the_code(tmp_path):
+    prompts = _import("decode_prompts")
+    problems = [{"entry_point": "add", "prompt": "def add(a, b):\n", "canonical_solution": "    return a + b\n"},
+                {"entry_point": "neg", "prompt": "def neg(v):\n", "canonical_solution": "    return -v\n"}]
+    assert "rename the function `add` to `add_v2`" in prompts.edit_instruction(problems[0], 0)
+    odd = prompts.edit_instruction(problems[0], 1)
+    assert "rename the parameter `a` to `a_in`" in odd and "def add(a, b):\n    return a + b\n```" in odd
+
+    class Tok:  # no chat template: the plain User/Assistant form
+        chat_template = None
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [len(w) for w in text.split()]}
+
+    got = prompts.build_prompts(Tok(), problems, 1, 2, 0)
+    assert list(got) == ["humaneval", "edit"] and len(got["edit"]) == 2
+    assert got == prompts.build_prompts(Tok(), problems, 1, 2, 0)  # deterministic
+    with pytest.raises(prompts.ForesightError, match="--humaneval 3"):
+        prompts.build_prompts(Tok(), problems, 3, 0, 0)
