@@ -92,3 +92,42 @@ def test_prompt_rules_are_fixed_and_edits_copy_the_code(tmp_path):
     assert got == prompts.build_prompts(Tok(), problems, 1, 2, 0)  # deterministic
     with pytest.raises(prompts.ForesightError, match="--humaneval 3"):
         prompts.build_prompts(Tok(), problems, 3, 0, 0)
+
+
+@pytest.mark.slow
+def test_llama_cpp_rows_decode_the_smollm2_gguf():
+    # The real GGUF when it is cached (scripts/fetch_smollm2) and llama-cpp-python is installed; else skipped.
+    pytest.importorskip("llama_cpp")
+    smollm2 = _import("smollm2")
+    if not smollm2.gguf_path().is_file():
+        pytest.skip("SmolLM2 GGUF not cached (scripts/fetch_smollm2)")
+    table = _import("decode_table")
+    ids = [1, 504, 3458, 314, 260, 1345, 28, 504, 3458, 314]  # repeats itself, so prompt lookup has matches
+    rows = table.llama_variants(smollm2.gguf_path(), 1, 64, 6, 2, 10)
+    try:
+        greedy, lookup = (row.run(ids)[0] for row in rows)
+        assert greedy == rows[0].run(ids)[0]  # a second run starts afresh (no cached prompt reused)
+    finally:
+        for row in rows:
+            row.close()
+    assert 1 <= len(greedy) <= 6 and all(isinstance(t, int) for t in greedy)
+    assert 1 <= len(lookup) <= 6
+
+
+def test_a_model_with_heads_gets_a_row_per_drafter_and_all_decode_greedy():
+    table = _import("decode_table")
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=29, hidden_size=24, n_layers=3, n_heads=3, n_kv_heads=1, intermediate_size=40,
+                      max_seq_len=64)
+    lm = TrainableLM(cfg, [{"name": "ntp"}, {"name": "mtp", "n": 3}])
+    randomize_weights(lm, 2)
+    rows = table.foresight_variants(lm.eval(), "foresight", 9, None, 3)
+    assert [r.name for r in rows] == ["foresight greedy", "foresight + ngram", "foresight + mtp",
+                                      "foresight + ngram+mtp"]
+    ids = [3, 5, 7, 3, 5, 7, 11, 3, 5]
+    want = rows[0].run(ids)[0]
+    assert len(want) == 9
+    for row in rows[1:]:
+        got, tau = row.run(ids)
+        assert got == want and tau >= 1.0, row.name
+    assert table.until_eos([4, 2, 5, 2], 2) == [4, 2] and table.until_eos([4, 5], 2) == [4, 5]
