@@ -40,6 +40,7 @@ from foresight.environment import cpu_name  # noqa: E402
 from foresight.errors import ForesightError  # noqa: E402
 
 GREEDY = "foresight greedy"
+FAMILIES = ("foresight", "packed", "hf", "llama")  # --rows: foresight's own speculative rows, packed, HF, llama.cpp
 CLASS_NAMES = {"humaneval": "HumanEval", "edit": "copy-heavy edit", "chat": "chat"}
 
 
@@ -308,7 +309,8 @@ def parse(argv):
     ap.add_argument("--drafts", type=int, default=4, help="foresight n-gram drafts per step (default 4)")
     ap.add_argument("--lookup", type=int, default=10, help="HF prompt_lookup_num_tokens and llama.cpp "
                     "num_pred_tokens (default 10, both libraries' documented example)")
-    ap.add_argument("--no-packed", action="store_true", help="leave out the packed-Linear rows")
+    ap.add_argument("--rows", default=",".join(FAMILIES), help="row families to measure, comma-separated from "
+                    f"{', '.join(FAMILIES)} (default all; foresight greedy, the baseline, is always measured)")
     ap.add_argument("--out", type=Path, help="write the markdown report here")
     ap.add_argument("--json", type=Path, help="also write the summary and every output as JSON")
     return ap.parse_args(argv)
@@ -317,6 +319,9 @@ def parse(argv):
 def main(argv=None) -> str:
     args = parse(argv)
     threads = [int(t) for t in args.threads.split(",")]
+    rows = set(args.rows.split(","))
+    if unknown := sorted(rows - set(FAMILIES)):
+        raise ForesightError(f"--rows: unknown {', '.join(unknown)} (known: {', '.join(FAMILIES)})")
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(args.hf))
@@ -328,13 +333,16 @@ def main(argv=None) -> str:
     notes: list[str] = []
     lm = load_foresight(args)
     fixed = foresight_variants(lm, "foresight", args.new_tokens, eos, args.drafts)
-    if not args.no_packed:
+    if "foresight" not in rows:
+        fixed = fixed[:1]  # the baseline only
+    if "packed" in rows:
         fixed += packed_variants(lm, args.new_tokens, eos, args.drafts, notes)
-    fixed += hf_variants(args.hf, args.new_tokens, eos, pad, args.lookup)
-    llama_ok = args.gguf is not None
-    if args.gguf is None:
+    if "hf" in rows:
+        fixed += hf_variants(args.hf, args.new_tokens, eos, pad, args.lookup)
+    llama_ok = args.gguf is not None and "llama" in rows
+    if "llama" in rows and args.gguf is None:
         notes.append("llama.cpp rows skipped: no --gguf given")
-    else:
+    elif llama_ok:
         try:
             import llama_cpp  # noqa: F401
         except ImportError:

@@ -71,6 +71,8 @@ def test_decode_table_runs_end_to_end_and_checks_outputs(tmp_path):
         assert rows["foresight greedy"]["ratio"] == 1.0
         assert 0 < rows["foresight greedy"]["tokens"] <= 5
     assert "| foresight + ngram |" in text and "| HF prompt lookup |" in text and "Targets at 1 thread(s)" in text
+    with pytest.raises(table.ForesightError, match="--rows: unknown vllm"):
+        table.main(["--hf", str(hf), "--humaneval-data", str(data), "--humaneval", "1", "--rows", "hf,vllm"])
 
 
 def test_prompt_rules_are_fixed_and_edits_copy_the_code(tmp_path):
