@@ -285,7 +285,8 @@ def versions() -> str:
     try:
         import llama_cpp
 
-        parts.append(f"llama-cpp-python {llama_cpp.__version__}")
+        info = llama_cpp.llama_print_system_info().decode().strip(" |")  # the SIMD the build uses (GGML_NATIVE)
+        parts.append(f"llama-cpp-python {llama_cpp.__version__} ({info})")
     except ImportError:
         parts.append("llama-cpp-python not installed")
     return ", ".join(parts)
