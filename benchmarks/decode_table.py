@@ -154,8 +154,9 @@ class Cell:
     taus: list[float] = field(default_factory=list)
 
 
-def measure(variants: list[Variant], classes: dict[str, list[list[int]]], repeats: int) -> dict:
-    """{class: {variant: Cell}}, the variants interleaved prompt by prompt."""
+def measure(variants: list[Variant], classes: dict[str, list[list[int]]], repeats: int, on_round=None) -> dict:
+    """{class: {variant: Cell}}, the variants interleaved prompt by prompt; ``on_round(cells, rounds_done)`` after
+    each round (the report is written as rounds finish, so a long run interrupted still leaves its results)."""
     cells = {c: {v.name: Cell() for v in variants} for c in classes}
     first = next(iter(classes.values()))[0]
     for v in variants:  # warm-up: first calls allocate, build caches, load kernels
@@ -179,6 +180,8 @@ def measure(variants: list[Variant], classes: dict[str, list[list[int]]], repeat
             print(f"round {r + 1}/{repeats} {c}: " + ", ".join(
                 f"{n} {x.tokens[-1] / x.seconds[-1]:.1f}" for n, x in cells[c].items()) + " tok/s",
                 file=sys.stderr, flush=True)
+        if on_round is not None:
+            on_round(cells, r + 1)
     return cells
 
 
@@ -352,24 +355,35 @@ def main(argv=None) -> str:
     n_ctx = max(len(p) for ps in classes.values() for p in ps) + args.new_tokens + 16
 
     report, results = [], {}
+
+    def section(t, cells, variants, rounds):
+        summary = summarise(cells, variants)
+        outputs = {c: {n: x.outputs for n, x in row.items()} for c, row in cells.items()}
+        results[t] = {"summary": summary, "outputs": outputs, "rounds": rounds}
+        done = "" if rounds == args.repeats else f" (after {rounds} of {args.repeats} rounds: the run was still going)"
+        return (f"### {t} thread{'s' if t > 1 else ''}{done}\n\n{table(summary, [v.name for v in variants])}\n"
+                f"Targets at {t} thread(s):\n\n{targets(summary, args.humaneval)}")
+
     for t in threads:
         torch.set_num_threads(t)
         variants = fixed + (llama_variants(args.gguf, t, n_ctx, args.new_tokens, eos, args.lookup) if llama_ok else [])
-        names = [v.name for v in variants]
-        cells = measure(variants, classes, args.repeats)
+        cells = measure(variants, classes, args.repeats, lambda cells, rounds, t=t, variants=variants: save(
+            args, argv, render(args, argv, classes, notes, report + [section(t, cells, variants, rounds)]), results))
         for v in variants:
             if v.close is not None:
                 v.close()
-        summary = summarise(cells, variants)
-        outputs = {c: {n: x.outputs for n, x in row.items()} for c, row in cells.items()}
-        results[t] = {"summary": summary, "outputs": outputs}
-        report.append(f"### {t} thread{'s' if t > 1 else ''}\n\n{table(summary, names)}\nTargets at {t} thread(s):\n\n"
-                      f"{targets(summary, args.humaneval)}")
+        report.append(section(t, cells, variants, args.repeats))
         print(report[-1], file=sys.stderr, flush=True)
+    text = render(args, argv, classes, notes, report)
+    save(args, argv, text, results)
+    print(text)
+    return text
 
+
+def render(args, argv, classes, notes, report) -> str:
     counts = ", ".join(f"{len(v)} {CLASS_NAMES[c]}" for c, v in classes.items())
     mean_len = ", ".join(f"{CLASS_NAMES[c]} {sum(map(len, v)) / len(v):.0f}" for c, v in classes.items())
-    text = "\n".join([
+    return "\n".join([
         "# Decoding table: foresight vs HF generate, HF prompt lookup, llama.cpp (CPU)", "",
         f"Machine: {cpu_name()}; {versions()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
         "Command:", "", "```bash",
@@ -390,15 +404,17 @@ def main(argv=None) -> str:
         "the absolute tokens/s; rerun the command on a quiet machine for the final numbers.", "",
         *report,
     ])
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
-    if args.json:
-        args.json.write_text(json.dumps({str(t): r for t, r in results.items()}, indent=1) + "\n")
-    print(text)
-    return text
+
+
+def save(args, argv, text: str, results: dict) -> None:
+    """The markdown and JSON, each replaced atomically (rewritten after every round)."""
+    raw = json.dumps({str(t): r for t, r in results.items()}, indent=1) + "\n"
+    for path, body in ((args.out, text), (args.json, raw)):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(body)
+            tmp.replace(path)
 
 
 if __name__ == "__main__":
