@@ -214,6 +214,9 @@ def summarise(cells: dict, variants: list[Variant]) -> dict:
                               "prefix_match": statistics.mean(prefix),
                               "tau": statistics.mean(cell.taus) if cell.taus else None,
                               "tokens": statistics.mean(len(o) for o in cell.outputs)}
+        if "llama.cpp prompt lookup" in row:  # llama.cpp's own exactness: its lookup against its greedy
+            pairs = zip(row["llama.cpp prompt lookup"].outputs, row["llama.cpp greedy"].outputs)
+            out[c]["llama.cpp prompt lookup"]["same_as_llama_greedy"] = sum(a == b for a, b in pairs)
     return out
 
 
@@ -229,6 +232,8 @@ def table(summary: dict, names: list[str]) -> str:
             if s["identical"] < s["prompts"]:
                 same = (f"**{same}** (prefix {s['prefix_match']:.0%})" if s["exact"]
                         else f"{same} (prefix {s['prefix_match']:.0%})")
+            if "same_as_llama_greedy" in s:
+                same += f"; = llama.cpp greedy {s['same_as_llama_greedy']}/{s['prompts']}"
             tau = f" (τ {s['tau']:.2f})" if s["tau"] is not None else ""
             parts.append(f"{s['tok_s']:.1f} | **{s['ratio']:.2f}×**{tau} | {same}")
         lines.append(f"| {n} | " + " | ".join(parts) + " |")
