@@ -89,6 +89,8 @@ def train(args) -> None:
 
     torch.set_num_threads(args.threads)
     tokens, final, last_input, meta = load_distilled(args.tokens)
+    if args.rows:  # the first rows only (a curve over data size)
+        tokens, final, last_input = tokens[: args.rows], final[: args.rows], last_input[: args.rows]
     first = meta["prompt_len"]  # targets from here on are the model's own greedy tokens
     base, _ = TrainableLM.from_checkpoint(args.model)
     key = args.drafter
@@ -117,25 +119,43 @@ def train(args) -> None:
     coverage = float(torch.isin(held_targets, vocab).float().mean())
     train_tokens = tokens[train_rows]
     cache = TrunkCache(final[train_rows], last_input[train_rows])
-    first_target = first
+    # CE learns the text's tokens, which equal the trunk's choices only in the generated part; KL learns the
+    # trunk's own distribution, which the cache holds at every position (prompts too)
+    first_target = first if args.loss == "ce" else args.kl_first
     if args.text_rows:  # real Python beside the distilled rows: every position of those rows trains
         text_tokens, text_final, text_last = text_cache(args, lm.model, tokens.shape[1])
         train_tokens = torch.cat([train_tokens, text_tokens])
         cache = TrunkCache(torch.cat([cache.final, text_final]), torch.cat([cache.last_input, text_last]))
-        first_target = torch.tensor([first] * len(train_rows) + [0] * len(text_tokens))
+        first_target = torch.tensor([first_target] * len(train_rows) + [0] * len(text_tokens))
     held = TrunkCache(final[held_rows], last_input[held_rows])
     acc0 = draft_accuracy(lm, key, tokens[held_rows], held, vocab, first)
     print(f"draft vocabulary {len(vocab)}: covers {coverage:.1%} of held-out targets; accuracy before {acc0}",
           file=sys.stderr, flush=True)
 
+    curve = []  # held-out HumanEval teacher-forced acceptance against training positions seen
+    he_rows = None
+    if args.eval_states is not None:
+        from heads_humaneval import heads_accuracy, load_states
+
+        he_rows = load_states(args.eval_states)
+        curve.append({"step": 0, "positions_seen": 0, "humaneval": heads_accuracy(lm, key, he_rows, vocab)})
+        print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
+
     def log(rec):
         if rec["step"] % 20 == 0 or rec["step"] == 1:
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}),
                   file=sys.stderr, flush=True)
+        if he_rows is not None and (rec["step"] % args.eval_every == 0 or rec["step"] == args.steps):
+            lm.objectives[key].eval()
+            point = {"step": rec["step"], "positions_seen": rec["step"] * args.batch * (tokens.shape[1] - 1),
+                     "seconds": round(rec["seconds"], 1), "humaneval": heads_accuracy(lm, key, he_rows, vocab)}
+            lm.objectives[key].train()
+            curve.append(point)
+            print(json.dumps(point), file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
     records = train_heads(lm, key, train_tokens, cache, vocab, steps=args.steps, batch=args.batch,
-                          lr=args.lr, first_target=first_target, seed=args.seed, log=log)
+                          lr=args.lr, first_target=first_target, seed=args.seed, log=log, loss=args.loss)
     seconds = time.perf_counter() - t0
     acc1 = draft_accuracy(lm, key, tokens[held_rows], held, vocab, first)
     print(f"accuracy after {acc1} ({seconds:.0f} s)", file=sys.stderr, flush=True)
@@ -146,7 +166,8 @@ def train(args) -> None:
             "trained_positions_per_head": int(len(train_rows) * (tokens.shape[1] - first)),
             "text_rows": args.text_rows, "text_positions": int(args.text_rows * (tokens.shape[1] - 1)),
             "text_from": str(args.text_from) if args.text_rows else None, "steps": args.steps,
-            "batch": args.batch, "lr": args.lr, "seconds": round(seconds, 1), "final_losses": records[-1],
+            "batch": args.batch, "lr": args.lr, "loss": args.loss, "curve": curve, "seconds": round(seconds, 1),
+            "final_losses": records[-1],
             "distilled": meta, "environment": describe("cpu"), "command": " ".join(sys.argv)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,6 +210,13 @@ def main(argv=None) -> None:
     t.add_argument("--text-seed", type=int, default=1, help="seed of the --text-rows windows")
     t.add_argument("--text-cache", type=Path, help="safetensors file keeping the trunk states of --text-rows "
                    "(reused when it matches)")
+    t.add_argument("--loss", choices=("ce", "kl"), default="ce", help="ce: the text's tokens (generated part "
+                   "only); kl: the trunk's own distribution for each target (every position, --kl-first on)")
+    t.add_argument("--kl-first", type=int, default=1, help="with --loss kl: first target index trained (default 1)")
+    t.add_argument("--rows", type=int, default=0, help="use only the first ROWS distilled sequences (0: all)")
+    t.add_argument("--eval-states", type=Path, help="heads_humaneval.py states file: held-out HumanEval "
+                   "teacher-forced acceptance every --eval-every steps (the curve in heads.json)")
+    t.add_argument("--eval-every", type=int, default=100)
     t.add_argument("--steps", type=int, default=300)
     t.add_argument("--batch", type=int, default=8, help="sequences per step")
     t.add_argument("--lr", type=float, default=1e-3)
