@@ -4,6 +4,8 @@
     python benchmarks/heads_humaneval.py states --model /tmp/sm-heads --n 12 --new-tokens 128 --out he.safetensors
     # teacher-forced acceptance of trained heads at every depth (cheap: the heads only)
     python benchmarks/heads_humaneval.py accuracy --heads runs/heads --states he.safetensors
+    # real speculative decoding of those prompts (reference: the saved greedy tokens): acceptance and tau
+    python benchmarks/heads_humaneval.py accept --heads runs/heads --states he.safetensors --drafters dsmtp:1
     # plain greedy vs speculative decoding, interleaved per prompt, identical outputs checked
     python benchmarks/heads_humaneval.py speed --heads runs/heads --n 8 --new-tokens 128 \
         --drafters dsmtp:1,dsmtp:2,ngram+dsmtp --out results/decode/heads-smollm2-speed.md
@@ -108,6 +110,32 @@ def accuracy(args) -> None:
     print(json.dumps({"heads": str(args.heads), "teacher_forced_acceptance": [round(a, 4) for a in acc]}))
 
 
+def accept(args) -> None:
+    """Real speculative decoding of the states file's prompts (no greedy rerun: its greedy tokens are the
+    reference): acceptance per depth and tau per drafter, outputs checked identical to the saved greedy ones."""
+    from foresight.generate import make_drafter, speculative_generate
+
+    torch.set_num_threads(args.threads)
+    lm, vocab = load_heads(args.heads)
+    rows = load_states(args.states)[: args.n]
+    result = {"heads": str(args.heads), "prompts": len(rows)}
+    for kind in args.drafters.split(","):
+        name, _, k = kind.partition(":")
+        st_all, same = [], True
+        for tokens, _, p in rows:
+            got, st = speculative_generate(lm, tokens[None, :p], tokens.shape[0] - p,
+                                           make_drafter(lm, name, int(k) if k else None, draft_vocab=vocab))
+            same &= torch.equal(got[0], tokens)
+            st_all.append(st)
+        drafted = [sum(s.drafted[j] for s in st_all) for j in range(st_all[0].n_draft)]
+        accepted = [sum(s.accepted[j] for s in st_all) for j in range(st_all[0].n_draft)]
+        result[kind] = {"tau": round(sum(s.row_tokens for s in st_all) / sum(s.row_steps for s in st_all), 4),
+                        "acceptance": [round(a / max(d, 1), 4) for a, d in zip(accepted, drafted)],
+                        "drafted": drafted, "identical": same}
+        print(json.dumps({kind: result[kind]}), file=sys.stderr, flush=True)
+    print(json.dumps(result))
+
+
 def speed(args) -> None:
     from foresight.data.tokenizer import load_tokenizer
     from foresight.environment import describe
@@ -188,13 +216,18 @@ def main(argv=None) -> None:
     a.add_argument("--heads", type=Path, required=True)
     a.add_argument("--states", type=Path, required=True)
     a.set_defaults(func=accuracy)
+    c = sub.add_parser("accept", help="real speculative decoding of the saved prompts: acceptance, tau")
+    c.add_argument("--heads", type=Path, required=True)
+    c.add_argument("--states", type=Path, required=True)
+    c.add_argument("--drafters", default="dsmtp")
+    c.set_defaults(func=accept)
     p = sub.add_parser("speed", help="plain greedy vs speculative decoding, interleaved")
     p.add_argument("--heads", type=Path, required=True)
     p.add_argument("--drafters", default="dsmtp")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--out", type=Path, help="markdown file for the table")
     p.set_defaults(func=speed)
-    for q in (s, a, p):
+    for q in (s, a, c, p):
         q.add_argument("--problems", type=Path, default=DEFAULT_PROBLEMS)
         q.add_argument("--n", type=int, default=12, help="first N HumanEval prompts")
         q.add_argument("--new-tokens", type=int, default=128)

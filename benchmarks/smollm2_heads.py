@@ -88,7 +88,13 @@ def train(args) -> None:
     from foresight.train.state_file import save_state
 
     torch.set_num_threads(args.threads)
-    tokens, final, last_input, meta = load_distilled(args.tokens)
+    parts = [load_distilled(path) for path in args.tokens]  # several files (parallel selfgen runs): same lengths
+    if len({(p[0].shape[1], p[3]["prompt_len"]) for p in parts}) > 1:
+        from foresight.errors import ForesightError
+
+        raise ForesightError("--tokens files differ in sequence or prompt length")
+    tokens, final, last_input = (torch.cat([p[j] for p in parts]) for j in range(3))
+    meta = parts[0][3] if len(parts) == 1 else {**parts[0][3], "files": [p[3] for p in parts]}
     if args.rows:  # the first rows only (a curve over data size)
         tokens, final, last_input = tokens[: args.rows], final[: args.rows], last_input[: args.rows]
     first = meta["prompt_len"]  # targets from here on are the model's own greedy tokens
@@ -160,7 +166,7 @@ def train(args) -> None:
     acc1 = draft_accuracy(lm, key, tokens[held_rows], held, vocab, first)
     print(f"accuracy after {acc1} ({seconds:.0f} s)", file=sys.stderr, flush=True)
     info = {"model": "SmolLM2-135M-Instruct", "drafter": key, "k": args.k, "spec": spec, "draft_vocab": len(vocab),
-            "draft_vocab_ranked_by": str(args.vocab_from or args.tokens),
+            "draft_vocab_ranked_by": str(args.vocab_from or args.tokens[0]),
             "draft_vocab_coverage": coverage, "held_out_accuracy_before": acc0, "held_out_accuracy": acc1,
             "train_sequences": len(train_rows), "held_out_sequences": len(held_rows),
             "trained_positions_per_head": int(len(train_rows) * (tokens.shape[1] - first)),
@@ -197,7 +203,8 @@ def main(argv=None) -> None:
     d.set_defaults(func=distill)
     t = sub.add_parser("train", help="train drafting heads on the cached trunk states of distilled text")
     t.add_argument("--model", type=Path, required=True, help="the imported model (foresight import)")
-    t.add_argument("--tokens", type=Path, required=True, help="distill's output")
+    t.add_argument("--tokens", type=Path, nargs="+", required=True, help="distill's or selfgen.py's output "
+                   "(several files: their rows joined)")
     t.add_argument("--drafter", choices=("mtp", "dsmtp"), default="mtp")
     t.add_argument("--k", type=int, default=3, help="MTP heads 1..k, or DS-MTP depth k")
     t.add_argument("--preset", default="top_paper", help="DS-MTP preset (default top_paper: shared final norm)")
