@@ -122,18 +122,55 @@ def head_losses(lm, key: str, out: TrunkOutput, batch: Batch, w_sub: torch.Tenso
             for k, (h, norm) in enumerate(obj.head_states(out, batch, model), start=1)]
 
 
+def _kl_sum(h: torch.Tensor, norm, w_sub: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum over masked positions of KL(teacher || student) over the draft vocabulary: h (B, T, D) the head's
+    state, teacher (B, T, V') the trunk's logits for the same token (restricted to V' and renormalised, as the
+    student is), mask (B, T) bool."""
+    student = (norm(h) @ w_sub.T).to(torch.promote_types(h.dtype, torch.float32))  # (B, T, V')
+    log_s = F.log_softmax(student, dim=-1)
+    log_t = F.log_softmax(teacher.to(log_s.dtype), dim=-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1)  # (B, T)
+    return kl.masked_fill(~mask, 0.0).sum()
+
+
+def kl_head_losses(lm, key: str, out: TrunkOutput, batch: Batch, w_sub: torch.Tensor,
+                   first_target: int | torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Self-distillation against the trunk's own distribution (Medusa-2 §3.2 / EAGLE: the drafts are judged
+    against the base model's argmax, so learn its distribution, not the text): head / depth k at position t
+    predicts token t+1+k, and the trunk's logits for that token are its output at position t+k, which the
+    cache holds (``out.hidden``, (B, T, D) after the final norm) whatever the text was. So every position with
+    t + k < T trains (prompt positions too, on any text), and ``first_target`` (int or (B,)) can still mask the
+    early ones. Returns per head / depth the KL sums and the counts of positions they cover."""
+    obj, model = heads_of(lm, key), lm.model
+    t = out.hidden.shape[1]
+    pos = torch.arange(t)
+    sums, counts = [], []
+    for k, (h, norm) in enumerate(obj.head_states(out, batch, model), start=1):
+        with torch.no_grad():  # teacher logits (B, T, V'): position t+k's, zero-padded past the end
+            teacher = out.hidden.new_zeros(*out.hidden.shape[:2], w_sub.shape[0])
+            teacher[:, : t - k] = out.hidden[:, k:] @ w_sub.T
+        mask = _target_mask(first_target, t, k) & (pos < t - k)[None, :]  # (1 or B, T)
+        mask = mask.expand(h.shape[0], t)
+        sums.append(_kl_sum(h, norm, w_sub, teacher, mask))
+        counts.append(mask.sum())
+    return sums, counts
+
+
 def train_heads(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab: torch.Tensor, *, steps: int,
                 batch: int, lr: float, first_target: int | torch.Tensor, seed: int = 0, warmup: int = 10,
-                log: Callable[[dict], None] | None = None) -> list[dict]:
+                log: Callable[[dict], None] | None = None, loss: str = "ce") -> list[dict]:
     """Train ``lm.objectives[key]`` (MTP, DS-MTP: an objective with ``cached_heads``) on the cached trunk states
     of ``tokens`` (N, L); the trunk stays frozen.
 
     AdamW (no weight decay), the trainer's schedule (``foresight.train.schedule.lr_at``: linear warm-up, then
     cosine to 10 % of ``lr``), gradient clipping at 1. Each step draws
     ``batch`` sequences at random (seeded); ``first_target`` is one int or a (N,) tensor, one per sequence
-    (``_target_mask``). Returns the log records (per-head mean loss and top-1 accuracy
-    over the draft vocabulary).
+    (``_target_mask``). ``loss``: "ce" (cross-entropy on the text's tokens) or "kl" (``kl_head_losses``: the
+    trunk's own distribution for each target token, from the cache). Returns the log records (per-head mean
+    loss).
     """
+    if loss not in ("ce", "kl"):
+        raise ForesightError(f"loss must be 'ce' or 'kl', got {loss!r}")
     model, obj = lm.model, heads_of(lm, key)
     lm.freeze_trunk()
     params = [p for p in obj.parameters() if p.requires_grad]
@@ -155,11 +192,15 @@ def train_heads(lm, key: str, tokens: torch.Tensor, cache: TrunkCache, vocab: to
         with torch.no_grad():
             out = cache.rows(idx, model, cos, sin)
         ft = first_target[idx] if isinstance(first_target, torch.Tensor) else first_target
-        sums = head_losses(lm, key, out, b, w_sub, to_sub, ft)
-        counts = [(_count(b, k, to_sub, ft)).clamp(min=1) for k in range(1, len(sums) + 1)]
-        loss = sum(s / c for s, c in zip(sums, counts))
+        if loss == "kl":
+            sums, counts = kl_head_losses(lm, key, out, b, w_sub, ft)
+            counts = [c.clamp(min=1) for c in counts]
+        else:
+            sums = head_losses(lm, key, out, b, w_sub, to_sub, ft)
+            counts = [(_count(b, k, to_sub, ft)).clamp(min=1) for k in range(1, len(sums) + 1)]
+        total = sum(s / c for s, c in zip(sums, counts))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         rec = {"step": step + 1, "lr": lr_now, "seconds": time.perf_counter() - t0,

@@ -88,7 +88,15 @@ def train(args) -> None:
     from foresight.train.state_file import save_state
 
     torch.set_num_threads(args.threads)
-    tokens, final, last_input, meta = load_distilled(args.tokens)
+    parts = [load_distilled(path) for path in args.tokens]  # several files (parallel selfgen runs): same lengths
+    if len({(p[0].shape[1], p[3]["prompt_len"]) for p in parts}) > 1:
+        from foresight.errors import ForesightError
+
+        raise ForesightError("--tokens files differ in sequence or prompt length")
+    tokens, final, last_input = (torch.cat([p[j] for p in parts]) for j in range(3))
+    meta = parts[0][3] if len(parts) == 1 else {**parts[0][3], "files": [p[3] for p in parts]}
+    if args.rows:  # the first rows only (a curve over data size)
+        tokens, final, last_input = tokens[: args.rows], final[: args.rows], last_input[: args.rows]
     first = meta["prompt_len"]  # targets from here on are the model's own greedy tokens
     base, _ = TrainableLM.from_checkpoint(args.model)
     key = args.drafter
@@ -117,36 +125,55 @@ def train(args) -> None:
     coverage = float(torch.isin(held_targets, vocab).float().mean())
     train_tokens = tokens[train_rows]
     cache = TrunkCache(final[train_rows], last_input[train_rows])
-    first_target = first
+    # CE learns the text's tokens, which equal the trunk's choices only in the generated part; KL learns the
+    # trunk's own distribution, which the cache holds at every position (prompts too)
+    first_target = first if args.loss == "ce" else args.kl_first
     if args.text_rows:  # real Python beside the distilled rows: every position of those rows trains
         text_tokens, text_final, text_last = text_cache(args, lm.model, tokens.shape[1])
         train_tokens = torch.cat([train_tokens, text_tokens])
         cache = TrunkCache(torch.cat([cache.final, text_final]), torch.cat([cache.last_input, text_last]))
-        first_target = torch.tensor([first] * len(train_rows) + [0] * len(text_tokens))
+        first_target = torch.tensor([first_target] * len(train_rows) + [0] * len(text_tokens))
     held = TrunkCache(final[held_rows], last_input[held_rows])
     acc0 = draft_accuracy(lm, key, tokens[held_rows], held, vocab, first)
     print(f"draft vocabulary {len(vocab)}: covers {coverage:.1%} of held-out targets; accuracy before {acc0}",
           file=sys.stderr, flush=True)
 
+    curve = []  # held-out HumanEval teacher-forced acceptance against training positions seen
+    he_rows = None
+    if args.eval_states is not None:
+        from heads_humaneval import heads_accuracy, load_states
+
+        he_rows = load_states(args.eval_states)
+        curve.append({"step": 0, "positions_seen": 0, "humaneval": heads_accuracy(lm, key, he_rows, vocab)})
+        print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
+
     def log(rec):
         if rec["step"] % 20 == 0 or rec["step"] == 1:
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}),
                   file=sys.stderr, flush=True)
+        if he_rows is not None and (rec["step"] % args.eval_every == 0 or rec["step"] == args.steps):
+            lm.objectives[key].eval()
+            point = {"step": rec["step"], "positions_seen": rec["step"] * args.batch * (tokens.shape[1] - 1),
+                     "seconds": round(rec["seconds"], 1), "humaneval": heads_accuracy(lm, key, he_rows, vocab)}
+            lm.objectives[key].train()
+            curve.append(point)
+            print(json.dumps(point), file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
     records = train_heads(lm, key, train_tokens, cache, vocab, steps=args.steps, batch=args.batch,
-                          lr=args.lr, first_target=first_target, seed=args.seed, log=log)
+                          lr=args.lr, first_target=first_target, seed=args.seed, log=log, loss=args.loss)
     seconds = time.perf_counter() - t0
     acc1 = draft_accuracy(lm, key, tokens[held_rows], held, vocab, first)
     print(f"accuracy after {acc1} ({seconds:.0f} s)", file=sys.stderr, flush=True)
     info = {"model": "SmolLM2-135M-Instruct", "drafter": key, "k": args.k, "spec": spec, "draft_vocab": len(vocab),
-            "draft_vocab_ranked_by": str(args.vocab_from or args.tokens),
+            "draft_vocab_ranked_by": str(args.vocab_from or args.tokens[0]),
             "draft_vocab_coverage": coverage, "held_out_accuracy_before": acc0, "held_out_accuracy": acc1,
             "train_sequences": len(train_rows), "held_out_sequences": len(held_rows),
             "trained_positions_per_head": int(len(train_rows) * (tokens.shape[1] - first)),
             "text_rows": args.text_rows, "text_positions": int(args.text_rows * (tokens.shape[1] - 1)),
             "text_from": str(args.text_from) if args.text_rows else None, "steps": args.steps,
-            "batch": args.batch, "lr": args.lr, "seconds": round(seconds, 1), "final_losses": records[-1],
+            "batch": args.batch, "lr": args.lr, "loss": args.loss, "curve": curve, "seconds": round(seconds, 1),
+            "final_losses": records[-1],
             "distilled": meta, "environment": describe("cpu"), "command": " ".join(sys.argv)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +203,8 @@ def main(argv=None) -> None:
     d.set_defaults(func=distill)
     t = sub.add_parser("train", help="train drafting heads on the cached trunk states of distilled text")
     t.add_argument("--model", type=Path, required=True, help="the imported model (foresight import)")
-    t.add_argument("--tokens", type=Path, required=True, help="distill's output")
+    t.add_argument("--tokens", type=Path, nargs="+", required=True, help="distill's or selfgen.py's output "
+                   "(several files: their rows joined)")
     t.add_argument("--drafter", choices=("mtp", "dsmtp"), default="mtp")
     t.add_argument("--k", type=int, default=3, help="MTP heads 1..k, or DS-MTP depth k")
     t.add_argument("--preset", default="top_paper", help="DS-MTP preset (default top_paper: shared final norm)")
@@ -189,6 +217,13 @@ def main(argv=None) -> None:
     t.add_argument("--text-seed", type=int, default=1, help="seed of the --text-rows windows")
     t.add_argument("--text-cache", type=Path, help="safetensors file keeping the trunk states of --text-rows "
                    "(reused when it matches)")
+    t.add_argument("--loss", choices=("ce", "kl"), default="ce", help="ce: the text's tokens (generated part "
+                   "only); kl: the trunk's own distribution for each target (every position, --kl-first on)")
+    t.add_argument("--kl-first", type=int, default=1, help="with --loss kl: first target index trained (default 1)")
+    t.add_argument("--rows", type=int, default=0, help="use only the first ROWS distilled sequences (0: all)")
+    t.add_argument("--eval-states", type=Path, help="heads_humaneval.py states file: held-out HumanEval "
+                   "teacher-forced acceptance every --eval-every steps (the curve in heads.json)")
+    t.add_argument("--eval-every", type=int, default=100)
     t.add_argument("--steps", type=int, default=300)
     t.add_argument("--batch", type=int, default=8, help="sequences per step")
     t.add_argument("--lr", type=float, default=1e-3)
