@@ -33,6 +33,10 @@ objective):
 
 Writes the markdown table (ratios foresight / authors), ``.png`` loss curves beside it and ``.json`` with the raw
 curves. ``--report-only`` rebuilds the table from the logs already in ``--work``.
+
+``--check-top`` also checks change 3: their Triton TOP kernels, run by Triton's interpreter on the CPU
+(``TRITON_INTERPRET=1``, autotuners bypassed with a fixed block size: they need a GPU driver), against the twin on
+small shapes, forward and backward; the table goes into the markdown.
 """
 
 from __future__ import annotations
@@ -82,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads of every run (default 1)")
     p.add_argument("--objectives", default="ntp,top", help="comma-separated, of ntp,top (default both)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the table from the logs in --work")
+    p.add_argument("--check-top", action="store_true",
+                   help="also check their Triton TOP against the CPU twin (TRITON_INTERPRET=1, a minute)")
     args = p.parse_args(argv)
     checks = [
         (args.steps >= WINDOW and args.steps % WINDOW == 0, f"--steps must be a positive multiple of {WINDOW}"),
@@ -98,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [o for o in args.objectives if o not in OBJECTIVES]
     if bad or not args.objectives:
         raise UsageError(f"--objectives: unknown {','.join(bad) or '(none)'}; choose from {','.join(OBJECTIVES)}")
-    if not args.report_only:
+    if not args.report_only or args.check_top:
         if args.authors is None:
             raise UsageError("--authors DIR is required (a checkout of zaydzuhri/Next-Token-Failures)")
         if not (args.authors / "train.py").is_file() or not (args.authors / TEST_FILE).is_file():
@@ -339,7 +345,17 @@ def authors_commit(authors: Path | None) -> str:
     return stamp.read_text().strip() if stamp.is_file() else "unknown"
 
 
-def write_report(args: argparse.Namespace, results: dict, command: str) -> None:
+def check_table(rows: list[dict]) -> str:
+    lines = ["| B | T | V | H | targets equal | loss, their fused kernel | loss, CPU twin | max abs diff dL/dx | "
+             "max abs diff dL/dW |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        equal = "yes" if r["targets_equal"] else "**no**"
+        lines.append(f"| {r['B']} | {r['T']} | {r['V']} | {r['H']} | {equal} | {r['loss_fused']:.6f} | "
+                     f"{r['loss_twin']:.6f} | {r['max_dx_diff']:.1e} | {r['max_dw_diff']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(args: argparse.Namespace, results: dict, command: str, checks: list[dict] | None = None) -> None:
     import platform
 
     import torch
@@ -392,6 +408,16 @@ def write_report(args: argparse.Namespace, results: dict, command: str) -> None:
         "- Their training loop also computes training accuracy every step and evaluates with teacher forcing every "
         "100 steps (excluded from s / step as the generation is).",
     ]
+    if checks:
+        text += ["", "## Their Triton TOP against the CPU twin the runs use", "",
+                 "`--check-top`: their target kernel and fused ListNet (forward and backward) run by Triton's "
+                 "interpreter on the CPU (`TRITON_INTERPRET=1`; their autotuners need a GPU driver, so the kernels "
+                 "are launched with a fixed block size), against `top_targets` + their `list_net_loss`, on random "
+                 "targets with a −1 prefix as in their forward (the second row is this benchmark's shape).", "",
+                 check_table(checks),
+                 "Their fused kernel's loss value (not its gradient) also counts the padded lanes of the last "
+                 "vocabulary block: an extra (2^⌈log2 V⌉ − V)·e^(−lse(targets))·lse(logits) per row, visible at a "
+                 "short window (first row) and below 1e-6 at the star graph's (lse(targets) ≈ the window, 31)."]
     args.out.write_text("\n".join(text) + "\n")
     print(table(results))
     print(f"wrote {args.out}")
@@ -481,10 +507,73 @@ def _launch(argv: list[str]) -> None:
     log.close()
 
 
+def _check_top(out_path: str) -> None:
+    """In a child with TRITON_INTERPRET=1 and cwd = their checkout: their Triton TOP (target kernel and fused
+    ListNet) against the CPU twin the runs use, forward and backward, on small odd shapes. Their autotuners need a
+    GPU driver even under the interpreter, so their kernels are launched with a fixed block size (their wrappers'
+    launch lines, restated here); the kernels themselves are theirs."""
+    import torch
+    import torch.nn.functional as F
+    import triton
+
+    sys.path[:] = [os.getcwd()] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
+    import models.top as top
+
+    lse_kernel = top.logsumexp_fwd_kernel.fn.fn  # heuristics -> autotune -> jit
+
+    def logsumexp_fwd(x, scale=None, dtype=None):  # their logsumexp_fwd without the autotuner
+        shape = x.shape
+        x = x.view(-1, shape[-1])
+        n, d = x.shape
+        block = min(triton.next_power_of_2(d), 64 * 1024)
+        z = x.new_empty(n, triton.cdiv(d, block), dtype=torch.float)
+        lse_kernel[(n, triton.cdiv(d, block))](x=x, z=z, scale=scale, D=d, B=block, HAS_SCALE=scale is not None)
+        z = z.logsumexp(-1).view(*shape[:-1])
+        return z.to(dtype) if dtype is not None and dtype != torch.float else z
+
+    top.logsumexp_fwd = logsumexp_fwd
+    torch.manual_seed(0)
+    rows = []
+    for bsz, steps, vocab, prefix, hidden in ((3, 7, 11, 3, 16), (2, 31, 54, 26, 24)):
+        targets = torch.randint(0, vocab, (bsz, steps))
+        targets[:, :prefix] = -1
+        seq = torch.cat((targets, -torch.ones((bsz, steps), dtype=torch.long)), 1)  # (B, 2T) as their forward
+        ours = top_targets(seq, vocab, steps, pad_token_id=-1)
+        theirs = torch.empty_like(ours)
+        top._seq_to_top_kernel.fn[(bsz, triton.cdiv(vocab, 128))](
+            seq, theirs, bsz, 2 * steps, steps, vocab, -1, steps, 2 * steps, seq.stride(0), seq.stride(1),
+            theirs.stride(0), theirs.stride(1), theirs.stride(2), BLOCK_SIZE_V=128)
+        x = torch.randn(bsz, steps - prefix, hidden)
+        w = torch.randn(vocab, hidden) * 0.3
+        tgt = ours[:, prefix:].contiguous()
+        xf, wf = x.clone().requires_grad_(), w.clone().requires_grad_()
+        fused = top.FusedLinearListNetLoss()(xf, tgt, wf, None)
+        fused.backward()
+        xn, wn = x.clone().requires_grad_(), w.clone().requires_grad_()
+        naive = top.list_net_loss(F.linear(xn.view(-1, hidden), wn), tgt.view(-1, vocab).float())
+        naive.backward()
+        rows.append({"B": bsz, "T": steps, "V": vocab, "H": hidden, "targets_equal": bool(torch.equal(ours, theirs)),
+                     "loss_fused": fused.item(), "loss_twin": naive.item(),
+                     "max_dx_diff": (xf.grad - xn.grad).abs().max().item(),
+                     "max_dw_diff": (wf.grad - wn.grad).abs().max().item()})
+    Path(out_path).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def check_top(args: argparse.Namespace) -> list[dict]:
+    out = (args.work / "check-top.json").resolve()
+    env = {**_env(args, None), "TRITON_INTERPRET": "1"}
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "_check_top", str(out)], cwd=args.authors.resolve(),
+                   env=env, check=True)
+    return json.loads(out.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_launch"]:
         _launch(argv[1:])
+        return 0
+    if argv[:1] == ["_check_top"]:
+        _check_top(argv[1])
         return 0
     try:
         args = parse_args(argv)
@@ -495,8 +584,9 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         run_all(args)
+    checks = check_top(args) if args.check_top else None
     command = "python benchmarks/authors_vs_foresight.py " + shlex.join(argv)
-    write_report(args, collect(args), command)
+    write_report(args, collect(args), command, checks)
     return 0
 
 

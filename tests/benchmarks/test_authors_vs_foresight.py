@@ -112,3 +112,11 @@ def test_top_targets_twin_against_a_written_out_loop():
                 d = later[0] - t if later else None
                 want = float(window - d) if d is not None and d < window else float("-inf")
                 assert got[b, t, v].item() == want, (b, t, v)
+
+
+def test_check_table_flags_a_mismatch():
+    row = {"B": 2, "T": 31, "V": 54, "H": 24, "targets_equal": True, "loss_fused": 5.3548722,
+           "loss_twin": 5.3548708, "max_dx_diff": 3.4e-08, "max_dw_diff": 1.3e-07}
+    text = avf.check_table([row, {**row, "targets_equal": False}])
+    assert "| 2 | 31 | 54 | 24 | yes | 5.354872 | 5.354871 | 3.4e-08 | 1.3e-07 |" in text
+    assert "| **no** |" in text
