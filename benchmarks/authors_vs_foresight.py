@@ -393,7 +393,7 @@ def write_report(args: argparse.Namespace, results: dict, command: str, checks: 
         "s / step = median over 10-step windows of the training loop, evaluation excluded. Parameters: all "
         "trainable ones (TOP runs include the TOP head).",
         "",
-        ("![loss curves](authors-vs-foresight.png)" if have_png else "(matplotlib missing: no plot)"),
+        (f"![loss curves]({png.name})" if have_png else "(matplotlib missing: no plot)"),
         "",
         "## How the two differ",
         "",
@@ -582,10 +582,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sys.path.insert(0, str(ROOT / "src"))
     args.work.mkdir(parents=True, exist_ok=True)
-    if not args.report_only:
-        run_all(args)
-    checks = check_top(args) if args.check_top else None
     command = "python benchmarks/authors_vs_foresight.py " + shlex.join(argv)
+    saved = args.work / "command.txt"  # the command that ran the runs; --report-only keeps naming it
+    if not args.report_only:
+        saved.write_text(command + "\n")
+        run_all(args)
+    elif saved.is_file():
+        command = saved.read_text().strip() + f"` (table: `{command}`)"
+    checks = check_top(args) if args.check_top else None
     write_report(args, collect(args), command, checks)
     return 0
 
