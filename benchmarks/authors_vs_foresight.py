@@ -26,7 +26,7 @@ our generator (``foresight.data.stargraph``, the original distribution) written 
 original format (``stargraph.train_file`` / ``test_file``).
 
 Run (from the repository root; one thread each, the four runs one after the other, authors then foresight per
-objective):
+objective; ``--side-by-side`` runs the two of an objective at once, so that a shared machine's load hits both alike):
 
     .venv/bin/python benchmarks/authors_vs_foresight.py --authors /tmp/ntf --work /tmp/avf \\
         --out results/benchmark/authors-vs-foresight.md
@@ -86,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads of every run (default 1)")
     p.add_argument("--objectives", default="ntp,top", help="comma-separated, of ntp,top (default both)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the table from the logs in --work")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="run the authors' and foresight's run of an objective at once (a shared machine's load\n"
+                        "then hits both alike); default: one after the other")
     p.add_argument("--check-top", action="store_true",
                    help="also check their Triton TOP against the CPU twin (TRITON_INTERPRET=1, a minute)")
     args = p.parse_args(argv)
@@ -302,23 +305,30 @@ def run_all(args: argparse.Namespace) -> None:
     recipe = args.work / "foresight-recipe.yaml"
     recipe.write_text(yaml.safe_dump(foresight_recipe(args, files), sort_keys=False))
     for obj in args.objectives:  # authors then foresight, per objective: neighbours see the same load
-        log = args.work / f"authors-{obj}.jsonl"
-        cmd = authors_command(args, obj, log)
-        print("$", shlex.join(cmd), flush=True)
-        t0 = time.perf_counter()
-        with open(args.work / f"authors-{obj}.out", "w") as out:
-            subprocess.run(cmd, cwd=files["run"], env=_env(args, None), stdout=out, stderr=subprocess.STDOUT,
-                           check=True)
-        print(f"  authors {obj}: {time.perf_counter() - t0:.0f} s", flush=True)
         fdir = args.work / f"foresight-{obj}"
-        cmd = [sys.executable, "-m", "foresight", "stargraph", "run", str(recipe.resolve()), "--runs", obj,
-               "--seeds", str(args.seed), "--results", str(fdir.resolve())]
-        print("$", shlex.join(cmd), flush=True)
-        t0 = time.perf_counter()
-        with open(args.work / f"foresight-{obj}.out", "w") as out:
-            subprocess.run(cmd, cwd=fdir.parent, env=_env(args, str(ROOT / "src")), stdout=out,
-                           stderr=subprocess.STDOUT, check=True)
-        print(f"  foresight {obj}: {time.perf_counter() - t0:.0f} s", flush=True)
+        jobs = [("authors", authors_command(args, obj, args.work / f"authors-{obj}.jsonl"), files["run"],
+                 _env(args, None)),
+                ("foresight", [sys.executable, "-m", "foresight", "stargraph", "run", str(recipe.resolve()), "--runs",
+                               obj, "--seeds", str(args.seed), "--results", str(fdir.resolve())], args.work,
+                 _env(args, str(ROOT / "src")))]
+        running = []
+        for side, cmd, cwd, env in jobs:
+            print("$", shlex.join(cmd), flush=True)
+            out = open(args.work / f"{side}-{obj}.out", "w")
+            running.append((side, subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT),
+                            out, time.perf_counter()))
+            if not args.side_by_side:  # one after the other: wait before starting the next
+                _wait(obj, *running.pop())
+        for job in running:  # --side-by-side: both at once, one thread each, under the same load
+            _wait(obj, *job)
+
+
+def _wait(obj: str, side: str, proc: subprocess.Popen, out, t0: float) -> None:
+    code = proc.wait()
+    out.close()
+    if code != 0:
+        raise SystemExit(f"authors_vs_foresight: error: the {side} {obj} run failed (exit {code}); see {out.name}")
+    print(f"  {side} {obj}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def collect(args: argparse.Namespace) -> dict:
@@ -371,7 +381,8 @@ def write_report(args: argparse.Namespace, results: dict, command: str, checks: 
         "# The TOP authors' star-graph code beside foresight (issue 24, item 5)",
         "",
         f"Machine: {cpu_name()}, {os.cpu_count()} cores, **shared with other jobs** (timings are noisy; the runs were "
-        f"interleaved authors/foresight per objective), {args.threads} torch thread(s) per run, one run at a time. "
+        f"interleaved authors/foresight per objective), {args.threads} torch thread(s) per run, "
+        f"{'the two runs of an objective side by side' if args.side_by_side else 'one run at a time'}. "
         f"Python {platform.python_version()}, torch {torch.__version__}. Date (UTC): "
         f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())}. Authors' code: zaydzuhri/Next-Token-Failures at "
         f"`{authors_commit(args.authors)}`.",
