@@ -365,7 +365,8 @@ def check_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(args: argparse.Namespace, results: dict, command: str, checks: list[dict] | None = None) -> None:
+def write_report(args: argparse.Namespace, results: dict, command: str | tuple[str, str],
+                 checks: list[dict] | None = None) -> None:
     import platform
 
     import torch
@@ -387,7 +388,8 @@ def write_report(args: argparse.Namespace, results: dict, command: str, checks: 
         f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())}. Authors' code: zaydzuhri/Next-Token-Failures at "
         f"`{authors_commit(args.authors)}`.",
         "",
-        f"Command: `{command}`",
+        (f"Command: `{command}`" if isinstance(command, str) else
+         f"Command: `{command[0]}` (the table rebuilt from its logs by `{command[1]}`)"),
         "",
         f"Graph: G({GRAPH['deg']},{GRAPH['path']}) with {GRAPH['nodes']} node labels (their setting). Test: the first "
         f"{args.n_test} graphs of their own test file; training: {args.steps * args.batch_size:,} graphs from "
@@ -399,6 +401,10 @@ def write_report(args: argparse.Namespace, results: dict, command: str, checks: 
         f"Eager fp32 on both sides.",
         "",
         table(results),
+        *([f"After {args.steps} steps no run decodes a whole test path yet: exact match is 0 on both sides and "
+           "its ratio undefined; what this setting compares is the loss curves, step time and size. "
+           "More steps (`--steps`) on a quiet machine separate exact match.", ""]
+          if all(not r.get("exact_match") for sides in results.values() for r in sides.values()) else []),
         "Loss = training loss averaged over the last 10 steps (TOP runs: cross-entropy + ListNet, weight 1 each, as "
         "theirs); exact match = greedy decoding of the whole path on the test graphs after the last step. "
         "s / step = median over 10-step windows of the training loop, evaluation excluded. Parameters: all "
@@ -604,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         saved.write_text(command + "\n")
         run_all(args)
     elif saved.is_file():
-        command = saved.read_text().strip() + f"` (table: `{command}`)"
+        command = (saved.read_text().strip(), command)  # (the runs, the table)
     checks = check_top(args) if args.check_top else None
     write_report(args, collect(args), command, checks)
     return 0
