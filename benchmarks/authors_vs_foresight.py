@@ -319,8 +319,11 @@ def run_all(args: argparse.Namespace) -> None:
                             out, time.perf_counter()))
             if not args.side_by_side:  # one after the other: wait before starting the next
                 _wait(obj, *running.pop())
-        for job in running:  # --side-by-side: both at once, one thread each, under the same load
-            _wait(obj, *job)
+        while running:  # --side-by-side: both at once, one thread each, under the same load; collect each as it ends
+            for job in [j for j in running if j[1].poll() is not None]:
+                running.remove(job)
+                _wait(obj, *job)
+            time.sleep(0.5)
 
 
 def _wait(obj: str, side: str, proc: subprocess.Popen, out, t0: float) -> None:
