@@ -153,6 +153,21 @@ def test_trunk_defaults_unchanged_and_bad_masks_refused():
         model.trunk(ids, caches=model.new_caches(), mask=causal)
 
 
+def test_masked_trunk_same_under_activation_checkpointing():
+    """The training path (``Block.checkpointing``) carries the mask: same outputs and gradients as eager."""
+    a, b = _lm([{"name": "ntp"}]).model, _lm([{"name": "ntp"}]).model
+    for layer in b.layers:
+        layer.checkpointing = True
+    offsets = torch.tensor([2, 1])
+    x = torch.randn(2, 10, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    outs = [m.trunk_embeds(x, register_mask(5), register_positions(offsets, 5)).hidden for m in (a, b)]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    for m, h in zip((a, b), outs):
+        h.square().sum().backward()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-10)
+
+
 # ---- the objective ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("embeddings", ["shared", "per_offset"])
@@ -244,6 +259,7 @@ def test_config_label_lookahead_and_flops():
         MuToRConfig(embeddings="many")
 
 
+@pytest.mark.slow
 def test_trains_in_star_graph_and_text_runs(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(1)
