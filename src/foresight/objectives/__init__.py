@@ -1,4 +1,5 @@
-"""Training objectives: NTP, TOP, MTP, DS-MTP, FSP, NextLat, MuToR. Each maps trunk outputs + tokens to (loss sum, count).
+"""Training objectives: NTP, TOP, MTP, DS-MTP, FSP, NextLat, MuToR. Each maps trunk outputs + tokens to
+(loss sum, count).
 
 ``REGISTRY`` maps a recipe name to (config class, objective class); ``register`` adds one. The rest of the
 library reaches objectives only through this registry and the ``Objective`` protocol (``base.py``), so a new
