@@ -17,7 +17,7 @@ from foresight.batch import Batch
 from foresight.cli.main import main
 from foresight.errors import ForesightError
 from foresight.model import ModelConfig
-from foresight.objectives import MuToRConfig, objective_label
+from foresight.objectives import MuToRConfig, build_on_parts, objective_label
 from foresight.objectives.base import IGNORE_INDEX
 from foresight.objectives.mutor import register_labels, register_mask, register_positions
 from foresight.train.flops import flops_per_token
@@ -257,6 +257,8 @@ def test_config_label_lookahead_and_flops():
             MuToRConfig(d_max=bad)
     with pytest.raises(ForesightError, match="MuToR embeddings"):
         MuToRConfig(embeddings="many")
+    with pytest.raises(ForesightError, match="'mutor' does not support foresight.wrap"):
+        build_on_parts({"name": "mutor"}, None)  # needs a 4-D mask and position ids through any HF model: one line
 
 
 @pytest.mark.slow
