@@ -19,7 +19,7 @@ from foresight.errors import ForesightError
 from foresight.model import ModelConfig
 from foresight.objectives import MuToRConfig, build_on_parts, objective_label
 from foresight.objectives.base import IGNORE_INDEX
-from foresight.objectives.mutor import register_labels, register_mask, register_positions
+from foresight.objectives.mutor import register_labels, register_mask, register_positions, register_slots
 from foresight.train.flops import flops_per_token
 from foresight.train.lm import TrainableLM
 
@@ -46,30 +46,39 @@ def _batch(b=3, t=7, look=4, seed=1, masked=True):
 # ---- the layout, from plain loops ------------------------------------------------------------------------------
 
 def test_layout_matches_plain_loops():
-    t = 5
-    mask = register_mask(t)
-    for i in range(2 * t):
-        for j in range(2 * t):
-            qi, kj = i // 2, j // 2
-            kreg = j % 2 == 1
-            allowed = (not kreg and kj <= qi) or i == j  # regular keys up to the query's token; a register itself
-            assert bool(mask[i, j]) == allowed, (i, j)
-    offsets = torch.tensor([1, 3, 2])
-    pos = register_positions(offsets, t)
-    for b in range(3):
-        want = []
-        for s in range(t):
-            want += [s, s + int(offsets[b]) - 1]
-        assert pos[b].tolist() == want
-
     batch = _batch()
+    t_len = batch.seq_len
+    after, valid = register_slots(batch)
+    offsets = torch.tensor([1, 3, 2])
+    mask, pos = register_mask(after, t_len), register_positions(after, offsets, t_len)
     labels = register_labels(batch, offsets)
+    k = max(int(batch.loss_mask[b].sum()) for b in range(3))
+    assert after.shape == (3, k) and mask.shape == (3, 1, t_len + k, t_len + k)
     for b in range(3):
+        trained = [t for t in range(t_len) if batch.loss_mask[b, t]]  # every next token is a real id here
+        slots = trained + [None] * (k - len(trained))
+        assert valid[b].tolist() == [s is not None for s in slots]
+        assert [int(a) for a, ok in zip(after[b], valid[b]) if ok] == trained
         d = int(offsets[b])
-        for s in range(batch.seq_len):
+        want_pos = list(range(t_len)) + [(s if s is not None else 0) + d - 1 for s in slots]
+        assert pos[b].tolist() == want_pos
+        for i in range(t_len + k):
+            for j in range(t_len + k):
+                if i < t_len:  # a token: causal over tokens, no register
+                    allowed = j < t_len and j <= i
+                else:  # a register: tokens up to the one it follows, and itself
+                    follows = slots[i - t_len] if slots[i - t_len] is not None else 0
+                    allowed = (j < t_len and j <= follows) or i == j
+                assert bool(mask[b, 0, i, j]) == allowed, (b, i, j)
+        for s in range(t_len):
             y = int(batch.tokens[b, s + d])
             ok = bool(batch.loss_mask[b, s]) and y >= 0 and (d == 1 or int(batch.horizon[b, s]) >= d - 1)
             assert int(labels[b, s]) == (y if ok else IGNORE_INDEX), (b, s)
+    # without a loss mask: a register after every token, one (T + K, T + K) mask shared by the rows
+    plain = _batch(masked=False)
+    after, valid = register_slots(plain)
+    assert valid.all() and torch.equal(after, torch.arange(t_len).expand(3, t_len))
+    assert register_mask(after, t_len).shape == (2 * t_len, 2 * t_len)
 
 
 # ---- the masked trunk against a transformer written out in loops -------------------------------------------------
@@ -159,8 +168,9 @@ def test_masked_trunk_same_under_activation_checkpointing():
     for layer in b.layers:
         layer.checkpointing = True
     offsets = torch.tensor([2, 1])
-    x = torch.randn(2, 10, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    outs = [m.trunk_embeds(x, register_mask(5), register_positions(offsets, 5)).hidden for m in (a, b)]
+    after = torch.tensor([[0, 2, 4], [1, 3, 0]])
+    x = torch.randn(2, 8, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    outs = [m.trunk_embeds(x, register_mask(after, 5), register_positions(after, offsets, 5)).hidden for m in (a, b)]
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
     for h in outs:
         h.square().sum().backward()
@@ -202,21 +212,23 @@ def test_loss_and_register_gradient_equal_explicit_sequences(embeddings):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-def test_regular_tokens_equal_a_plain_forward():
+@pytest.mark.parametrize("masked", [False, True])
+def test_regular_tokens_equal_a_plain_forward(masked):
     """Regular tokens never see a register: their states in the interleaved pass are the plain pass's, so NTP's
     loss read from either is the same (we keep NTP on the plain pass)."""
     lm = _lm([{"name": "ntp"}, {"name": "mutor", "d_max": 4}])
     obj, model = lm.objectives["mutor"], lm.model
-    batch = _batch(b=2, t=9, look=4, masked=False)
+    batch = _batch(b=2, t=9, look=4, masked=masked)
     offsets = torch.tensor([4, 2])
+    after, _ = register_slots(batch)
     with torch.no_grad():
-        x = obj.interleave(model, batch.input_ids, offsets)
-        inter = model.trunk_embeds(x, register_mask(9), register_positions(offsets, 9))
+        x = obj.inputs(model, batch.input_ids, offsets, after.shape[1])
+        inter = model.trunk_embeds(x, register_mask(after, 9), register_positions(after, offsets, 9))
         plain = model.trunk(batch.input_ids)
-        torch.testing.assert_close(inter.hidden[:, 0::2], plain.hidden, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(inter.hidden[:, :9], plain.hidden, rtol=1e-12, atol=1e-12)
         ntp = lm.objectives["ntp"]
         from_plain = ntp(plain, batch, model).loss_sum
-        regular = type(plain)(hidden=inter.hidden[:, 0::2], final=inter.final[:, 0::2], last_input=plain.last_input,
+        regular = type(plain)(hidden=inter.hidden[:, :9], final=inter.final[:, :9], last_input=plain.last_input,
                               cos=plain.cos, sin=plain.sin)
         torch.testing.assert_close(ntp(regular, batch, model).loss_sum, from_plain, rtol=1e-12, atol=1e-12)
         # inference is the plain model: registers are dropped (generation never calls the objective)

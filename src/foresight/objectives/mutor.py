@@ -1,9 +1,9 @@
 """MuToR: multi-token prediction with register tokens (Gerontopoulos et al. 2025, "Multi-Token Prediction Needs
 Registers", arXiv 2505.10518, §3; docs/objectives.md).
 
-A learned register embedding r is interleaved after every input token, so the trunk reads (x_0, r, x_1, r, ...,
-x_{T-1}, r): 2T inputs. The register after x_t predicts x[t+d], d drawn uniformly from 1 .. d_max once per
-sequence, through the model's own final norm and output head. Under the attention mask
+A learned register embedding r is interleaved after the input tokens, (x_0, r, x_1, r, ..., x_{T-1}, r) in the
+paper. The register after x_t predicts x[t+d], d drawn uniformly from 1 .. d_max once per sequence, through the
+model's own final norm and output head. Under the attention mask
 
 - a regular token sees the regular tokens up to itself and no register, so its states equal a plain forward's
   (NTP's loss is unchanged; registers can be dropped at inference, which is what generation does);
@@ -12,13 +12,18 @@ sequence, through the model's own final norm and output head. Under the attentio
 and with the RoPE position id t + d - 1 (the position of x[t+d-1], the token that would predict x[t+d] under
 NTP), so the offset is told to the model by the position alone and one embedding serves every d.
 
+Layout (ours): attention is order-free given the mask and the position ids, so the registers are appended after
+the T tokens rather than interleaved (same numbers, tested against explicit per-register sequences), and placed
+only after the positions NTP trains (an unscored register changes nothing): T + K inputs, K the most trained
+positions of a row (star graph: 24 + 4 instead of 48; text without a loss mask: 2T).
+
 The register loss is a mean cross-entropy over the registers of the trained positions; the paper trains
 (1 - a)·L_ntp + a·L_reg (a = 0.3 recommended with d_max = 4): a recipe writes
 ``[{name: ntp, weight: 0.7}, {name: mutor, weight: 0.3, d_max: 4}]``.
 
-This objective runs its own trunk pass over the interleaved sequence (``Transformer.trunk_embeds``) and reads
-nothing of the run's plain pass; NTP keeps reading the plain pass (equal to the interleaved pass's regular
-tokens: tested), so ``ntp + mutor`` costs one plain and one interleaved forward/backward per step.
+This objective runs its own trunk pass over tokens + registers (``Transformer.trunk_embeds``) and reads nothing of
+the run's plain pass; NTP keeps reading the plain pass (equal to the register pass's tokens: tested), so
+``ntp + mutor`` costs one plain and one register forward/backward per step.
 """
 
 from __future__ import annotations
@@ -53,24 +58,42 @@ class MuToRConfig:
             raise ForesightError(f"MuToR embeddings must be one of {list(EMBEDDINGS)}, got {self.embeddings!r}")
 
 
-def register_mask(seq_len: int, device: torch.device | None = None) -> torch.Tensor:
-    """(2T, 2T) bool, True = query i may attend key j, for the layout x_0, r_0, x_1, r_1, ... (x_t at 2t, its
-    register r_t at 2t + 1): every query sees the regular tokens x_s with s <= its own t, a register also itself;
-    no query sees another register. The same for every row (d only moves position ids)."""
-    index = torch.arange(2 * seq_len, device=device)
-    token = index // 2  # (2T,): t of each input
-    regular = index % 2 == 0  # (2T,)
-    sees_token = regular[None, :] & (token[None, :] <= token[:, None])  # (2T, 2T): key x_s with s <= t
-    return sees_token | torch.eye(2 * seq_len, dtype=torch.bool, device=device)  # + itself (a register)
+def register_slots(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the registers go: ``after`` (B, K) long, the token t each register follows, and ``valid`` (B, K) bool.
+
+    One register per position NTP trains (its next-token label is kept: the loss mask's positions, or every
+    position without one), left-packed per row; K is the largest count over the rows, shorter rows padded with
+    invalid slots (after = 0, never scored). A register changes nothing but its own prediction, so placing none at
+    untrained positions gives the loss of one after every token, for the cost of T + K inputs instead of 2T (star
+    graph: 24 + 4 rather than 48)."""
+    trained = shifted_labels(batch, 0) != IGNORE_INDEX  # (B, T)
+    k = max(int(trained.sum(1).max()), 1)
+    # Stable sort puts each row's trained positions first, in order: (B, T) -> the first K columns.
+    order = torch.sort((~trained).to(torch.int8), dim=1, stable=True).indices[:, :k]  # (B, K)
+    valid = trained.gather(1, order)  # (B, K)
+    return torch.where(valid, order, torch.zeros_like(order)), valid
 
 
-def register_positions(offsets: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """(B, 2T) long RoPE position ids for the interleaved layout: x_t at t, r_t at t + d_b - 1 (``offsets`` (B,)
-    holds each row's d)."""
-    t = torch.arange(seq_len, device=offsets.device)  # (T,)
-    regular = t.expand(offsets.shape[0], seq_len)  # (B, T)
-    register = t + offsets[:, None] - 1  # (B, T)
-    return torch.stack([regular, register], dim=2).flatten(1)  # (B, 2T): t, t+d-1, t+1, t+d, ...
+def register_mask(after: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(B, 1, T + K, T + K) bool, True = query i may attend key j, for the inputs x_0 .. x_{T-1} then K registers,
+    register k following token ``after[b, k]``: a token sees the tokens up to itself (causal) and no register; a
+    register sees the tokens up to the one it follows, and itself, never another register. Where every row has
+    the same registers (no loss mask), the (T + K, T + K) mask of row 0, shared."""
+    b, k = after.shape
+    t = torch.arange(seq_len, device=after.device)
+    tokens = (t[None, :] <= t[:, None]).expand(b, seq_len, seq_len)  # (B, T, T) causal
+    hidden = torch.zeros(b, seq_len, k, dtype=torch.bool, device=after.device)  # (B, T, K): tokens never see registers
+    reg_tok = t[None, None, :] <= after[:, :, None]  # (B, K, T)
+    reg_reg = torch.eye(k, dtype=torch.bool, device=after.device).expand(b, k, k)  # (B, K, K): itself only
+    mask = torch.cat([torch.cat([tokens, hidden], 2), torch.cat([reg_tok, reg_reg], 2)], 1)[:, None]
+    return mask[0, 0] if bool((after == after[:1]).all()) else mask
+
+
+def register_positions(after: torch.Tensor, offsets: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(B, T + K) long RoPE position ids: token t at t, the register after t at t + d_b - 1 (``offsets`` (B,)
+    holds each row's d): the position of x[t+d-1], the token that would predict x[t+d] under NTP."""
+    tokens = torch.arange(seq_len, device=after.device).expand(after.shape[0], seq_len)  # (B, T)
+    return torch.cat([tokens, after + offsets[:, None] - 1], 1)  # (B, T + K)
 
 
 def register_labels(batch: Batch, offsets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -84,7 +107,7 @@ def register_labels(batch: Batch, offsets: torch.Tensor, ignore_index: int = IGN
 
 
 class MuToR(Objective):
-    """A register embedding (one, or one per offset) interleaved after every token; the loss of the registers'
+    """A register embedding (one, or one per offset) after every trained token; the loss of the registers'
     predictions of x[t+d] through the model's own head."""
 
     name = "mutor"
@@ -106,13 +129,13 @@ class MuToR(Objective):
         return self.cfg.d_max  # the register after x[T-1] may predict x[T-1+d_max]
 
     def compute(self) -> Compute:
-        # A second trunk pass over 2 inputs (token, register) per trained token, whose attention spans 2T inputs:
-        # 2x the blocks' parameters and 4x the 6·L·T·D attention term; the head on the register rows only.
+        # A second trunk pass over 2 inputs (token, register) per trained token (no loss mask), whose attention spans
+        # 2T inputs: 2x the blocks' parameters and 4x the 6·L·T·D attention term; the head on the register rows only.
         return Compute(block_params=2 * self._block_params, blocks=4 * self._n_layers, head_uses=1)
 
     def count(self, batch: Batch) -> torch.Tensor:
-        # The registers of the positions NTP trains: the divisor does not depend on the d drawn in forward (the sum
-        # skips a register whose x[t+d] lies past a document boundary or is ignored; without those both agree).
+        # The registers placed (one per position NTP trains): the divisor cannot depend on the d drawn in forward.
+        # The sum skips a register whose x[t+d] lies past a document boundary or is an ignored id.
         return (shifted_labels(batch, 0) != IGNORE_INDEX).sum()
 
     def rows_needed(self, batch: Batch) -> torch.Tensor | None:
@@ -123,25 +146,28 @@ class MuToR(Objective):
         b = batch.tokens.shape[0]
         return torch.randint(1, self.cfg.d_max + 1, (b,), device=batch.tokens.device)
 
-    def interleave(self, model, input_ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """(B, 2T, D): the token embeddings of ``input_ids`` (B, T) with row b's register embedding after each."""
+    def inputs(self, model, input_ids: torch.Tensor, offsets: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, T + K, D): the token embeddings of ``input_ids`` (B, T), then K copies of row b's register embedding."""
         x = model.embed_tokens(input_ids)  # (B, T, D)
         index = offsets - 1 if self.registers.shape[0] > 1 else torch.zeros_like(offsets)  # (B,)
-        reg = self.registers[index].to(x.dtype)[:, None, :].expand_as(x)  # (B, T, D)
-        return torch.stack([x, reg], dim=2).flatten(1, 2)  # (B, 2T, D): x_0, r, x_1, r, ...
+        reg = self.registers[index].to(x.dtype)[:, None, :].expand(-1, k, -1)  # (B, K, D)
+        return torch.cat([x, reg], 1)
 
     def forward(self, out, batch: Batch, model, offsets: torch.Tensor | None = None) -> LossOutput:
         """``out`` (the plain pass) is not read. ``offsets`` (B,): each row's d (drawn when None; tests)."""
         if offsets is None:
             offsets = self.sample_offsets(batch)
         t = batch.seq_len
-        x = self.interleave(model, batch.input_ids, offsets)  # (B, 2T, D)
-        inter = model.trunk_embeds(x, register_mask(t, x.device), register_positions(offsets, t))
-        labels = register_labels(batch, offsets)  # (B, T)
-        keep = labels != IGNORE_INDEX  # (B, T)
-        hidden = inter.hidden[:, 1::2][keep]  # (n, D): the registers' final normed states
+        after, valid = register_slots(batch)  # (B, K)
+        x = self.inputs(model, batch.input_ids, offsets, after.shape[1])  # (B, T + K, D)
+        # Attention is order-free given the mask and the position ids, so registers appended after the T tokens
+        # compute what the paper's interleaved (x_0, r, x_1, r, ...) does.
+        inter = model.trunk_embeds(x, register_mask(after, t), register_positions(after, offsets, t))
+        labels = register_labels(batch, offsets).gather(1, after)  # (B, K): x[t+d] of each register
+        keep = valid & (labels != IGNORE_INDEX)  # (B, K)
+        hidden = inter.hidden[:, t:][keep]  # (n, D): the registers' final normed states
         losses = linear_cross_entropy(hidden, model.lm_head.weight, labels[keep])  # (n,)
-        return LossOutput(losses.sum(), self.count(batch), {"mutor_d": offsets.float().mean()})
+        return LossOutput(losses.sum(), valid.sum(), {"mutor_d": offsets.float().mean()})
 
 
 def _dense_block_params(model_cfg) -> int:
