@@ -98,8 +98,10 @@ def main() -> None:
     if args.out is not None:
         cmd = "PYTHONPATH=src OMP_NUM_THREADS=1 python " + " ".join(sys.argv)
         head = [f"# MuToR training step on the star graph (cpu_solve shapes), {datetime.date.today()}", "",
-                f"Machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, 1 thread; "
-                f"Python {platform.python_version()}, torch {torch.__version__}, foresight {foresight.__version__}.",
+                f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, 1 thread, load average "
+                f"{os.getloadavg()[0]:.1f} at the end (a shared machine makes the times noisy; the ratios come from "
+                f"interleaved steps); Python {platform.python_version()}, torch {torch.__version__}, "
+                f"foresight {foresight.__version__}.",
                 f"Command: `{cmd}`", "",
                 "Inputs per row: the plain pass's 24, plus MuToR's own pass (24 tokens + 4 registers at the "
                 "trained positions, or 24 + 24 with a register after every token).", ""]
