@@ -248,6 +248,13 @@ def test_per_objective_backward_equals_one_graph():
     assert b.objectives["mutor"].registers.grad.abs().sum() > 0
 
 
+def test_a_batch_without_trained_positions_gives_zero():
+    lm = _lm([{"name": "ntp"}, {"name": "mutor", "d_max": 3}], dtype=torch.float32)
+    batch = Batch(torch.randint(0, V, (2, 10)), 7, loss_mask=torch.zeros(2, 7, dtype=torch.bool))
+    result = lm.forward_backward(batch, {"ntp": 0.0, "mutor": 0.0})["mutor"]
+    assert float(result.loss_sum) == 0.0 and int(result.count) == 0
+
+
 def test_offsets_are_uniform_per_sequence():
     lm = _lm([{"name": "ntp"}, {"name": "mutor", "d_max": 3}])
     torch.manual_seed(0)
