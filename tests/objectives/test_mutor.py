@@ -212,6 +212,37 @@ def test_loss_and_register_gradient_equal_explicit_sequences(embeddings):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+def test_loss_equals_the_papers_interleaved_sequence():
+    """The paper's literal layout, built with loops: (x_0, r, x_1, r, ..., x_{T-1}, r) with its (2T, 2T) mask and
+    position ids, run through the trunk; the loss of its scored registers is the objective's (registers appended,
+    only at trained positions)."""
+    lm = _lm([{"name": "ntp"}, {"name": "mutor", "d_max": 4}])
+    obj, model = lm.objectives["mutor"], lm.model
+    batch = _batch(b=3, t=6, look=4, seed=7)
+    offsets = torch.tensor([2, 4, 1])
+    got = obj(None, batch, model, offsets=offsets).loss_sum
+    ref = torch.zeros((), dtype=torch.float64)
+    for b in range(3):
+        d, t_len = int(offsets[b]), batch.seq_len
+        inputs, pos, is_reg, follows = [], [], [], []
+        for t in range(t_len):
+            inputs += [model.embed_tokens.weight[batch.tokens[b, t]], obj.registers[0]]
+            pos += [t, t + d - 1]
+            is_reg += [False, True]
+            follows += [t, t]
+        s = 2 * t_len
+        mask = torch.zeros(s, s, dtype=torch.bool)
+        for i in range(s):
+            for j in range(s):
+                mask[i, j] = (not is_reg[j] and follows[j] <= follows[i]) or i == j
+        h = model.trunk_embeds(torch.stack(inputs)[None], mask, torch.tensor([pos])).hidden[0]  # (2T, D)
+        for t in range(t_len):
+            y = int(batch.tokens[b, t + d])
+            if batch.loss_mask[b, t] and y >= 0 and (d == 1 or batch.horizon[b, t] >= d - 1):
+                ref = ref + F.cross_entropy(model.lm_head(h[2 * t + 1])[None], torch.tensor([y]), reduction="sum")
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_regular_tokens_equal_a_plain_forward(masked):
     """Regular tokens never see a register: their states in the interleaved pass are the plain pass's, so NTP's
