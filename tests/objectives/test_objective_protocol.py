@@ -121,7 +121,8 @@ def test_the_built_in_objectives_answer_the_protocol():
     assert drafting_objectives() == ["mtp", "dsmtp", "top"]  # --speculative auto: MTP, else DS-MTP, else TOP
     assert [n for n, (_, cls) in REGISTRY.items() if cls.next_token] == ["ntp"]
     assert {n: cls.head_metric for n, (_, cls) in REGISTRY.items()} == {
-        "ntp": None, "top": None, "mtp": "mtp_head", "dsmtp": "dsmtp_depth", "fsp": None, "nextlat": None}
+        "ntp": None, "top": None, "mtp": "mtp_head", "dsmtp": "dsmtp_depth", "fsp": None, "nextlat": None,
+        "mutor": None}
     cfg = ModelConfig(vocab_size=11, hidden_size=8, n_layers=1, n_heads=2, intermediate_size=16, max_seq_len=16)
     lm = TrainableLM(cfg, [{"name": "ntp"}, {"name": "top"}, {"name": "mtp", "n": 3}, {"name": "dsmtp", "depth": 2}])
     block = sum(p.numel() for p in lm.model.layers[0].parameters())

@@ -70,6 +70,16 @@ class Rotary(nn.Module):
             return self.cos[pos], self.sin[pos]
         return self.cos[offset : offset + length], self.sin[offset : offset + length]
 
+    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables (B, 1, T, Dh) for per-token position ids ``positions`` (B, T) long, any order and repeats allowed
+        (MuToR's registers sit at the position of the token before their target); the 1 broadcasts over heads."""
+        if positions.numel() and int(positions.min()) < 0:
+            raise ValueError("position ids must be >= 0")
+        end = int(positions.max()) + 1 if positions.numel() else 0
+        if end > self.cos.shape[0] or self.cos.device != positions.device:
+            self._build(max(end, self.cos.shape[0]), positions.device)
+        return self.cos[positions[:, None]], self.sin[positions[:, None]]
+
 
 def llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     """Llama 3.1's RoPE frequency scaling (Llama 3 herd paper, long-context pre-training; HF ``rope_type: llama3``).
@@ -109,12 +119,13 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(d, d, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: "KVCache | None" = None,
-                step: "RowStep | None" = None) -> torch.Tensor:
+                step: "RowStep | None" = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, D) -> (B, T, D). ``step``: the forward's RowStep when ``cache`` is on its per-row path (built
-        here if not given)."""
+        here if not given). ``mask``: an explicit boolean mask (T, T) or (B, 1, T, T), True = may attend, instead
+        of the causal one (no cache)."""
         q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, Dh)
         k, v = self._heads(self.k_proj(x), self.n_kv_heads), self._heads(self.v_proj(x), self.n_kv_heads)
-        return self.o_proj(attend(q, k, v, cos, sin, cache, step))
+        return self.o_proj(attend(q, k, v, cos, sin, cache, step, mask=mask))
 
     def forward_rows(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """The outputs (B, n, D) at positions ``cols`` (n,) ascending only: their queries over the keys and values
@@ -146,7 +157,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
     k, v go into the KV cache (``KVCache.append``) and the queries sit after its ``offset``. ``cols`` (Tq,): the
     queries are those of positions ``cols`` of T (no cache): RoPE at ``cols``, query i sees keys 0..cols[i].
     ``mask``: an explicit boolean mask, (Tq, S) or (N, 1, Tq, S), True = may attend, used instead of the rules
-    above (nothing in the library passes one yet: the hook for MuToR's interleaved registers, notes/issue24.md).
+    above (``Transformer.trunk_embeds``: MuToR's interleaved registers, objectives/mutor.py).
     Returns (N, Tq, H·Dh).
     """
     q_cos, q_sin = (cos, sin) if cols is None else (cos[cols], sin[cols])
@@ -367,25 +378,29 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
                 step: RowStep | None = None, table: nn.Module | None = None,
-                cols: torch.Tensor | None = None, with_aux: bool = False):
+                cols: torch.Tensor | None = None, with_aux: bool = False, mask: torch.Tensor | None = None):
         """``step``: the forward's RowStep for a per-row ``cache`` (see ``KVCache.row_step``), or None.
         ``table``: the trunk's shared ``MemoryTable`` (UltraMemV2 blocks only). ``cols`` (n,): the output at
         these positions only, (B, n, D) (``forward_rows``; through ``__call__`` so that module hooks, e.g.
         FSDP's gathering of the parameters, run). ``with_aux``: return ``(x, aux)``, ``aux`` this forward's
         auxiliary loss (an MoE block's load-balancing loss, a scalar; None for other blocks and without grad),
-        so the caller owns it (the trunk); otherwise the output x (B, T, D) alone."""
+        so the caller owns it (the trunk); otherwise the output x (B, T, D) alone. ``mask``: an explicit boolean
+        attention mask (T, T) or (B, 1, T, T), True = may attend, instead of the causal one (no cache, no cols;
+        ``Transformer.trunk_embeds``)."""
+        if mask is not None and (cache is not None or cols is not None):
+            raise ValueError("an explicit attention mask is for a forward without cache and without cols")
         if cols is not None:
             return self.forward_rows(x, cos, sin, cols)
         if cache is None and torch.is_grad_enabled() and (self.compile_backend or self.checkpointing):
-            x, aux = training_forward(self.compile_backend, self.checkpointing)(self, x, cos, sin, table)
+            x, aux = training_forward(self.compile_backend, self.checkpointing)(self, x, cos, sin, table, mask)
         else:
-            x, aux = self._forward(x, cos, sin, cache, step, table)
+            x, aux = self._forward(x, cos, sin, cache, step, table, mask)
         return (x, aux) if with_aux else x
 
     def _forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
-                 step: RowStep | None = None, table: nn.Module | None = None):
+                 step: RowStep | None = None, table: nn.Module | None = None, mask: torch.Tensor | None = None):
         """-> (output (B, T, D), auxiliary loss or None)."""
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, step)  # (B, T, D)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, step, mask)  # (B, T, D)
         h = self.post_attention_layernorm(x)
         if isinstance(self.mlp, MoE):
             y, aux = self.mlp(h)
@@ -407,14 +422,14 @@ class Block(nn.Module):
         return x_rows + self.mlp(self.post_attention_layernorm(x_rows))
 
 
-def _eager(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table=None):
-    return block._forward(x, cos, sin, None, None, table)
+def _eager(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table=None, mask=None):
+    return block._forward(x, cos, sin, None, None, table, mask)
 
 
-def _checkpointed(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table=None):
+def _checkpointed(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, table=None, mask=None):
     # Saves only the inputs; the backward re-runs the block. Inside torch.compile this becomes one
     # activation-checkpoint region that the partitioner recomputes (the torchtitan order: checkpoint, then compile).
-    return checkpoint(block._forward, x, cos, sin, None, None, table, use_reentrant=False)
+    return checkpoint(block._forward, x, cos, sin, None, None, table, mask, use_reentrant=False)
 
 
 def _eager_rows(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cols: torch.Tensor):
@@ -434,7 +449,7 @@ def training_forward_rows(backend: str | None, checkpointing: bool):
 
 @functools.cache
 def training_forward(backend: str | None, checkpointing: bool):
-    """``fn(block, x, cos, sin, table) -> (x, aux)`` for the training path (aux: as ``Block._forward``). A
+    """``fn(block, x, cos, sin, table, mask=None) -> (x, aux)`` for the training path (aux: as ``Block._forward``). A
     module-level function, compiled once per backend: blocks are arguments, not closures, so every block of one
     shape reuses one compiled graph (no recompile per layer), and a copied block never holds a function bound to
     its original."""

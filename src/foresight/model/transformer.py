@@ -68,7 +68,8 @@ class Transformer(nn.Module):
         return total
 
     def trunk(self, input_ids: torch.Tensor, caches: list[KVCache] | None = None,
-              rows: torch.Tensor | None = None) -> TrunkOutput:
+              rows: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+              positions: torch.Tensor | None = None) -> TrunkOutput:
         """input_ids (B, T) -> TrunkOutput. With ``caches`` (one per layer) positions continue after the cache:
         per row when the caches are on their per-row path (then ``cos``/``sin`` are (B, 1, T, Dh)).
 
@@ -77,7 +78,14 @@ class Transformer(nn.Module):
         and values still come from every position): the same numbers at those rows, for a fraction of the last
         block's cost (star graph: 4 answer positions of 24). ``TrunkOutput.rows`` says whether it was used: only
         without caches and when the last block is dense (an MoE's balance loss reads every token).
-        ``TrunkOutput.aux_loss``: the MoE layers' mean load-balancing loss of this forward (None without MoE)."""
+        ``TrunkOutput.aux_loss``: the MoE layers' mean load-balancing loss of this forward (None without MoE).
+
+        ``mask`` / ``positions``: an explicit attention mask and per-token position ids, as ``trunk_embeds`` (which
+        this then is, on the token embeddings; not with ``caches`` or ``rows``)."""
+        if mask is not None or positions is not None:
+            if caches is not None or rows is not None:
+                raise ValueError("trunk: mask / positions are for a forward without caches and without rows")
+            return self.trunk_embeds(self.embed_tokens(input_ids), mask, positions)
         if rows is not None and caches is None and self.cfg.ffn == "dense":
             return self._trunk_rows(input_ids, rows)
         offset = caches[0].offset if caches else 0
@@ -90,6 +98,35 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             last_input = x
             x, layer_aux = layer(x, cos, sin, caches[i] if caches else None, step, self.memory_table, with_aux=True)
+            if layer_aux is not None:
+                aux.append(layer_aux)
+        return TrunkOutput(hidden=self.norm(x), final=x, last_input=last_input, cos=cos, sin=sin,
+                           aux_loss=torch.stack(aux).mean() if aux else None)
+
+    def trunk_embeds(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                     positions: torch.Tensor | None = None) -> TrunkOutput:
+        """The trunk over input embeddings x (B, S, D) rather than ids: token embeddings, or token embeddings
+        interleaved with learned vectors that are not in the vocabulary (MuToR's registers, objectives/mutor.py).
+
+        ``mask``: a boolean attention mask, (S, S) or (B, 1, S, S), True = query i may attend key j, for every layer;
+        None: causal. ``positions`` (B, S) long: each input's RoPE position id (repeats and any order allowed);
+        None: 0 .. S-1. With both None this is ``trunk(ids)`` on ``x = embed_tokens(ids)``, the same numbers. No KV
+        cache: a training / scoring pass. ``cos`` / ``sin`` of the output are (B, 1, S, Dh) with ``positions``."""
+        b, s, _ = x.shape
+        if mask is not None:
+            if mask.dtype != torch.bool or mask.shape not in ((s, s), (b, 1, s, s)):
+                raise ValueError(f"trunk_embeds: mask must be bool ({s}, {s}) or ({b}, 1, {s}, {s}), got "
+                                 f"{mask.dtype} {tuple(mask.shape)}")
+        if positions is None:
+            cos, sin = self.rotary(s, x.device)  # (S, Dh)
+        elif positions.shape != (b, s):
+            raise ValueError(f"trunk_embeds: positions must be ({b}, {s}), got {tuple(positions.shape)}")
+        else:
+            cos, sin = self.rotary.at(positions)  # (B, 1, S, Dh)
+        last_input, aux = x, []
+        for layer in self.layers:
+            last_input = x
+            x, layer_aux = layer(x, cos, sin, table=self.memory_table, with_aux=True, mask=mask)
             if layer_aux is not None:
                 aux.append(layer_aux)
         return TrunkOutput(hidden=self.norm(x), final=x, last_input=last_input, cos=cos, sin=sin,

@@ -1,4 +1,5 @@
-"""Training objectives: NTP, TOP, MTP, DS-MTP, FSP, NextLat. Each maps trunk outputs + tokens to (loss sum, count).
+"""Training objectives: NTP, TOP, MTP, DS-MTP, FSP, NextLat, MuToR. Each maps trunk outputs + tokens to
+(loss sum, count).
 
 ``REGISTRY`` maps a recipe name to (config class, objective class); ``register`` adds one. The rest of the
 library reaches objectives only through this registry and the ``Objective`` protocol (``base.py``), so a new
@@ -15,6 +16,7 @@ from foresight.objectives.base import IGNORE_INDEX, Compute, LossOutput, Objecti
 from foresight.objectives.dsmtp import DSMTP, DSMTPConfig
 from foresight.objectives.fsp import FSP, FSPConfig
 from foresight.objectives.mtp import MTP, MTPConfig
+from foresight.objectives.mutor import MuToR, MuToRConfig
 from foresight.objectives.nextlat import NextLat, NextLatConfig
 from foresight.objectives.ntp import NTP, NTPConfig
 from foresight.objectives.top import TOP, TOPConfig, top_loss, top_targets
@@ -28,6 +30,7 @@ REGISTRY: dict[str, tuple[type, type[Objective]]] = {
     "dsmtp": (DSMTPConfig, DSMTP),
     "fsp": (FSPConfig, FSP),
     "nextlat": (NextLatConfig, NextLat),
+    "mutor": (MuToRConfig, MuToR),
 }
 
 
@@ -149,6 +152,7 @@ def build_on_parts(spec, parts) -> Objective:
 
 __all__ = [
     "Compute", "DSMTP", "DSMTPConfig", "FSP", "FSPConfig", "IGNORE_INDEX", "LossOutput", "MTP", "MTPConfig",
+    "MuToR", "MuToRConfig",
     "NTP", "NTPConfig", "NextLat", "NextLatConfig", "Objective", "ObjectiveSpec", "OnParts",
     "REGISTRY", "TOP", "TOPConfig", "as_written", "build_objective", "build_on_parts",
     "config_name", "drafting_objectives", "objective_config", "objective_label", "parse_objectives", "register",
