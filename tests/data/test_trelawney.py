@@ -186,7 +186,7 @@ def test_trains_with_ntp_and_top_in_star_graph_and_text_runs(tmp_path, capsys, m
                  "--results", "res", "--out", "sg"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "(TRELAWNEY)" in out
+    assert "sequence length 21 (TRELAWNEY); runs: ntp, top" in out  # P + l − 1 = 15 + 2, then + 2 + min(2, 3)
     cells = [json.loads(p.read_text()) for p in (tmp_path / "res").glob("*.json")]
     assert len(cells) == 2 and all(0 <= c["final_exact_match"] <= 1 for c in cells)
 

@@ -277,7 +277,7 @@ def run_stargraph(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "recipe.json", recipe.raw)
     print_(f"star graph G({spec.deg},{spec.path}) N={spec.nodes}: {len(train)} train / {len(test)} test examples, "
-          f"sequence length {seq_len}" + (" (TRELAWNEY)" if cfg.lookahead else "") + "; runs: {', '.join(runs)}"
+          f"sequence length {seq_len}" + (" (TRELAWNEY)" if cfg.lookahead else "") + f"; runs: {', '.join(runs)}"
           + (f"; seeds: {', '.join(map(str, seed_list))}" if seeds else "") + f" -> {out_dir}")
 
     cell_list = []
