@@ -189,6 +189,7 @@ def test_trains_with_ntp_and_top_in_star_graph_and_text_runs(tmp_path, capsys, m
     assert "sequence length 21 (TRELAWNEY); runs: ntp, top" in out  # P + l − 1 = 15 + 2, then + 2 + min(2, 3)
     cells = [json.loads(p.read_text()) for p in (tmp_path / "res").glob("*.json")]
     assert len(cells) == 2 and all(0 <= c["final_exact_match"] <= 1 for c in cells)
+    assert sorted(c["objective"] for c in cells) == ["NTP + TRELAWNEY", "TOP + TRELAWNEY"]
 
     (tmp_path / "corpus.txt").write_text("\n\n".join(f"Paragraph {i} about {w} and {w}s; x = {i}"
                                                       for i, w in enumerate(["cats", "dogs", "trees"] * 30)))

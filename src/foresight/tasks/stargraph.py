@@ -143,7 +143,8 @@ def cell_record(*, recipe: Recipe, raw: dict, run: FinishedRun, spec: StarGraphS
     return {
         "format": RESULT_FORMAT,
         **result_record(run),
-        "objective": objective_label(run.specs),
+        # TRELAWNEY is data, not an objective, but its cells must not pool with the plain ones in a report
+        "objective": objective_label(run.specs) + (" + TRELAWNEY" if task.lookahead is not None else ""),
         "graph": {"deg": spec.deg, "path": spec.path, "nodes": spec.nodes},
         "recipe": recipe.path.stem,
         "data_seed": task.seed,
