@@ -18,6 +18,9 @@ from foresight.data.stargraph import StarGraphData, StarGraphSpec, generate
 from foresight.data.trelawney import TrelawneyConfig, draw, insert_rows, strip_lookahead, uniforms
 from foresight.errors import ForesightError
 from foresight.eval.stargraph import evaluate, strip_paths
+from foresight.model import ModelConfig
+from foresight.objectives.nextlat import nextlat_pairs
+from foresight.train.lm import TrainableLM
 
 ROOT = Path(__file__).resolve().parents[2]
 OPEN, CLOSE, PAD = 101, 102, 99
@@ -92,6 +95,39 @@ def test_star_graph_rows_masks_and_horizons():
         StarGraphData(generate(spec, 3, seed=5), spec, TrelawneyConfig(min_span=6, max_span=6))
     with pytest.raises(ForesightError, match="lookahead=True"):
         StarGraphData(generate(spec, 3, seed=5), StarGraphSpec(2, 5, 13), cfg)
+
+
+@pytest.mark.parametrize("specs", [[{"name": "ntp"}, {"name": "top", "window": 5}], [{"name": "mtp", "n": 3}],
+                                   [{"name": "dsmtp", "depth": 2}], [{"name": "fsp", "window": 4}]])
+def test_padded_plain_rows_give_the_unpadded_losses(specs):
+    """p = 0: every row plain but padded; padding masked and ``horizon`` at the row's end must leave each
+    objective's loss sum and count exactly those of the unpadded rows (a causal model: padding only follows)."""
+    spec = StarGraphSpec(2, 4, 11, lookahead=True)
+    examples = generate(spec, 6, seed=4)
+    plain = StarGraphData(examples, spec).batch(0, 6, seed=1)
+    padded = StarGraphData(examples, spec, TrelawneyConfig(p=0.0, max_span=3)).batch(0, 6, seed=1)
+    assert padded.seq_len == plain.seq_len + 5
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=spec.vocab_size, hidden_size=8, n_layers=2, n_heads=2, intermediate_size=16,
+                      max_seq_len=64)
+    lm = TrainableLM(cfg, specs).double()
+    with torch.no_grad():
+        a, b = lm(plain), lm(padded)
+    for name in a:
+        assert int(a[name].count) == int(b[name].count) > 0, name
+        torch.testing.assert_close(b[name].loss_sum, a[name].loss_sum, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_nextlat_pairs_stay_on_real_tokens():
+    """NextLat's targets are trunk states: in a padded row a pair (t, k) may reach the state at the row's last
+    real token (an input now, a label only before), never one at the padding."""
+    spec = StarGraphSpec(2, 4, 11, lookahead=True)
+    data = StarGraphData(generate(spec, 30, seed=4), spec, TrelawneyConfig(p=0.5, max_span=3))
+    batch = data.batch(0, 30, seed=1)
+    real = (batch.tokens != spec.dollar_id).sum(1)  # (B,) no '$' in the real tokens of a star graph row
+    pairs = nextlat_pairs(batch, 3)  # (K, B, T)
+    k, b, t = pairs.nonzero(as_tuple=True)
+    assert len(t) > 0 and bool((t + k + 1 <= real[b] - 1).all())
 
 
 def test_open_loss_trains_the_open_token():
