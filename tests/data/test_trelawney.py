@@ -246,3 +246,25 @@ def test_trains_with_ntp_and_top_in_star_graph_and_text_runs(tmp_path, capsys, m
     assert code == 0, err
     result = json.loads((tmp_path / "txt/top/result.json").read_text())
     assert result["final"]["val_loss"] > 0
+
+
+def test_prompt_benchmark_reads_the_written_span():
+    """benchmarks/trelawney_prompt.py: after '= <T>', a span that is a closed piece of the answer with the goal."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import trelawney_prompt
+    finally:
+        sys.path.pop(0)
+    spec = StarGraphSpec(2, 3, 9, lookahead=True)
+    data = StarGraphData(generate(spec, 1, seed=2), spec)
+    path = data.paths[0].tolist()
+    good = _Scripted([path[1], path[2], spec.close_id], spec.vocab_size, spec.prefix_len + 1)
+    assert trelawney_prompt.span_quality(good, data, spec, 2) == {
+        "span_closed": 1.0, "span_is_answer_piece": 1.0, "span_has_goal": 1.0}
+    skipping = _Scripted([path[0], path[2], spec.close_id], spec.vocab_size, spec.prefix_len + 1)  # not contiguous
+    assert trelawney_prompt.span_quality(skipping, data, spec, 2) == {
+        "span_closed": 1.0, "span_is_answer_piece": 0.0, "span_has_goal": 1.0}
+    unclosed = _Scripted([path[1], path[2], path[2]], spec.vocab_size, spec.prefix_len + 1)
+    assert trelawney_prompt.span_quality(unclosed, data, spec, 2)["span_closed"] == 0.0
