@@ -130,7 +130,7 @@ def augment(rows: np.ndarray, sample_ids: np.ndarray, seq_len: int, cfg: Trelawn
     (None with ``open_loss``: every position trained).
 
     Sample i's draws depend on (trelawney.seed, i) only. The insertion point is d ≤ T − 1 − min_span (0-based)
-    positions and the span is copied from the model's own input (index < T) of d's document (before the next
+    and the span is copied from the model's own input (index < T) of d's document (before the next
     EOS); a sample with no room stays plain. The row keeps its length: its last k + 2 tokens, the start of the next
     sample anyway, drop out.
     """
