@@ -63,6 +63,15 @@ def test_draws_and_rows_match_the_reference(n, first, p, lo, hi):
     assert (other.at != draws.at).any()
 
 
+def test_to_end_spans_end_at_the_goal():
+    spec = StarGraphSpec(2, 4, 10, lookahead=True)
+    data = StarGraphData(generate(spec, 30, seed=6), spec, TrelawneyConfig(p=1.0, max_span=2, to_end=True))
+    for c in range(len(data)):
+        row = data.aug_tokens[c].tolist()
+        span = row[row.index(spec.open_id) + 1 : row.index(spec.close_id)]
+        assert span == data.paths[c].tolist()[-len(span):]  # v2 g or g: a lookahead that holds the goal
+
+
 def test_star_graph_rows_masks_and_horizons():
     spec = StarGraphSpec(2, 5, 13, lookahead=True)
     cfg = TrelawneyConfig(p=0.6, min_span=1, max_span=3, seed=3)

@@ -34,6 +34,7 @@ class TrelawneyConfig:
     seed: int = 0  # the draws of example i depend on (seed, i) only
     open_loss: bool = False  # train the prediction of <T> itself; false: the model writes <T> only when prompted
     prompt_open: bool = False  # star graph only: evaluation prompts with '= <T>' so the model writes its own span
+    to_end: bool = False  # every span ends at the last token it may copy (star graph: the goal): s = end − k
 
     def __post_init__(self) -> None:
         from foresight.model.limits import check_int
@@ -79,7 +80,7 @@ def draw(u: np.ndarray, cfg: TrelawneyConfig, first: int, last_end: int, end_of=
     leave ``min_span`` tokens after them); the span may copy tokens up to ``end`` (exclusive): ``last_end``, or
     ``end_of(d)`` (C,) when given (text: the end of d's document); a row with fewer than ``min_span`` tokens
     between d and its end stays plain. Then k is uniform in [min_span, min(max_span, end − d − 1)] and s uniform
-    in [d + 1, end − k]: any future span of an allowed length.
+    in [d + 1, end − k]: any future span of an allowed length (``to_end``: s = end − k, the span ends at ``end``).
     """
     c = u.shape[0]
     last = last_end - 1 - cfg.min_span
@@ -93,6 +94,8 @@ def draw(u: np.ndarray, cfg: TrelawneyConfig, first: int, last_end: int, end_of=
     k_max = np.maximum(k_max, cfg.min_span)  # plain rows: any valid numbers
     length = cfg.min_span + np.floor(u[:, 2] * (k_max - cfg.min_span + 1)).astype(np.int64)
     start = at + 1 + np.floor(u[:, 3] * np.maximum(end - length - at, 1)).astype(np.int64)
+    if cfg.to_end:
+        start = end - length
     return Draws(on, at, start, length)
 
 
