@@ -57,7 +57,7 @@ def probe(run_dir: Path) -> dict:
     lm, state = TrainableLM.from_checkpoint(ckpts[-1])
     recipe = state["config"]["recipe"]
     task = StarGraphTaskConfig(**recipe["stargraph"])
-    spec = StarGraphSpec(task.deg, task.path, task.nodes)
+    spec = task.spec()  # with TRELAWNEY the vocabulary also holds <T> and </T>
     if spec.path != 4:
         raise SystemExit(f"{run_dir}: the probe is written for paths of 4 nodes (s, v1, v2, goal), got {spec.path}")
     test = load_split(task, spec, "test")

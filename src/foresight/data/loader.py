@@ -23,6 +23,7 @@ import torch
 
 from foresight.batch import Batch
 from foresight.data.shards import TokenStream
+from foresight.data.trelawney import TrelawneyConfig, draw, insert_rows, label_mask, uniforms
 from foresight.errors import ForesightError
 
 # Look-ahead tokens every sample keeps past its T, whatever the run's objectives, so runs over the same data
@@ -53,11 +54,13 @@ class PackedLoader:
     eos_id + cross_documents=False: batches carry ``horizon`` so TOP/MTP/DS-MTP targets stop at documents'
     ends (default True: they cross, as in the paper). vocab_size: every batch is checked against it.
     fingerprint: identifies the data in ``state`` (e.g. a hash of meta.json).
+    trelawney + lookahead_ids (the ids of ``<T>``, ``</T>``): TRELAWNEY spans in the samples (``augment``).
     """
 
     def __init__(self, stream: TokenStream, seq_len: int, lookahead: int, batch_size: int, seed: int, *,
                  eos_id: int | None = None, cross_documents: bool = True, shuffle: bool = True,
-                 vocab_size: int | None = None, fingerprint: str = "", reserve: int = RESERVE) -> None:
+                 vocab_size: int | None = None, fingerprint: str = "", reserve: int = RESERVE,
+                 trelawney: TrelawneyConfig | None = None, lookahead_ids: tuple[int, int] | None = None) -> None:
         if seq_len < 1 or lookahead < 1 or batch_size < 1:
             raise ForesightError("seq_len, look-ahead and batch size must be >= 1")
         if not cross_documents and eos_id is None:
@@ -65,6 +68,9 @@ class PackedLoader:
         self.stream, self.seq_len, self.lookahead, self.batch_size = stream, seq_len, lookahead, batch_size
         self.seed, self.eos_id, self.cross_documents, self.shuffle = seed, eos_id, cross_documents, shuffle
         self.vocab_size, self.fingerprint = vocab_size, fingerprint
+        if trelawney is not None and lookahead_ids is None:
+            raise ForesightError("TRELAWNEY needs the ids of <T> and </T>")
+        self.trelawney, self.lookahead_ids = trelawney, lookahead_ids
         self.samples = (len(stream) - max(lookahead, reserve)) // seq_len
         if self.samples < 1:
             raise ForesightError(f"the training split holds {len(stream):,} tokens, fewer than one sequence of "
@@ -98,9 +104,15 @@ class PackedLoader:
 
     def batch(self, step: int) -> Batch:
         """Batch(tokens (B, T + lookahead) long, seq_len = T, horizon (B, T) or None)."""
-        rows = np.stack([self.window(s) for s in self.sample_ids(step)])
+        ids = self.sample_ids(step)
+        rows = np.stack([self.window(s) for s in ids])
+        mask = None
+        if self.trelawney is not None:
+            rows, mask = augment(rows, ids, self.seq_len, self.trelawney, self.lookahead_ids, self.eos_id)
         tokens = torch.from_numpy(rows)  # (B, T + a) int64
-        return make_batch(tokens, self.seq_len, self.vocab_size, self.eos_id, self.cross_documents)
+        batch = make_batch(tokens, self.seq_len, self.vocab_size, self.eos_id, self.cross_documents)
+        batch.loss_mask = None if mask is None else torch.from_numpy(mask)
+        return batch
 
     def state(self, step: int) -> dict:
         """The data position before batch ``step``; equal states mean identical batches from here on."""
@@ -110,6 +122,31 @@ class PackedLoader:
                 "lookahead": self.lookahead, "batch_size": self.batch_size, "seed": self.seed,
                 "shuffle": self.shuffle, "cross_documents": self.cross_documents, "samples": self.samples,
                 "epoch": epoch, "sample_in_epoch": in_epoch, "next_batch": upcoming}
+
+
+def augment(rows: np.ndarray, sample_ids: np.ndarray, seq_len: int, cfg: TrelawneyConfig, ids: tuple[int, int],
+            eos_id: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """TRELAWNEY on packed samples (data/trelawney.py): rows (B, T + a) -> the same shape, and the (B, T) loss mask
+    (None with ``open_loss``: every position trained).
+
+    Sample i's draws depend on (trelawney.seed, i) only. The insertion point is d ≤ T − 1 − min_span (0-based)
+    and the span is copied from the model's own input (index < T) of d's document (before the next
+    EOS); a sample with no room stays plain. The row keeps its length: its last k + 2 tokens, the start of the next
+    sample anyway, drop out.
+    """
+    b, n = rows.shape
+    end_of = None
+    if eos_id is not None:
+        pos = np.arange(n)[None, :]
+        at_eos = np.where(rows == eos_id, pos, n)  # (B, n)
+        next_eos = np.minimum.accumulate(at_eos[:, ::-1], axis=1)[:, ::-1]  # first EOS index >= i
+
+        def end_of(at):  # (B,) -> (B,): the first EOS after d (the span stops before it)
+            return next_eos[np.arange(b), np.minimum(at + 1, n - 1)]
+    draws = draw(uniforms(cfg.seed, sample_ids), cfg, first=0, last_end=seq_len, end_of=end_of)
+    out = insert_rows(rows, draws, ids[0], ids[1], width=n, pad=0)  # no padding: the row only loses its tail
+    mask = None if cfg.open_loss else label_mask(seq_len, 0, np.full(b, n), draws, open_loss=False)
+    return out, mask
 
 
 def make_batch(tokens: torch.Tensor, seq_len: int, vocab_size: int | None, eos_id: int | None,

@@ -12,8 +12,9 @@ Text format (the original repo's files), one example per line::
 
     32,3|16,12|3,19|32,34|34,6|6,16|19,47|47,28/32,12=32,34,6,16,12
 
-Tokens: node ``i`` → id ``i`` (0..N−1); ``|`` → N, ``=`` → N+1, ``/`` → N+2, ``$`` → N+3 (reserved);
-commas are dropped. Layout ``a1 b1 | a2 b2 | … aE bE / s g = s v1 … g``: the prefix (up to and including
+Tokens: node ``i`` → id ``i`` (0..N−1); ``|`` → N, ``=`` → N+1, ``/`` → N+2, ``$`` → N+3 (reserved; the padding
+of TRELAWNEY rows); with TRELAWNEY (``data/trelawney.py``) also ``<T>`` → N+4 and ``</T>`` → N+5; commas are
+dropped. Layout ``a1 b1 | a2 b2 | … aE bE / s g = s v1 … g``: the prefix (up to and including
 ``=``) has P = 2E + (E − 1) + 1 + 2 + 1 = 3E + 3 tokens, the answer ``l``. The model reads P + l − 1 tokens
 and is trained only on the ``l`` positions whose next token is a path token.
 
@@ -34,10 +35,11 @@ import numpy as np
 import torch
 
 from foresight.batch import Batch
+from foresight.data.trelawney import TrelawneyConfig, draw, insert_rows, label_mask, uniforms
 from foresight.errors import ForesightError
 
-# Offsets of the special tokens past the N node ids.
-PIPE, EQUALS, SLASH, DOLLAR = 0, 1, 2, 3
+# Offsets of the special tokens past the N node ids (OPEN, CLOSE: TRELAWNEY's <T> and </T>, only with it on).
+PIPE, EQUALS, SLASH, DOLLAR, OPEN, CLOSE = 0, 1, 2, 3, 4, 5
 N_SPECIAL = 4
 _SYMBOLS = {PIPE: "|", EQUALS: "=", SLASH: "/", DOLLAR: "$"}
 
@@ -48,11 +50,13 @@ _SYMBOLS = {PIPE: "|", EQUALS: "=", SLASH: "/", DOLLAR: "$"}
 
 @dataclass
 class StarGraphSpec:
-    """Shape of the task: ``deg`` arms (d), ``path`` nodes per arm counting the source (l), ``nodes`` labels (N)."""
+    """Shape of the task: ``deg`` arms (d), ``path`` nodes per arm counting the source (l), ``nodes`` labels (N);
+    ``lookahead``: the vocabulary also holds TRELAWNEY's ``<T>`` and ``</T>``."""
 
     deg: int
     path: int
     nodes: int
+    lookahead: bool = False
 
     def validate(self) -> "StarGraphSpec":
         """Raise ForesightError if no graph of this shape exists; return self for chaining."""
@@ -87,8 +91,18 @@ class StarGraphSpec:
 
     @property
     def vocab_size(self) -> int:
-        """N node ids plus '|', '=', '/', '$'."""
-        return self.nodes + N_SPECIAL
+        """N node ids plus '|', '=', '/', '$' (and '<T>', '</T>' with ``lookahead``)."""
+        return self.nodes + N_SPECIAL + (2 if self.lookahead else 0)
+
+    @property
+    def open_id(self) -> int:
+        """TRELAWNEY's ``<T>`` (only in the vocabulary with ``lookahead``)."""
+        return self.nodes + OPEN
+
+    @property
+    def close_id(self) -> int:
+        """TRELAWNEY's ``</T>``."""
+        return self.nodes + CLOSE
 
     @property
     def pipe_id(self) -> int:
@@ -273,17 +287,31 @@ def encode(ex: Example, spec: StarGraphSpec) -> list[int]:
 # Dataset
 
 
+def trelawney_seq_len(spec: StarGraphSpec, cfg: TrelawneyConfig | None) -> int:
+    """What the model reads per training row: P + l − 1, plus 2 + min(max_span, l) with TRELAWNEY."""
+    return spec.seq_len + (0 if cfg is None else 2 + min(cfg.max_span, spec.path))
+
+
 class StarGraphData:
     """Encoded examples and deterministic, epoch-shuffled batches.
 
-    tokens: (C, P + l) long, one row per example. ``batch(step, batch_size, seed)`` is a pure function of
-    its arguments, so a resumed run sees exactly the batches it would have seen.
+    tokens: (C, P + l) long, one row per example (the plain rows: prompts and answers for evaluation).
+    ``batch(step, batch_size, seed)`` is a pure function of its arguments, so a resumed run sees exactly the
+    batches it would have seen.
+
+    With ``trelawney`` (training data only; the spec needs ``lookahead``) the batches come from augmented rows
+    (C, P + l + 2 + K), K = min(max_span, l): example i gets ``<T> span </T>`` inside its answer with the draws of
+    ``uniforms(trelawney.seed, i)``, padded with '$'; padding, and the position predicting ``<T>`` unless
+    ``open_loss``, carry no loss, and ``horizon`` stops multi-token targets at the row's last real token.
     """
 
-    def __init__(self, examples: Sequence[Example], spec: StarGraphSpec) -> None:
+    def __init__(self, examples: Sequence[Example], spec: StarGraphSpec,
+                 trelawney: TrelawneyConfig | None = None) -> None:
         spec.validate()
         if not examples:
             raise ForesightError("star graph data: no examples (generate some or check the data file)")
+        if trelawney is not None and not spec.lookahead:
+            raise ForesightError("star graph data: TRELAWNEY needs the spec's <T> and </T> ids (lookahead=True)")
         self.spec = spec
         rows = np.array([encode(ex, spec) for ex in examples], dtype=np.int64)  # via numpy: 3x faster than torch.tensor
         self.tokens = torch.from_numpy(rows)  # (C, P + l) long
@@ -292,6 +320,29 @@ class StarGraphData:
         self._mask_row = torch.zeros(t, dtype=torch.bool)
         self._mask_row[p - 1 :] = True
         self._perm_cache: tuple[tuple[int, int], torch.Tensor] | None = None
+        self.trelawney = trelawney
+        self.seq_len = t  # what the model reads per row (longer with TRELAWNEY)
+        if trelawney is not None:
+            self._augment(trelawney)
+
+    def _augment(self, cfg: TrelawneyConfig) -> None:
+        """Build the augmented training rows, their loss masks and horizons (see the class docstring)."""
+        spec = self.spec
+        p, length = spec.prefix_len, spec.path
+        if cfg.min_span > length:
+            raise ForesightError(f"stargraph.trelawney.min_span={cfg.min_span} exceeds the answer's {length} tokens")
+        width = trelawney_seq_len(spec, cfg) + 1  # the longest augmented row
+        # d from '=' (P − 1) on: the span is always inside the answer, never in the prompt
+        draws = draw(uniforms(cfg.seed, np.arange(len(self))), cfg, first=p - 1, last_end=p + length)
+        tokens = insert_rows(self.tokens.numpy(), draws, spec.open_id, spec.close_id, width, spec.dollar_id)
+        real = p + length + np.where(draws.on, draws.length + 2, 0)  # (C,) tokens before the padding
+        mask = label_mask(width - 1, p, real, draws, cfg.open_loss)  # (C, W − 1)
+        self.aug_tokens = torch.from_numpy(tokens)
+        self.aug_mask = torch.from_numpy(mask)
+        # horizon[t]: the largest offset j with t + 1 + j a real token (0 past the end: masked positions anyway)
+        offsets = real[:, None] - 2 - np.arange(width - 1)[None, :]  # (C, W − 1)
+        self.aug_horizon = torch.from_numpy(np.maximum(offsets, 0))
+        self.seq_len = width - 1
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -325,12 +376,16 @@ class StarGraphData:
         """Batch ``step`` (0-based): epoch ``step // batches_per_epoch`` is a fresh permutation of the
         examples; the incomplete tail of each epoch is dropped, so every batch has exactly ``batch_size`` rows.
 
-        Returns Batch(tokens (B, P + l), seq_len = P + l − 1, loss_mask (B, P + l − 1) bool).
+        Returns Batch(tokens (B, P + l), seq_len = P + l − 1, loss_mask (B, P + l − 1) bool); with TRELAWNEY
+        Batch(tokens (B, W), seq_len = W − 1, loss_mask and horizon (B, W − 1)).
         """
         if step < 0:
             raise ForesightError(f"star graph data: step must be >= 0, got {step}")
         per_epoch = self.batches_per_epoch(batch_size)
         epoch, index = divmod(step, per_epoch)
         rows = self._permutation(seed, epoch)[index * batch_size : (index + 1) * batch_size]
+        if self.trelawney is not None:  # (B, W), W − 1 = self.seq_len
+            return Batch(tokens=self.aug_tokens[rows], seq_len=self.seq_len, loss_mask=self.aug_mask[rows],
+                         horizon=self.aug_horizon[rows])
         mask = self._mask_row.expand(batch_size, -1).clone()  # (B, seq_len)
         return Batch(tokens=self.tokens[rows], seq_len=self.spec.seq_len, loss_mask=mask)

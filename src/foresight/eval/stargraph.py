@@ -5,6 +5,10 @@ Sources: Bachmann & Nagarajan, "The Pitfalls of Next-Token Prediction" (ICML 202
 greedily decoded path: teacher-forced accuracy is ≈ 100 % under the "Clever Hans" cheat and says nothing.
 We also report v1 accuracy (the one token that needs planning) and whether the output is a valid
 root-to-leaf arm of the example's graph (a model that picks the wrong arm still follows edges).
+
+A model trained with TRELAWNEY (data/trelawney.py) may write ``<T> … </T>`` spans: it decodes up to
+2 + min(max_span, l) tokens more, every span is removed (``strip_lookahead``) and the first l tokens left are
+scored as above. With ``prompt_open`` the prompt ends ``= <T>``, so the model writes its own lookahead first.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 from torch import nn
 
 from foresight.data.stargraph import StarGraphData, StarGraphSpec
+from foresight.data.trelawney import TrelawneyConfig, strip_lookahead
 from foresight.errors import ForesightError
 from foresight.generate.sampling import generate
 from foresight.modes import eval_mode
@@ -72,10 +77,22 @@ def valid_arms(out: torch.Tensor, prefixes: torch.Tensor, spec: StarGraphSpec) -
     return ok
 
 
+def strip_paths(out: torch.Tensor, spec: StarGraphSpec, length: int) -> torch.Tensor:
+    """(B, n) decoded tokens -> (B, length): every ``<T> … </T>`` removed, the first ``length`` tokens left; a
+    row left shorter is padded with −1 (no node: never an exact match nor a valid arm)."""
+    rows = []
+    for row in out.tolist():
+        kept = strip_lookahead(row, spec.open_id, spec.close_id)[:length]
+        rows.append(kept + [-1] * (length - len(kept)))
+    return torch.tensor(rows, dtype=out.dtype, device=out.device).reshape(out.shape[0], length)
+
+
 def evaluate(
-    model: nn.Module, data: StarGraphData, spec: StarGraphSpec | None = None, batch_size: int = 512
+    model: nn.Module, data: StarGraphData, spec: StarGraphSpec | None = None, batch_size: int = 512,
+    trelawney: TrelawneyConfig | None = None,
 ) -> dict[str, float | int]:
-    """Greedy-decode every example of ``data`` and score it.
+    """Greedy-decode every example of ``data`` and score it (``trelawney``: the model's training used it; see
+    the module docstring).
 
     Returns {"exact_match", "v1_acc", "valid_arm"} as floats in [0, 1] and "n" (number of examples).
     """
@@ -86,11 +103,21 @@ def evaluate(
         raise ForesightError(f"evaluate: batch_size must be >= 1, got {batch_size}")
     device = _device_of(model)
     p, length = spec.prefix_len, spec.path  # P and l
+    if trelawney is not None and not spec.lookahead:
+        raise ForesightError("evaluate: TRELAWNEY needs the spec's <T> and </T> ids (lookahead=True)")
+    extra = 0 if trelawney is None else 2 + min(trelawney.max_span, length)  # room for one span
     exact = v1 = valid = 0
     for start in range(0, len(data), batch_size):
         rows = data.tokens[start : start + batch_size].to(device)  # (B, P + l)
         prefixes, truth = rows[:, :p], rows[:, p:]
-        out = greedy_paths(model, prefixes, length)  # (B, l)
+        if trelawney is None:
+            out = greedy_paths(model, prefixes, length)  # (B, l)
+        elif trelawney.prompt_open:
+            opened = torch.full_like(prefixes[:, :1], spec.open_id)  # (B, 1): the prompt ends '= <T>'
+            out = greedy_paths(model, torch.cat([prefixes, opened], dim=1), length + extra - 1)
+            out = strip_paths(torch.cat([opened, out], dim=1), spec, length)  # (B, l)
+        else:
+            out = strip_paths(greedy_paths(model, prefixes, length + extra), spec, length)  # (B, l)
         exact += int((out == truth).all(dim=1).sum())
         v1 += int((out[:, 1] == truth[:, 1]).sum())
         valid += int(valid_arms(out, prefixes, spec).sum())

@@ -30,7 +30,16 @@ from typing import Callable, ClassVar
 
 import torch
 
-from foresight.data.stargraph import StarGraphData, StarGraphSpec, generate, read_examples, split_seeds
+from foresight.config import from_dict
+from foresight.data.stargraph import (
+    StarGraphData,
+    StarGraphSpec,
+    generate,
+    read_examples,
+    split_seeds,
+    trelawney_seq_len,
+)
+from foresight.data.trelawney import TrelawneyConfig
 from foresight.errors import ForesightError
 from foresight.eval.stargraph import evaluate
 from foresight.objectives import ObjectiveSpec, objective_label
@@ -47,6 +56,11 @@ from foresight.train.metrics import read_metrics
 RESULT_FORMAT = "foresight.stargraph.result/1"  # the "format" field of every per-cell JSON
 
 
+def parse_trelawney(section: dict | None, where: str) -> TrelawneyConfig | None:
+    """A task section's ``trelawney`` mapping -> its config (None when absent); one line naming ``where.key``."""
+    return None if section is None else from_dict(TrelawneyConfig, section, where)
+
+
 @dataclass
 class StarGraphTaskConfig:
     """The ``stargraph:`` section of a recipe."""
@@ -61,6 +75,7 @@ class StarGraphTaskConfig:
     test_file: str | None = None  # read test examples from a file in the original format instead
     eval_batch_size: int = 1000  # examples per greedy-decoding batch
     jobs: int = 1  # cells trained side by side in processes on the CPU (0 = one per core); a GPU runs them in turn
+    trelawney: dict | None = None  # TRELAWNEY lookahead spans in the training rows (data/trelawney.py); None = off
 
     # fields a resumed run may change (foresight.train.fingerprint): evaluation batching and processes
     RESUME_EXEMPT: ClassVar[tuple] = ("eval_batch_size", "jobs")
@@ -75,6 +90,11 @@ class StarGraphTaskConfig:
                                 ("train_size", 0, MAX_EXAMPLES), ("test_size", 0, MAX_EXAMPLES),
                                 ("eval_batch_size", 1, MAX_BATCH), ("jobs", 0, 1024)):
             check_int(getattr(self, name), f"stargraph.{name}", low, high)
+        self.lookahead = parse_trelawney(self.trelawney, "stargraph.trelawney")  # a TrelawneyConfig or None
+
+    def spec(self) -> StarGraphSpec:
+        """The task's shape; with TRELAWNEY the vocabulary also holds <T> and </T>."""
+        return StarGraphSpec(self.deg, self.path, self.nodes, lookahead=self.lookahead is not None).validate()
 
 
 def load_split(cfg: StarGraphTaskConfig, spec: StarGraphSpec, which: str) -> StarGraphData:
@@ -85,7 +105,7 @@ def load_split(cfg: StarGraphTaskConfig, spec: StarGraphSpec, which: str) -> Sta
         if size < 1:
             raise ForesightError(f"stargraph.{which}_size must be >= 1")
         examples = generate(spec, size, split_seeds(cfg.seed)[0 if which == "train" else 1])
-    return StarGraphData(examples, spec)
+    return StarGraphData(examples, spec, cfg.lookahead if which == "train" else None)  # test rows stay plain
 
 
 # ------------------------------------------------------------------------------------------ one cell's record
@@ -123,7 +143,8 @@ def cell_record(*, recipe: Recipe, raw: dict, run: FinishedRun, spec: StarGraphS
     return {
         "format": RESULT_FORMAT,
         **result_record(run),
-        "objective": objective_label(run.specs),
+        # TRELAWNEY is data, not an objective, but its cells must not pool with the plain ones in a report
+        "objective": objective_label(run.specs) + (" + TRELAWNEY" if task.lookahead is not None else ""),
         "graph": {"deg": spec.deg, "path": spec.path, "nodes": spec.nodes},
         "recipe": recipe.path.stem,
         "data_seed": task.seed,
@@ -184,11 +205,12 @@ def _train_cell(cell: _Cell, *, recipe: Recipe, task: StarGraphTaskConfig, spec:
     run_cfg = cell.run_cfg
     run = train_run(
         cell.name, cell.specs, cell.model_cfg, run_cfg, cell.run_dir, raw=cell.raw,
-        tokens_per_step=run_cfg.batch_size * spec.seq_len, resume=resume, desc=cell.desc, should_stop=should_stop,
+        tokens_per_step=run_cfg.batch_size * train.seq_len, resume=resume, desc=cell.desc, should_stop=should_stop,
         progress=progress, task=("stargraph", task), allow_changes=allow_changes,
         # whole examples (prefix + path, no look-ahead beyond them): the batches do not depend on the built model
         setup=lambda _: RunHooks(batch_fn=lambda step: train.batch(step, run_cfg.batch_size, run_cfg.seed),
-                                 evaluate=lambda lm: evaluate(lm.model, test, spec, batch_size=task.eval_batch_size)),
+                                 evaluate=lambda lm: evaluate(lm.model, test, spec, batch_size=task.eval_batch_size,
+                                                              trelawney=task.lookahead)),
     )
     result = cell_record(recipe=recipe, raw=cell.raw, run=run, spec=spec, task=task, command=cell.command)
     if main:
@@ -199,14 +221,14 @@ def _train_cell(cell: _Cell, *, recipe: Recipe, task: StarGraphTaskConfig, spec:
             path = path.with_name(path.stem + "-partial.json")
         write_json(path, result)
         print(f"wrote {path}", flush=True)
-    return result, flops_per_token(run.lm, spec.seq_len) * run.tokens
+    return result, flops_per_token(run.lm, train.seq_len) * run.tokens
 
 
-def _schedule_flops(cell: _Cell, spec: StarGraphSpec) -> float:
+def _schedule_flops(cell: _Cell, seq_len: int) -> float:
     """Training FLOPs of the cell's full schedule (the pool's time-limit estimate), counted on a meta model."""
     with torch.device("meta"):
-        lm_flops = flops_per_token(TrainableLM(cell.model_cfg, cell.specs), spec.seq_len)
-    return lm_flops * cell.run_cfg.batch_size * spec.seq_len * cell.run_cfg.steps
+        lm_flops = flops_per_token(TrainableLM(cell.model_cfg, cell.specs), seq_len)
+    return lm_flops * cell.run_cfg.batch_size * seq_len * cell.run_cfg.steps
 
 
 def _label(cell: _Cell) -> str:
@@ -232,11 +254,12 @@ def run_stargraph(
     main = distributed.is_main()  # only rank 0 prints and writes files
     print_ = print if main else (lambda *args, **kwargs: None)
     cfg = recipe.task_config  # a StarGraphTaskConfig, parsed at load
-    spec = StarGraphSpec(cfg.deg, cfg.path, cfg.nodes).validate()
+    spec = cfg.spec()
+    seq_len = trelawney_seq_len(spec, cfg.lookahead)  # what the model reads per training row
     if cfg.jobs < 0:
         raise ForesightError(f"stargraph.jobs must be >= 0 (0 = one process per CPU core), got {cfg.jobs}")
     model_cfgs = {name: complete_model(recipe.run_models[name], vocab_size=spec.vocab_size,
-                                       max_seq_len=spec.seq_len + 1) for name in runs}
+                                       max_seq_len=seq_len + 1) for name in runs}
     seed_list = list(seeds) if seeds else [recipe.train.seed]
     cells = [(seed, name) for seed in seed_list for name in runs if only is None or (seed, name) in only]
     cfgs = {seed: replace(recipe.train, seed=seed) for seed in seed_list}
@@ -256,7 +279,7 @@ def run_stargraph(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "recipe.json", recipe.raw)
     print_(f"star graph G({spec.deg},{spec.path}) N={spec.nodes}: {len(train)} train / {len(test)} test examples, "
-          f"sequence length {spec.seq_len}; runs: {', '.join(runs)}"
+          f"sequence length {seq_len}" + (" (TRELAWNEY)" if cfg.lookahead else "") + f"; runs: {', '.join(runs)}"
           + (f"; seeds: {', '.join(map(str, seed_list))}" if seeds else "") + f" -> {out_dir}")
 
     cell_list = []
@@ -274,7 +297,7 @@ def run_stargraph(
     shared = dict(recipe=recipe, task=cfg, spec=spec, train=train, test=test, resume=resume, results_dir=results_dir,
                   allow_changes=allow_changes)
     results, not_done = run_all(cell_list, _train_cell, shared, jobs=jobs, time_limit_s=time_limit_s,
-                                cost=lambda cell: _schedule_flops(cell, spec), label=_label, print_=print_)
+                                cost=lambda cell: _schedule_flops(cell, seq_len), label=_label, print_=print_)
 
     if not_done:
         print_("not run (stopped or out of time): " + ", ".join(f"{c.name} seed {c.seed}" for c in not_done))

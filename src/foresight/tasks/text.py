@@ -29,6 +29,7 @@ from foresight.model import ModelConfig
 from foresight.tasks.pool import run_all
 from foresight.tasks.recipe import Recipe, RunModel, complete_model
 from foresight.tasks.run import RunHooks, result_record, total_parameters, train_run
+from foresight.tasks.stargraph import parse_trelawney
 from foresight.train import distributed
 from foresight.train.flops import activated_parameters, flops_per_token
 from foresight.train.lm import TrainableLM
@@ -51,6 +52,7 @@ class TextTaskConfig:
     verify_data: str = "auto"  # "size": shard sizes vs meta.json; "full": also hashes, id range, EOS count; "auto"
     init_from: str | None = None  # continued training: a Hugging Face Llama/Qwen2 folder or a foresight checkpoint;
     # its shape replaces the model section, its weights initialise the trunk (and any heads it carries)
+    trelawney: dict | None = None  # TRELAWNEY lookahead spans in the training samples (data/trelawney.py); None = off
 
     # fields a resumed run may change (foresight.train.fingerprint): validation and checks only; the data itself
     # is checked by its fingerprint (the folder may move)
@@ -70,6 +72,14 @@ class TextTaskConfig:
         check_int(self.vocab_multiple, "text.vocab_multiple", 1, 1 << 16)
         if self.val_batch_size is not None:
             check_int(self.val_batch_size, "text.val_batch_size", 1, MAX_BATCH)
+        self.lookahead = parse_trelawney(self.trelawney, "text.trelawney")  # a TrelawneyConfig or None
+        if self.lookahead is not None and self.lookahead.prompt_open:
+            raise ForesightError("text.trelawney.prompt_open applies to the star graph only; remove it")
+
+
+def vocab_needed(data: PreparedData, cfg: TextTaskConfig) -> int:
+    """The tokenizer's vocabulary, plus TRELAWNEY's <T> and </T> (ids V and V + 1, past every tokenizer id)."""
+    return data.vocab_size + (2 if cfg.lookahead is not None else 0)
 
 
 def open_data(cfg: TextTaskConfig) -> PreparedData:
@@ -102,18 +112,19 @@ def check_data_fits(data: PreparedData, cfg: TextTaskConfig, train_cfg) -> None:
 def model_config(model: RunModel, data: PreparedData, cfg: TextTaskConfig) -> ModelConfig:
     """The run's ModelConfig: ``vocab_size`` from the tokenizer (rounded up to ``vocab_multiple``) unless the
     recipe sets one, which must then hold every id of the data."""
-    need = data.vocab_size
+    need = vocab_needed(data, cfg)
     if "vocab_size" in model.written:
         if model.config.vocab_size < need:
             raise ForesightError(f"model.vocab_size={model.config.vocab_size} is smaller than the data's tokenizer "
-                                 f"vocabulary ({need}); remove it to use the tokenizer's")
+                                 f"vocabulary ({need}, TRELAWNEY's two ids included); remove it to use the "
+                                 f"tokenizer's")
         return complete_model(model, max_seq_len=cfg.seq_len)
     return complete_model(model, vocab_size=-(-need // cfg.vocab_multiple) * cfg.vocab_multiple,
                           max_seq_len=cfg.seq_len)
 
 
 @torch.no_grad()
-def pretrained_config(path: str, data: PreparedData) -> ModelConfig:
+def pretrained_config(path: str, data: PreparedData, cfg: TextTaskConfig | None = None) -> ModelConfig:
     """The shape of a pretrained model to continue training (the TOP paper's continued-training setting).
 
     The data must be tokenized with that model's tokenizer: every id must fit its vocabulary."""
@@ -123,6 +134,9 @@ def pretrained_config(path: str, data: PreparedData) -> ModelConfig:
     if data.vocab_size > model_cfg.vocab_size:
         raise ForesightError(f"text.init_from={path}: its vocabulary ({model_cfg.vocab_size}) is smaller than the "
                              f"data's tokenizer ({data.vocab_size}); prepare the data with that model's tokenizer")
+    if cfg is not None and vocab_needed(data, cfg) > model_cfg.vocab_size:
+        raise ForesightError(f"text.init_from={path}: its vocabulary ({model_cfg.vocab_size}) has no room for "
+                             f"TRELAWNEY's <T> and </T> (ids {data.vocab_size} and {data.vocab_size + 1})")
     return model_cfg
 
 
@@ -174,7 +188,7 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
     data = open_data(cfg)
     check_data_fits(data, cfg, train_cfg)
     if cfg.init_from:
-        model_cfgs = {name: pretrained_config(cfg.init_from, data) for name in runs}
+        model_cfgs = {name: pretrained_config(cfg.init_from, data, cfg) for name in runs}
     else:
         model_cfgs = {name: model_config(recipe.run_models[name], data, cfg) for name in runs}
     val_bs = cfg.val_batch_size or train_cfg.micro_batch_size
@@ -201,7 +215,8 @@ def run_text(recipe: Recipe, runs: dict[str, list[dict]], out_dir: Path, resume:
         def setup(lm, name=name, model_cfg=model_cfg, run_dir=run_dir) -> RunHooks:
             loader = PackedLoader(data.train, cfg.seq_len, lm.lookahead, train_cfg.batch_size, train_cfg.seed,
                                   eos_id=data.eos_id, cross_documents=cfg.cross_documents, shuffle=cfg.shuffle,
-                                  vocab_size=model_cfg.vocab_size, fingerprint=data.fingerprint)
+                                  vocab_size=model_cfg.vocab_size, fingerprint=data.fingerprint,
+                                  trelawney=cfg.lookahead, lookahead_ids=(data.vocab_size, data.vocab_size + 1))
             evaluate = None
             if cfg.val_batches:
                 windows = eval_windows(data.val, cfg.seq_len, lm.lookahead, val_bs, cfg.val_batches)
