@@ -9,7 +9,9 @@ What the sandbox does, and what it does not:
 - An environment of its own (``PATH``, ``HOME``, ``TMPDIR``, ``LANG``): none of our variables (tokens, keys).
 - Resource limits set in the child before ``exec``: CPU seconds, address space (default 1 GiB: a huge
   allocation raises MemoryError), file size, open files, and the number of processes (binding for a normal
-  user; Linux exempts root, so as root a fork bomb is bounded only by the wall clock below).
+  user only: Linux exempts root). So that a fork bomb is stopped as root too, the parent counts the
+  processes of the program's group every ``POLL`` seconds (``/proc``) and kills the group above
+  ``MAX_PROCESSES`` (a bomb can outgrow that between two looks, but not for longer than one interval).
 - Its own session / process group, killed as a whole (SIGKILL) at the wall-clock timeout and after every run,
   so no child outlives it.
 
@@ -35,12 +37,13 @@ FILE_BYTES = 16 << 20  # any one file it writes (stdout, stderr included)
 MAX_PROCESSES = 64  # RLIMIT_NPROC (per user; not binding for root)
 OPEN_FILES = 256
 TAIL_CHARS = 2000  # of stderr, kept for the result line
+POLL = 0.1  # seconds between looks at the process count
 
 
 @dataclass
 class RunResult:
     passed: bool
-    result: str  # "passed", "timed out", or "failed: <the last line of stderr>"
+    result: str  # "passed", "timed out", "failed: more than N processes" or "failed: <the last line of stderr>"
     seconds: float
     returncode: int | None  # None when killed at the timeout
     pid: int  # the program's process id (also its process group), for tests that check it is gone
@@ -60,6 +63,40 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass  # already gone (or reaped and its group empty)
+
+
+def _group_size(pgid: int) -> int:
+    """Live (not zombie) processes whose process group is ``pgid``, from /proc (0 where there is no /proc)."""
+    n = 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, ...
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            n += 1
+    return n
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int | None, str | None]:
+    """(exit status, None) or (None, why it was stopped): the wall clock or too many processes."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        try:
+            return proc.wait(timeout=max(0.0, min(POLL, deadline - time.perf_counter()))), None
+        except subprocess.TimeoutExpired:
+            pass
+        if time.perf_counter() >= deadline:
+            return None, "timed out"
+        if _group_size(proc.pid) > MAX_PROCESSES:
+            return None, f"failed: more than {MAX_PROCESSES} processes"
 
 
 def _tail(path: Path, n: int = TAIL_CHARS, head: bool = False) -> str:
@@ -100,17 +137,14 @@ def run_program(source: str, timeout: float = 5.0, memory_bytes: int = MEMORY_BY
             proc = subprocess.Popen([python or sys.executable, "-I", "program.py"], cwd=work, env=env,
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
                                     close_fds=True, preexec_fn=lambda: _limits(cpu, memory_bytes))
-            try:
-                rc = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                rc = None
+            rc, stopped = _wait(proc, timeout)
             _kill_group(proc.pid)  # the program and anything it started, finished or not
             if rc is None:
                 proc.wait()
             seconds = time.perf_counter() - t0
         stdout = _tail(work / "stdout", head=True)
         if rc is None:
-            return RunResult(False, "timed out", seconds, None, proc.pid, stdout)
+            return RunResult(False, stopped, seconds, None, proc.pid, stdout)
         if rc == 0:
             return RunResult(True, "passed", seconds, 0, proc.pid, stdout)
         return RunResult(False, _failure_line(_tail(work / "stderr"), rc), seconds, rc, proc.pid, stdout)
