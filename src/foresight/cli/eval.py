@@ -200,6 +200,7 @@ def _humaneval(args: argparse.Namespace) -> None:
         out = out / "humaneval.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     lm, tok = he.load_for_decoding(args.checkpoint, args.tokenizer)
+    lm = lm.to(args.device)
     if args.packed:
         he.pack(lm)
     kind = args.compare_speculative or (None if args.speculative == "none" else args.speculative)

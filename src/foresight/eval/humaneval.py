@@ -148,7 +148,7 @@ class Completer:
 
         from foresight.generate import generate, speculative_generate
 
-        ids = torch.tensor([self.tok.encode(prompt)])
+        ids = torch.tensor([self.tok.encode(prompt)], device=next(self.lm.model.parameters()).device)
         context = self.lm.model.cfg.max_seq_len
         if ids.shape[1] + self.max_new_tokens > context:
             raise ForesightError(f"a prompt of {ids.shape[1]} tokens + --max-new-tokens {self.max_new_tokens} "
