@@ -3,6 +3,7 @@
     python benchmarks/humaneval.py RUN [--speculative ngram] [--limit N] [--threads 1] \
         [--jsonl results/decode/humaneval-smollm2.jsonl] [--md results/decode/humaneval-smollm2.md]
     python benchmarks/humaneval.py RUN --report-only ...     # only rewrite the table from the .jsonl so far
+    python benchmarks/humaneval.py --sandbox-check            # every canonical solution passes, every empty fails
 
 Runs ``foresight eval RUN --tasks humaneval --compare-speculative KIND --out JSONL`` (every problem decoded both
 ways, alternately, in one process, so both see the same load; the plain completion is tested in the sandbox;
@@ -57,9 +58,22 @@ def table(rows: list[dict], kind: str) -> str:
     return "\n".join(lines)
 
 
+def sandbox_check(timeout: float = 5.0) -> str:
+    """The harness on the data alone: every canonical solution should pass and every empty completion fail."""
+    import time
+
+    problems = he.load_problems()
+    t0 = time.perf_counter()
+    canon = [p.task_id for p in problems if not he._check(p, p.canonical_solution, timeout)["passed"]]
+    empty = [p.task_id for p in problems if he._check(p, "", timeout)["passed"]]
+    n = len(problems)
+    return (f"canonical solutions passing: {n - len(canon)}/{n} {canon or ''}; empty completions passing: "
+            f"{len(empty)}/{n} {empty or ''} ({time.perf_counter() - t0:.0f}s)")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", type=Path, help="a foresight run / import folder or a Hugging Face model folder")
+    ap.add_argument("run", type=Path, nargs="?", help="a foresight run / import folder or a Hugging Face model folder")
     ap.add_argument("--speculative", default="ngram", help="the drafter compared with plain greedy (default ngram)")
     ap.add_argument("--limit", type=int, help="the first N problems only")
     ap.add_argument("--max-new-tokens", type=int, default=384)
@@ -68,7 +82,14 @@ def main(argv=None) -> None:
     ap.add_argument("--md", type=Path, default=Path("results/decode/humaneval-smollm2.md"))
     ap.add_argument("--note", default="", help="a line on the machine's state (e.g. 'shared with 8 jobs')")
     ap.add_argument("--report-only", action="store_true", help="do not decode: tabulate the .jsonl as it is")
+    ap.add_argument("--sandbox-check", action="store_true", help="only run every canonical solution and every "
+                    "empty completion in the sandbox")
     args = ap.parse_args(argv)
+    if args.sandbox_check:
+        print(sandbox_check())
+        return
+    if args.run is None:
+        ap.error("RUN is required (unless --sandbox-check)")
     torch.set_num_threads(args.threads)
     command = "python benchmarks/humaneval.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if not args.report_only:
