@@ -297,3 +297,12 @@ def test_benchmark_table_from_rows(tmp_path):
     md = (tmp_path / "r.md").read_text()
     # per problem 2x and 0.5x: mean 1.25x; total time 4 s vs 5 s: 0.80x
     assert "| plain greedy | 2 | 50.0% |" in md and "**1.25x** | 0.80x | 2.00 |" in md and "2/2" in md
+
+
+def test_stop_is_for_one_row():
+    lm = _tiny_lm()
+    ids = torch.tensor([[3, 7, 1], [2, 5, 4]])
+    with pytest.raises(ValueError, match="one row"):
+        generate(lm.model, ids, 4, stop=lambda new: False)
+    with pytest.raises(ValueError, match="one row"):
+        speculative_generate(lm, ids, 4, "ngram", stop=lambda new: False)
