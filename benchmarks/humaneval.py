@@ -102,7 +102,7 @@ def main(argv=None) -> None:
             raise SystemExit(code)
     rows = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
     env = describe("cpu")
-    md = [f"# HumanEval (164 problems, offline) on {args.run.name}: plain greedy vs speculative {args.speculative}",
+    md = [f"# HumanEval (offline) on {args.run.name}: plain greedy vs speculative {args.speculative}",
           "",
           f"Machine: {cpu_name()}, {args.threads} thread(s); torch {env['torch']}, python {env['python']}, foresight "
           f"{env['foresight']} (commit {env['git_commit']}); {env['date']}." + (f" {args.note}" if args.note else ""),
