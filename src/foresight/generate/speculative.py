@@ -117,12 +117,15 @@ def _fill_after_eos(tokens: torch.Tensor, prompt_len: int, eos_id: int, max_new_
 
 def _decode_one_row(model, drafter: Drafter, caches, out: TrunkOutput, seq: torch.Tensor, p: int,
                     max_new_tokens: int, eos_id: int | None, stats: SpecStats,
-                    chooser: BlockChooser | None = None) -> torch.Tensor:
+                    chooser: BlockChooser | None = None, stop=None) -> torch.Tensor:
     """B = 1: ints everywhere (the scalar cache path). ``seq`` (1, P + 1): the prompt and the pending token.
-    ``chooser``: verify only the first ``chooser.choose()`` drafts of each step (block size from measured costs)."""
+    ``chooser``: verify only the first ``chooser.choose()`` drafts of each step (block size from measured costs).
+    ``stop(new)``: True ends decoding after the step that made it so."""
     pos0 = 0
     while True:
         if eos_id is not None and bool((seq[:, p:] == eos_id).any()):
+            break
+        if stop is not None and stop(seq[0, p:]):  # the pending token is exact: it counts
             break
         remaining = max_new_tokens - (seq.shape[1] - p)
         if remaining <= 0:
@@ -203,10 +206,13 @@ def _decode_rows(model, drafter: Drafter, caches, out: TrunkOutput, seq: torch.T
 @torch.no_grad()
 def speculative_generate(lm, input_ids: torch.Tensor, max_new_tokens: int, drafter: Drafter | str = "auto", *,
                          n_draft: int | str | None = None, eos_id: int | None = None,
-                         packed: bool = False) -> tuple[torch.Tensor, SpecStats]:
+                         packed: bool = False, stop=None) -> tuple[torch.Tensor, SpecStats]:
     """Greedy decoding of ``lm.model`` accelerated by ``drafter``: (B, P) -> ((B, P + n), stats).
 
     The output equals ``generate(lm.model, input_ids, max_new_tokens, eos_id=eos_id)`` (greedy), row by row.
+    ``stop(new)`` (B = 1 only): called with the new tokens so far (n,) after each verification step; True ends
+    decoding there. The output is then greedy's up to a point at or a few tokens past where ``generate`` with
+    the same ``stop`` ends (a step commits several tokens), never different before it.
 
     ``n_draft="auto"``: the drafter proposes its most drafts (``AUTO_NGRAM_DRAFTS`` for ngram) and each step
     verifies the number that maximises the expected tokens per unit of measured time (``generate/block_size.py``;
@@ -218,6 +224,8 @@ def speculative_generate(lm, input_ids: torch.Tensor, max_new_tokens: int, draft
     verifies with its KV cache (``generate/wrapped.py``; ``drafter`` is 'auto' or an objective name), and the
     output equals ``lm.model.generate(input_ids, do_sample=False)``.
     """
+    if stop is not None and (hasattr(lm, "parts") or input_ids.shape[0] != 1):
+        raise ValueError("stop works on one row of a foresight model at a time")
     if hasattr(lm, "parts"):  # a ForesightModel: the transformers model verifies
         from foresight.generate.wrapped import speculative_generate_wrapped
 
@@ -252,8 +260,10 @@ def speculative_generate(lm, input_ids: torch.Tensor, max_new_tokens: int, draft
         if auto:
             chooser = BlockChooser(cost_curve(model, caches, pending[:, None], drafter.n_draft), drafter.n_draft)
             stats.block_sizes = chooser.chosen
-        decode = _decode_one_row if b == 1 else _decode_rows
-        tokens = decode(model, drafter, caches, out, seq, p, max_new_tokens, eos_id, stats, chooser)
+        if b == 1:
+            tokens = _decode_one_row(model, drafter, caches, out, seq, p, max_new_tokens, eos_id, stats, chooser, stop)
+        else:
+            tokens = _decode_rows(model, drafter, caches, out, seq, p, max_new_tokens, eos_id, stats, chooser)
         if eos_id is not None:
             tokens = _fill_after_eos(tokens, p, eos_id, max_new_tokens)
         return tokens, stats
