@@ -88,14 +88,14 @@ def foresight_variants(lm, name: str, new_tokens: int, eos, n_draft: int) -> lis
 
 
 def packed_variants(lm, new_tokens, eos, n_draft, notes: list[str]) -> list[Variant]:
-    """The same rows on ``foresight.generate.packed.pack_linears`` (oneDNN pre-packed Linears), if it exists."""
-    try:
-        from foresight.generate.packed import pack_linears
-    except ImportError as e:
-        notes.append(f"foresight packed rows skipped: foresight.generate.packed.pack_linears is not available ({e})")
+    """The same rows on oneDNN pre-packed Linears (``foresight.generate.packed``: trunk, output head and the
+    objectives' heads)."""
+    from foresight.generate.packed import is_packed, pack_linears
+
+    packed = pack_linears(copy.deepcopy(lm))
+    if not is_packed(packed.model):
+        notes.append("foresight packed rows skipped: packing does not apply on this machine (see the note above)")
         return []
-    packed = copy.deepcopy(lm)
-    packed.model = pack_linears(packed.model)
     return foresight_variants(packed, "foresight packed", new_tokens, eos, n_draft)
 
 

@@ -259,8 +259,6 @@ def test_cli_refusals_are_one_line(byte_run, tmp_path, capsys, monkeypatch):
     run, data = byte_run
     cases = [(["--limit", 0.5], "number of problems"), (["--timeout", 0], "--timeout"),
              (["--speculative", "ngram", "--compare-speculative", "ngram"], "not both")]
-    if importlib.util.find_spec("foresight.generate.packed") is None:
-        cases.append((["--packed"], "foresight.generate.packed"))
     for extra, fragment in cases:
         code, _, err = _eval([run, "--tasks", "humaneval", "--humaneval-data", data, "--out", tmp_path / "x.jsonl",
                               *extra], capsys)

@@ -305,11 +305,8 @@ def load_for_decoding(path: Path, tokenizer: Path | None = None):
 
 
 def pack(lm) -> None:
-    """``--packed``: the weights in the packed decode layout (``foresight.generate.packed``), when this build has
-    it."""
-    try:
-        from foresight.generate.packed import pack_linears
-    except ImportError:
-        raise ForesightError("--packed needs foresight.generate.packed (the packed decode path), which this "
-                             "build does not have") from None
+    """``--packed``: the weights in the packed decode layout (``foresight.generate.packed``; a note and no change
+    where it does not apply)."""
+    from foresight.generate.packed import pack_linears
+
     pack_linears(lm)  # in place: the trunk, the output head and the objectives' drafting heads
