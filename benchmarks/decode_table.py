@@ -79,8 +79,14 @@ def foresight_variants(lm, name: str, new_tokens: int, eos, n_draft: int) -> lis
             return until_eos(out[0, len(ids):].tolist(), eos), tau
         return run
 
+    def spec_auto(ids):  # block size per step from the measured cost curve and running acceptance (block_size.py)
+        out, stats = speculative_generate(lm, torch.tensor([ids]), new_tokens, "ngram", n_draft="auto", eos_id=eos)
+        tau = stats.row_tokens / stats.row_steps if stats.row_steps else None
+        return until_eos(out[0, len(ids):].tolist(), eos), tau
+
     kinds = [k for k in drafting_objectives() if any(o.name == k for o in lm.objectives.values())]
-    rows = [Variant(f"{name} greedy", greedy), Variant(f"{name} + ngram", spec("ngram", n_draft))]
+    rows = [Variant(f"{name} greedy", greedy), Variant(f"{name} + ngram", spec("ngram", n_draft)),
+            Variant(f"{name} + ngram (auto block)", spec_auto)]
     for kind in kinds:  # the heads draft as many tokens as they have (n_draft None)
         rows += [Variant(f"{name} + {kind}", spec(kind, None)),
                  Variant(f"{name} + ngram+{kind}", spec(f"ngram+{kind}", None))]

@@ -124,8 +124,8 @@ def test_a_model_with_heads_gets_a_row_per_drafter_and_all_decode_greedy():
     lm = TrainableLM(cfg, [{"name": "ntp"}, {"name": "mtp", "n": 3}])
     randomize_weights(lm, 2)
     rows = table.foresight_variants(lm.eval(), "foresight", 9, None, 3)
-    assert [r.name for r in rows] == ["foresight greedy", "foresight + ngram", "foresight + mtp",
-                                      "foresight + ngram+mtp"]
+    assert [r.name for r in rows] == ["foresight greedy", "foresight + ngram", "foresight + ngram (auto block)",
+                                      "foresight + mtp", "foresight + ngram+mtp"]
     ids = [3, 5, 7, 3, 5, 7, 11, 3, 5]
     want = rows[0].run(ids)[0]
     assert len(want) == 9
