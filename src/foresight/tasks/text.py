@@ -115,9 +115,9 @@ def model_config(model: RunModel, data: PreparedData, cfg: TextTaskConfig) -> Mo
     need = vocab_needed(data, cfg)
     if "vocab_size" in model.written:
         if model.config.vocab_size < need:
+            extra = ", TRELAWNEY's two ids included" if cfg.lookahead is not None else ""
             raise ForesightError(f"model.vocab_size={model.config.vocab_size} is smaller than the data's tokenizer "
-                                 f"vocabulary ({need}, TRELAWNEY's two ids included); remove it to use the "
-                                 f"tokenizer's")
+                                 f"vocabulary ({need}{extra}); remove it to use the tokenizer's")
         return complete_model(model, max_seq_len=cfg.seq_len)
     return complete_model(model, vocab_size=-(-need // cfg.vocab_multiple) * cfg.vocab_multiple,
                           max_seq_len=cfg.seq_len)
