@@ -168,6 +168,8 @@ def main(argv=None) -> None:
     ap.add_argument("--bf16", action="store_true", help="also time a bf16-packed variant (not exact; its agreement "
                     "with fp32 greedy decoding is reported)")
     ap.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    ap.add_argument("--note", default="Say whether other jobs shared the machine (--note).",
+                    help="one sentence on the conditions, e.g. 'Quiet machine: nothing else ran.'")
     args = ap.parse_args(argv)
     lm, _ = TrainableLM.from_checkpoint(args.checkpoint)
     lm.model.eval()
@@ -179,8 +181,7 @@ def main(argv=None) -> None:
               f"python {env['python']}, foresight {env['foresight']} ({env['git_commit']}), {env['date']}. "
               f"Batch 1, fp32, {args.cache} tokens cached, medians of {args.repeats} interleaved rounds. "
               "mkl = PyTorch's default CPU Linear; packedH = `foresight.generate.packed.pack_linears(model, rows=H)` "
-              "(oneDNN layout tuned for H rows). The machine was shared with other jobs (2 cores): numbers are "
-              "noisy; rerun on a quiet machine for the final table.", ""]
+              f"(oneDNN layout tuned for H rows). {args.note}", ""]
     parts = []
     for threads in (int(t) for t in args.threads.split(",")):
         r = measure(lm, threads, args.max_t, args.cache, args.repeats, [int(h) for h in args.hints.split(",")],

@@ -328,6 +328,8 @@ def parse(argv):
                     f"{', '.join(FAMILIES)} (default all; foresight greedy, the baseline, is always measured)")
     ap.add_argument("--out", type=Path, help="write the markdown report here")
     ap.add_argument("--json", type=Path, help="also write the summary and every output as JSON")
+    ap.add_argument("--note", default="not stated (say with --note whether other jobs shared the machine)",
+                    help="one sentence on the conditions, e.g. 'quiet machine, nothing else ran'")
     return ap.parse_args(argv)
 
 
@@ -411,8 +413,7 @@ def render(args, argv, classes, notes, report) -> str:
         "GGUF itself in Q4_1 (and its own kernels): not the same arithmetic, so its outputs are compared with fp32 "
         "greedy for information only.", "",
         *(f"- {n}" for n in notes), "" if notes else "",
-        "**The machine was shared with other jobs while measuring**: the ratios (paired per round) are steadier than "
-        "the absolute tokens/s; rerun the command on a quiet machine for the final numbers.", "",
+        f"**Conditions**: {args.note}", "",
         *report,
     ])
 
