@@ -18,7 +18,6 @@ Then the machine, versions and dates the cells record, and the command of every 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ from statistics import mean, median, stdev
 
 from foresight.errors import ForesightError
 from foresight.io import write_text
-from foresight.tasks.stargraph import RESULT_FORMAT
+from foresight.tasks.stargraph_report import read_cell
 from foresight.tasks.stargraph_tables import SOLVED, outcome
 
 README, PLOT = "README.md", "exact_match.png"
@@ -61,17 +60,8 @@ def load_cells(folder: Path) -> list[dict]:
     for path in paths:
         if path.stem.endswith("-partial") and path.with_name(path.stem[:-len("-partial")] + ".json").is_file():
             continue  # resumed and finished since
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ForesightError(f"{path}: not a readable JSON file ({e})") from None
-        if not isinstance(data, dict) or data.get("format") != RESULT_FORMAT:
-            raise ForesightError(f"{path}: not a star-graph cell JSON (expected format {RESULT_FORMAT!r}); a results "
-                                 "folder holds only files written by `foresight bench stargraph` or `foresight "
-                                 "stargraph run --results`")
-        missing = [k for k in REQUIRED if k not in data]
-        if missing:
-            raise ForesightError(f"{path}: missing field {missing[0]!r}")
+        data = read_cell(path, REQUIRED, "cell JSON", "a results folder holds only files written by `foresight "
+                         "bench stargraph` or `foresight stargraph run --results`")
         data["_group"] = "" if path.parent == folder else path.parent.name
         data["_file"] = path.relative_to(folder).as_posix()
         cells.append(data)

@@ -50,6 +50,22 @@ def paper_value(objective: str, graph: dict) -> float | None:
     return TABLE5[objective][1][TABLE5_GRAPHS.index(key)] if key in TABLE5_GRAPHS else None
 
 
+def read_cell(path: Path, required: tuple[str, ...], noun: str, writers: str) -> dict:
+    """One cell JSON (``stargraph run --results`` / ``bench stargraph``), checked: its format and the ``required``
+    fields; a bad file is one line naming it (``noun``: what the reader calls a cell, ``writers``: which commands
+    write such files)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ForesightError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != RESULT_FORMAT:
+        raise ForesightError(f"{path}: not a star-graph {noun} (expected format {RESULT_FORMAT!r}); {writers}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ForesightError(f"{path}: missing field {missing[0]!r}")
+    return data
+
+
 def load_cells(folder: Path) -> list[dict]:
     """Every result JSON in ``folder`` (not recursive), sorted by file name; each gets ``_file``."""
     folder = Path(folder)
@@ -57,16 +73,8 @@ def load_cells(folder: Path) -> list[dict]:
         raise ForesightError(f"no such results folder: {folder}")
     cells = []
     for path in sorted(folder.glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ForesightError(f"{path}: not a readable JSON file ({e})") from None
-        if not isinstance(data, dict) or data.get("format") != RESULT_FORMAT:
-            raise ForesightError(f"{path}: not a star-graph result (expected format {RESULT_FORMAT!r}); "
-                                 "results folders hold only files written by `foresight stargraph run --results`")
-        missing = [k for k in REQUIRED if k not in data]
-        if missing:
-            raise ForesightError(f"{path}: missing field {missing[0]!r}")
+        data = read_cell(path, REQUIRED, "result", "results folders hold only files written by `foresight "
+                         "stargraph run --results`")
         data["_file"] = path.name
         cells.append(data)
     if not cells:
