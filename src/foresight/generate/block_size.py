@@ -84,15 +84,6 @@ class BlockChooser:
                 self.accepted[i] = self.decay * self.accepted[i] + ac
 
 
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
-
-
 @torch.no_grad()
 def cost_curve(model, caches, pending: torch.Tensor, n_draft: int, repeats: int = 3) -> list[float]:
     """cost(T) / cost(1) for T = 1..n_draft+1: a forward over T copies of ``pending`` (B, 1) against ``caches``
@@ -117,10 +108,12 @@ def cost_curve(model, caches, pending: torch.Tensor, n_draft: int, repeats: int 
     runs = [forward(t) for t in range(1, n_draft + 2)]
     for run in runs:
         run()  # warm-up
-    times = [[] for _ in runs]
+    times = [[] for _ in runs]  # times[i]: seconds of each round's forward over i + 1 tokens
     for _ in range(repeats):
         for i, run in enumerate(runs):
-            times[i].append(_median_ms(run, 1))
-    ms = [statistics.median(t) for t in times]
-    store[key] = [m / ms[0] for m in ms]
+            t0 = time.perf_counter()
+            run()
+            times[i].append(time.perf_counter() - t0)
+    medians = [statistics.median(t) for t in times]
+    store[key] = [m / medians[0] for m in medians]
     return store[key]
