@@ -15,13 +15,13 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from foresight.errors import ForesightError
+from foresight.eval.intervals import wilson_interval as wilson  # pass@1's interval (benchmarks/humaneval.py too)
 
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 DATA_NAME = "data/HumanEval.jsonl.gz"
@@ -108,16 +108,6 @@ def truncate(text: str, stops=STOP_SEQUENCES) -> str:
 def program(problem: Problem, completion: str) -> str:
     """The script the sandbox runs: the prompt, the completion, the tests, and the call of ``check``."""
     return f"{problem.prompt}{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95 % Wilson score interval of a proportion k / n (sensible at 0 and n, unlike the normal one)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 class Completer:

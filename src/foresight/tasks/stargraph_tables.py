@@ -5,26 +5,16 @@ row per (run, seed). (A folder of per-cell JSONs across invocations: ``foresight
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from foresight.data.stargraph import StarGraphSpec
+from foresight.eval.intervals import wilson_interval
 from foresight.io import write_json, write_text
 from foresight.plot import plot_bands
 
 SOLVED = 0.90  # exact match at or above this: "solved"
 SHORTCUT = 0.90  # valid-arm rate at or above this: the edge-following shortcut is learned
 CHANCE_BAND = 0.60  # with the shortcut, exact match at or below this counts as "chance" (issue 13's bar)
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion (successes of n trials)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def outcome(exact: float, valid: float, v1: float | None = None) -> str:
