@@ -20,7 +20,7 @@ relative), as between any two BLAS kernels. Costs: one more copy of the Linears'
 
 ``dtype=torch.bfloat16`` packs a bf16 copy instead: half the bytes per step, but *not* exact (activations are
 rounded to bf16 on the way in; logits move by about 1e-2 relative, greedy tokens can differ from fp32), measured
-and stated in ``results/decode/costs-packed-cpu.md``; opt-in only.
+and stated in ``results/decode/costs-bf16-cpu.md``; opt-in only.
 
 Inference only: a ``PackedLinear`` in training mode raises a one-line error (``unpack_linears`` turns the
 model back into plain Linears); with autograd recording it runs ``F.linear`` (the op has no backward). If the
@@ -130,7 +130,7 @@ def pack_linears(model: nn.Module, rows: int = ROWS_HINT, quiet: bool = False,
     """Every ``nn.Linear`` under ``model`` (in place) -> ``PackedLinear`` (module doc); returns ``model``. Give
     a ``TrainableLM`` to include the objectives' heads. ``dtype=torch.bfloat16``: the packed copy in bf16 (half
     the bytes per step; *not* exact: logits move by ~1e-2 relative and greedy tokens can differ from fp32 - see
-    results/decode/costs-packed-cpu.md); fp32 (default) is exact up to summation order.
+    results/decode/costs-bf16-cpu.md); fp32 (default) is exact up to summation order.
 
     Where packing cannot apply, ``model`` is returned unchanged and one note line goes to stderr (unless
     ``quiet``). Packing twice is a no-op. ``is_packed(model)`` says whether its Linears are packed."""
