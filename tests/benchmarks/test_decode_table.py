@@ -69,8 +69,17 @@ def test_decode_table_runs_end_to_end_and_checks_outputs(tmp_path):
         for name in ("foresight greedy", "foresight + ngram", "HF greedy", "HF prompt lookup"):
             assert rows[name]["identical"] == rows[name]["prompts"], (c, name)
         assert rows["foresight greedy"]["ratio"] == 1.0
+        assert rows["foresight greedy"]["prompt_ratio_mean"] == 1.0 and rows["foresight greedy"]["prompts_faster"] == 0
         assert 0 < rows["foresight greedy"]["tokens"] <= 5
     assert "| foresight + ngram |" in text and "| HF prompt lookup |" in text and "Targets at 1 thread(s)" in text
+    only = table.main(["--hf", str(hf), "--humaneval", "2", "--humaneval-data", str(data), "--edit", "0",
+                       "--chat", "0", "--new-tokens", "4", "--repeats", "1", "--threads", "1",
+                       "--only", "HF prompt lookup"])
+    assert "| HF prompt lookup |" in only and "| foresight greedy |" in only and "| HF greedy |" not in only
+    assert "per prompt: mean" not in only  # no speculative foresight row kept: no HumanEval speed-up target line
+    with pytest.raises(table.ForesightError, match="--only: no row named 'HF lookup'"):
+        table.main(["--hf", str(hf), "--humaneval-data", str(data), "--humaneval", "1", "--edit", "0", "--chat",
+                    "0", "--new-tokens", "2", "--repeats", "1", "--threads", "1", "--only", "HF lookup"])
     with pytest.raises(table.ForesightError, match="--rows: unknown vllm"):
         table.main(["--hf", str(hf), "--humaneval-data", str(data), "--humaneval", "1", "--rows", "hf,vllm"])
 
