@@ -214,7 +214,11 @@ def test_recipe_errors_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = main(["stargraph", "run", str(ROOT / "configs/stargraph/smoke.yaml"), "--set",
                  "stargraph.trelawney={p: 2}"])
-    assert code == 2 and "trelawney.p must be in [0, 1]" in capsys.readouterr().err
+    assert code == 2 and "stargraph.trelawney.p must be in [0, 1]" in capsys.readouterr().err
+    code = main(["stargraph", "run", str(ROOT / "configs/stargraph/smoke.yaml"), "--set",
+                 "stargraph.trelawney={min_span: 3, max_span: 2}"])
+    assert ("stargraph.trelawney.min_span (3) exceeds stargraph.trelawney.max_span (2)"
+            in capsys.readouterr().err)
     code = main(["stargraph", "run", str(ROOT / "configs/stargraph/smoke.yaml"), "--set",
                  "stargraph.trelawney={span: 2}"])
     assert code == 2 and "unknown key stargraph.trelawney.span" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -58,7 +59,12 @@ RESULT_FORMAT = "foresight.stargraph.result/1"  # the "format" field of every pe
 
 def parse_trelawney(section: dict | None, where: str) -> TrelawneyConfig | None:
     """A task section's ``trelawney`` mapping -> its config (None when absent); one line naming ``where.key``."""
-    return None if section is None else from_dict(TrelawneyConfig, section, where)
+    if section is None:
+        return None
+    try:
+        return from_dict(TrelawneyConfig, section, where)
+    except ForesightError as e:  # the range checks name 'trelawney.KEY': name the full key the user wrote
+        raise ForesightError(re.sub(r"(?<![\w.])trelawney\.", f"{where}.", str(e))) from None
 
 
 @dataclass
