@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def test_decode_table_runs_end_to_end_and_checks_outputs(tmp_path):
         assert rows["foresight greedy"]["prompt_ratio_mean"] == 1.0 and rows["foresight greedy"]["prompts_faster"] == 0
         assert 0 < rows["foresight greedy"]["tokens"] <= 5
     assert "| foresight + ngram |" in text and "| HF prompt lookup |" in text and "Targets at 1 thread(s)" in text
+    # the plain-greedy target compares foresight's fastest exact greedy row (default or packed) with HF greedy
+    assert re.search(r"\| plain greedy ≥ 1\.5× HF generate: HumanEval \| [0-9.]+× \(foresight (packed )?greedy\) \|",
+                     text)
     only = table.main(["--hf", str(hf), "--humaneval", "2", "--humaneval-data", str(data), "--edit", "0",
                        "--chat", "0", "--new-tokens", "4", "--repeats", "1", "--threads", "1",
                        "--only", "HF prompt lookup"])
