@@ -154,11 +154,15 @@ def llama_variants(gguf: Path, threads: int, n_ctx: int, new_tokens: int, eos, l
 class Cell:
     """One (variant, class) at one thread count: per-round totals, the first round's outputs."""
 
-    seconds: list[float] = field(default_factory=list)
+    prompt_seconds: list[list[float]] = field(default_factory=list)  # [round][prompt] wall-clock
     tokens: list[int] = field(default_factory=list)
     outputs: list[list[int]] = field(default_factory=list)
     taus: list[float] = field(default_factory=list)
-    prompt_seconds: list[list[float]] = field(default_factory=list)  # [round][prompt]: per-prompt speed-ups
+
+    @property
+    def seconds(self) -> list[float]:
+        """Wall-clock per round (the prompts so far in the round being measured)."""
+        return [sum(r) for r in self.prompt_seconds]
 
 
 def measure(variants: list[Variant], classes: dict[str, list[list[int]]], repeats: int, on_round=None) -> dict:
@@ -171,32 +175,31 @@ def measure(variants: list[Variant], classes: dict[str, list[list[int]]], repeat
     for r in range(repeats):
         for c, prompts in classes.items():
             for v in variants:
-                cells[c][v.name].seconds.append(0.0)
                 cells[c][v.name].tokens.append(0)
                 cells[c][v.name].prompt_seconds.append([])
             for i, ids in enumerate(prompts):
                 for v in variants:
                     t0 = time.perf_counter()
                     out, tau = v.run(ids)
-                    dt = time.perf_counter() - t0
                     cell = cells[c][v.name]
-                    cell.seconds[-1] += dt
-                    cell.prompt_seconds[-1].append(dt)
+                    cell.prompt_seconds[-1].append(time.perf_counter() - t0)
                     cell.tokens[-1] += len(out)
                     if r == 0:
                         cell.outputs.append(out)
                         if tau is not None:
                             cell.taus.append(tau)
                 if len(prompts) > 16 and (i + 1) % 16 == 0:  # long classes (all 164 HumanEval prompts): progress
-                    print(f"round {r + 1}/{repeats} {c}: {i + 1}/{len(prompts)} prompts, " + ", ".join(
-                        f"{n} {x.tokens[-1] / x.seconds[-1]:.1f}" for n, x in cells[c].items()) + " tok/s so far",
-                        file=sys.stderr, flush=True)
-            print(f"round {r + 1}/{repeats} {c}: " + ", ".join(
-                f"{n} {x.tokens[-1] / x.seconds[-1]:.1f}" for n, x in cells[c].items()) + " tok/s",
-                file=sys.stderr, flush=True)
+                    print(f"round {r + 1}/{repeats} {c}: {i + 1}/{len(prompts)} prompts, {rates(cells[c])} so far",
+                          file=sys.stderr, flush=True)
+            print(f"round {r + 1}/{repeats} {c}: {rates(cells[c])}", file=sys.stderr, flush=True)
         if on_round is not None:
             on_round(cells, r + 1)
     return cells
+
+
+def rates(row: dict[str, Cell]) -> str:
+    """'name tok/s, ...' of the round being measured (progress lines)."""
+    return ", ".join(f"{n} {x.tokens[-1] / x.seconds[-1]:.1f}" for n, x in row.items()) + " tok/s"
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

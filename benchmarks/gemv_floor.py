@@ -32,6 +32,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_costs import cpu_name  # noqa: E402
 
+from foresight.generate.packed import mkldnn_linear_available  # noqa: E402
+
 # SmolLM2-135M (hidden 576, 9 heads of 64, 3 kv heads, MLP 1536, vocabulary 49,152, 30 layers): (out, in, per model)
 SHAPES = {"q/o 576x576": (576, 576, 60), "k/v 192x576": (192, 576, 60), "gate/up 1536x576": (1536, 576, 60),
           "down 576x1536": (576, 1536, 30), "head 49152x576": (49152, 576, 1)}
@@ -47,18 +49,18 @@ def kernel_fn(name: str, weights: list[torch.Tensor]):
     """A function running kernel ``name`` once over every copy; its bytes are the fp32 (or bf16) weights read."""
     k = weights[0].shape[1]
     x = torch.randn(1, k)
+    dtype = torch.bfloat16 if name == "onednn-bf16" else torch.float32
+    nbytes = sum(w.numel() for w in weights) * torch.finfo(dtype).bits // 8
     if name == "sum":
-        return lambda: [w.sum() for w in weights], sum(w.numel() * 4 for w in weights)
+        return lambda: [w.sum() for w in weights], nbytes
     if name == "mkl":
-        return lambda: [F.linear(x, w) for w in weights], sum(w.numel() * 4 for w in weights)
+        return lambda: [F.linear(x, w) for w in weights], nbytes
     if name == "mv":
         v = x[0]
-        return lambda: [torch.mv(w, v) for w in weights], sum(w.numel() * 4 for w in weights)
-    dtype = torch.bfloat16 if name == "onednn-bf16" else torch.float32
+        return lambda: [torch.mv(w, v) for w in weights], nbytes
     packed = [torch.ops.mkldnn._reorder_linear_weight(w.to(dtype), 1) for w in weights]
     xd = x.to(dtype)
-    return (lambda: [torch.ops.mkldnn._linear_pointwise(xd, p, None, "none", [], "") for p in packed],
-            sum(w.numel() * w.element_size() for w in (w.to(dtype) for w in weights[:1])) * len(weights))
+    return lambda: [torch.ops.mkldnn._linear_pointwise(xd, p, None, "none", [], "") for p in packed], nbytes
 
 
 def measure(threads: list[int], rounds: int, cache_mib: int) -> dict:
@@ -66,7 +68,7 @@ def measure(threads: list[int], rounds: int, cache_mib: int) -> dict:
     rates: dict = {}
     for shape, (out, inp, _) in SHAPES.items():
         weights = [torch.randn(out, inp) for _ in range(copies_for(out, inp, cache_mib))]
-        fns = {k: kernel_fn(k, weights) for k in KERNELS if k != "onednn-bf16" or torch.backends.mkldnn.is_available()}
+        fns = {k: kernel_fn(k, weights) for k in KERNELS if not k.startswith("onednn") or mkldnn_linear_available()}
         for t in threads:
             torch.set_num_threads(t)
             for fn, _ in fns.values():
@@ -124,6 +126,8 @@ def report(rates: dict, steps: dict, threads: list[int], argv: list[str]) -> str
         # the model's Linears at each kernel's rates: fp32 bytes per step / rate, summed over shapes
         per_kernel = {}
         for k in ("sum", "mkl", "mv", "onednn"):
+            if (t, next(iter(SHAPES)), k) not in rates:
+                continue  # no oneDNN in this build
             per_kernel[k] = sum(o * i * 4 * n / rates[t, s, k] / 1e6 for s, (o, i, n) in SHAPES.items())
         lines += ["", "SmolLM2-135M's Linears per step (fp32, " +
                   f"{sum(o * i * 4 * n for o, i, n in SHAPES.values()) / 1e6:.0f} MB) at these rates: " +
