@@ -32,6 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_costs import cpu_name  # noqa: E402
 
+from foresight.errors import ForesightError  # noqa: E402
 from foresight.generate.packed import mkldnn_linear_available  # noqa: E402
 
 # SmolLM2-135M (hidden 576, 9 heads of 64, 3 kv heads, MLP 1536, vocabulary 49,152, 30 layers): (out, in, per model)
@@ -150,9 +151,14 @@ def main(argv=None) -> str:
     ap.add_argument("--out", type=Path, help="write the markdown here")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    threads = [int(t) for t in args.threads.split(",")]
-    rates = measure(threads, args.rounds, args.cache_mib)
-    text = report(rates, model_step(args.model, threads, args.rounds), threads, argv)
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        raise ForesightError(f"--threads: comma-separated whole numbers, e.g. 1,2 (got {args.threads!r})") from None
+    if min(threads) < 1 or args.rounds < 1 or args.cache_mib < 1:
+        raise ForesightError("--threads, --rounds and --cache-mib must be at least 1")
+    steps = model_step(args.model, threads, args.rounds)  # first: a bad --model fails before minutes of kernels
+    text = report(measure(threads, args.rounds, args.cache_mib), steps, threads, argv)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_name(args.out.name + ".tmp")
@@ -163,4 +169,8 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ForesightError as e:
+        print(f"foresight: error: {e}", file=sys.stderr)
+        sys.exit(2)

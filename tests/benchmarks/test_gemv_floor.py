@@ -52,3 +52,11 @@ def test_report_names_every_shape_and_the_step_against_the_floor():
         assert f"| {shape} | 20.0 | 10.0 |" in text and text.count(f"| {shape} |") == 1
     # the floor at 20 GB/s and the Linears at 10 GB/s: 538 MB -> 26.9 ms and 53.8 ms
     assert "sum 26.9 ms, mkl 53.8 ms" in text and "= 2.23x the streaming floor, 1.12x its Linears" in text
+
+
+@pytest.mark.parametrize("argv, message", [(["--threads", "one"], "--threads: comma-separated whole numbers"),
+                                           (["--rounds", "0"], "must be at least 1")])
+def test_bad_flags_are_one_line(argv, message):
+    g = _gemv_floor()
+    with pytest.raises(g.ForesightError, match=message):
+        g.main(argv)
