@@ -50,13 +50,7 @@ def _row(name, diff) -> str:
 
 
 def main(argv=None) -> int:
-    from peft import LoraConfig, PeftModel, get_peft_model
     from smollm2 import gguf_path
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import foresight
-    from foresight.errors import ForesightError
-    from foresight.hf.gguf import load_transformers
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gguf", type=Path, default=gguf_path())
@@ -65,10 +59,28 @@ def main(argv=None) -> int:
     if not args.gguf.is_file():
         print(f"no SmolLM2 GGUF at {args.gguf}; run scripts/fetch_smollm2", file=sys.stderr)
         return 2
+    # The saved copies weigh about 2 GB: they live in a folder removed however the run ends.
+    with tempfile.TemporaryDirectory(prefix="wrap_peft_smollm2.") as tmp:
+        report = _report(args.gguf, Path(tmp))
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report, encoding="utf-8")
+    return 0
+
+
+def _report(gguf: Path, work: Path) -> str:
+    """Every round trip and the TRL steps, with the models saved under ``work``: the report (markdown)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import foresight
+    from foresight.errors import ForesightError
+    from foresight.hf.gguf import load_transformers
+
     torch.manual_seed(0)
-    work = Path(tempfile.mkdtemp(prefix="wrap_peft_smollm2."))
     t0 = time.time()
-    gguf_model = load_transformers(args.gguf)
+    gguf_model = load_transformers(gguf)
     base_dir = work / "base"
     config = gguf_model.config
     if hasattr(config, "quantization_config"):  # the GGUF loader's marker: it would make the copy unsaveable too
@@ -76,7 +88,7 @@ def main(argv=None) -> int:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict())
     plain.save_pretrained(base_dir)
-    tok = AutoTokenizer.from_pretrained(str(args.gguf.parent), gguf_file=args.gguf.name)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tok.save_pretrained(base_dir)
     del gguf_model, plain
     stream = tok(" ".join(TEXTS * 2))["input_ids"]
@@ -143,12 +155,7 @@ def main(argv=None) -> int:
               for e in trainer.state.log_history]
     lines += ["```", "", f"Total {time.time() - t0:.0f} s on {os.cpu_count()} CPU threads available, torch "
               f"{torch.__version__}, torch threads {torch.get_num_threads()}."]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report, encoding="utf-8")
-    return 0
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

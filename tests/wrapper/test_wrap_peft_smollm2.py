@@ -26,10 +26,14 @@ def test_smollm2_peft_round_trips_are_exact_and_sft_logs_each_objective(tmp_path
             pytest.fail(f"SmolLM2 GGUF not found at {gguf_path()}; run scripts/fetch_smollm2")
         pytest.skip(f"SmolLM2 GGUF not fetched ({gguf_path()}); run scripts/fetch_smollm2")
     report = tmp_path / "report.md"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
+    scratch = tmp_path / "tmp"  # the script's own temporary folder (2 GB of saved models) must be gone after it
+    scratch.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src"),
+           "TMPDIR": str(scratch)}
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wrap_peft_smollm2.py"), "--out", str(report)],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("wrap_peft_smollm2.")] == []
     text = report.read_text()
     for row in ("PEFT first: adapter + heads", "PEFT first: merged", "wrap first: adapter + heads (modules_to_save)",
                 "wrap first: merged"):
