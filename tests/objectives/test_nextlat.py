@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -31,9 +32,11 @@ def _lm(objectives, seed=0, dtype=torch.float64):
 
 
 def _reference(lm, batch, horizon, kl_weight):
-    """Σ over trained pairs (t, k) of SmoothL1 + kl_weight · KL, and the pair count, by plain loops."""
+    """Σ over trained pairs (t, k) of SmoothL1 + kl_weight · KL, and the pair count, by plain loops. The KL reads
+    the final norm and head through frozen copies: its gradient must not reach them."""
     out = lm.model.trunk(batch.input_ids)
     h, psi, model = out.final, lm.objectives["nextlat"].dynamics, lm.model
+    norm, head = copy.deepcopy(model.norm).requires_grad_(False), copy.deepcopy(model.lm_head).requires_grad_(False)
     tokens, t_len = batch.tokens, batch.seq_len
     total, count = 0.0, 0
 
@@ -53,8 +56,8 @@ def _reference(lm, batch, horizon, kl_weight):
                 pred = psi(pred, model.embed_tokens.weight[tokens[b, t + k]])
                 target = h[b, t + k].detach()
                 loss = F.smooth_l1_loss(pred, target)
-                p = F.log_softmax(model.lm_head(model.norm(target)), -1)
-                q = F.log_softmax(model.lm_head(model.norm(pred)), -1)
+                p = F.log_softmax(head(norm(target)), -1)
+                q = F.log_softmax(head(norm(pred)), -1)
                 total = total + loss + kl_weight * F.kl_div(q, p, log_target=True, reduction="sum")
                 count += 1
     return total, count
@@ -82,6 +85,21 @@ def test_loss_and_gradients_equal_the_reference(horizon, kl_weight, masked):
             continue
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-10, msg=name)
     assert a.model.layers[0].mlp.gate_proj.weight.grad.abs().sum() > 0  # it shapes the trunk
+
+
+def test_the_kl_leaves_the_shared_norm_and_head_alone():
+    """NextLat's KL trains ψ and the trunk only: with its gradient on the shared norm and head, the head learnt to
+    make every distribution uniform (KL 0) and NTP collapsed to ln V on the star graph (g24_10_d4, seed 20)."""
+    lm = _lm([{"name": "ntp"}, {"name": "nextlat", "kl_weight": 1.0}])
+    batch = Batch(torch.randint(0, 11, (2, 10), generator=torch.Generator().manual_seed(5)), 9)
+    out = lm.objectives["nextlat"](lm.model.trunk(batch.input_ids), batch, lm.model)
+    out.loss_sum.backward()
+    model = lm.model
+    for name, p in [("norm", model.norm.weight), ("head", model.lm_head.weight)]:
+        if p is not model.embed_tokens.weight:  # a tied head is also the embedding ψ reads: that gradient is ψ's input
+            assert p.grad is None or not p.grad.any(), name
+    assert lm.objectives["nextlat"].dynamics.up.weight.grad.abs().sum() > 0
+    assert model.layers[0].mlp.gate_proj.weight.grad.abs().sum() > 0
 
 
 def test_untrained_dynamics_predict_no_change():

@@ -87,13 +87,24 @@ def nextlat_pairs(batch: Batch, horizon: int, ignore_index: int = IGNORE_INDEX) 
     return torch.stack(pairs)
 
 
+def _frozen(module: nn.Module):
+    """``module`` as a function of its input only: called with its parameters detached, so no gradient reaches them."""
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    return lambda x: torch.func.functional_call(module, params, (x,))
+
+
 def _pair_loss(pred: torch.Tensor, target: torch.Tensor, head_w: torch.Tensor, norm: nn.Module,
                softcap: float | None, kl_weight: float) -> torch.Tensor:
     """(n,) SmoothL1 (mean over D) + kl_weight · KL(p(target) ‖ p(pred)) for pred / target (n, D), in fp32 at
-    least (fp64 stays fp64); p(h) = softmax of the model's logits of h (final norm, output head, soft cap)."""
+    least (fp64 stays fp64); p(h) = softmax of the model's logits of h (final norm, output head, soft cap), with
+    the norm and head frozen: the KL's gradient reaches ψ and, through ĥ, the trunk, never the shared norm or head.
+    Letting it reach them collapsed training on the star graph (the head learnt to make p(h) uniform for every h,
+    which zeroes the KL: NTP's loss went to ln N; docs/objectives.md, NextLat)."""
     dt = torch.promote_types(pred.dtype, torch.float32)
     loss = F.smooth_l1_loss(pred.to(dt), target.to(dt), reduction="none").mean(-1)
     if kl_weight:
+        norm, head_w = _frozen(norm), head_w.detach()
+
         def logp(h):
             logits = norm(h).to(dt) @ head_w.to(dt).t()  # (n, V)
             if softcap:
