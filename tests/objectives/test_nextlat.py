@@ -35,7 +35,9 @@ def _reference(lm, batch, horizon, kl_weight):
     """Σ over trained pairs (t, k) of SmoothL1 + kl_weight · KL, and the pair count, by plain loops. The KL reads
     the final norm and head through frozen copies: its gradient must not reach them."""
     out = lm.model.trunk(batch.input_ids)
-    h, psi, model = out.final, lm.objectives["nextlat"].dynamics, lm.model
+    psi, model = lm.objectives["nextlat"].dynamics, lm.model
+    # the latent: the last block's output over its root mean square (no learned scale)
+    h = out.final / (out.final.pow(2).mean(-1, keepdim=True) + psi.hnorm.eps).sqrt()
     norm, head = copy.deepcopy(model.norm).requires_grad_(False), copy.deepcopy(model.lm_head).requires_grad_(False)
     tokens, t_len = batch.tokens, batch.seq_len
     total, count = 0.0, 0
@@ -172,6 +174,7 @@ def test_under_foresight_wrap_equals_the_reference(arch):
         model(input_ids=ids)
     hook.remove()
     h = grabbed["h"]
+    h = h / (h.pow(2).mean(-1, keepdim=True) + psi.hnorm.eps).sqrt()  # the latent: unit RMS, no learned scale
     emb = model.get_input_embeddings()
     total, count = 0.0, 0
     with torch.no_grad():

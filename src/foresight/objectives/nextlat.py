@@ -2,8 +2,8 @@
 World Models"; docs/objectives.md, "NextLat").
 
 A small latent dynamics network ψ predicts the trunk's next latent state from the current one and the next token:
-ĥ_{t+1} = ψ(h_t, e(x_{t+1})), with h_t the last block's output at position t (before the final norm) and e the
-model's token embedding. Rolled out for ``horizon`` steps, ĥ_{t+k} = ψ(ĥ_{t+k-1}, e(x_{t+k})), each prediction is
+ĥ_{t+1} = ψ(h_t, e(x_{t+1})), with h_t the last block's output at position t scaled to unit RMS (no learned scale)
+and e the model's token embedding. Rolled out for ``horizon`` steps, ĥ_{t+k} = ψ(ĥ_{t+k-1}, e(x_{t+k})), each prediction is
 pulled towards the trunk's own h_{t+k} (a stop-gradient target) by
 
     l_{t,k} = SmoothL1(ĥ_{t+k}, sg(h_{t+k}))  (mean over the D features)
@@ -147,7 +147,10 @@ class NextLat(Objective):
     def forward(self, out, batch: Batch, model) -> LossOutput:
         if out.rows is not None:
             raise ForesightError("NextLat reads every position's latent; the trunk ran only some rows")
-        h = out.final  # (B, T, D): last block output, before the final norm
+        # (B, T, D): the latent z_t = the last block's output scaled to unit RMS (no learned scale). On raw outputs
+        # the residual stream's growth grew the SmoothL1 term until a loss spike wiped out a solved star-graph
+        # model (g24_10_d4 / seed 20 at step 2,000); the paper's setting reads the latent after a norm too.
+        h = F.rms_norm(out.final, (out.final.shape[-1],), eps=self.dynamics.hnorm.eps)
         target = h.detach()
         t_len = batch.seq_len
         pairs = nextlat_pairs(batch, self.cfg.horizon)  # (K, B, T)
