@@ -3,13 +3,13 @@ World Models"; docs/objectives.md, "NextLat").
 
 A small latent dynamics network ψ predicts the trunk's next latent state from the current one and the next token:
 ĥ_{t+1} = ψ(h_t, e(x_{t+1})), with h_t the last block's output at position t scaled to unit RMS (no learned scale)
-and e the model's token embedding. Rolled out for ``horizon`` steps, ĥ_{t+k} = ψ(ĥ_{t+k-1}, e(x_{t+k})), each prediction is
-pulled towards the trunk's own h_{t+k} (a stop-gradient target) by
+and e the model's token embedding. Rolled out for ``horizon`` steps, ĥ_{t+k} = ψ(ĥ_{t+k-1}, e(x_{t+k})), each
+prediction is pulled towards the trunk's own h_{t+k} (a stop-gradient target) by
 
     l_{t,k} = SmoothL1(ĥ_{t+k}, sg(h_{t+k}))  (mean over the D features)
             + kl_weight · KL( softmax(head(sg(h_{t+k}))) ‖ softmax(head(ĥ_{t+k})) )
 
-where head = the model's final norm and output head (shared, as DS-MTP shares them). The gradient reaches ψ and,
+where head = the model's final norm and output head, read frozen (no gradient from here). The gradient reaches ψ and,
 through h_t, the trunk: NextLat's point is to shape the trunk's latents into states with consistent transitions.
 A pair (t, k) counts when position t + k lies inside the sequence, the tokens x[t+1 .. t+k] are real ids (not
 ignored, not negative) on the same side of a document boundary (``Batch.horizon``), and t is a trained
