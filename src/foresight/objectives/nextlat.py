@@ -96,15 +96,11 @@ def _frozen(module: nn.Module):
 def _pair_loss(pred: torch.Tensor, target: torch.Tensor, head_w: torch.Tensor, norm: nn.Module,
                softcap: float | None, kl_weight: float) -> torch.Tensor:
     """(n,) SmoothL1 (mean over D) + kl_weight · KL(p(target) ‖ p(pred)) for pred / target (n, D), in fp32 at
-    least (fp64 stays fp64); p(h) = softmax of the model's logits of h (final norm, output head, soft cap), with
-    the norm and head frozen: the KL's gradient reaches ψ and, through ĥ, the trunk, never the shared norm or head.
-    Letting it reach them collapsed training on the star graph (the head learnt to make p(h) uniform for every h,
-    which zeroes the KL: NTP's loss went to ln N; docs/objectives.md, NextLat)."""
+    least (fp64 stays fp64); p(h) = softmax of the model's logits of h (final norm, output head, soft cap). The
+    caller passes the norm and head frozen (``NextLat.forward``)."""
     dt = torch.promote_types(pred.dtype, torch.float32)
     loss = F.smooth_l1_loss(pred.to(dt), target.to(dt), reduction="none").mean(-1)
     if kl_weight:
-        norm, head_w = _frozen(norm), head_w.detach()
-
         def logp(h):
             logits = norm(h).to(dt) @ head_w.to(dt).t()  # (n, V)
             if softcap:
@@ -152,6 +148,10 @@ class NextLat(Objective):
         # model (g24_10_d4 / seed 20 at step 2,000); the paper's setting reads the latent after a norm too.
         h = F.rms_norm(out.final, (out.final.shape[-1],), eps=self.dynamics.hnorm.eps)
         target = h.detach()
+        # The KL reads the final norm and output head frozen: its gradient reaches ψ and, through ĥ, the trunk, never
+        # them. Letting it reach them collapsed training on the star graph (the head learnt to make p(h) uniform for
+        # every h, which zeroes the KL: NTP's loss went to ln N; docs/objectives.md, NextLat).
+        norm, head_w = _frozen(model.norm), model.lm_head.weight.detach()
         t_len = batch.seq_len
         pairs = nextlat_pairs(batch, self.cfg.horizon)  # (K, B, T)
         emb = model.embed_tokens(batch.tokens[:, 1 : t_len].clamp(min=0))  # (B, T-1, D): e(x[t+1])
@@ -167,7 +167,7 @@ class NextLat(Objective):
             tgt = torch.zeros_like(target)
             tgt[:, : t_len - k] = target[:, k:]  # h_{t+k}
             losses = map_row_chunks(
-                lambda p, q, w: _pair_loss(p, q, w, model.norm, getattr(model, "softcap", None), self.cfg.kl_weight),
-                (pred[keep], tgt[keep]), (model.lm_head.weight,))
+                lambda p, q, w: _pair_loss(p, q, w, norm, getattr(model, "softcap", None), self.cfg.kl_weight),
+                (pred[keep], tgt[keep]), (head_w,))
             total = total + losses.sum()
         return LossOutput(total, pairs.sum())
