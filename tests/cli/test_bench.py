@@ -183,12 +183,14 @@ def test_the_shipped_grids_parse_and_plan(tmp_path, name):
     cells = [c for gp in plan(grid, tmp_path) for c in gp.cells]
     assert {c.objective for c in cells} >= {"ntp", "top", "mtp2", "dsmtp2", "fsp", "nextlat"}
     assert all(c.status == "to run" and c.flops > 0 for c in cells)
-    main = [c for c in cells if c.graph == f"{name}_10"] if name == "g24" else cells  # g24 also has a TRELAWNEY graph
+    main = [c for c in cells if c.graph == f"{name}_10_d4"] if name == "g24" else cells  # g24: two more graphs
     per = {o: sorted(c.seed for c in main if c.objective == o) for o in {c.objective for c in main}}
-    if name == "g24":  # NTP and TOP over 10 seeds, the others over 3 (issue 24 item 3)
+    if name == "g24":  # NTP and TOP over 10 seeds, the others over 3 (issue 24 item 3), at 4 layers
         assert per["ntp"] == per["top"] == list(range(20, 30)) and per["fsp"] == per["mutor"] == [20, 21, 22]
-        assert {(c.graph, c.objective) for c in cells if c.graph == "g24_10_trelawney"} == {
-            ("g24_10_trelawney", "ntp"), ("g24_10_trelawney", "top")}
+        demo = {(c.objective, c.seed) for c in cells if c.graph == "g24_10"}  # the demo's 3 layers: NTP, TOP x 5
+        assert demo == {(o, s) for o in ("ntp", "top") for s in range(20, 25)}
+        assert {(c.graph, c.objective) for c in cells if c.graph == "g24_10_d4_trelawney"} == {
+            ("g24_10_d4_trelawney", "ntp"), ("g24_10_d4_trelawney", "top")}
         d4 = [c for c in cells if c.graph == "g24_10_d4"]  # the 4-layer recipe fix: NTP and TOP x 10, the rest x 3
         assert sorted(c.seed for c in d4 if c.objective == "top") == list(range(20, 30))
         assert sorted(c.seed for c in d4 if c.objective == "fsp") == [20, 21, 22] and len(d4) == 20 + 5 * 3
