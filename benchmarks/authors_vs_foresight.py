@@ -53,7 +53,7 @@ from pathlib import Path
 from statistics import median
 
 ROOT = Path(__file__).resolve().parents[1]
-GRAPH = {"deg": 2, "path": 5, "nodes": 50}  # their setting G(2,5) with 50 node labels
+GRAPH = {"deg": 2, "path": 5, "nodes": 50}  # their setting G(2,5) with 50 node labels (the default --graph)
 TEST_FILE = "data/datasets/graphs/deg_2_path_5_nodes_50_test_20000.txt"
 WARMUP = 5000  # train.py's warmup_iters (fixed in their code)
 MIN_LR = 1e-5  # train.py's min_lr
@@ -81,7 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-head", type=int, default=4, help="their setting: 6 (default 4)")
     p.add_argument("--lr", type=float, default=1e-2,
                    help="peak lr of their schedule (5,000 warm-up steps, fixed): the run reaches lr·steps/5000")
-    p.add_argument("--n-test", type=int, default=500, help="their test graphs used, the first N (default 500)")
+    p.add_argument("--graph", default="2,5,50",
+                   help="DEG,PATH,NODES (default 2,5,50: their setting and their test file); another graph,\n"
+                        "e.g. 2,4,10 (the demo's), takes its test graphs from foresight's generator")
+    p.add_argument("--n-test", type=int, default=500, help="test graphs, the first N of the file (default 500)")
     p.add_argument("--seed", type=int, default=0, help="torch seed of both runs and the training-data seed")
     p.add_argument("--threads", type=int, default=1, help="torch threads of every run (default 1)")
     p.add_argument("--objectives", default="ntp,top", help="comma-separated, of ntp,top (default both)")
@@ -92,6 +95,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--check-top", action="store_true",
                    help="also check their Triton TOP against the CPU twin (TRITON_INTERPRET=1, a minute)")
     args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT / "src"))
+    from foresight.data.stargraph import StarGraphSpec
+    from foresight.errors import ForesightError
+
+    try:
+        deg, path, nodes = (int(x) for x in args.graph.split(","))
+        args.graph = StarGraphSpec(deg=deg, path=path, nodes=nodes).validate()
+    except ValueError:
+        raise UsageError(f"--graph {args.graph!r}: expected three integers DEG,PATH,NODES, e.g. 2,4,10") from None
+    except ForesightError as err:
+        raise UsageError(f"--graph: {err}") from None
+    args.theirs = dict(deg=deg, path=path, nodes=nodes) == GRAPH  # their test file exists for their setting only
     checks = [
         (args.steps >= WINDOW and args.steps % WINDOW == 0, f"--steps must be a positive multiple of {WINDOW}"),
         (args.batch_size >= 1 and args.threads >= 1 and args.n_layers >= 1, "--batch-size, --threads, --n-layers >= 1"),
@@ -110,7 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.report_only or args.check_top:
         if args.authors is None:
             raise UsageError("--authors DIR is required (a checkout of zaydzuhri/Next-Token-Failures)")
-        if not (args.authors / "train.py").is_file() or not (args.authors / TEST_FILE).is_file():
+        if not (args.authors / "train.py").is_file() or (args.theirs and not (args.authors / TEST_FILE).is_file()):
             raise UsageError(f"--authors {args.authors}: no train.py or {TEST_FILE} there")
     return args
 
@@ -235,8 +250,10 @@ def plot(results: dict, path: Path) -> bool:
 
 
 def prepare(args: argparse.Namespace) -> dict[str, Path]:
-    """Their run folder (links to their code, our data folder) and the two data files both sides read."""
-    from foresight.data.stargraph import StarGraphSpec, generate, write_examples
+    """Their run folder (links to their code, our data folder) and the two data files both sides read. Training
+    graphs: foresight's generator at ``--seed``; test graphs: their file at their setting, else foresight's generator
+    at the test seed of ``split_seeds(seed)`` (an independent draw, as ``foresight stargraph run`` makes its sets)."""
+    from foresight.data.stargraph import generate, split_seeds, write_examples
 
     run = args.work / "authors-run"
     graphs = run / "data/datasets/graphs"
@@ -250,13 +267,16 @@ def prepare(args: argparse.Namespace) -> dict[str, Path]:
         if not link.exists():
             link.symlink_to((args.authors / "data" / name).resolve())
     n_train = args.steps * args.batch_size
-    stem = f"deg_{GRAPH['deg']}_path_{GRAPH['path']}_nodes_{GRAPH['nodes']}"
+    spec = args.graph
+    stem = f"deg_{spec.deg}_path_{spec.path}_nodes_{spec.nodes}"
     train, test = graphs / f"{stem}_train_{n_train}.txt", graphs / f"{stem}_test_{args.n_test}.txt"
-    spec = StarGraphSpec(deg=GRAPH["deg"], path=GRAPH["path"], nodes=GRAPH["nodes"])
     write_examples(train, generate(spec, n_train, args.seed))
-    with open(args.authors / TEST_FILE, encoding="ascii") as f:
-        lines = [next(f) for _ in range(args.n_test)]
-    test.write_text("".join(lines), encoding="ascii")
+    if args.theirs:
+        with open(args.authors / TEST_FILE, encoding="ascii") as f:
+            lines = [next(f) for _ in range(args.n_test)]
+        test.write_text("".join(lines), encoding="ascii")
+    else:
+        write_examples(test, generate(spec, args.n_test, split_seeds(args.seed)[1]))
     return {"run": run, "train": train, "test": test}
 
 
@@ -265,8 +285,8 @@ def authors_command(args: argparse.Namespace, obj: str, log: Path) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "_launch", str(log), str(args.seed), str(args.threads),
             "--", "--model", "gpt", "--n_layers", str(args.n_layers), "--n_embd", str(args.n_embd),
             "--n_head", str(args.n_head), "--n_train", str(args.steps * args.batch_size), "--n_test", str(args.n_test),
-            "--batch_size", str(args.batch_size), "--dataset", "graph", "--deg", str(GRAPH["deg"]),
-            "--path_len", str(GRAPH["path"]), "--num_nodes", str(GRAPH["nodes"]), "--lr", str(args.lr),
+            "--batch_size", str(args.batch_size), "--dataset", "graph", "--deg", str(args.graph.deg),
+            "--path_len", str(args.graph.path), "--num_nodes", str(args.graph.nodes), "--lr", str(args.lr),
             "--epochs", "1", "--no-compile", "--use_wandb", *(["--use_top"] if obj == "top" else [])]
 
 
@@ -276,7 +296,8 @@ def foresight_recipe(args: argparse.Namespace, files: dict[str, Path]) -> dict:
     width 8·D/3 gives the MLP the same parameters as theirs; tied embeddings as theirs."""
     return {
         "task": "stargraph",
-        "stargraph": {**GRAPH, "train_file": str(files["train"].resolve()), "test_file": str(files["test"].resolve()),
+        "stargraph": {"deg": args.graph.deg, "path": args.graph.path, "nodes": args.graph.nodes,
+                      "train_file": str(files["train"].resolve()), "test_file": str(files["test"].resolve()),
                       "eval_batch_size": args.batch_size, "jobs": 1},
         "model": {"hidden_size": args.n_embd, "n_layers": args.n_layers, "n_heads": args.n_head,
                   "intermediate_size": 8 * args.n_embd // 3, "tie_embeddings": True},
@@ -394,8 +415,11 @@ def write_report(args: argparse.Namespace, results: dict, command: str | tuple[s
         (f"Command: `{command}`" if isinstance(command, str) else
          f"Command: `{command[0]}` (the table rebuilt from its logs by `{command[1]}`)"),
         "",
-        f"Graph: G({GRAPH['deg']},{GRAPH['path']}) with {GRAPH['nodes']} node labels (their setting). Test: the first "
-        f"{args.n_test} graphs of their own test file; training: {args.steps * args.batch_size:,} graphs from "
+        f"Graph: G({args.graph.deg},{args.graph.path}) with {args.graph.nodes} node labels"
+        + (f" (their setting). Test: the first {args.n_test} graphs of their own test file; training: "
+           if args.theirs else f" (foresight's demo graph is G(2,4) with 10). Test: {args.n_test} graphs from "
+           "foresight's generator (an independent draw); training: ")
+        + f"{args.steps * args.batch_size:,} graphs from "
         f"foresight's generator in their text format (their training file is not in the stored snapshot), one "
         f"epoch, read by both. Model: {args.n_layers} layers, width {args.n_embd}, {args.n_head} heads (theirs: 6, "
         f"384, 6; sized down for the CPU), batch {args.batch_size} (theirs 256), {args.steps} steps, AdamW "

@@ -120,3 +120,29 @@ def test_check_table_flags_a_mismatch():
     text = avf.check_table([row, {**row, "targets_equal": False}])
     assert "| 2 | 31 | 54 | 24 | yes | 5.354872 | 5.354871 | 3.4e-08 | 1.3e-07 |" in text
     assert "| **no** |" in text
+
+
+def test_graph_flag_and_data_of_another_graph(tmp_path, capsys):
+    """--graph: bad values are one line; at a graph other than theirs the test graphs come from our generator (an
+    independent draw, their test file is not needed) and both files hold graphs of that shape."""
+    from foresight.data.stargraph import read_examples
+
+    for bad, says in (("2,4", "three integers"), ("2,x,10", "three integers"), ("2,4,5", "too small")):
+        assert avf.main(["--work", str(tmp_path), "--report-only", "--graph", bad]) == 2
+        assert says in capsys.readouterr().err
+    authors = tmp_path / "authors"
+    authors.mkdir()
+    (authors / "train.py").write_text("")
+    assert avf.main(["--work", str(tmp_path), "--authors", str(authors), "--steps", "10"]) == 2  # theirs: no test file
+    assert "no train.py or data/datasets/graphs" in capsys.readouterr().err
+    args = avf.parse_args(["--work", str(tmp_path / "w"), "--authors", str(authors), "--graph", "2,4,10",
+                           "--steps", "20", "--batch-size", "8", "--n-test", "5"])
+    assert not args.theirs and (args.graph.deg, args.graph.path, args.graph.nodes) == (2, 4, 10)
+    files = avf.prepare(args)
+    train, test = read_examples(files["train"]), read_examples(files["test"])
+    assert len(train) == 160 and len(test) == 5 and files["test"].name == "deg_2_path_4_nodes_10_test_5.txt"
+    assert all(len(ex.path) == 4 and len(ex.edges) == 6 for ex in train + test)
+    assert [ex.edges for ex in test] != [ex.edges for ex in train[:5]]
+    flags = avf.authors_command(args, "ntp", tmp_path / "log.jsonl")
+    assert flags[flags.index("--path_len") + 1] == "4" and flags[flags.index("--num_nodes") + 1] == "10"
+    assert avf.foresight_recipe(args, files)["stargraph"]["path"] == 4
