@@ -218,7 +218,7 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path) -> bool:
+def plot(results: dict, path: Path, title: str = "G(2,5), N = 50") -> bool:
     try:
         import matplotlib
 
@@ -236,7 +236,7 @@ def plot(results: dict, path: Path) -> bool:
                 ax.plot(steps, losses, style, color=colours.get(obj), label=f"{obj.upper()} {side}")
     ax.set_xlabel("step")
     ax.set_ylabel(f"training loss (mean of {WINDOW} steps; TOP runs: NTP + TOP)")
-    ax.set_title("Star graph G(2,5), N = 50: the authors' code against foresight")
+    ax.set_title(f"Star graph {title}: the authors' code against foresight")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -398,7 +398,7 @@ def write_report(args: argparse.Namespace, results: dict, command: str | tuple[s
     from foresight.environment import cpu_name
 
     png = args.out.with_suffix(".png")
-    have_png = plot(results, png)
+    have_png = plot(results, png, f"G({args.graph.deg},{args.graph.path}), N = {args.graph.nodes}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     final_lr = args.lr * args.steps / WARMUP
@@ -417,7 +417,7 @@ def write_report(args: argparse.Namespace, results: dict, command: str | tuple[s
         "",
         f"Graph: G({args.graph.deg},{args.graph.path}) with {args.graph.nodes} node labels"
         + (f" (their setting). Test: the first {args.n_test} graphs of their own test file; training: "
-           if args.theirs else f" (foresight's demo graph is G(2,4) with 10). Test: {args.n_test} graphs from "
+           if args.theirs else f" (theirs is G(2,5) with 50). Test: {args.n_test} graphs from "
            "foresight's generator (an independent draw); training: ")
         + f"{args.steps * args.batch_size:,} graphs from "
         f"foresight's generator in their text format (their training file is not in the stored snapshot), one "
@@ -452,7 +452,7 @@ def write_report(args: argparse.Namespace, results: dict, command: str | tuple[s
         "PyTorch's default N(0, 1), 50× the token embedding's std 0.02 (measured: 0.998 against 0.0198), and their "
         "scaled residual init never matches a parameter name (`mlp.projection` vs their `mlp.proj`); ours: std 0.02 "
         "everywhere, no position table (RoPE). A likely reason their loss stays longer on the plateau of the label "
-        "marginal (ln 50 ≈ 3.91) before it uses the prompt.",
+        f"marginal (ln {args.graph.nodes} ≈ {math.log(args.graph.nodes):.2f}) before it uses the prompt.",
         "- Their warm-up starts at lr 0 on step 0; ours at lr·1/5000 (one step ahead).",
         "- Their training loop also computes training accuracy every step and evaluates with teacher forcing every "
         "100 steps (excluded from s / step as the generation is).",
