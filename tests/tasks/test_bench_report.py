@@ -12,8 +12,9 @@ import pytest
 
 from foresight.cli.main import main
 from foresight.errors import ForesightError
-from foresight.tasks.bench_report import held_curve, load_cells, summarize, t_interval, write_leaderboard
+from foresight.tasks.bench_report import load_cells, summarize, t_interval, write_leaderboard
 from foresight.tasks.stargraph import RESULT_FORMAT
+from foresight.tasks.stargraph_tables import held
 
 SPECS = {"ntp": [{"name": "ntp"}], "top": [{"name": "ntp"}, {"name": "top", "weight": 2.0, "window": 4096}]}
 LABELS = {"ntp": "NTP", "top": "TOP"}
@@ -137,8 +138,9 @@ def test_an_early_stopped_cell_holds_its_last_value_in_the_plot():
     seeds falls to the unsolved seeds' once they stop); a partial or a full-length cell is drawn as it is."""
     stopped = {**cell("top", 20, [[250, 0.5], [500, 0.996], [750, 1.0]]), "stopped_early": True}
     stopped["schedule_steps"] = 1500
-    assert held_curve(stopped) == [[250, 0.5], [500, 0.996], [750, 1.0], [1000, 1.0], [1250, 1.0], [1500, 1.0]]
+    assert held(stopped["curve"], stopped) == [[250, 0.5], [500, 0.996], [750, 1.0], [1000, 1.0], [1250, 1.0],
+                                               [1500, 1.0]]
     partial = {**stopped, "partial": True}
-    assert held_curve(partial) == [[250, 0.5], [500, 0.996], [750, 1.0]]
+    assert held(partial["curve"], partial) == [[250, 0.5], [500, 0.996], [750, 1.0]]
     full = cell("top", 21, [[250, 0.4], [500, 0.6]])
-    assert held_curve(full) == [[250, 0.4], [500, 0.6]]
+    assert held(full["curve"], full) == [[250, 0.4], [500, 0.6]]

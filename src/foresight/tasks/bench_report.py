@@ -27,7 +27,7 @@ from statistics import mean, median, stdev
 from foresight.errors import ForesightError
 from foresight.io import write_text
 from foresight.tasks.stargraph_report import read_cell
-from foresight.tasks.stargraph_tables import SOLVED, outcome
+from foresight.tasks.stargraph_tables import SOLVED, held, outcome
 
 README, PLOT = "README.md", "exact_match.png"
 REQUIRED = ("run", "objective", "graph", "recipe", "seed", "schedule_steps", "steps", "final_exact_match",
@@ -193,19 +193,6 @@ def render(folder: Path, cells: list[dict], plot_name: str | None = PLOT) -> str
     return "\n".join(lines) + "\n"
 
 
-def held_curve(cell: dict) -> list[list]:
-    """The cell's [step, exact match] curve for the plot; a cell that early stopping ended (solved: the metric
-    passed its threshold at consecutive evaluations) holds its last value at the same spacing to the end of its
-    schedule, so the mean over seeds does not drop to the unsolved seeds once the solved ones stop. A partial cell
-    (stopped by a signal or time limit) is drawn as it is."""
-    curve = [[s, em] for s, em in cell["curve"]]
-    if cell.get("stopped_early") and not cell.get("partial") and len(curve) >= 2:
-        (before, _), (last_step, last) = curve[-2], curve[-1]
-        end = int(cell.get("schedule_steps") or last_step)
-        curve += [[s, last] for s in range(last_step + (last_step - before), end + 1, last_step - before)]
-    return curve
-
-
 def plot_cells(cells: list[dict], path: Path) -> Path:
     from foresight.plot import plot_bands
 
@@ -216,7 +203,7 @@ def plot_cells(cells: list[dict], path: Path) -> Path:
     for key, gc in groups.items():
         series: dict[str, list] = {}
         for c in gc:
-            series.setdefault(c["run"], []).append(held_curve(c))
+            series.setdefault(c["run"], []).append(held(c["curve"], c))
         name, _, d, length, n = key[:5]
         panels.append({"title": f"{name + ': ' if name else ''}G({d},{length}), N={n}", "ylabel": "test exact match",
                        "series": series, "hline": (1.0 / d, "1/d (an arm at random)"), "ylim": (-0.02, 1.02)})

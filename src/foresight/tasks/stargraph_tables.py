@@ -65,6 +65,20 @@ def results_table(spec: StarGraphSpec, results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def held(points: list, row: dict) -> list[list]:
+    """A run's [step, value] evaluation points for a plot. A run that early stopping ended (solved: the metric
+    passed its threshold at consecutive evaluations) holds its last value at the same spacing to the end of its
+    schedule, so a mean over seeds does not drop to the unsolved seeds' once the solved ones stop. A partial run
+    (stopped by a signal or the time limit) is drawn as it is. ``row``: the run's result row (``stopped_early``,
+    ``partial``, ``schedule_steps``)."""
+    points = [[s, v] for s, v in points]
+    if row.get("stopped_early") and not row.get("partial") and len(points) >= 2:
+        (before, _), (last_step, last) = points[-2], points[-1]
+        end = int(row.get("schedule_steps") or last_step)
+        points += [[s, last] for s in range(last_step + (last_step - before), end + 1, last_step - before)]
+    return points
+
+
 def write_outputs(out_dir: Path, spec: StarGraphSpec, results: list[dict]) -> str:
     """results.md (the table), results.json (one row per (run, seed)) and accuracy.png; returns the table."""
     table = results_table(spec, results)
@@ -74,8 +88,8 @@ def write_outputs(out_dir: Path, spec: StarGraphSpec, results: list[dict]) -> st
     series_valid: dict[str, list] = {}
     for r in results:
         name = f"{r['run']} ({r['objective']})"
-        series_em.setdefault(name, []).append([[e["step"], e["exact_match"]] for e in r["evals"]])
-        series_valid.setdefault(name, []).append([[e["step"], e["valid_arm"]] for e in r["evals"]])
+        series_em.setdefault(name, []).append(held([[e["step"], e["exact_match"]] for e in r["evals"]], r))
+        series_valid.setdefault(name, []).append(held([[e["step"], e["valid_arm"]] for e in r["evals"]], r))
     graph = f"G({spec.deg},{spec.path}), N={spec.nodes}"
     plot_bands([{"title": f"{graph}: test exact match", "ylabel": "exact match", "series": series_em,
                  "hline": (1.0 / spec.deg, "1/d (an arm at random)"), "ylim": (-0.02, 1.02)},
