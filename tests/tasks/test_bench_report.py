@@ -142,5 +142,7 @@ def test_an_early_stopped_cell_holds_its_last_value_in_the_plot():
                                                [1500, 1.0]]
     partial = {**stopped, "partial": True}
     assert held(partial["curve"], partial) == [[250, 0.5], [500, 0.996], [750, 1.0]]
+    repeated = {**stopped, "curve": [[250, 0.5], [500, 1.0], [500, 1.0]]}  # no spacing to hold the value at
+    assert held(repeated["curve"], repeated) == [[250, 0.5], [500, 1.0], [500, 1.0]]
     full = cell("top", 21, [[250, 0.4], [500, 0.6]])
     assert held(full["curve"], full) == [[250, 0.4], [500, 0.6]]

@@ -74,8 +74,9 @@ def held(points: list, row: dict) -> list[list]:
     points = [[s, v] for s, v in points]
     if row.get("stopped_early") and not row.get("partial") and len(points) >= 2:
         (before, _), (last_step, last) = points[-2], points[-1]
-        end = int(row.get("schedule_steps") or last_step)
-        points += [[s, last] for s in range(last_step + (last_step - before), end + 1, last_step - before)]
+        spacing, end = last_step - before, int(row.get("schedule_steps") or last_step)
+        if spacing > 0:  # a hand-edited curve with a repeated step is drawn as it is
+            points += [[s, last] for s in range(last_step + spacing, end + 1, spacing)]
     return points
 
 
