@@ -218,7 +218,7 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path, title: str = "G(2,5), N = 50") -> bool:
+def plot(results: dict, path: Path, title: str) -> bool:
     try:
         import matplotlib
 
